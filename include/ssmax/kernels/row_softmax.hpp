@@ -1,0 +1,154 @@
+#pragma once
+// Row kernels: softmax(m * x) over one contiguous row, written once for every
+// architecture through detail::simd<Arch, T>. Three passes over memory at most:
+//   1. max of x,
+//   2. y_i = exp(m (x_i - max)) stored while summing (fused),
+//   3. y_i *= 1 / sum.
+// Kernels do not validate; their preconditions are stated on each function.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../detail/simd.hpp"
+#include "../row_state.hpp"
+
+namespace ssmax::kernels {
+
+/// Vectors summed into each accumulator lane before the partial sum is added to a
+/// double total. Bounds the float summation error to about (kLanesPerBlock + log2(4 W))
+/// ulp whatever n is, at the cost of one horizontal add per block.
+inline constexpr index kLanesPerBlock = 32;
+
+/// Largest element of x[0, n). Pre: n >= 1. NaN entries may or may not be returned;
+/// callers detect NaN through the sum of pass 2 instead.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+T row_max(const T* x, index n) {
+  using S = detail::simd<Arch, T>;
+  constexpr index W = S::width;
+  const auto lowest = S::splat(-std::numeric_limits<T>::infinity());
+  auto m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
+  index i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    m0 = S::max(m0, S::load(x + i));
+    m1 = S::max(m1, S::load(x + i + W));
+    m2 = S::max(m2, S::load(x + i + 2 * W));
+    m3 = S::max(m3, S::load(x + i + 3 * W));
+  }
+  for (; i + W <= n; i += W) m0 = S::max(m0, S::load(x + i));
+  T best = S::reduce_max(S::max(S::max(m0, m1), S::max(m2, m3)));
+  for (; i < n; ++i) best = x[i] > best ? x[i] : best;  // tail: fewer than W elements
+  return best;
+}
+
+/// Pass 2: y_i = exp(m (x_i - pivot)) for i in [0, n), returning sum_i y_i.
+/// Pre: m > 0 and finite; pivot finite and >= every x_i. x_i = -inf gives y_i = 0.
+/// y may equal x (in place) or be nullptr (sum only). NaN in x makes the sum NaN.
+/// Error: each y_i carries the exp's error (simd<Arch,T>::exp) plus (1 + |m (x_i - pivot)|)
+/// half-ulps from forming the argument; the sum adds at most about
+/// (kLanesPerBlock + log2(4 W) + 1) ulp relative, independent of n.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+double exp_and_sum(const T* x, T* y, index n, T m, T pivot) {
+  using S = detail::simd<Arch, T>;
+  using V = typename S::vec;
+  constexpr index W = S::width;
+  constexpr index kBlock = kLanesPerBlock * 4 * W;
+  const V vm = S::splat(m), vp = S::splat(pivot);
+  auto term = [&](index at) {
+    const V e = S::exp(vm * (S::load(x + at) - vp));
+    if (y != nullptr) S::store(y + at, e);
+    return e;
+  };
+
+  double total = 0.0;
+  index i = 0;
+  const index n_vec = n - n % W;
+  while (i < n_vec) {
+    const index block_end = std::min(n_vec, i + kBlock);
+    V a0 = S::splat(T(0)), a1 = a0, a2 = a0, a3 = a0;
+    for (; i + 4 * W <= block_end; i += 4 * W) {
+      a0 += term(i);
+      a1 += term(i + W);
+      a2 += term(i + 2 * W);
+      a3 += term(i + 3 * W);
+    }
+    for (; i < block_end; i += W) a0 += term(i);
+    total += static_cast<double>(S::reduce_add((a0 + a1) + (a2 + a3)));
+  }
+  if (i < n) {  // tail: pad to one vector with -inf, whose weight is exactly 0
+    T in[W], out[W];
+    const index rest = n - i;
+    std::fill(in, in + W, -std::numeric_limits<T>::infinity());
+    std::copy(x + i, x + n, in);
+    const V e = S::exp(vm * (S::load(in) - vp));
+    S::store(out, e);
+    if (y != nullptr) std::copy(out, out + rest, y + i);
+    total += static_cast<double>(S::reduce_add(e));
+  }
+  return total;
+}
+
+/// Pass 3: y_i *= factor for i in [0, n).
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+void scale_row(T* y, index n, T factor) {
+  using S = detail::simd<Arch, T>;
+  constexpr index W = S::width;
+  const auto f = S::splat(factor);
+  index i = 0;
+  for (; i + W <= n; i += W) S::store(y + i, S::load(y + i) * f);
+  for (; i < n; ++i) y[i] *= factor;
+}
+
+/// The rare rows that pass 2 cannot take: m = 0 (uniform over the entries that are not
+/// -inf) and rows holding +inf (uniform over the +inf entries, the limit of softmax).
+/// Any NaN makes every output NaN. Writes y when y != nullptr; returns the state.
+template <class T>  // float or double
+row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
+  const T inf = std::numeric_limits<T>::infinity();
+  auto chosen = [&](T v) { return over_infinite ? v == inf : v != -inf; };
+  index count = 0;
+  bool has_nan = false;
+  for (index i = 0; i < n; ++i) {
+    count += chosen(x[i]) ? 1 : 0;
+    has_nan = has_nan || std::isnan(x[i]);
+  }
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  if (y != nullptr) {
+    const T w = T(1) / static_cast<T>(count);
+    for (index i = 0; i < n; ++i) y[i] = has_nan ? nan : (chosen(x[i]) ? w : T(0));
+  }
+  if (has_nan) return {nan, nan};
+  return {over_infinite ? inf : T(0), static_cast<T>(count)};
+}
+
+/// softmax(m * x) of one row, written to y (or, with y == nullptr, only the state).
+///   y_i = exp(m x_i - M) / sum_j exp(m x_j - M),  M = max_j m x_j.
+/// Pre: n >= 1; m finite and >= 0; y == x or y does not overlap x.
+/// Contract: no overflow for any finite x and m (the max is subtracted before exp);
+/// x_i = -inf has weight 0; a row of only -inf gives zeros and the empty state;
+/// m = 0 gives equal weights over the entries that are not -inf; +inf entries share the
+/// weight equally (state max = +inf); any NaN makes the whole row NaN.
+/// Error (float, AVX-512 or AVX2, |m (x_i - max)| <= 80): relative error of each y_i at
+/// most (exp ulp + |m (x_i - max)|/2 + 40) ulp; see tests/test_row_kernels.cpp.
+/// The returned state has max = m * max_i x_i, which may overflow to +inf when m > 1
+/// and x is near the largest finite T.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+row_state<T> scaled_softmax_row(const T* x, T* y, index n, T m) {
+  const T inf = std::numeric_limits<T>::infinity();
+  const T x_max = row_max<Arch>(x, n);
+  if (std::isnan(x_max)) return uniform_row(x, y, n, false);  // NaN row: all NaN
+  if (x_max == -inf) {                                        // nothing visible
+    if (y != nullptr) std::fill(y, y + n, T(0));
+    return {};
+  }
+  if (m == T(0) || x_max == inf) return uniform_row(x, y, n, x_max == inf);
+  const double sum = exp_and_sum<Arch>(x, y, n, m, x_max);
+  if (y != nullptr) scale_row<Arch>(y, n, static_cast<T>(1.0 / sum));
+  return {m * x_max, static_cast<T>(sum)};
+}
+
+}  // namespace ssmax::kernels

@@ -1,0 +1,179 @@
+#pragma once
+// Length policies: how the number of visible keys n and the absolute position p of a
+// query row become the multiplier m applied to that row's logits, softmax(m * z).
+//
+// This header is the one place that answers "what is m for this row?". Every policy is a
+// small value type with
+//   double multiplier(const row_position& row) const;  // m, finite and >= 0
+//   index heads() const;     // 0 when its parameters serve any head count, else that count
+//   void validate(const char* function) const;  // throws argument_error on bad parameters
+// and is used as a template parameter by the row kernels and the attention operator.
+// Multipliers are computed in double once per row, never per element.
+//
+// Formulas (../shared/PAPER.md sections 1 and 3), natural logarithms throughout:
+//   softmax_policy            m = 1
+//   ssmax_policy              m = s_h log n + b_h      (n = fixed_length when set)
+//   qwen_logn_policy          m = max(1, log(p + 1) / log(L_train))
+//   llama4_temperature_policy m = attn_scale * log(1 + floor((p + 1) / floor_scale)) + 1
+//   mistral_policy            m = 1 + beta * log(1 + floor(p / L_orig))
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "error.hpp"
+
+namespace ssmax {
+
+/// Where a query row stands: what its length policy may depend on.
+struct row_position {
+  index visible = 1;   ///< n: keys this row can see after masking (>= 1 when asked)
+  index position = 0;  ///< p: absolute 0-based position of the query in its sequence
+  index head = 0;      ///< h: query head, selects per-head parameters
+};
+
+/// Plain softmax: m = 1 for every row.
+struct softmax_policy {
+  double multiplier(const row_position&) const { return 1.0; }
+  index heads() const { return 0; }
+  void validate(const char* /*function*/) const {}
+  static constexpr const char* name() { return "softmax"; }
+};
+
+/// Scalable-Softmax: m = s_h log(n) + b_h, with n the row's visible keys, or the
+/// user's fixed_length when that is set (for example the training length).
+///
+/// s and b hold one value shared by every head, or one value per head. Both must be
+/// finite and >= 0: then m >= 0 for every n >= 1 (m = b at n = 1), which the kernels
+/// require (a negative multiplier would reward the least similar key and make -inf
+/// masking ambiguous). fixed_length is 0 (use n) or >= 1.
+struct ssmax_policy {
+  std::vector<double> s{0.43};  ///< scale per head (or one for all); the paper's Fig. 1 uses 0.43
+  std::vector<double> b{0.0};   ///< bias per head (or one for all); 0 is the paper's default
+  index fixed_length = 0;       ///< when >= 1, use this n for every row instead of the visible count
+
+  ssmax_policy() = default;
+  explicit ssmax_policy(double s_all, double b_all = 0.0, index fixed = 0)
+      : s{s_all}, b{b_all}, fixed_length(fixed) {}
+  ssmax_policy(std::vector<double> s_per_head, std::vector<double> b_per_head,
+               index fixed = 0)
+      : s(std::move(s_per_head)), b(std::move(b_per_head)), fixed_length(fixed) {}
+
+  double scale(index head) const { return s.size() == 1 ? s[0] : s[static_cast<size_t>(head)]; }
+  double bias(index head) const { return b.size() == 1 ? b[0] : b[static_cast<size_t>(head)]; }
+  /// The n that the multiplier uses for a row that sees `visible` keys.
+  index effective_length(index visible) const { return fixed_length > 0 ? fixed_length : visible; }
+
+  double multiplier(const row_position& row) const {
+    const auto n = static_cast<double>(effective_length(row.visible));
+    return scale(row.head) * std::log(n) + bias(row.head);
+  }
+
+  index heads() const {
+    const auto most = static_cast<index>(std::max(s.size(), b.size()));
+    return most > 1 ? most : 0;
+  }
+
+  void validate(const char* function) const {
+    check_values(s, "policy.s", function);
+    check_values(b, "policy.b", function);
+    detail::require(s.size() == 1 || b.size() == 1 || s.size() == b.size(), function, "policy.b",
+                    "must hold 1 value or as many as policy.s");
+    detail::require(fixed_length >= 0, function, "policy.fixed_length",
+                    "must be 0 (use the visible count) or >= 1");
+  }
+  static constexpr const char* name() { return "ssmax"; }
+
+ private:
+  static void check_values(const std::vector<double>& v, const char* what, const char* function) {
+    detail::require(!v.empty(), function, what, "must hold 1 value or one per head");
+    for (double x : v)
+      detail::require(std::isfinite(x) && x >= 0.0, function, what,
+                      "must be finite and >= 0 (so that the multiplier is never negative)");
+  }
+};
+
+/// The s that makes SSMax equal Softmax at length n_train (m = s log n_train = 1), the
+/// natural choice when replacing Softmax in a trained model. Requires n_train >= 2.
+inline double ssmax_scale_matching_softmax(index n_train) {
+  detail::require(n_train >= 2, "ssmax_scale_matching_softmax", "n_train",
+                  "must be >= 2 (log 1 = 0 has no inverse)");
+  return 1.0 / std::log(static_cast<double>(n_train));
+}
+
+/// Qwen's log-n attention scaling (inference only): m = max(1, log(p + 1) / log(L_train)).
+/// train_length >= 2.
+struct qwen_logn_policy {
+  index train_length = 8192;  ///< L_train: the context length the model was trained at
+
+  double multiplier(const row_position& row) const {
+    const double m = std::log(static_cast<double>(row.position + 1)) /
+                     std::log(static_cast<double>(train_length));
+    return m > 1.0 ? m : 1.0;
+  }
+  index heads() const { return 0; }
+  void validate(const char* function) const {
+    detail::require(train_length >= 2, function, "policy.train_length", "must be >= 2");
+  }
+  static constexpr const char* name() { return "qwen-logn"; }
+};
+
+/// Llama 4 attention temperature tuning:
+/// m = attn_scale * log(1 + floor((p + 1) / floor_scale)) + 1.
+/// floor_scale >= 1, attn_scale finite and >= 0.
+struct llama4_temperature_policy {
+  index floor_scale = 8192;  ///< positions per temperature step
+  double attn_scale = 0.1;   ///< growth of m per log step
+
+  double multiplier(const row_position& row) const {
+    const double steps = std::floor(static_cast<double>(row.position + 1) /
+                                    static_cast<double>(floor_scale));
+    return attn_scale * std::log1p(steps) + 1.0;
+  }
+  index heads() const { return 0; }
+  void validate(const char* function) const {
+    detail::require(floor_scale >= 1, function, "policy.floor_scale", "must be >= 1");
+    detail::require(std::isfinite(attn_scale) && attn_scale >= 0.0, function,
+                    "policy.attn_scale", "must be finite and >= 0");
+  }
+  static constexpr const char* name() { return "llama4-temperature"; }
+};
+
+/// Mistral (Ministral 3) length scaling: m = 1 + beta * log(1 + floor(p / L_orig)).
+/// original_length >= 1, beta finite and >= 0.
+struct mistral_policy {
+  index original_length = 16384;  ///< L_orig: the pre-extension context length
+  double beta = 0.1;              ///< growth of m per log step
+
+  double multiplier(const row_position& row) const {
+    const double steps = std::floor(static_cast<double>(row.position) /
+                                    static_cast<double>(original_length));
+    return 1.0 + beta * std::log1p(steps);
+  }
+  index heads() const { return 0; }
+  void validate(const char* function) const {
+    detail::require(original_length >= 1, function, "policy.original_length", "must be >= 1");
+    detail::require(std::isfinite(beta) && beta >= 0.0, function, "policy.beta",
+                    "must be finite and >= 0");
+  }
+  static constexpr const char* name() { return "mistral"; }
+};
+
+namespace detail {
+
+/// Validates a policy for use with `heads` query heads: its own parameters, and that its
+/// per-head parameters (if any) number exactly `heads`.
+template <class Policy>  // a length policy (see the top of this header)
+inline void check_policy(const Policy& policy, index heads, const char* function) {
+  policy.validate(function);
+  const index described = policy.heads();
+  require_lazy(described == 0 || described == heads, function, "policy", [&] {
+    return "has parameters for " + std::to_string(described) + " heads, expected " +
+           std::to_string(heads);
+  });
+}
+
+}  // namespace detail
+}  // namespace ssmax

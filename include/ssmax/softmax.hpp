@@ -1,0 +1,122 @@
+#pragma once
+// Row-level public API: softmax, softmax(m x), a length policy's softmax (SSMax and
+// peers), log-sum-exp and the streaming state, over one contiguous row of n >= 1 values.
+//
+// Every function validates its arguments (throwing ssmax::argument_error before writing
+// anything), then runs kernels::scaled_softmax_row for the architecture Arch, which
+// defaults to the widest one this translation unit is compiled for. Pass
+// ssmax::scalar_arch or any xsimd architecture tag to choose another.
+//
+// Numerical contract (shared by every function here; see kernels/row_softmax.hpp):
+// - no overflow for any finite input: the row maximum is subtracted before exp;
+// - x_i = -inf gets weight exactly 0; a row of only -inf gives all zeros (never NaN),
+//   log-sum-exp -inf;
+// - +inf entries share the weight equally, the others get 0 (the limit of softmax);
+// - any NaN in the row makes every output NaN (and the log-sum-exp NaN);
+// - a multiplier of 0 gives equal weights over the entries that are not -inf;
+// - float outputs are within a few ulp of the exact result relative to each weight (the
+//   bound is stated and tested in tests/test_row_kernels.cpp); outputs sum to 1 within
+//   n-independent rounding.
+
+#include <cmath>
+
+#include "detail/simd.hpp"
+#include "error.hpp"
+#include "kernels/row_softmax.hpp"
+#include "length_policy.hpp"
+#include "row_state.hpp"
+
+namespace ssmax {
+namespace detail {
+
+template <class T>
+inline void check_row(const char* function, const T* x, const T* y, index n) {
+  require(x != nullptr, function, "x", "must not be null");
+  require(y != nullptr, function, "y", "must not be null");
+  require(n >= 1, function, "n", "must be >= 1");
+  require(x == y || !overlaps(x, n, y, n), function, "y",
+          "must be x itself (in place) or not overlap x");
+}
+
+inline void check_multiplier(const char* function, double m) {
+  require(std::isfinite(m) && m >= 0.0, function, "multiplier", "must be finite and >= 0");
+}
+
+}  // namespace detail
+
+/// y = softmax(multiplier * x) over x[0, n); returns the row's streaming state.
+/// Pre (checked): x, y not null; n >= 1; y == x or no overlap; multiplier finite, >= 0.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class T>                    // float or double
+row_state<T> scaled_softmax(const T* x, T* y, index n, T multiplier) {
+  detail::check_row("scaled_softmax", x, y, n);
+  detail::check_multiplier("scaled_softmax", static_cast<double>(multiplier));
+  return kernels::scaled_softmax_row<Arch>(x, y, n, multiplier);
+}
+
+/// y = softmax(x) over x[0, n); y may be x (in place). Returns the streaming state.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class T>                    // float or double
+row_state<T> softmax(const T* x, T* y, index n) {
+  detail::check_row("softmax", x, y, n);
+  return kernels::scaled_softmax_row<Arch>(x, y, n, T(1));
+}
+
+/// In-place softmax of x[0, n).
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class T>                    // float or double
+row_state<T> softmax(T* x, index n) {
+  return softmax<Arch>(static_cast<const T*>(x), x, n);
+}
+
+/// y = softmax(m * x) with m = policy.multiplier(where): SSMax and its peers on one row.
+/// By default the row is the last query of an unmasked sequence of length n:
+/// where = {visible = n, position = n - 1, head = 0}.
+/// Pre (checked): as scaled_softmax; policy valid; where.visible >= 1;
+/// where.position >= 0; 0 <= where.head < policy.heads() when the policy is per head.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class Policy,               // a length policy (length_policy.hpp)
+          class T>                    // float or double
+row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index n,
+                            row_position where = {-1, -1, 0}) {
+  constexpr const char* fn = "policy_softmax";
+  detail::check_row(fn, x, y, n);
+  if (where.visible < 0) where.visible = n;
+  if (where.position < 0) where.position = n - 1;
+  policy.validate(fn);
+  detail::require(where.visible >= 1, fn, "where.visible", "must be >= 1");
+  detail::require(where.head >= 0 && (policy.heads() == 0 || where.head < policy.heads()), fn,
+                  "where.head", "must be a head the policy has parameters for");
+  const double m = policy.multiplier(where);
+  detail::check_multiplier(fn, m);
+  return kernels::scaled_softmax_row<Arch>(x, y, n, static_cast<T>(m));
+}
+
+/// Scalable-Softmax of one row that sees all of its n entries:
+/// y_i = n^(s x_i) / sum_j n^(s x_j) = softmax((s log n + b) x)_i.
+/// Pre (checked): as scaled_softmax; s and b finite and >= 0.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class T>                    // float or double
+row_state<T> ssmax(const T* x, T* y, index n, double s, double b = 0.0) {
+  return policy_softmax<Arch>(ssmax_policy(s, b), x, y, n);
+}
+
+/// The streaming state of softmax(multiplier * x) without writing any output.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class T>                    // float or double
+row_state<T> row_state_of(const T* x, index n, T multiplier = T(1)) {
+  detail::require(x != nullptr, "row_state_of", "x", "must not be null");
+  detail::require(n >= 1, "row_state_of", "n", "must be >= 1");
+  detail::check_multiplier("row_state_of", static_cast<double>(multiplier));
+  return kernels::scaled_softmax_row<Arch>(x, static_cast<T*>(nullptr), n, multiplier);
+}
+
+/// log(sum_i exp(multiplier * x_i)) without overflow: -inf for a row of only -inf,
+/// +inf when an entry is +inf, NaN when one is NaN.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class T>                    // float or double
+T log_sum_exp(const T* x, index n, T multiplier = T(1)) {
+  return row_state_of<Arch>(x, n, multiplier).log_sum_exp();
+}
+
+}  // namespace ssmax
