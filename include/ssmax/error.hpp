@@ -19,8 +19,7 @@ class argument_error : public std::invalid_argument {
  public:
   argument_error(const std::string& function, const std::string& argument,
                  const std::string& problem)
-      : std::invalid_argument("ssmax::" + function + ": argument '" + argument + "' " +
-                              problem),
+      : std::invalid_argument("ssmax::" + function + ": argument '" + argument + "' " + problem),
         argument_(argument) {}
 
   /// Name of the offending argument, as spelled in the function's signature.
@@ -32,17 +31,22 @@ class argument_error : public std::invalid_argument {
 
 namespace detail {
 
+/// Throws argument_error(function, argument, problem).
+[[noreturn]] inline void fail(const char* function, const char* argument,
+                              const std::string& problem) {
+  throw argument_error(function, argument, problem);
+}
+
 /// Throws argument_error(function, argument, problem) unless ok holds.
-inline void require(bool ok, const char* function, const char* argument,
-                    const char* problem) {
-  if (!ok) throw argument_error(function, argument, problem);
+inline void require(bool ok, const char* function, const char* argument, const char* problem) {
+  if (!ok) fail(function, argument, problem);
 }
 
 /// As require, with a problem text built only on failure.
 template <class MakeProblem>
 inline void require_lazy(bool ok, const char* function, const char* argument,
                          MakeProblem&& make_problem) {
-  if (!ok) throw argument_error(function, argument, make_problem());
+  if (!ok) fail(function, argument, make_problem());
 }
 
 /// True when [a, a + a_count) and [b, b + b_count) share a byte.

@@ -42,57 +42,78 @@ struct softmax_policy {
   static constexpr const char* name() { return "softmax"; }
 };
 
+/// A policy parameter: one value shared by every head, or a view of one value per head.
+/// The view does not own its array: the caller keeps it alive while the policy is used
+/// (which lets a training loop update s in place between steps). Small and trivially
+/// copyable, so policies pass by value into kernels without allocating.
+class per_head {
+ public:
+  /// The same value for every head.
+  per_head(double all) : all_(all) {}  // NOLINT(google-explicit-constructor): 0.43 reads well
+  /// One value per head: values[0, count).
+  per_head(const double* values, index count) : values_(values), count_(count), shared_(false) {}
+  /// One value per head, viewing v (which must outlive the policy).
+  per_head(const std::vector<double>& v)  // NOLINT(google-explicit-constructor)
+      : per_head(v.data(), static_cast<index>(v.size())) {}
+  per_head(std::vector<double>&&) = delete;  // would dangle: name the vector instead
+
+  /// The value for head h (h < count() unless shared).
+  double operator[](index h) const { return shared_ ? all_ : values_[h]; }
+  /// Number of per-head values; 0 when one value is shared by all heads.
+  index count() const { return shared_ ? 0 : count_; }
+  bool shared() const { return shared_; }
+
+  /// Throws argument_error naming `what` unless every value is finite and >= 0.
+  void validate(const char* function, const char* what) const {
+    detail::require(shared() || (values_ != nullptr && count_ >= 1), function, what,
+                    "must hold one value or a non-empty array of per-head values");
+    for (index h = 0; h < (shared() ? 1 : count_); ++h)
+      detail::require(std::isfinite((*this)[h]) && (*this)[h] >= 0.0, function, what,
+                      "must be finite and >= 0 (so that the multiplier is never negative)");
+  }
+
+ private:
+  double all_ = 0.0;
+  const double* values_ = nullptr;
+  index count_ = 0;
+  bool shared_ = true;
+};
+
 /// Scalable-Softmax: m = s_h log(n) + b_h, with n the row's visible keys, or the
 /// user's fixed_length when that is set (for example the training length).
 ///
-/// s and b hold one value shared by every head, or one value per head. Both must be
+/// s and b are each one value shared by every head or one value per head. Both must be
 /// finite and >= 0: then m >= 0 for every n >= 1 (m = b at n = 1), which the kernels
 /// require (a negative multiplier would reward the least similar key and make -inf
 /// masking ambiguous). fixed_length is 0 (use n) or >= 1.
 struct ssmax_policy {
-  std::vector<double> s{0.43};  ///< scale per head (or one for all); the paper's Fig. 1 uses 0.43
-  std::vector<double> b{0.0};   ///< bias per head (or one for all); 0 is the paper's default
-  index fixed_length = 0;       ///< when >= 1, use this n for every row instead of the visible count
+  per_head s = 0.43;       ///< scale; the paper's Figure 1 uses 0.43
+  per_head b = 0.0;        ///< bias; 0 is the paper's default variant
+  index fixed_length = 0;  ///< when >= 1, use this n for every row instead of the visible count
 
   ssmax_policy() = default;
-  explicit ssmax_policy(double s_all, double b_all = 0.0, index fixed = 0)
-      : s{s_all}, b{b_all}, fixed_length(fixed) {}
-  ssmax_policy(std::vector<double> s_per_head, std::vector<double> b_per_head,
-               index fixed = 0)
-      : s(std::move(s_per_head)), b(std::move(b_per_head)), fixed_length(fixed) {}
+  ssmax_policy(per_head scale, per_head bias = 0.0, index fixed = 0)  // NOLINT
+      : s(scale), b(bias), fixed_length(fixed) {}
 
-  double scale(index head) const { return s.size() == 1 ? s[0] : s[static_cast<size_t>(head)]; }
-  double bias(index head) const { return b.size() == 1 ? b[0] : b[static_cast<size_t>(head)]; }
   /// The n that the multiplier uses for a row that sees `visible` keys.
   index effective_length(index visible) const { return fixed_length > 0 ? fixed_length : visible; }
 
   double multiplier(const row_position& row) const {
     const auto n = static_cast<double>(effective_length(row.visible));
-    return scale(row.head) * std::log(n) + bias(row.head);
+    return s[row.head] * std::log(n) + b[row.head];
   }
 
-  index heads() const {
-    const auto most = static_cast<index>(std::max(s.size(), b.size()));
-    return most > 1 ? most : 0;
-  }
+  index heads() const { return std::max(s.count(), b.count()); }
 
   void validate(const char* function) const {
-    check_values(s, "policy.s", function);
-    check_values(b, "policy.b", function);
-    detail::require(s.size() == 1 || b.size() == 1 || s.size() == b.size(), function, "policy.b",
-                    "must hold 1 value or as many as policy.s");
+    s.validate(function, "policy.s");
+    b.validate(function, "policy.b");
+    detail::require(s.shared() || b.shared() || s.count() == b.count(), function, "policy.b",
+                    "must hold one value or as many as policy.s");
     detail::require(fixed_length >= 0, function, "policy.fixed_length",
                     "must be 0 (use the visible count) or >= 1");
   }
   static constexpr const char* name() { return "ssmax"; }
-
- private:
-  static void check_values(const std::vector<double>& v, const char* what, const char* function) {
-    detail::require(!v.empty(), function, what, "must hold 1 value or one per head");
-    for (double x : v)
-      detail::require(std::isfinite(x) && x >= 0.0, function, what,
-                      "must be finite and >= 0 (so that the multiplier is never negative)");
-  }
 };
 
 /// The s that makes SSMax equal Softmax at length n_train (m = s log n_train = 1), the
@@ -128,15 +149,15 @@ struct llama4_temperature_policy {
   double attn_scale = 0.1;   ///< growth of m per log step
 
   double multiplier(const row_position& row) const {
-    const double steps = std::floor(static_cast<double>(row.position + 1) /
-                                    static_cast<double>(floor_scale));
+    const double steps =
+        std::floor(static_cast<double>(row.position + 1) / static_cast<double>(floor_scale));
     return attn_scale * std::log1p(steps) + 1.0;
   }
   index heads() const { return 0; }
   void validate(const char* function) const {
     detail::require(floor_scale >= 1, function, "policy.floor_scale", "must be >= 1");
-    detail::require(std::isfinite(attn_scale) && attn_scale >= 0.0, function,
-                    "policy.attn_scale", "must be finite and >= 0");
+    detail::require(std::isfinite(attn_scale) && attn_scale >= 0.0, function, "policy.attn_scale",
+                    "must be finite and >= 0");
   }
   static constexpr const char* name() { return "llama4-temperature"; }
 };
@@ -148,8 +169,8 @@ struct mistral_policy {
   double beta = 0.1;              ///< growth of m per log step
 
   double multiplier(const row_position& row) const {
-    const double steps = std::floor(static_cast<double>(row.position) /
-                                    static_cast<double>(original_length));
+    const double steps =
+        std::floor(static_cast<double>(row.position) / static_cast<double>(original_length));
     return 1.0 + beta * std::log1p(steps);
   }
   index heads() const { return 0; }

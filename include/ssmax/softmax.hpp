@@ -14,9 +14,10 @@
 // - +inf entries share the weight equally, the others get 0 (the limit of softmax);
 // - any NaN in the row makes every output NaN (and the log-sum-exp NaN);
 // - a multiplier of 0 gives equal weights over the entries that are not -inf;
-// - float outputs are within a few ulp of the exact result relative to each weight (the
-//   bound is stated and tested in tests/test_row_kernels.cpp); outputs sum to 1 within
-//   n-independent rounding.
+// - each weight is within a few ulp of the exact one, relative to itself (the bound is
+//   stated in kernels/row_softmax.hpp and tested on every architecture); weights that
+//   would be below n * min_normal are flushed to exactly 0, so no output is subnormal;
+// - outputs sum to 1 within an n-independent number of ulp.
 
 #include <cmath>
 

@@ -76,8 +76,8 @@ struct config_name {
 };
 
 /// Skips the current test when the CPU cannot run Arch.
-#define SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch)                                   \
-  do {                                                                        \
+#define SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch)                                          \
+  do {                                                                                \
     if (!::ssmax::cpu_supports<Arch>()) GTEST_SKIP() << "CPU lacks " << Arch::name(); \
   } while (0)
 

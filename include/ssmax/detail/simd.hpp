@@ -29,8 +29,8 @@ struct scalar_arch {
 /// The widest architecture this translation unit was compiled for (scalar_arch when the
 /// compiler targets none that xsimd knows). Public functions use it unless told otherwise.
 using default_arch =
-    std::conditional_t<std::is_same<xsimd::default_arch, xsimd::unavailable>::value,
-                       scalar_arch, xsimd::default_arch>;
+    std::conditional_t<std::is_same<xsimd::default_arch, xsimd::unavailable>::value, scalar_arch,
+                       xsimd::default_arch>;
 
 namespace detail {
 
@@ -47,6 +47,9 @@ struct simd {
   static void store(T* p, const vec& v) { v.store_unaligned(p); }
   static vec splat(T x) { return vec(x); }
   static vec max(const vec& a, const vec& b) { return xsimd::max(a, b); }
+  /// max(a, b) that returns b when b is NaN (x86 maxps returns its second operand when
+  /// either is NaN; NEON's max returns NaN): the kernels clamp with it without losing NaN.
+  static vec max_keep_nan(const vec& a, const vec& b) { return xsimd::max(a, b); }
   static vec fma(const vec& a, const vec& b, const vec& c) { return xsimd::fma(a, b, c); }
   static vec select(const mask& m, const vec& a, const vec& b) { return xsimd::select(m, a, b); }
   /// exp with xsimd's accuracy (measured in tests/test_exp.cpp; about 1.5 ULP for float).
@@ -85,6 +88,7 @@ struct simd<scalar_arch, T> {
   static void store(T* p, vec v) { *p = v; }
   static vec splat(T x) { return x; }
   static vec max(vec a, vec b) { return a > b ? a : b; }
+  static vec max_keep_nan(vec a, vec b) { return a > b ? a : b; }  // b when b is NaN
   static vec fma(vec a, vec b, vec c) { return a * b + c; }
   static vec select(mask m, vec a, vec b) { return m ? a : b; }
   static vec exp(vec v) { return std::exp(v); }

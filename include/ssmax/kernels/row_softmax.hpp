@@ -20,8 +20,8 @@ namespace ssmax::kernels {
 /// ulp whatever n is, at the cost of one horizontal add per block.
 inline constexpr index kLanesPerBlock = 32;
 
-/// Largest element of x[0, n). Pre: n >= 1. NaN entries may or may not be returned;
-/// callers detect NaN through the sum of pass 2 instead.
+/// Largest element of x[0, n). Pre: n >= 1. When x holds a NaN the result is unspecified
+/// (NaN, -inf or an element of x): scaled_softmax_row detects NaN rows itself.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
 T row_max(const T* x, index n) {
@@ -29,35 +29,50 @@ T row_max(const T* x, index n) {
   constexpr index W = S::width;
   const auto lowest = S::splat(-std::numeric_limits<T>::infinity());
   auto m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
+  const index n_unrolled = n - n % (4 * W), n_vec = n - n % W;
   index i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
+  for (; i < n_unrolled; i += 4 * W) {
     m0 = S::max(m0, S::load(x + i));
     m1 = S::max(m1, S::load(x + i + W));
     m2 = S::max(m2, S::load(x + i + 2 * W));
     m3 = S::max(m3, S::load(x + i + 3 * W));
   }
-  for (; i + W <= n; i += W) m0 = S::max(m0, S::load(x + i));
+  for (; i < n_vec; i += W) m0 = S::max(m0, S::load(x + i));
   T best = S::reduce_max(S::max(S::max(m0, m1), S::max(m2, m3)));
   for (; i < n; ++i) best = x[i] > best ? x[i] : best;  // tail: fewer than W elements
   return best;
 }
 
+/// The exp argument below which pass 2 writes an exact 0 for a row of n terms:
+/// log(smallest normal T) + log(n). A weight flushed so was below n * min_normal / sum
+/// <= n * min_normal (about 1e-32 at n = 10^6 in float) and would otherwise have been a
+/// subnormal, which costs some CPUs a microcode assist per element: keeping every stored
+/// weight 0 or normal keeps the kernels' speed independent of the logits' spread.
+template <class T>  // float or double
+inline T flush_threshold(index n) {
+  return static_cast<T>(std::log(static_cast<double>(std::numeric_limits<T>::min())) +
+                        std::log(static_cast<double>(n)));
+}
+
 /// Pass 2: y_i = exp(m (x_i - pivot)) for i in [0, n), returning sum_i y_i.
-/// Pre: m > 0 and finite; pivot finite and >= every x_i. x_i = -inf gives y_i = 0.
+/// Pre: m > 0 and finite; pivot finite and >= every x_i. x_i = -inf gives y_i = 0, and so
+/// does every m (x_i - pivot) < flush_below (see flush_threshold).
 /// y may equal x (in place) or be nullptr (sum only). NaN in x makes the sum NaN.
 /// Error: each y_i carries the exp's error (simd<Arch,T>::exp) plus (1 + |m (x_i - pivot)|)
 /// half-ulps from forming the argument; the sum adds at most about
 /// (kLanesPerBlock + log2(4 W) + 1) ulp relative, independent of n.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-double exp_and_sum(const T* x, T* y, index n, T m, T pivot) {
+double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
   using S = detail::simd<Arch, T>;
   using V = typename S::vec;
   constexpr index W = S::width;
   constexpr index kBlock = kLanesPerBlock * 4 * W;
   const V vm = S::splat(m), vp = S::splat(pivot);
+  const V lowest = S::splat(flush_below);
   auto term = [&](index at) {
-    const V e = S::exp(vm * (S::load(x + at) - vp));
+    const V t = vm * (S::load(x + at) - vp);
+    const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::max_keep_nan(lowest, t)));
     if (y != nullptr) S::store(y + at, e);
     return e;
   };
@@ -68,7 +83,8 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot) {
   while (i < n_vec) {
     const index block_end = std::min(n_vec, i + kBlock);
     V a0 = S::splat(T(0)), a1 = a0, a2 = a0, a3 = a0;
-    for (; i + 4 * W <= block_end; i += 4 * W) {
+    const index unrolled_end = i + (block_end - i) / (4 * W) * (4 * W);
+    for (; i < unrolled_end; i += 4 * W) {
       a0 += term(i);
       a1 += term(i + W);
       a2 += term(i + 2 * W);
@@ -82,7 +98,8 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot) {
     const index rest = n - i;
     std::fill(in, in + W, -std::numeric_limits<T>::infinity());
     std::copy(x + i, x + n, in);
-    const V e = S::exp(vm * (S::load(in) - vp));
+    const V t = vm * (S::load(in) - vp);
+    const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::max_keep_nan(lowest, t)));
     S::store(out, e);
     if (y != nullptr) std::copy(out, out + rest, y + i);
     total += static_cast<double>(S::reduce_add(e));
@@ -97,14 +114,16 @@ void scale_row(T* y, index n, T factor) {
   using S = detail::simd<Arch, T>;
   constexpr index W = S::width;
   const auto f = S::splat(factor);
+  const index n_vec = n - n % W;
   index i = 0;
-  for (; i + W <= n; i += W) S::store(y + i, S::load(y + i) * f);
+  for (; i < n_vec; i += W) S::store(y + i, S::load(y + i) * f);
   for (; i < n; ++i) y[i] *= factor;
 }
 
 /// The rare rows that pass 2 cannot take: m = 0 (uniform over the entries that are not
-/// -inf) and rows holding +inf (uniform over the +inf entries, the limit of softmax).
-/// Any NaN makes every output NaN. Writes y when y != nullptr; returns the state.
+/// -inf), rows holding +inf (uniform over the +inf entries, the limit of softmax) and rows
+/// of only -inf (zeros, empty state). Any NaN makes every output NaN. Writes y when
+/// y != nullptr; returns the state.
 template <class T>  // float or double
 row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
   const T inf = std::numeric_limits<T>::infinity();
@@ -116,6 +135,10 @@ row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
     has_nan = has_nan || std::isnan(x[i]);
   }
   const T nan = std::numeric_limits<T>::quiet_NaN();
+  if (count == 0 && !has_nan) {  // nothing visible
+    if (y != nullptr) std::fill(y, y + n, T(0));
+    return {};
+  }
   if (y != nullptr) {
     const T w = T(1) / static_cast<T>(count);
     for (index i = 0; i < n; ++i) y[i] = has_nan ? nan : (chosen(x[i]) ? w : T(0));
@@ -131,8 +154,11 @@ row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
 /// x_i = -inf has weight 0; a row of only -inf gives zeros and the empty state;
 /// m = 0 gives equal weights over the entries that are not -inf; +inf entries share the
 /// weight equally (state max = +inf); any NaN makes the whole row NaN.
-/// Error (float, AVX-512 or AVX2, |m (x_i - max)| <= 80): relative error of each y_i at
-/// most (exp ulp + |m (x_i - max)|/2 + 40) ulp; see tests/test_row_kernels.cpp.
+/// Error: |y_i - exact_i| <= eps exact_i (exp_ulp + 4 + sum_ulp + 2 E|t| + 2 |t_i|)
+/// + 2 n min_normal, with t_i = m (x_i - max), E|t| = sum_i exact_i |t_i|, exp_ulp = 2
+/// (tests/test_exp.cpp), sum_ulp = kLanesPerBlock + log2(4 W) + 2; the last term covers the
+/// weights flushed to 0 (see flush_threshold). Derived in tests/support/row_check.hpp,
+/// which the tests apply to every architecture.
 /// The returned state has max = m * max_i x_i, which may overflow to +inf when m > 1
 /// and x is near the largest finite T.
 template <class Arch,  // xsimd architecture tag or scalar_arch
@@ -140,13 +166,11 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
 row_state<T> scaled_softmax_row(const T* x, T* y, index n, T m) {
   const T inf = std::numeric_limits<T>::infinity();
   const T x_max = row_max<Arch>(x, n);
-  if (std::isnan(x_max)) return uniform_row(x, y, n, false);  // NaN row: all NaN
-  if (x_max == -inf) {                                        // nothing visible
-    if (y != nullptr) std::fill(y, y + n, T(0));
-    return {};
-  }
-  if (m == T(0) || x_max == inf) return uniform_row(x, y, n, x_max == inf);
-  const double sum = exp_and_sum<Arch>(x, y, n, m, x_max);
+  // row_max may miss a NaN; one that it misses still reaches pass 2's sum, except in the
+  // rows that uniform_row takes, and it scans for NaN itself.
+  const bool common = x_max > -inf && x_max < inf && m != T(0);
+  if (!common) return uniform_row(x, y, n, x_max == inf);
+  const double sum = exp_and_sum<Arch>(x, y, n, m, x_max, flush_threshold<T>(n));
   if (y != nullptr) scale_row<Arch>(y, n, static_cast<T>(1.0 / sum));
   return {m * x_max, static_cast<T>(sum)};
 }

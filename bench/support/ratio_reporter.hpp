@@ -1,0 +1,93 @@
+#pragma once
+// A console reporter that, after the usual table, prints ratios between benchmarks of the
+// same run: "this architecture against scalar", "SSMax against Softmax". Speed targets are
+// stated as such ratios because absolute times on a shared 2-core machine are noise.
+//
+// Benchmark names are '/'-separated fields, e.g. "row/ssmax/float/avx512f/4096". A
+// comparison names a field and its baseline value; each run is divided by the run whose
+// name differs only in that field, which holds the baseline.
+
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace ssmax::bench {
+
+/// One ratio column: runs are compared with the run whose field `field` is `baseline`.
+struct comparison {
+  std::size_t field;     ///< index of the '/'-separated name field that varies
+  std::string baseline;  ///< value of that field in the baseline run
+  std::string label;     ///< column heading, e.g. "x scalar"
+  bool speedup;          ///< true: baseline time / time (higher is faster); false: time / baseline
+};
+
+inline std::vector<std::string> split_name(const std::string& name) {
+  std::vector<std::string> fields;
+  std::size_t start = 0;
+  for (std::size_t i = 0; i <= name.size(); ++i)
+    if (i == name.size() || name[i] == '/') {
+      fields.push_back(name.substr(start, i - start));
+      start = i + 1;
+    }
+  return fields;
+}
+
+inline std::string join_name(const std::vector<std::string>& fields) {
+  std::string out;
+  for (std::size_t i = 0; i < fields.size(); ++i) out += (i ? "/" : "") + fields[i];
+  return out;
+}
+
+class ratio_reporter : public benchmark::ConsoleReporter {
+ public:
+  explicit ratio_reporter(std::vector<comparison> comparisons)
+      : comparisons_(std::move(comparisons)) {}
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const auto& run : runs)
+      if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
+        const std::string name = run.benchmark_name();
+        times_[name] = run.GetAdjustedRealTime();
+        order_.push_back(name);
+      }
+  }
+
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    for (const auto& c : comparisons_) {
+      std::printf("\n%-48s %12s\n", "benchmark", c.label.c_str());
+      for (const auto& name : order_) {
+        auto fields = split_name(name);
+        if (c.field >= fields.size() || fields[c.field] == c.baseline) continue;
+        fields[c.field] = c.baseline;
+        const auto base = times_.find(join_name(fields));
+        if (base == times_.end()) continue;
+        const double t = times_[name];
+        std::printf("%-48s %12.3f\n", name.c_str(),
+                    c.speedup ? base->second / t : t / base->second);
+      }
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  std::vector<comparison> comparisons_;
+  std::map<std::string, double> times_;
+  std::vector<std::string> order_;
+};
+
+/// main() body shared by the bench executables: the ratio tables after the console one.
+inline int run_with_ratios(int argc, char** argv, std::vector<comparison> comparisons) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  ratio_reporter reporter(std::move(comparisons));
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace ssmax::bench

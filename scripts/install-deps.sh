@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs, on Debian bookworm, whatever ssmax's build, tests, bench and study need and the
+# machine lacks. Safe to run again: it installs nothing when everything is present.
+set -euo pipefail
+
+packages=(
+  g++ cmake make pkg-config git      # toolchain
+  libeigen3-dev libxsimd-dev         # the library's dependencies
+  libgtest-dev libbenchmark-dev      # tests and benchmarks
+  clang-format                       # the format check
+  gnuplot-nox                        # the study's plots
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "ssmax: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
