@@ -13,6 +13,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "../error.hpp"
+#include "compensated_sum.hpp"
 
 namespace ssmax {
 

@@ -16,8 +16,9 @@
 namespace ssmax::kernels {
 
 /// Vectors summed into each accumulator lane before the partial sum is added to a
-/// double total. Bounds the float summation error to about (kLanesPerBlock + log2(4 W))
-/// ulp whatever n is, at the cost of one horizontal add per block.
+/// compensated double total. Bounds the summation error to about
+/// (kLanesPerBlock + log2(4 W) + 2) ulp of T whatever n is, at the cost of one horizontal
+/// add and one compensated add per block of kLanesPerBlock * 4 * W elements.
 inline constexpr index kLanesPerBlock = 32;
 
 /// Largest element of x[0, n). Pre: n >= 1. When x holds a NaN the result is unspecified
@@ -77,7 +78,7 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
     return e;
   };
 
-  double total = 0.0;
+  detail::compensated_sum total;  // blocks add without error growth, in float and double
   index i = 0;
   const index n_vec = n - n % W;
   while (i < n_vec) {
@@ -91,7 +92,7 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
       a3 += term(i + 3 * W);
     }
     for (; i < block_end; i += W) a0 += term(i);
-    total += static_cast<double>(S::reduce_add((a0 + a1) + (a2 + a3)));
+    total.add(static_cast<double>(S::reduce_add((a0 + a1) + (a2 + a3))));
   }
   if (i < n) {  // tail: pad to one vector with -inf, whose weight is exactly 0
     T in[W], out[W];
@@ -102,9 +103,9 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
     const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::max_keep_nan(lowest, t)));
     S::store(out, e);
     if (y != nullptr) std::copy(out, out + rest, y + i);
-    total += static_cast<double>(S::reduce_add(e));
+    total.add(static_cast<double>(S::reduce_add(e)));
   }
-  return total;
+  return total.value();
 }
 
 /// Pass 3: y_i *= factor for i in [0, n).

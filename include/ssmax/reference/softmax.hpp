@@ -13,25 +13,14 @@
 #include <limits>
 #include <vector>
 
+#include "../detail/compensated_sum.hpp"
 #include "../error.hpp"
 
 namespace ssmax::reference {
 
-/// Neumaier's compensated sum: error about 2 ulp of the total whatever the count, so the
-/// reference stays more accurate than the double kernels it checks, even at n = 10^6.
-class compensated_sum {
- public:
-  void add(double v) {
-    const double t = sum_ + v;
-    carry_ += std::abs(sum_) >= std::abs(v) ? (sum_ - t) + v : (v - t) + sum_;
-    sum_ = t;
-  }
-  double value() const { return sum_ + carry_; }
-
- private:
-  double sum_ = 0.0;
-  double carry_ = 0.0;
-};
+/// The reference sums with Neumaier's compensation (detail::compensated_sum), so it stays
+/// more accurate than the double kernels it checks, even at n = 10^6.
+using detail::compensated_sum;
 
 /// softmax(m x) of x[0, n) in double. Pre: n >= 1, m finite and >= 0.
 template <class T>  // element type of the input (float or double), widened exactly
