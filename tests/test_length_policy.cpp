@@ -9,22 +9,15 @@
 #include <ssmax/length_policy.hpp>
 #include <vector>
 
+#include "support/expect_error.hpp"
+
 namespace ssmax {
 namespace {
 
 const double nan = std::numeric_limits<double>::quiet_NaN();
 const double inf = std::numeric_limits<double>::infinity();
 
-/// Expects `call` to throw argument_error naming `argument`.
-template <class Call>
-void expect_rejects(Call&& call, const std::string& argument) {
-  try {
-    call();
-    ADD_FAILURE() << "no error for " << argument;
-  } catch (const argument_error& e) {
-    EXPECT_EQ(e.argument(), argument) << e.what();
-  }
-}
+using testing::expect_rejects;
 
 TEST(SoftmaxPolicy, IsOneEverywhere) {
   for (index n : {1, 2, 1000000}) EXPECT_EQ(softmax_policy{}.multiplier({n, n - 1, 0}), 1.0);

@@ -12,21 +12,13 @@
 #include <vector>
 
 #include "support/architectures.hpp"
+#include "support/expect_error.hpp"
 #include "support/row_check.hpp"
 
 namespace ssmax {
 namespace {
 
-template <class Call>
-void expect_rejects(Call&& call, const std::string& argument) {
-  try {
-    call();
-    ADD_FAILURE() << "no error for " << argument;
-  } catch (const argument_error& e) {
-    EXPECT_EQ(e.argument(), argument) << e.what();
-    EXPECT_NE(std::string(e.what()).find(argument), std::string::npos);
-  }
-}
+using testing::expect_rejects;
 
 template <class T>
 class RowApi : public ::testing::Test {};
