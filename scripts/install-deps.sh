@@ -8,6 +8,8 @@ packages=(
   libeigen3-dev libxsimd-dev         # the library's dependencies
   libgtest-dev libbenchmark-dev      # tests and benchmarks
   clang-format                       # the format check
+  clang libclang-rt-14-dev libomp-14-dev valgrind  # sanitizers, libFuzzer, TSan + OpenMP, memcheck
+  doxygen                            # the API reference (scripts/docs.sh)
   gnuplot-nox                        # the study's plots
 )
 

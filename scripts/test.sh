@@ -7,5 +7,17 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 bash scripts/check-format.sh
+bash scripts/docs.sh  # the API reference: any doxygen warning fails
 cmake --workflow --preset native
 cmake --workflow --preset baseline
+# Sanitizers: every test under ASan + UBSan (g++, baseline x86-64 to keep the build short:
+# the fuzzers below run every SIMD path of this CPU under ASan + UBSan); the threaded tests
+# under TSan (clang++ with libomp and its Archer tool, which tells TSan about OpenMP's own
+# synchronisation).
+cmake --workflow --preset asan
+cmake --workflow --preset tsan
+# valgrind memcheck on a subset of the baseline (SSE2) tests: valgrind cannot run AVX-512.
+bash scripts/valgrind.sh
+# libFuzzer targets (clang++, ASan + UBSan), each run for a bounded time from its corpus.
+cmake --workflow --preset fuzz
+bash scripts/fuzz.sh "${SSMAX_FUZZ_SECONDS:-45}"

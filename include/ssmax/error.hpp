@@ -13,7 +13,7 @@ namespace ssmax {
 using index = std::ptrdiff_t;
 
 /// Thrown for any precondition violation of the public API. what() reads
-/// "ssmax::<function>: argument '<name>' <problem>", and argument() returns <name>.
+/// "ssmax::FUNCTION: argument 'NAME' PROBLEM", and argument() returns NAME.
 /// Nothing has been written to any output when it is thrown.
 class argument_error : public std::invalid_argument {
  public:

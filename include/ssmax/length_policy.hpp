@@ -130,7 +130,7 @@ struct qwen_logn_policy {
   index train_length = 8192;  ///< L_train: the context length the model was trained at
 
   double multiplier(const row_position& row) const {
-    const double m = std::log(static_cast<double>(row.position + 1)) /
+    const double m = std::log(static_cast<double>(row.position) + 1.0) /
                      std::log(static_cast<double>(train_length));
     return m > 1.0 ? m : 1.0;
   }
@@ -150,7 +150,7 @@ struct llama4_temperature_policy {
 
   double multiplier(const row_position& row) const {
     const double steps =
-        std::floor(static_cast<double>(row.position + 1) / static_cast<double>(floor_scale));
+        std::floor((static_cast<double>(row.position) + 1.0) / static_cast<double>(floor_scale));
     return attn_scale * std::log1p(steps) + 1.0;
   }
   index heads() const { return 0; }

@@ -20,6 +20,7 @@
 // - outputs sum to 1 within an n-independent number of ulp.
 
 #include <cmath>
+#include <limits>
 
 #include "detail/simd.hpp"
 #include "error.hpp"
@@ -72,9 +73,12 @@ row_state<T> softmax(T* x, index n) {
 
 /// y = softmax(m * x) with m = policy.multiplier(where): SSMax and its peers on one row.
 /// By default the row is the last query of an unmasked sequence of length n:
-/// where = {visible = n, position = n - 1, head = 0}.
+/// where = {visible = n, position = n - 1, head = 0}; a where.visible or where.position of
+/// -1 takes that default.
 /// Pre (checked): as scaled_softmax; policy valid; where.visible >= 1;
-/// where.position >= 0; 0 <= where.head < policy.heads() when the policy is per head.
+/// where.position >= 0; 0 <= where.head < policy.heads() when the policy is per head;
+/// the row's multiplier finite and >= 0 in T (argument 'policy' otherwise: s log n + b
+/// can exceed the largest float, or even double, for huge s or b).
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class Policy,               // a length policy (length_policy.hpp)
           class T>                    // float or double
@@ -82,14 +86,16 @@ row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index n,
                             row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax";
   detail::check_row(fn, x, y, n);
-  if (where.visible < 0) where.visible = n;
-  if (where.position < 0) where.position = n - 1;
+  if (where.visible == -1) where.visible = n;
+  if (where.position == -1) where.position = n - 1;
   policy.validate(fn);
-  detail::require(where.visible >= 1, fn, "where.visible", "must be >= 1");
+  detail::require(where.visible >= 1, fn, "where.visible", "must be >= 1 (or -1: n)");
+  detail::require(where.position >= 0, fn, "where.position", "must be >= 0 (or -1: n - 1)");
   detail::require(where.head >= 0 && (policy.heads() == 0 || where.head < policy.heads()), fn,
                   "where.head", "must be a head the policy has parameters for");
   const double m = policy.multiplier(where);
-  detail::check_multiplier(fn, m);
+  detail::require(m >= 0.0 && m <= static_cast<double>(std::numeric_limits<T>::max()), fn, "policy",
+                  "must give this row a multiplier that is finite and >= 0 in T");
   return kernels::scaled_softmax_row<Arch>(x, y, n, static_cast<T>(m));
 }
 

@@ -5,9 +5,23 @@
 //   length_policy.hpp  how (visible keys n, position p) become the logit multiplier m
 //   softmax.hpp        row-level softmax / SSMax / log-sum-exp / streaming state
 //   row_state.hpp      the (max, sum) streaming state and its merge
+//   tensor_view.hpp    strided [B, seq, H, d] views (BSHD, BHSD, Eigen helpers)
+//   mask.hpp           attention masks and visible_keys(): which keys a row sees, its n
+//   attention.hpp      the multi-head attention operator (fused and materialised paths)
+//   analysis.hpp       attention diagnostics: largest weight, weight on a key, entropy
+//   softmax_backward.hpp    row backward: dL/dx and dL/dm (training a learnable SSMax s)
+//   attention_backward.hpp  the attention operator's backward: dq, dk, dv, ds, db
+//   policy_gradient.hpp     dL/dm of a row -> dL/ds_h, dL/db_h of an SSMax policy
 
+#include "analysis.hpp"
+#include "attention.hpp"
+#include "attention_backward.hpp"
 #include "error.hpp"
 #include "length_policy.hpp"
+#include "mask.hpp"
+#include "policy_gradient.hpp"
 #include "row_state.hpp"
 #include "softmax.hpp"
+#include "softmax_backward.hpp"
+#include "tensor_view.hpp"
 #include "version.hpp"

@@ -1,0 +1,231 @@
+// Attention benchmarks: prefill (n_q = n_k) and decode (n_q = 1) for the fused and the
+// materialised kernels and a plain Eigen composition (Q K^T, row softmax, times V), with
+// Softmax and SSMax, 8 heads, float, d = 64 and 128; plus, in the same run, the machine's
+// FMA peak (a register-blocked xsimd FMA loop) and a plain memory copy's bandwidth, so
+// each kernel is also reported as a fraction of them.
+//
+// Names: "<kind>/<impl>/<policy>/d:<d>/n:<n>/threads:<t>", e.g.
+// prefill/fused/ssmax/d:128/n:4096/threads:1. Counters:
+//   GFLOPs     4 n_q n_k d per head (half of it when causal) per second
+//   of_peak    GFLOPs / (threads x the 1-thread FMA peak measured first)
+//   GBs        decode: bytes of K and V read per second
+//   of_copy    GBs / the copy bandwidth (bytes read + written per second, STREAM's convention)
+//   extra_MB   memory the call needs beyond inputs and outputs (workspace, or Eigen's scores)
+// Typical run (the table of the README):
+//   bench_attention --benchmark_filter='peak|copy|d:128/n:4096/|decode/.*n:32768'
+//   --benchmark_min_time=1
+
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <ssmax/attention.hpp>
+#include <string>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+namespace {
+
+using ssmax::index;
+
+double g_peak_gflops = 0.0;  // 1-thread FMA peak, measured by the first benchmark
+double g_copy_gbs = 0.0;     // copy bandwidth (read + write), measured by the second
+
+void fma_peak(benchmark::State& state) {
+  using B = xsimd::batch<float>;  // the widest vector this binary is compiled for
+  constexpr int kAcc = 16;        // independent chains: more than FMA latency x FMA units
+  B acc[kAcc];
+  for (int a = 0; a < kAcc; ++a) acc[a] = B(1.0f + 1e-3f * static_cast<float>(a));
+  const B x(0.999999f), y(1e-7f);
+  const int64_t iters = 1 << 20;
+  for (auto _ : state) {
+    for (int64_t i = 0; i < iters; ++i)
+      for (int a = 0; a < kAcc; ++a) acc[a] = xsimd::fma(acc[a], x, y);
+    for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
+  }
+  const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void memory_copy(benchmark::State& state) {
+  const std::size_t bytes = std::size_t(256) << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GBs"] =
+      benchmark::Counter(2.0 * bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// q, k, v (BSHD, float), random in [-1, 1].
+struct tensors {
+  index n_q, n_k, H, d;
+  std::vector<float> q, k, v, out;
+  tensors(index nq, index nk, index heads, index dim) : n_q(nq), n_k(nk), H(heads), d(dim) {
+    std::mt19937 gen(1);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    q.resize(static_cast<size_t>(n_q * H * d));
+    k.resize(static_cast<size_t>(n_k * H * d));
+    v.resize(k.size());
+    out.resize(q.size());
+    for (auto* t : {&q, &k, &v})
+      for (auto& x : *t) x = u(gen);
+  }
+  ssmax::tensor_view<const float> qv() const { return ssmax::bshd_view(q.data(), 1, n_q, H, d); }
+  ssmax::tensor_view<const float> kv() const { return ssmax::bshd_view(k.data(), 1, n_k, H, d); }
+  ssmax::tensor_view<const float> vv() const { return ssmax::bshd_view(v.data(), 1, n_k, H, d); }
+  ssmax::tensor_view<float> ov() { return ssmax::bshd_view(out.data(), 1, n_q, H, d); }
+};
+
+constexpr index kHeads = 8;
+
+void set_counters(benchmark::State& state, double flops, double kv_bytes, int threads,
+                  double extra_bytes) {
+  using benchmark::Counter;
+  state.counters["GFLOPs"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+  if (kv_bytes > 0)
+    state.counters["GBs"] = Counter(kv_bytes * 1e-9, Counter::kIsIterationInvariantRate);
+  state.counters["extra_MB"] = extra_bytes / (1 << 20);
+  state.counters["threads"] = threads;
+}
+
+/// ssmax's operator. decode: n_q = 1 over n keys; prefill: n_q = n_k = n, causal.
+template <class Policy>
+void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path, index n, index d,
+               int threads) {
+  tensors t(decode ? 1 : n, n, kHeads, d);
+  ssmax::attention_options<Policy> o;
+  o.mask = ssmax::attention_mask::causal_mask();
+  o.threads = threads;
+  o.path = path;
+  ssmax::attention_workspace ws;
+  const std::size_t extra = ssmax::attention_workspace_bytes(t.qv(), t.kv(), t.vv(), t.ov(), o);
+  ssmax::attention(t.qv(), t.kv(), t.vv(), t.ov(), o, {},
+                   &ws);  // warm-up: the workspace grows once
+  for (auto _ : state) {
+    ssmax::attention(t.qv(), t.kv(), t.vv(), t.ov(), o, {}, &ws);
+    benchmark::DoNotOptimize(t.out.data());
+  }
+  const double pairs =
+      decode ? static_cast<double>(n) : 0.5 * static_cast<double>(n) * static_cast<double>(n);
+  const double flops = 4.0 * pairs * static_cast<double>(d) * kHeads;
+  const double kv_bytes = decode ? 2.0 * static_cast<double>(n * kHeads * d) * sizeof(float) : 0.0;
+  set_counters(state, flops, kv_bytes, threads, static_cast<double>(extra));
+}
+
+/// The plain Eigen composition, one head at a time: S = m scale Q K^T (+ causal mask),
+/// row softmax (the library's row kernel), O = S V.
+void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index n, index d,
+               int threads) {
+  using Mat = ssmax::row_matrix<float>;
+  tensors t(decode ? 1 : n, n, kHeads, d);
+  Eigen::setNbThreads(threads);
+  Mat S = Mat::Zero(t.n_q, t.n_k), O = Mat::Zero(t.n_q, d);  // touched: no page faults in the loop
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (auto _ : state) {
+    for (index h = 0; h < kHeads; ++h) {
+      auto Q = ssmax::head_matrix(t.qv(), 0, h);
+      auto K = ssmax::head_matrix(t.kv(), 0, h);
+      auto V = ssmax::head_matrix(t.vv(), 0, h);
+      S.noalias() = (Q * scale) * K.transpose();
+      for (index i = 0; i < t.n_q; ++i) {
+        const index p = decode ? n - 1 : i, visible = p + 1;
+        const float m =
+            ssmax_policy ? static_cast<float>(0.43 * std::log(static_cast<double>(visible))) : 1.0f;
+        ssmax::kernels::scaled_softmax_row<ssmax::default_arch>(S.row(i).data(), S.row(i).data(),
+                                                                visible, m);
+        std::fill(S.row(i).data() + visible, S.row(i).data() + t.n_k, 0.0f);
+      }
+      O.noalias() = S * V;
+      ssmax::head_matrix(t.ov(), 0, h) = O;
+    }
+    benchmark::DoNotOptimize(t.out.data());
+  }
+  Eigen::setNbThreads(0);
+  // The Eigen composition computes the full product, masked or not; it is credited with
+  // the same (causal) flops as the kernels so the GFLOPs columns compare times.
+  const double pairs =
+      decode ? static_cast<double>(n) : 0.5 * static_cast<double>(n) * static_cast<double>(n);
+  const double kv_bytes = decode ? 2.0 * static_cast<double>(n * kHeads * d) * sizeof(float) : 0.0;
+  set_counters(state, 4.0 * pairs * static_cast<double>(d) * kHeads, kv_bytes, threads,
+               static_cast<double>(t.n_q * t.n_k) * sizeof(float));
+}
+
+void register_all() {
+  benchmark::RegisterBenchmark("peak/fma/float", fma_peak)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("copy/memcpy/256MiB", memory_copy)->Unit(benchmark::kMillisecond);
+  for (bool decode : {false, true})
+    for (index d : {64, 128}) {
+      const std::vector<index> sizes = decode ? std::vector<index>{4096, 32768, 131072}
+                                              : std::vector<index>{128, 512, 1024, 4096, 16384};
+      for (index n : sizes)
+        for (int threads : {1, 2}) {
+          const std::string tail = "/d:" + std::to_string(d) + "/n:" + std::to_string(n) +
+                                   "/threads:" + std::to_string(threads);
+          const std::string kind = decode ? "decode" : "prefill";
+          for (bool ss : {false, true}) {
+            const std::string pol = ss ? "ssmax" : "softmax";
+            for (auto path : {ssmax::attention_path::fused, ssmax::attention_path::materialised}) {
+              const std::string impl =
+                  path == ssmax::attention_path::fused ? "fused" : "materialised";
+              benchmark::RegisterBenchmark(
+                  (kind + "/" + impl + "/" + pol + tail).c_str(),
+                  [=](benchmark::State& s) {
+                    if (ss)
+                      run_ssmax<ssmax::ssmax_policy>(s, decode, path, n, d, threads);
+                    else
+                      run_ssmax<ssmax::softmax_policy>(s, decode, path, n, d, threads);
+                  })
+                  ->Unit(benchmark::kMillisecond)
+                  ->UseRealTime();
+            }
+            if (n <= 16384)
+              benchmark::RegisterBenchmark(
+                  (kind + "/eigen/" + pol + tail).c_str(),
+                  [=](benchmark::State& s) { run_eigen(s, decode, ss, n, d, threads); })
+                  ->Unit(benchmark::kMillisecond)
+                  ->UseRealTime();
+          }
+        }
+    }
+}
+
+/// Adds of_peak / of_copy columns computed from the peak and copy runs of the same run.
+class fraction_reporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    std::vector<Run> copy = runs;
+    for (auto& r : copy) {
+      const std::string name = r.benchmark_name();
+      auto gf = r.counters.find("GFLOPs");
+      // Counters arrive finished: rates are already per second.
+      if (name.rfind("peak/", 0) == 0 && gf != r.counters.end()) g_peak_gflops = gf->second.value;
+      auto gb = r.counters.find("GBs");
+      if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) g_copy_gbs = gb->second.value;
+      auto th = r.counters.find("threads");
+      if (gf != r.counters.end() && th != r.counters.end() && g_peak_gflops > 0) {
+        r.counters["of_peak"] = gf->second.value / (g_peak_gflops * th->second.value);
+      }
+      if (gb != r.counters.end() && name.rfind("copy/", 0) != 0 && g_copy_gbs > 0) {
+        r.counters["of_copy"] = gb->second.value / g_copy_gbs;
+      }
+    }
+    ConsoleReporter::ReportRuns(copy);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  fraction_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

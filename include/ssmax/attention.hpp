@@ -1,0 +1,329 @@
+#pragma once
+// The multi-head attention operator: what model code calls.
+//
+//   out[b, i, h, :] = sum_j a[b, h, i, j] v[b, j, g(h), :]
+//   a[b, h, i, :]   = softmax over the keys row i sees of  m_i * scale * (q[b, i, h, :] . k[b, j,
+//   g(h), :])
+//
+// with g(h) = h / (H / H_kv) (MHA, GQA, MQA), scale = 1/sqrt(d) unless given, and
+// m_i = policy.multiplier({n_i, p_i, h}) where n_i and p_i come from the mask
+// (mask.hpp: visible_keys is the one place that computes them). Rows that see no key
+// output zeros and log-sum-exp -inf.
+//
+// Every function validates all its arguments first and throws ssmax::argument_error
+// naming the offending one; nothing is written then. Two kernels do the work:
+//   fused        (kernels/attention_fused.hpp) online softmax over key blocks, never forms
+//                n_q x n_k, splits the keys of decode-sized query blocks across threads;
+//   materialised (kernels/attention_materialised.hpp) full score rows, and the only path
+//                that can return the attention weights.
+// attention_path::automatic picks materialised when weights are requested, else fused.
+//
+// Numerical contract (both paths): per output element,
+//   |out - exact| <= eps * max|v| * (2 (d + 2) Z + n + 64),  Z = max_j sum_c |m scale q_c k_jc|,
+// eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
+// eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
+// Inputs must be finite.
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include "detail/parallel.hpp"
+#include "detail/simd.hpp"
+#include "error.hpp"
+#include "kernels/attention_blocks.hpp"
+#include "kernels/attention_fused.hpp"
+#include "kernels/attention_materialised.hpp"
+#include "length_policy.hpp"
+#include "mask.hpp"
+#include "tensor_view.hpp"
+
+namespace ssmax {
+
+/// Which kernel runs.
+enum class attention_path {
+  automatic,    ///< materialised when weights are requested, else fused
+  fused,        ///< streaming online softmax (cannot return weights)
+  materialised  ///< full score rows
+};
+
+/// Everything about an attention call except the tensors.
+template <class Policy = softmax_policy>  // a length policy (length_policy.hpp)
+struct attention_options {
+  Policy policy{};              ///< how (n, p, head) become the multiplier m
+  attention_mask mask{};        ///< which keys each row sees (mask.hpp)
+  std::optional<double> scale;  ///< logit scale; default 1/sqrt(d)
+  int threads = 0;              ///< 0 = all available; results do not depend on it
+  attention_path path = attention_path::automatic;
+};
+
+/// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j).
+template <class T>  // float or double
+struct attention_extras {
+  T* lse = nullptr;      ///< [B, H, n_q] per-row log-sum-exp of the scaled logits, or null
+  T* weights = nullptr;  ///< [B, H, n_q, n_k] attention weights (materialised path), or null
+};
+
+namespace detail {
+
+template <class U>
+struct identity {
+  using type = U;
+};
+/// Blocks template argument deduction (q, k, v take their type from out).
+template <class U>
+using identity_t = typename identity<U>::type;
+
+/// Offset of the last element of a view (strides validated non-negative).
+template <class T>
+inline index last_offset(const tensor_view<T>& t) {
+  return (t.batch - 1) * t.stride_b + (t.seq - 1) * t.stride_s + (t.heads - 1) * t.stride_h +
+         t.dim - 1;
+}
+
+/// True when no two (b, s, h, c) of a view share memory.
+template <class T>
+inline bool distinct_elements(const tensor_view<T>& t) {
+  struct axis {
+    index size, stride;
+  };
+  axis axes[3] = {{t.batch, t.stride_b}, {t.seq, t.stride_s}, {t.heads, t.stride_h}};
+  std::sort(axes, axes + 3, [](const axis& x, const axis& y) { return x.stride < y.stride; });
+  index extent = t.dim;  // the contiguous head row
+  for (const axis& x : axes) {
+    if (x.size <= 1) continue;
+    if (x.stride < extent) return false;
+    extent = x.stride * (x.size - 1) + extent;
+  }
+  return true;
+}
+
+template <class T>
+inline void check_view(const tensor_view<T>& t, const char* fn, const char* name) {
+  require(t.data != nullptr, fn, name, "must not be null (data)");
+  require_lazy(t.batch >= 1 && t.seq >= 1 && t.heads >= 1 && t.dim >= 1, fn, name, [&] {
+    return "must have every extent >= 1, got [" + std::to_string(t.batch) + ", " +
+           std::to_string(t.seq) + ", " + std::to_string(t.heads) + ", " + std::to_string(t.dim) +
+           "]";
+  });
+  require(t.stride_b >= 0 && t.stride_s >= 0 && t.stride_h >= 0, fn, name,
+          "must have non-negative strides");
+}
+
+template <class A, class B>
+inline bool views_overlap(const A* a, index a_count, const B* b, index b_count) {
+  return overlaps(a, a_count, b, b_count);
+}
+
+/// Throws argument_error naming `argument` when [p, p + count) overlaps q, k or v.
+template <class T, class U>
+inline void require_disjoint_from_inputs(const U* p, index count, const char* fn,
+                                         const char* argument, const tensor_view<const T>& q,
+                                         const tensor_view<const T>& k,
+                                         const tensor_view<const T>& v) {
+  const tensor_view<const T>* inputs[] = {&q, &k, &v};
+  const char* names[] = {"overlaps input 'q'", "overlaps input 'k'", "overlaps input 'v'"};
+  for (int i = 0; i < 3; ++i)
+    require(!overlaps(p, count, inputs[i]->data, last_offset(*inputs[i]) + 1), fn, argument,
+            names[i]);
+}
+
+/// Checks every argument of an attention call; throws argument_error naming the first
+/// bad one. Returns the resolved scale.
+template <class T, class Policy>
+inline double check_attention(const char* fn, const tensor_view<const T>& q,
+                              const tensor_view<const T>& k, const tensor_view<const T>& v,
+                              const tensor_view<T>& out, const attention_options<Policy>& o,
+                              const attention_extras<T>& x) {
+  check_view(q, fn, "q");
+  check_view(k, fn, "k");
+  check_view(v, fn, "v");
+  check_view(out, fn, "out");
+  auto shape = [](const auto& t) {
+    return "[" + std::to_string(t.batch) + ", " + std::to_string(t.seq) + ", " +
+           std::to_string(t.heads) + ", " + std::to_string(t.dim) + "]";
+  };
+  require_lazy(k.dim == q.dim, fn, "k", [&] {
+    return "has head dimension " + std::to_string(k.dim) + ", q has " + std::to_string(q.dim);
+  });
+  require_lazy(v.dim == q.dim, fn, "v", [&] {
+    return "has head dimension " + std::to_string(v.dim) + ", q has " + std::to_string(q.dim);
+  });
+  require_lazy(k.batch == q.batch, fn, "k", [&] {
+    return "has batch " + std::to_string(k.batch) + ", q has " + std::to_string(q.batch);
+  });
+  require_lazy(q.heads % k.heads == 0, fn, "k", [&] {
+    return "has " + std::to_string(k.heads) + " heads, which does not divide q's " +
+           std::to_string(q.heads);
+  });
+  require_lazy(v.batch == k.batch && v.seq == k.seq && v.heads == k.heads, fn, "v",
+               [&] { return "has shape " + shape(v) + ", expected k's " + shape(k); });
+  require_lazy(out.batch == q.batch && out.seq == q.seq && out.heads == q.heads && out.dim == q.dim,
+               fn, "out", [&] { return "has shape " + shape(out) + ", expected q's " + shape(q); });
+  require(distinct_elements(out), fn, "out", "has strides that make elements share memory");
+
+  const index out_count = last_offset(out) + 1;
+  require_disjoint_from_inputs(out.data, out_count, fn, "out", q, k, v);
+
+  const attention_mask& m = o.mask;
+  require(m.window >= 0, fn, "options.mask.window", "must be >= 0");
+  require(m.window == 0 || m.causal, fn, "options.mask.window", "needs options.mask.causal");
+  require(m.query_offset >= -1, fn, "options.mask.query_offset", "must be >= 0, or -1 (auto)");
+  require(m.n_override >= 0, fn, "options.mask.n_override", "must be >= 0 (0: visible count)");
+  require((m.cu_seqlens_q == nullptr) == (m.cu_seqlens_k == nullptr), fn,
+          "options.mask.cu_seqlens_k", "must be given together with cu_seqlens_q");
+  const index sequences = sequence_count(m, q.batch);
+  if (m.packed()) {
+    require(q.batch == 1, fn, "q", "must have batch 1 with packed sequences");
+    require(m.sequences >= 1, fn, "options.mask.sequences", "must be >= 1");
+    for (const auto& offsets : {std::tuple{m.cu_seqlens_q, "options.mask.cu_seqlens_q", q.seq},
+                                std::tuple{m.cu_seqlens_k, "options.mask.cu_seqlens_k", k.seq}}) {
+      // Plain locals, not a structured binding: lambdas may capture them in C++17.
+      const index* cu = std::get<0>(offsets);
+      const char* name = std::get<1>(offsets);
+      const index total = std::get<2>(offsets);
+      require(cu[0] == 0, fn, name, "must start at 0");
+      for (index s = 0; s < m.sequences; ++s)
+        require_lazy(cu[s + 1] >= cu[s], fn, name, [&] {
+          return "must not decrease, but entry " + std::to_string(s + 1) + " is " +
+                 std::to_string(cu[s + 1]) + " < " + std::to_string(cu[s]);
+        });
+      require_lazy(cu[m.sequences] == total, fn, name, [&] {
+        return "must end at the tensor's token count " + std::to_string(total) + ", got " +
+               std::to_string(cu[m.sequences]);
+      });
+    }
+  }
+  if (m.key_lengths != nullptr)
+    for (index s = 0; s < sequences; ++s) {
+      const index len = m.packed() ? m.cu_seqlens_k[s + 1] - m.cu_seqlens_k[s] : k.seq;
+      require_lazy(
+          m.key_lengths[s] >= 0 && m.key_lengths[s] <= len, fn, "options.mask.key_lengths", [&] {
+            return "entry " + std::to_string(s) + " is " + std::to_string(m.key_lengths[s]) +
+                   ", outside [0, " + std::to_string(len) + "]";
+          });
+    }
+  if (m.allowed != nullptr)
+    require(m.allowed_stride_b >= 0 && m.allowed_stride_h >= 0 && m.allowed_stride_q >= 0, fn,
+            "options.mask.allowed", "must have non-negative strides");
+
+  check_policy(o.policy, q.heads, fn);
+  require(o.threads >= 0, fn, "options.threads", "must be >= 0 (0: all available)");
+  const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));
+  require(std::isfinite(scale) && scale >= 0.0, fn, "options.scale", "must be finite and >= 0");
+
+  const index rows = q.batch * q.heads * q.seq;
+  if (x.weights != nullptr) {
+    require(o.path != attention_path::fused, fn, "extras.weights",
+            "needs the materialised path (the fused path never forms them)");
+    const index count = rows * k.seq;
+    require(!overlaps(x.weights, count, out.data, out_count), fn, "extras.weights",
+            "overlaps 'out'");
+    require_disjoint_from_inputs(x.weights, count, fn, "extras.weights", q, k, v);
+  }
+  if (x.lse != nullptr) {
+    require(!overlaps(x.lse, rows, out.data, out_count), fn, "extras.lse", "overlaps 'out'");
+    if (x.weights != nullptr)
+      require(!overlaps(x.lse, rows, x.weights, rows * k.seq), fn, "extras.lse",
+              "overlaps 'extras.weights'");
+    require_disjoint_from_inputs(x.lse, rows, fn, "extras.lse", q, k, v);
+  }
+  return scale;
+}
+
+template <class T, class Policy>
+inline kernels::attention_problem<T, Policy> make_problem(
+    const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+    const tensor_view<T>& out, const attention_options<Policy>& o, const attention_extras<T>& x,
+    double scale) {
+  kernels::attention_problem<T, Policy> p;
+  p.q = q, p.k = k, p.v = v, p.out = out;
+  p.policy = &o.policy;
+  p.mask = o.mask;
+  p.scale = scale;
+  p.lse = x.lse;
+  p.weights = x.weights;
+  p.threads = resolve_threads(o.threads);
+  return p;
+}
+
+template <class T, class Policy>
+inline bool use_materialised(const attention_options<Policy>& o, const attention_extras<T>& x) {
+  return o.path == attention_path::materialised ||
+         (o.path == attention_path::automatic && x.weights != nullptr);
+}
+
+}  // namespace detail
+
+/// Workspace bytes an attention call with these arguments needs (what `attention` will
+/// reserve in the workspace it is given). Validates like `attention`.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class T,                        // float or double
+          class Policy = softmax_policy>  // a length policy
+std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q,
+                                      detail::identity_t<tensor_view<const T>> k,
+                                      detail::identity_t<tensor_view<const T>> v,
+                                      tensor_view<T> out,
+                                      const attention_options<Policy>& options = {},
+                                      attention_extras<T> extras = {}) {
+  const double scale =
+      detail::check_attention("attention_workspace_bytes", q, k, v, out, options, extras);
+  const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
+  return detail::use_materialised(options, extras) ? kernels::materialised_workspace_bytes<Arch>(p)
+                                                   : kernels::fused_workspace_bytes<Arch>(p);
+}
+
+/// Multi-head attention over strided views (see the top of this header for the formula).
+///   q [B, n_q, H, d], k and v [B, n_k, H_kv, d] with H_kv dividing H, out [B, n_q, H, d]
+///   (any strides with a contiguous head dimension: bshd_view, bhsd_view, Eigen helpers).
+/// extras.lse, when set, receives the per-row log-sum-exp [B, H, n_q]; extras.weights
+/// the attention weights [B, H, n_q, n_k] (materialised path). workspace: reuse one
+/// across calls to allocate nothing after the first; null allocates a temporary one.
+/// Throws argument_error (naming the argument, nothing written) on any bad argument.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class T,                        // float or double
+          class Policy = softmax_policy>  // a length policy
+void attention(detail::identity_t<tensor_view<const T>> q,
+               detail::identity_t<tensor_view<const T>> k,
+               detail::identity_t<tensor_view<const T>> v, tensor_view<T> out,
+               const attention_options<Policy>& options = {}, attention_extras<T> extras = {},
+               attention_workspace* workspace = nullptr) {
+  const double scale = detail::check_attention("attention", q, k, v, out, options, extras);
+  const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
+  attention_workspace local;
+  attention_workspace& ws = workspace != nullptr ? *workspace : local;
+  if (detail::use_materialised(options, extras)) {
+    ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
+    kernels::attention_materialised<Arch>(p, ws);
+  } else {
+    ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
+    kernels::attention_fused<Arch>(p, ws);
+  }
+}
+
+/// One head: q [n_q, d], k and v [n_k, d], out [n_q, d], as row-major Eigen matrices
+/// (Matrix, Map, or blocks of them). extras.lse is [n_q], extras.weights [n_q, n_k].
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class Policy = softmax_policy>  // a length policy
+void attention(const const_matrix_ref<float>& q, const const_matrix_ref<float>& k,
+               const const_matrix_ref<float>& v, matrix_ref<float> out,
+               const attention_options<Policy>& options = {}, attention_extras<float> extras = {},
+               attention_workspace* workspace = nullptr) {
+  attention<Arch, float>(head_view(q), head_view(k), head_view(v), head_view(out), options, extras,
+                         workspace);
+}
+/// One head, double (as the float overload).
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class Policy = softmax_policy>  // a length policy
+void attention(const const_matrix_ref<double>& q, const const_matrix_ref<double>& k,
+               const const_matrix_ref<double>& v, matrix_ref<double> out,
+               const attention_options<Policy>& options = {}, attention_extras<double> extras = {},
+               attention_workspace* workspace = nullptr) {
+  attention<Arch, double>(head_view(q), head_view(k), head_view(v), head_view(out), options, extras,
+                          workspace);
+}
+
+}  // namespace ssmax

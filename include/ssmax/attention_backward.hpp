@@ -1,0 +1,143 @@
+#pragma once
+// The attention operator's backward pass, for training (with a learnable SSMax s and b).
+//
+// Given the forward's inputs q, k, v, its output out and per-row log-sum-exp lse
+// (attention_extras::lse), and dout = dL/dout, computes
+//   dq, dk, dv       the gradients of the inputs (dk, dv summed over the query heads that
+//                    share a key/value head: GQA, MQA);
+//   d_multiplier     optional, [B, H, n_q]: dL/dm of every row's multiplier m;
+//   policy           optional, per head: dL/ds_h += sum over the rows of head h of
+//                    log(n) dL/dm and dL/db_h += sum of dL/dm (policy_gradient.hpp; n the
+//                    policy's n for the row: the visible count, the mask's n_override, or
+//                    the policy's fixed_length). Added to what the object holds, so one
+//                    object can collect a whole model's step.
+// With z_j = scale q_i . k_j over the keys row i sees, a = softmax(m z), u_j = dout_i . v_j:
+//   dq_i = m scale sum_j a_j (u_j - D) k_j,  D = dout_i . out_i = sum_j a_j u_j
+//   dk_j = m scale sum_i a_ij (u_ij - D_i) q_i,   dv_j = sum_i a_ij dout_i
+//   dL/dm_i = sum_j z_j a_j (u_j - D_i)
+// Rows that see no key contribute nothing.
+//
+// Paths (options.path): fused (the default for automatic) recomputes the scores block by
+// block from q, k and lse and keeps memory O((n_q + n_k) d); materialised recomputes each
+// row's weights with the row kernel and ignores lse. Same results within rounding; each is
+// bitwise identical for any thread count. Every argument is validated first (throwing
+// ssmax::argument_error naming it; nothing is written then).
+
+#include <string>
+
+#include "attention.hpp"
+#include "kernels/attention_backward.hpp"
+#include "policy_gradient.hpp"
+
+namespace ssmax {
+
+/// Outputs of attention_backward. dq, dk, dv are overwritten; d_multiplier, when set,
+/// is overwritten; policy, when set, is added to.
+template <class T>  // float or double
+struct attention_gradients {
+  tensor_view<T> dq;                  ///< [B, n_q, H, d], q's shape
+  tensor_view<T> dk;                  ///< [B, n_k, H_kv, d], k's shape
+  tensor_view<T> dv;                  ///< [B, n_k, H_kv, d], v's shape
+  double* d_multiplier = nullptr;     ///< [B, H, n_q] dL/dm per row, or null
+  policy_gradient* policy = nullptr;  ///< per-head ds, db (H entries), or null
+};
+
+namespace detail {
+
+template <class T, class Policy>
+inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
+    const char* fn, const tensor_view<const T>& q, const tensor_view<const T>& k,
+    const tensor_view<const T>& v, const tensor_view<const T>& out,
+    const tensor_view<const T>& dout, const T* lse, const attention_gradients<T>& grads,
+    const attention_options<Policy>& o) {
+  // The forward's checks, on the forward's arguments (out read-only here, lse an input).
+  attention_extras<T> extras;
+  extras.lse = const_cast<T*>(lse);
+  tensor_view<T> out_as_output{const_cast<T*>(out.data),
+                               out.batch,
+                               out.seq,
+                               out.heads,
+                               out.dim,
+                               out.stride_b,
+                               out.stride_s,
+                               out.stride_h};
+  const double scale = check_attention(fn, q, k, v, out_as_output, o, extras);
+  require(lse != nullptr, fn, "lse", "must not be null (the forward's extras.lse)");
+  check_view(dout, fn, "dout");
+  auto same = [](const auto& a, const auto& b) {
+    return a.batch == b.batch && a.seq == b.seq && a.heads == b.heads && a.dim == b.dim;
+  };
+  require(same(dout, q), fn, "dout", "must have q's shape");
+  const tensor_view<T>* outs[3] = {&grads.dq, &grads.dk, &grads.dv};
+  const char* names[3] = {"grads.dq", "grads.dk", "grads.dv"};
+  const tensor_view<const T>* like[3] = {&q, &k, &v};
+  const tensor_view<const T>* inputs[6] = {&q, &k, &v, &out, &dout, nullptr};
+  const char* input_names[5] = {"q", "k", "v", "out", "dout"};
+  const index rows = q.batch * q.heads * q.seq;
+  for (int a = 0; a < 3; ++a) {
+    check_view(*outs[a], fn, names[a]);
+    require(same(*outs[a], *like[a]), fn, names[a], "must have the shape of its input");
+    require(distinct_elements(*outs[a]), fn, names[a],
+            "has strides that make elements share memory");
+    const index count = last_offset(*outs[a]) + 1;
+    for (int in = 0; in < 5; ++in)
+      require_lazy(!overlaps(outs[a]->data, count, inputs[in]->data, last_offset(*inputs[in]) + 1),
+                   fn, names[a],
+                   [&] { return std::string("overlaps input '") + input_names[in] + "'"; });
+    require(!overlaps(outs[a]->data, count, lse, rows), fn, names[a], "overlaps input 'lse'");
+    for (int other = 0; other < a; ++other)
+      require_lazy(
+          !overlaps(outs[a]->data, count, outs[other]->data, last_offset(*outs[other]) + 1), fn,
+          names[a], [&] { return std::string("overlaps '") + names[other] + "'"; });
+  }
+  if (grads.d_multiplier != nullptr)
+    for (int a = 0; a < 3; ++a)
+      require(!overlaps(grads.d_multiplier, rows, outs[a]->data, last_offset(*outs[a]) + 1), fn,
+              "grads.d_multiplier", "overlaps another gradient output");
+  if (grads.policy != nullptr)
+    require_lazy(grads.policy->heads() == q.heads, fn, "grads.policy", [&] {
+      return "has " + std::to_string(grads.policy->heads()) + " heads, q has " +
+             std::to_string(q.heads);
+    });
+
+  kernels::attention_backward_problem<T, Policy> p;
+  p.forward = make_problem(q, k, v, out_as_output, o, attention_extras<T>{}, scale);
+  p.out = out;
+  p.dout = dout;
+  p.lse = lse;
+  p.dq = grads.dq;
+  p.dk = grads.dk;
+  p.dv = grads.dv;
+  p.d_multiplier = grads.d_multiplier;
+  return p;
+}
+
+}  // namespace detail
+
+/// Backward of ssmax::attention (see the top of this header). q, k, v, options: the
+/// forward's; out and lse: what the forward wrote (lse via attention_extras::lse);
+/// dout = dL/dout. workspace: reuse one across calls to allocate nothing after the first.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class T,                        // float or double
+          class Policy = softmax_policy>  // a length policy
+void attention_backward(detail::identity_t<tensor_view<const T>> q,
+                        detail::identity_t<tensor_view<const T>> k,
+                        detail::identity_t<tensor_view<const T>> v,
+                        detail::identity_t<tensor_view<const T>> out,
+                        detail::identity_t<tensor_view<const T>> dout,
+                        detail::identity_t<const T*> lse, attention_gradients<T> grads,
+                        const attention_options<Policy>& options = {},
+                        attention_workspace* workspace = nullptr) {
+  const auto p = detail::check_attention_backward("attention_backward", q, k, v, out, dout, lse,
+                                                  grads, options);
+  attention_workspace local;
+  attention_workspace& ws = workspace != nullptr ? *workspace : local;
+  const bool materialised = options.path == attention_path::materialised;
+  ws.reserve(kernels::attention_backward_workspace_bytes<Arch>(p, materialised));
+  if (materialised)
+    kernels::attention_backward_materialised<Arch>(p, ws, grads.policy);
+  else
+    kernels::attention_backward_fused<Arch>(p, ws, grads.policy);
+}
+
+}  // namespace ssmax

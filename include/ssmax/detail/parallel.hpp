@@ -1,0 +1,43 @@
+#pragma once
+// Threading helpers: OpenMP when the consumer compiles with it (_OPENMP), a plain serial
+// loop otherwise. Work items never depend on which thread runs them, so results are
+// bitwise identical for any thread count.
+
+#include <algorithm>
+
+#include "../error.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace ssmax::detail {
+
+/// Threads a call asking for `requested` (0 = all available) will use.
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  const int available = omp_get_max_threads();
+  return std::max(1, requested > 0 ? requested : available);
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+/// Runs body(item, thread) for item in [0, count) on `threads` threads (thread in
+/// [0, threads)), items handed out one at a time in order. body must not throw.
+template <class Body>  // callable as body(index item, int thread)
+void parallel_for(index count, int threads, Body&& body) {
+#ifdef _OPENMP
+  if (threads > 1 && count > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (index item = 0; item < count; ++item) body(item, omp_get_thread_num());
+    return;
+  }
+#else
+  (void)threads;
+#endif
+  for (index item = 0; item < count; ++item) body(item, 0);
+}
+
+}  // namespace ssmax::detail

@@ -1,0 +1,419 @@
+#pragma once
+// Building blocks shared by the two attention kernels (attention_fused.hpp,
+// attention_materialised.hpp): the validated problem, the caller-owned workspace, a
+// register-blocked GEMM micro-kernel, and the per-block steps (scores of a key block,
+// masking, the online-softmax row update, accumulation of P V).
+//
+// Nothing here validates: the public API (attention.hpp) has checked every argument.
+// Inputs are assumed finite; non-finite q, k or v give unspecified (NaN or inf) rows.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+
+#include "../detail/simd.hpp"
+#include "../length_policy.hpp"
+#include "../mask.hpp"
+#include "../row_state.hpp"
+#include "../tensor_view.hpp"
+#include "row_softmax.hpp"
+
+namespace ssmax {
+
+/// Scratch memory an attention call carves its buffers from. Keep one per calling thread
+/// and pass it to every call: it grows to the largest size asked for, so repeated calls
+/// of the same (or smaller) shapes allocate nothing. Not thread-safe: one call at a time.
+class attention_workspace {
+ public:
+  /// Bytes available without growing.
+  std::size_t capacity() const { return bytes_; }
+  /// Ensures at least `bytes` bytes; reallocates (losing the contents) only when growing.
+  void reserve(std::size_t bytes) {
+    if (bytes <= bytes_) return;
+    storage_.reset(new unsigned char[bytes + kAlign]);
+    bytes_ = bytes;
+    ++growths_;
+  }
+  /// Start of the storage, aligned to 64 bytes (null before the first reserve).
+  unsigned char* data() {
+    if (!storage_) return nullptr;
+    const auto at = reinterpret_cast<std::uintptr_t>(storage_.get());
+    return storage_.get() + ((kAlign - at % kAlign) % kAlign);
+  }
+  /// How many times reserve() has allocated: tests check that reuse allocates nothing.
+  index growths() const { return growths_; }
+
+ private:
+  static constexpr std::size_t kAlign = 64;
+  std::unique_ptr<unsigned char[]> storage_;
+  std::size_t bytes_ = 0;
+  index growths_ = 0;
+};
+
+namespace kernels {
+
+/// Query rows per task of the fused kernel.
+inline constexpr index kFusedQueryBlock = 64;
+/// Query rows per task of the materialised kernel.
+inline constexpr index kMaterialisedQueryBlock = 32;
+/// Keys per block: the inner loop of both kernels.
+inline constexpr index kKeyBlock = 256;
+/// Keys per chunk when a task with few rows splits its keys (flash-decoding). A multiple
+/// of kKeyBlock, fixed, so that results never depend on the thread count.
+inline constexpr index kDecodeChunk = 2048;
+/// Tasks with at most this many rows split their keys into chunks.
+inline constexpr index kSplitMaxRows = 16;
+/// Blocks with at most this many rows use dot products instead of the packed GEMM.
+inline constexpr index kDotMaxRows = 3;
+
+/// A validated attention call, as the kernels receive it.
+template <class T,       // float or double
+          class Policy>  // a length policy (length_policy.hpp)
+struct attention_problem {
+  tensor_view<const T> q;  ///< [B, n_q, H, d]
+  tensor_view<const T> k;  ///< [B, n_k, H_kv, d]
+  tensor_view<const T> v;  ///< [B, n_k, H_kv, d]
+  tensor_view<T> out;      ///< [B, n_q, H, d]
+  const Policy* policy = nullptr;
+  attention_mask mask;
+  double scale = 1.0;    ///< logit scale (1/sqrt(d) by default)
+  T* lse = nullptr;      ///< [B, H, n_q] or null
+  T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only)
+  int threads = 1;       ///< threads to use (>= 1)
+
+  index sequences() const { return sequence_count(mask, q.batch); }
+  sequence_span span(index s) const { return sequence_of(mask, s, q.seq, k.seq); }
+  index kv_head(index h) const { return h / (q.heads / k.heads); }  ///< g(h)
+  index lse_at(index b, index h, index i) const { return (b * q.heads + h) * q.seq + i; }
+};
+
+namespace detail {
+
+/// Bump allocator over a workspace; with a null base it only counts bytes.
+class arena {
+ public:
+  explicit arena(unsigned char* base) : base_(base) {}
+  template <class U>  // trivially constructible element type
+  U* take(index count) {
+    used_ = (used_ + 63) / 64 * 64;
+    U* p = base_ != nullptr ? reinterpret_cast<U*>(base_ + used_) : nullptr;
+    used_ += static_cast<std::size_t>(count) * sizeof(U);
+    return p;
+  }
+  std::size_t used() const { return used_ + 64; }
+
+ private:
+  unsigned char* base_;
+  std::size_t used_ = 0;
+};
+
+/// n rounded up to a multiple of w.
+inline index round_up(index n, index w) { return (n + w - 1) / w * w; }
+
+/// Register tile: C[MR x NV*W] (+)= A[MR x kc] B[kc x NV*W]. A element (r, p) is
+/// a[r*lda + p] (broadcast), B rows are ldb apart, C rows ldc apart.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T,     // float or double
+          int MR,      // rows of the tile (accumulators MR x NV must fit the registers)
+          int NV>      // vectors per tile row
+inline void gemm_tile(index kc, const T* a, index lda, const T* b, index ldb, T* c, index ldc,
+                      bool accumulate) {
+  using S = ssmax::detail::simd<Arch, T>;
+  using V = typename S::vec;
+  constexpr index W = S::width;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = accumulate ? S::load(c + r * ldc + v * W) : S::splat(T(0));
+  for (index p = 0; p < kc; ++p) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = S::load(b + p * ldb + v * W);
+    for (int r = 0; r < MR; ++r) {
+      const V av = S::splat(a[r * lda + p]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) S::store(c + r * ldc + v * W, acc[r][v]);
+}
+
+/// gemm_tile with a run-time row count mr in [1, 8].
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T,     // float or double
+          int NV>      // vectors per tile row
+inline void gemm_rows(index mr, index kc, const T* a, index lda, const T* b, index ldb, T* c,
+                      index ldc, bool accumulate) {
+  switch (mr) {
+    case 1:
+      return gemm_tile<Arch, T, 1, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    case 2:
+      return gemm_tile<Arch, T, 2, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    case 3:
+      return gemm_tile<Arch, T, 3, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    case 4:
+      return gemm_tile<Arch, T, 4, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    case 5:
+      return gemm_tile<Arch, T, 5, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    case 6:
+      return gemm_tile<Arch, T, 6, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    case 7:
+      return gemm_tile<Arch, T, 7, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+    default:
+      return gemm_tile<Arch, T, 8, NV>(kc, a, lda, b, ldb, c, ldc, accumulate);
+  }
+}
+
+/// Tile shape per architecture: MR rows x NV vectors of accumulators, sized to the
+/// register file (32 vector registers for 512-bit x86, 16 otherwise). 8 x 2 measured
+/// fastest on AVX-512 (Zen 5: about 195 GFLOP/s per core for the tile alone, 6 x 4 and
+/// 8 x 3 within 2%, 4 x 4 at 80) and divides the query blocks evenly.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+struct tile_shape {
+  static constexpr index bytes = ssmax::detail::simd<Arch, T>::width * index(sizeof(T));
+  static constexpr int rows = bytes >= 64 ? 8 : (bytes == sizeof(T) ? 4 : 6);
+  static constexpr int vectors = bytes >= 64 ? 2 : (bytes == sizeof(T) ? 4 : 2);
+};
+
+/// C[m x n] (+)= A[m x kc] B[kc x n], all row-major; n a multiple of the vector width.
+/// Each C element is one fma chain over p = 0..kc-1 in order (deterministic).
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+inline void gemm(index m, index n, index kc, const T* a, index lda, const T* b, index ldb, T* c,
+                 index ldc, bool accumulate) {
+  constexpr index W = ssmax::detail::simd<Arch, T>::width;
+  constexpr int MR = tile_shape<Arch, T>::rows, NV = tile_shape<Arch, T>::vectors;
+  index j = 0;
+  for (; j + NV * W <= n; j += NV * W)
+    for (index i = 0; i < m; i += MR)
+      gemm_rows<Arch, T, NV>(std::min<index>(MR, m - i), kc, a + i * lda, lda, b + j, ldb,
+                             c + i * ldc + j, ldc, accumulate);
+  for (; j < n; j += W)
+    for (index i = 0; i < m; i += MR)
+      gemm_rows<Arch, T, 1>(std::min<index>(MR, m - i), kc, a + i * lda, lda, b + j, ldb,
+                            c + i * ldc + j, ldc, accumulate);
+}
+
+/// Keys ahead of the current one whose rows the dot-product path prefetches.
+inline constexpr index kPrefetchRows = 16;
+
+/// Asks the cache for the row [p, p + bytes): the hardware prefetchers stop at 4 KiB
+/// pages, and with [B, S, H, d] layouts consecutive keys of one head are H * d apart, so
+/// a decode step over one head would otherwise wait on memory for every key.
+inline void prefetch_row(const void* p, index bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (index at = 0; at < bytes; at += 64) __builtin_prefetch(c + at, 0, 0);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
+/// Four dot products of a[0, d) with the rows b0..b3, written to out[0..3].
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, index d, T* out) {
+  using S = ssmax::detail::simd<Arch, T>;
+  using V = typename S::vec;
+  constexpr index W = S::width;
+  V s0 = S::splat(T(0)), s1 = s0, s2 = s0, s3 = s0;
+  index c = 0;
+  for (; c + W <= d; c += W) {
+    const V av = S::load(a + c);
+    s0 = S::fma(av, S::load(b0 + c), s0);
+    s1 = S::fma(av, S::load(b1 + c), s1);
+    s2 = S::fma(av, S::load(b2 + c), s2);
+    s3 = S::fma(av, S::load(b3 + c), s3);
+  }
+  T r0 = S::reduce_add(s0), r1 = S::reduce_add(s1), r2 = S::reduce_add(s2), r3 = S::reduce_add(s3);
+  for (; c < d; ++c) {  // tail: fewer than W elements, never read past d
+    r0 += a[c] * b0[c];
+    r1 += a[c] * b1[c];
+    r2 += a[c] * b2[c];
+    r3 += a[c] * b3[c];
+  }
+  out[0] = r0, out[1] = r1, out[2] = r2, out[3] = r3;
+}
+
+/// y[0, d) += alpha * x[0, d).
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void axpy(T* y, T alpha, const T* x, index d) {
+  using S = ssmax::detail::simd<Arch, T>;
+  constexpr index W = S::width;
+  const auto va = S::splat(alpha);
+  index c = 0;
+  for (; c + W <= d; c += W) S::store(y + c, S::fma(va, S::load(x + c), S::load(y + c)));
+  for (; c < d; ++c) y[c] += alpha * x[c];
+}
+
+/// Row stride of the packed K^T for a block of nkp keys: nkp plus one vector.
+inline index kt_stride(index nkp, index w) { return nkp + w; }
+
+/// Packs K^T of keys k0 + j*kstride (j < nk) into kt [d, ldk], zero-padded to nkp
+/// columns. Tiles of 16 keys (one cache line of floats per write) and a row stride padded
+/// past a multiple of 1 KiB (kt_stride) keep the columns from aliasing in the cache: a
+/// plain transpose at stride 256 floats ran 10x slower.
+template <class T>  // float or double
+inline void pack_kt(const T* k0, index kstride, index nk, index d, index nkp, index ldk, T* kt) {
+  constexpr index kTile = 16;
+  index j0 = 0;
+  for (; j0 + kTile <= nk; j0 += kTile)
+    for (index c = 0; c < d; ++c)
+      for (index jj = 0; jj < kTile; ++jj) kt[c * ldk + j0 + jj] = k0[(j0 + jj) * kstride + c];
+  for (index c = 0; c < d; ++c) {
+    for (index j = j0; j < nk; ++j) kt[c * ldk + j] = k0[j * kstride + c];
+    for (index j = nk; j < nkp; ++j) kt[c * ldk + j] = T(0);
+  }
+}
+
+/// Scores of one key block: s[r*lds + j] = qs[r*d, +d) . key(j) for r < rows, j < nk,
+/// where key(j) = k0 + j*kstride. Uses dot products for rows <= kDotMaxRows, else packs
+/// the block's K^T into kt (d x kt_stride(round_up(nk, W), W)) and runs the GEMM (which also writes
+/// the padding columns [nk, round_up(nk, W)) of s: lds must leave room for them).
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void block_scores(const T* qs, index rows, index d, const T* k0, index kstride, index nk,
+                         T* s, index lds, T* kt) {
+  constexpr index W = ssmax::detail::simd<Arch, T>::width;
+  if (rows <= kDotMaxRows) {
+    const index row_bytes = d * static_cast<index>(sizeof(T));
+    for (index r = 0; r < rows; ++r) {
+      const T* qr = qs + r * d;
+      index j = 0;
+      for (; j + 4 <= nk; j += 4) {
+        if (r == 0)
+          for (index ahead = j + kPrefetchRows; ahead < j + kPrefetchRows + 4 && ahead < nk;
+               ++ahead)
+            prefetch_row(k0 + ahead * kstride, row_bytes);
+        dot4<Arch>(qr, k0 + j * kstride, k0 + (j + 1) * kstride, k0 + (j + 2) * kstride,
+                   k0 + (j + 3) * kstride, d, s + r * lds + j);
+      }
+      for (; j < nk; ++j) {
+        T out[4];
+        const T* kr = k0 + j * kstride;
+        dot4<Arch>(qr, kr, kr, kr, kr, d, out);
+        s[r * lds + j] = out[0];
+      }
+    }
+    return;
+  }
+  const index nkp = round_up(nk, W), ldk = kt_stride(nkp, W);
+  pack_kt(k0, kstride, nk, d, nkp, ldk, kt);
+  gemm<Arch>(rows, nkp, d, qs, d, kt, ldk, s, lds, false);
+}
+
+/// o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for r < rows, j < nk, value(j) =
+/// v0 + j*vstride. For rows > kDotMaxRows the GEMM runs over dp columns: when d < dp the
+/// block is first copied, zero-padded, into vp (nk x dp), and o's padding stays 0.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void block_values(const T* p, index ldp, index rows, const T* v0, index vstride, index nk,
+                         index d, index dp, T* o, T* vp) {
+  if (rows <= kDotMaxRows) {
+    const index row_bytes = d * static_cast<index>(sizeof(T));
+    for (index j = 0; j < nk; ++j) {
+      if (j + kPrefetchRows < nk) prefetch_row(v0 + (j + kPrefetchRows) * vstride, row_bytes);
+      for (index r = 0; r < rows; ++r) {
+        const T w = p[r * ldp + j];
+        if (w != T(0)) axpy<Arch>(o + r * dp, w, v0 + j * vstride, d);
+      }
+    }
+    return;
+  }
+  const T* b = v0;
+  index ldb = vstride;
+  if (d != dp) {
+    for (index j = 0; j < nk; ++j) {
+      std::copy(v0 + j * vstride, v0 + j * vstride + d, vp + j * dp);
+      std::fill(vp + j * dp + d, vp + (j + 1) * dp, T(0));
+    }
+    b = vp;
+    ldb = dp;
+  }
+  gemm<Arch>(rows, dp, nk, p, ldp, b, ldb, o, dp, true);
+}
+
+/// Masks one row of scores for keys kb..kb+nk-1 (tensor indices): entries outside the
+/// row's [begin, end) or hidden by its boolean row become -inf. Returns false (and leaves
+/// s untouched) when no key of the block can be visible.
+template <class T>  // float or double
+inline bool mask_row(T* s, index kb, index nk, const row_keys& row) {
+  const index lo = std::max(row.begin, kb) - kb, hi = std::min(row.end, kb + nk) - kb;
+  if (hi <= lo) return false;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  std::fill(s, s + lo, ninf);
+  std::fill(s + hi, s + nk, ninf);
+  if (row.allowed != nullptr)
+    for (index j = lo; j < hi; ++j)
+      if (!row.allowed[kb + j]) s[j] = ninf;
+  return true;
+}
+
+/// Online-softmax update of one row with one block of (scaled, masked) logits s[0, nk):
+/// turns s into P = exp(s - M') with M' the new running max, rescales the row's output
+/// accumulator o[0, dp) by exp(M - M'), and merges the block into the state. A block
+/// whose entries are all -inf leaves everything unchanged and zeroes s. Weights whose
+/// exp argument is below flush_below (flush_threshold(n) of the row's visible count n)
+/// are written as exact zeros, as the row kernel does.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void online_row(T* s, index nk, row_state<double>& state, T* o, index dp, T flush_below) {
+  const T block_max = row_max<Arch>(s, nk);
+  if (block_max == -std::numeric_limits<T>::infinity()) {
+    std::fill(s, s + nk, T(0));
+    return;
+  }
+  const double new_max = std::max(state.max, static_cast<double>(block_max));
+  const double block_sum = exp_and_sum<Arch>(s, s, nk, T(1), static_cast<T>(new_max), flush_below);
+  if (!state.empty() && state.max != new_max)
+    scale_row<Arch>(o, dp, static_cast<T>(std::exp(state.max - new_max)));
+  state = merge(state, row_state<double>{new_max, block_sum});
+}
+
+/// Per-row setup of a block of query rows q0..q0+rows-1 of head h: which keys each row
+/// sees (info), and the scaled queries qs[r*d, +d) = (m_r * scale) * q_r, with m_r the
+/// policy's multiplier computed once per row in double (0 for rows that see no key).
+template <class T, class Policy>  // float or double; a length policy
+inline void setup_rows(const attention_problem<T, Policy>& p, const sequence_span& seq, index h,
+                       index q0, index rows, row_keys* info, T* qs) {
+  const index d = p.q.dim;
+  for (index r = 0; r < rows; ++r) {
+    info[r] = visible_keys(p.mask, seq, h, q0 + r);
+    const double m = info[r].visible > 0
+                         ? p.policy->multiplier({info[r].n, info[r].position, h}) * p.scale
+                         : 0.0;
+    const T f = static_cast<T>(m);
+    const T* qr = p.q.row(seq.tensor_batch, q0 + r, h);
+    for (index c = 0; c < d; ++c) qs[r * d + c] = f * qr[c];
+  }
+}
+
+/// Key range [lo, hi) covering every row of a block (ignoring the boolean mask).
+template <class T, class Policy>  // float or double; a length policy
+inline void block_key_range(const attention_problem<T, Policy>& p, const sequence_span& seq,
+                            index h, index q0, index rows, index& lo, index& hi) {
+  lo = std::numeric_limits<index>::max();
+  hi = std::numeric_limits<index>::min();
+  for (index r = 0; r < rows; ++r) {
+    const row_keys k = visible_keys(p.mask, seq, h, q0 + r, false);
+    if (k.end > k.begin) lo = std::min(lo, k.begin), hi = std::max(hi, k.end);
+  }
+  if (lo >= hi) lo = hi = seq.k_begin;
+}
+
+/// Writes one finished row: out = o / sum (zeros when the state is empty), lse.
+template <class T, class Policy>  // float or double; a length policy
+inline void finish_row(const attention_problem<T, Policy>& p, index b, index i, index h, const T* o,
+                       const row_state<double>& state) {
+  T* dst = p.out.row(b, i, h);
+  const index d = p.q.dim;
+  if (state.empty()) {
+    std::fill(dst, dst + d, T(0));
+  } else {
+    const T inv = static_cast<T>(1.0 / state.sum);
+    for (index c = 0; c < d; ++c) dst[c] = o[c] * inv;
+  }
+  if (p.lse != nullptr) p.lse[p.lse_at(b, h, i)] = static_cast<T>(state.log_sum_exp());
+}
+
+}  // namespace detail
+}  // namespace kernels
+}  // namespace ssmax

@@ -1,0 +1,155 @@
+#pragma once
+// Materialised attention: each block of kMaterialisedQueryBlock query rows forms its full
+// score rows S = Q' K^T over the keys the block can see (Q' = m * scale * Q), masks them
+// to -inf, normalises each row with the row kernel (kernels::scaled_softmax_row, m = 1
+// since the multiplier is already in Q'), optionally copies the weights out, then
+// computes out = A V. Memory beyond inputs and outputs: per thread
+// kMaterialisedQueryBlock x n_k scores plus one key block of packed K^T / V.
+//
+// The weights output, when asked for, is [B, H, n_q, n_k] (tensor batch and rows: with
+// packed sequences [1, H, total_q, total_k], zero outside each sequence's block); every
+// entry a row cannot see is exactly 0. Same decomposition for any thread count, so the
+// results are bitwise identical for any number of threads.
+//
+// Numerical contract: as attention_fused.hpp; each weight additionally satisfies
+// |a_j - exact| <= eps * a_j * (4 (d + 2) Z + 80) + (n + 16) * min_normal (tested).
+
+#include "../detail/parallel.hpp"
+#include "attention_blocks.hpp"
+
+namespace ssmax::kernels {
+namespace detail {
+
+/// A materialised task: query rows [q0, q0 + rows) of head h, keys [k_lo, k_hi).
+struct materialised_task {
+  index seq = 0, head = 0, q0 = 0, rows = 0, k_lo = 0, k_hi = 0;
+};
+
+/// Buffers of one thread.
+template <class T>  // float or double
+struct materialised_scratch {
+  T* qs;           ///< [kMaterialisedQueryBlock, d]
+  T* s;            ///< [kMaterialisedQueryBlock, width] scores, then weights
+  T* kt;           ///< [d, round_up(kKeyBlock, W)]
+  T* vp;           ///< [kKeyBlock, dp]
+  T* o;            ///< [kMaterialisedQueryBlock, dp]
+  row_keys* info;  ///< [kMaterialisedQueryBlock]
+};
+
+template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
+struct materialised_plan {
+  index n_tasks = 0, width = 0, dp = 0;
+  materialised_task* tasks = nullptr;
+  materialised_scratch<T>* scratch = nullptr;
+
+  void walk(const attention_problem<T, Policy>& p) {
+    constexpr index W = ssmax::detail::simd<Arch, T>::width;
+    n_tasks = 0;
+    width = W;
+    for (index s = 0; s < p.sequences(); ++s) {
+      const sequence_span seq = p.span(s);
+      for (index h = 0; h < p.q.heads; ++h)
+        for (index q0 = seq.q_begin; q0 < seq.q_end; q0 += kMaterialisedQueryBlock) {
+          materialised_task t;
+          t.seq = s, t.head = h, t.q0 = q0;
+          t.rows = std::min(kMaterialisedQueryBlock, seq.q_end - q0);
+          block_key_range(p, seq, h, q0, t.rows, t.k_lo, t.k_hi);
+          width = std::max(width, round_up(t.k_hi - t.k_lo, W) + round_up(kKeyBlock, W));
+          if (tasks != nullptr) tasks[n_tasks] = t;
+          ++n_tasks;
+        }
+    }
+  }
+
+  void carve(const attention_problem<T, Policy>& p, arena& a, bool fill) {
+    constexpr index W = ssmax::detail::simd<Arch, T>::width;
+    const index d = p.q.dim;
+    dp = round_up(d, W);
+    tasks = nullptr;
+    walk(p);
+    tasks = a.take<materialised_task>(n_tasks);
+    scratch = a.take<materialised_scratch<T>>(p.threads);
+    for (int t = 0; t < p.threads; ++t) {
+      materialised_scratch<T> sc;
+      sc.qs = a.take<T>(kMaterialisedQueryBlock * d);
+      sc.s = a.take<T>(kMaterialisedQueryBlock * width);
+      sc.kt = a.take<T>(d * kt_stride(round_up(kKeyBlock, W), W));
+      sc.vp = a.take<T>(kKeyBlock * dp);
+      sc.o = a.take<T>(kMaterialisedQueryBlock * dp);
+      sc.info = a.take<row_keys>(kMaterialisedQueryBlock);
+      if (fill) scratch[t] = sc;
+    }
+    if (fill) walk(p);
+  }
+};
+
+}  // namespace detail
+
+/// Runs the materialised kernel. Pre: p validated (attention.hpp) and `ws` reserved with
+/// at least materialised_workspace_bytes<Arch>(p) bytes.
+template <class Arch,    // xsimd architecture tag or scalar_arch
+          class T,       // float or double
+          class Policy>  // a length policy (length_policy.hpp)
+void attention_materialised(const attention_problem<T, Policy>& p, attention_workspace& ws) {
+  detail::materialised_plan<Arch, T, Policy> plan;
+  detail::arena a(ws.data());
+  plan.carve(p, a, true);
+  const index d = p.q.dim, dp = plan.dp, lds = plan.width;
+
+  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index ti, int thread) {
+    const detail::materialised_task& t = plan.tasks[ti];
+    const detail::materialised_scratch<T>& sc = plan.scratch[thread];
+    const sequence_span seq = p.span(t.seq);
+    const index b = seq.tensor_batch, g = p.kv_head(t.head), L = t.k_hi - t.k_lo;
+    detail::setup_rows(p, seq, t.head, t.q0, t.rows, sc.info, sc.qs);
+
+    // Scores of every key the block can see, block by block.
+    for (index kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
+      detail::block_scores<Arch>(sc.qs, t.rows, d, p.k.row(b, kb, g), p.k.stride_s,
+                                 std::min(kKeyBlock, t.k_hi - kb), sc.s + (kb - t.k_lo), lds,
+                                 sc.kt);
+
+    // Mask and normalise each row; write the weights and the log-sum-exp.
+    for (index r = 0; r < t.rows; ++r) {
+      T* sr = sc.s + r * lds;
+      const row_keys& rk = sc.info[r];
+      row_state<T> state;
+      if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
+        const index lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
+        state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1));
+        std::fill(sr, sr + lo, T(0));
+        std::fill(sr + hi, sr + L, T(0));
+      } else {
+        std::fill(sr, sr + L, T(0));
+      }
+      const index i = t.q0 + r;
+      if (p.lse != nullptr) p.lse[p.lse_at(b, t.head, i)] = state.log_sum_exp();
+      if (p.weights != nullptr) {
+        T* w = p.weights + p.lse_at(b, t.head, i) * p.k.seq;
+        std::fill(w, w + p.k.seq, T(0));
+        std::copy(sr, sr + L, w + t.k_lo);
+      }
+    }
+
+    // out = A V.
+    std::fill(sc.o, sc.o + t.rows * dp, T(0));
+    for (index kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
+      detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, p.v.row(b, kb, g), p.v.stride_s,
+                                 std::min(kKeyBlock, t.k_hi - kb), d, dp, sc.o, sc.vp);
+    for (index r = 0; r < t.rows; ++r) {
+      T* dst = p.out.row(b, t.q0 + r, t.head);
+      std::copy(sc.o + r * dp, sc.o + r * dp + d, dst);
+    }
+  });
+}
+
+/// Workspace bytes attention_materialised<Arch>(p, ...) needs.
+template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
+std::size_t materialised_workspace_bytes(const attention_problem<T, Policy>& p) {
+  detail::materialised_plan<Arch, T, Policy> plan;
+  detail::arena a(nullptr);
+  plan.carve(p, a, false);
+  return a.used();
+}
+
+}  // namespace ssmax::kernels

@@ -1,0 +1,175 @@
+#pragma once
+// Attention masks, and THE one function that says which keys a query row sees and what
+// its n is: visible_keys(). Every kernel, the reference and the tests call it, so
+// "where is n computed for a padded causal row?" has one answer: here.
+//
+// A mask combines any of these constraints (all of them AND-ed):
+//   causal        key position <= query position;
+//   window w      (causal) key position > query position - w, so n = min(p + 1, w);
+//   key_lengths   per sequence: keys at positions >= key_lengths[b] are padding;
+//   varlen        packed sequences given by cumulative offsets cu_seqlens_q/k[0..B]
+//                 (FlashAttention's varlen convention: the tensors hold batch 1 and
+//                 total_q / total_k tokens; sequence b owns rows [cu[b], cu[b+1]));
+//                 positions, causality and n restart at each sequence;
+//   allowed       an arbitrary boolean mask, allowed[b*stride_b + h*stride_h +
+//                 i*stride_q + j] (stride 0 broadcasts; i and j index tensor rows);
+//   n_override    when >= 1, the n given to the length policy for every row (visible
+//                 keys are still the masked ones).
+//
+// Positions: key j of a sequence is at position j (0-based, from the sequence start);
+// query i is at position query_offset + i. query_offset = -1 (the default) puts the
+// queries at the end of the keys, max(0, n_k - n_q), which is the KV-cache convention
+// (queries at T..T+n_q-1 over T+n_q keys) and FlashAttention's bottom-right alignment.
+// With varlen, n_k and n_q are the sequence's own lengths.
+//
+// n (section 2 of the paper): the number of keys the row can actually see after every
+// constraint above; a row with n = 0 outputs zeros and log-sum-exp -inf.
+
+#include <algorithm>
+
+#include "error.hpp"
+
+namespace ssmax {
+
+/// Description of what each query row may attend to. Pointers are borrowed: they must
+/// stay valid during the call that uses the mask.
+struct attention_mask {
+  bool causal = false;                  ///< key position <= query position
+  index window = 0;                     ///< sliding window width (needs causal); 0 = none
+  index query_offset = -1;              ///< position of query 0; -1 = max(0, n_k - n_q)
+  const index* key_lengths = nullptr;   ///< [B] true key count per sequence; null = none
+  const index* cu_seqlens_q = nullptr;  ///< [B + 1] packed query offsets; null = not packed
+  const index* cu_seqlens_k = nullptr;  ///< [B + 1] packed key offsets (with cu_seqlens_q)
+  index sequences = 0;                  ///< B for packed sequences (entries of cu_* minus 1)
+  const bool* allowed = nullptr;        ///< boolean mask, true = visible; null = none
+  index allowed_stride_b = 0;           ///< allowed: elements between batch entries (0 = broadcast)
+  index allowed_stride_h = 0;           ///< allowed: elements between heads (0 = broadcast)
+  index allowed_stride_q = 0;           ///< allowed: elements between query rows
+  index n_override = 0;                 ///< when >= 1, the policy's n for every row
+
+  /// No constraint: every row sees every key (n = n_k).
+  static attention_mask none() { return {}; }
+  /// Causal; queries at positions offset..offset+n_q-1 (-1: at the end of the keys).
+  static attention_mask causal_mask(index offset = -1) {
+    attention_mask m;
+    m.causal = true;
+    m.query_offset = offset;
+    return m;
+  }
+  /// Causal sliding window of w keys (the query's own key included).
+  static attention_mask sliding_window(index w, index offset = -1) {
+    attention_mask m = causal_mask(offset);
+    m.window = w;
+    return m;
+  }
+  /// Key padding: sequence b has lengths[b] real keys, the rest are padding.
+  static attention_mask key_padding(const index* lengths) {
+    attention_mask m;
+    m.key_lengths = lengths;
+    return m;
+  }
+  /// Packed variable-length sequences (FlashAttention varlen), causal or not.
+  static attention_mask varlen(const index* cu_q, const index* cu_k, index count,
+                               bool is_causal = false) {
+    attention_mask m;
+    m.cu_seqlens_q = cu_q;
+    m.cu_seqlens_k = cu_k;
+    m.sequences = count;
+    m.causal = is_causal;
+    return m;
+  }
+  /// Arbitrary boolean mask [B, H, n_q, n_k] with the given strides (0 broadcasts).
+  static attention_mask boolean(const bool* mask, index stride_q, index stride_b = 0,
+                                index stride_h = 0) {
+    attention_mask m;
+    m.allowed = mask;
+    m.allowed_stride_q = stride_q;
+    m.allowed_stride_b = stride_b;
+    m.allowed_stride_h = stride_h;
+    return m;
+  }
+  /// This mask with the policy's n fixed to `n` for every row.
+  attention_mask with_n(index n) const {
+    attention_mask m = *this;
+    m.n_override = n;
+    return m;
+  }
+  bool packed() const { return cu_seqlens_q != nullptr; }
+};
+
+/// One sequence of a problem: where its queries and keys are in the tensors.
+struct sequence_span {
+  index tensor_batch = 0;  ///< batch index into the q/k/v/out views
+  index q_begin = 0;       ///< first query row (tensor seq index)
+  index q_end = 0;         ///< one past the last query row
+  index k_begin = 0;       ///< first key row (tensor seq index)
+  index k_end = 0;         ///< one past the last key row
+  index offset = 0;        ///< absolute position of query q_begin
+  index sequence = 0;      ///< sequence number (index into key_lengths)
+};
+
+/// What one query row sees: keys [begin, end) (tensor seq indices) minus those the
+/// boolean mask hides, `visible` of them in all; `n` is the length the policy uses.
+struct row_keys {
+  index begin = 0;     ///< first key that may be visible
+  index end = 0;       ///< one past the last key that may be visible
+  index visible = 0;   ///< keys actually visible (0: the row outputs zeros)
+  index n = 0;         ///< the policy's n: n_override, else visible
+  index position = 0;  ///< absolute position of the query (the policy's p)
+  const bool* allowed =
+      nullptr;  ///< boolean row indexed by tensor key j; null = all of [begin, end)
+};
+
+/// Number of sequences: mask.sequences when packed, else the tensors' batch.
+inline index sequence_count(const attention_mask& mask, index batch) {
+  return mask.packed() ? mask.sequences : batch;
+}
+
+/// Sequence s of a problem whose tensors hold n_q queries and n_k keys per batch entry.
+/// Pre: the mask was validated against these sizes.
+inline sequence_span sequence_of(const attention_mask& mask, index s, index n_q, index n_k) {
+  sequence_span span;
+  span.sequence = s;
+  if (mask.packed()) {
+    span.tensor_batch = 0;
+    span.q_begin = mask.cu_seqlens_q[s];
+    span.q_end = mask.cu_seqlens_q[s + 1];
+    span.k_begin = mask.cu_seqlens_k[s];
+    span.k_end = mask.cu_seqlens_k[s + 1];
+  } else {
+    span.tensor_batch = s;
+    span.q_end = n_q;
+    span.k_end = n_k;
+  }
+  const index len_q = span.q_end - span.q_begin, len_k = span.k_end - span.k_begin;
+  span.offset = mask.query_offset >= 0 ? mask.query_offset : std::max<index>(0, len_k - len_q);
+  return span;
+}
+
+/// THE answer to "which keys does row i (tensor query row, inside seq) of head h see, and
+/// what is its n?". Cost O(1), plus O(end - begin) when a boolean mask is present and
+/// count_allowed holds (without it, visible and n ignore the boolean mask: an upper bound
+/// that planning code uses to find key ranges cheaply).
+inline row_keys visible_keys(const attention_mask& mask, const sequence_span& seq, index head,
+                             index i, bool count_allowed = true) {
+  row_keys r;
+  r.position = seq.offset + (i - seq.q_begin);
+  index lo = 0, hi = seq.k_end - seq.k_begin;  // key positions [lo, hi)
+  if (mask.key_lengths != nullptr) hi = std::min(hi, mask.key_lengths[seq.sequence]);
+  if (mask.causal) hi = std::min(hi, r.position + 1);
+  if (mask.causal && mask.window > 0) lo = std::max(lo, r.position - mask.window + 1);
+  if (hi < lo) hi = lo;
+  r.begin = seq.k_begin + lo;
+  r.end = seq.k_begin + hi;
+  r.visible = hi - lo;
+  if (mask.allowed != nullptr && count_allowed) {
+    r.allowed = mask.allowed + seq.tensor_batch * mask.allowed_stride_b +
+                head * mask.allowed_stride_h + i * mask.allowed_stride_q;
+    r.visible = 0;
+    for (index j = r.begin; j < r.end; ++j) r.visible += r.allowed[j] ? 1 : 0;
+  }
+  r.n = mask.n_override > 0 ? mask.n_override : r.visible;
+  return r;
+}
+
+}  // namespace ssmax

@@ -1,0 +1,90 @@
+#pragma once
+// Reference multi-head attention in double precision: the oracle the attention tests
+// compare both kernels against. Written for reading, not for speed.
+//
+// Shapes (tensor_view indices (b, s, h, c)):
+//   q       [B, n_q, H, d]      k, v   [B, n_k, H_kv, d]      g(h) = h / (H / H_kv)
+//   out     [B, n_q, H, d]      lse    [B, H, n_q]            weights [B, H, n_q, n_k]
+// For each sequence, head h and query row i:
+//   row      = visible_keys(mask, ...)          which keys, n and position (mask.hpp)
+//   m        = policy.multiplier({n, p, h})     once per row, in double
+//   z_j      = scale * (q_i . k_j)              for visible j, -inf otherwise
+//   a        = softmax(m z)                     reference::scaled_softmax (m on the scores)
+//   out_i    = sum_j a_j v_j                    lse_i = log sum_j exp(m z_j)
+// A row with no visible key gives zeros and lse = -inf.
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../length_policy.hpp"
+#include "../mask.hpp"
+#include "../tensor_view.hpp"
+#include "softmax.hpp"
+
+namespace ssmax::reference {
+
+/// The reference's outputs, flat and in double.
+struct attention_result {
+  std::vector<double> out;      ///< [B, n_q, H, d]
+  std::vector<double> lse;      ///< [B, H, n_q]
+  std::vector<double> weights;  ///< [B, H, n_q, n_k]
+};
+
+/// Reference attention. Pre: arguments valid as ssmax::attention requires.
+template <class T,       // element type of the inputs (float or double), widened exactly
+          class Policy>  // a length policy (length_policy.hpp)
+attention_result attention(const tensor_view<const T>& q, const tensor_view<const T>& k,
+                           const tensor_view<const T>& v, const Policy& policy,
+                           const attention_mask& mask, double scale) {
+  const index B = q.batch, n_q = q.seq, H = q.heads, d = q.dim;
+  const index n_k = k.seq, H_kv = k.heads, group = H / H_kv;
+  const double inf = std::numeric_limits<double>::infinity();
+  attention_result r;
+  r.out.assign(static_cast<size_t>(B * n_q * H * d), 0.0);
+  r.lse.assign(static_cast<size_t>(B * H * n_q), -inf);
+  r.weights.assign(static_cast<size_t>(B * H * n_q * n_k), 0.0);
+
+  std::vector<double> z(static_cast<size_t>(n_k));
+  for (index s = 0; s < sequence_count(mask, B); ++s) {
+    const sequence_span seq = sequence_of(mask, s, n_q, n_k);
+    const index b = seq.tensor_batch;
+    for (index h = 0; h < H; ++h) {
+      const index g = h / group;
+      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+        const row_keys row = visible_keys(mask, seq, h, i);
+        if (row.visible == 0) continue;  // zeros, lse -inf
+        const double m = policy.multiplier({row.n, row.position, h});
+
+        // z over the whole key axis: -inf where the row cannot see the key.
+        for (index j = 0; j < n_k; ++j) {
+          const bool seen =
+              j >= row.begin && j < row.end && (row.allowed == nullptr || row.allowed[j]);
+          if (!seen) {
+            z[static_cast<size_t>(j)] = -inf;
+            continue;
+          }
+          double dot = 0.0;
+          for (index c = 0; c < d; ++c)
+            dot += static_cast<double>(q(b, i, h, c)) * static_cast<double>(k(b, j, g, c));
+          z[static_cast<size_t>(j)] = scale * dot;
+        }
+        const std::vector<double> a = scaled_softmax(z.data(), n_k, m);
+        const index row_at = (b * H + h) * n_q + i;
+        r.lse[static_cast<size_t>(row_at)] = log_sum_exp(z.data(), n_k, m);
+        for (index j = 0; j < n_k; ++j)
+          r.weights[static_cast<size_t>(row_at * n_k + j)] = a[static_cast<size_t>(j)];
+
+        double* o = &r.out[static_cast<size_t>(((b * n_q + i) * H + h) * d)];
+        for (index j = 0; j < n_k; ++j) {
+          if (a[static_cast<size_t>(j)] == 0.0) continue;
+          for (index c = 0; c < d; ++c)
+            o[c] += a[static_cast<size_t>(j)] * static_cast<double>(v(b, j, g, c));
+        }
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace ssmax::reference

@@ -1,0 +1,114 @@
+#pragma once
+// Reference attention backward in double precision: the oracle both backward kernels are
+// compared with, itself checked against central finite differences of reference::
+// attention in tests/test_attention_backward.cpp. Written for reading, not for speed.
+//
+// Shapes (tensor_view indices (b, s, h, c)), as reference/attention.hpp:
+//   q, dq  [B, n_q, H, d]     k, v, dk, dv  [B, n_k, H_kv, d]    g(h) = h / (H / H_kv)
+//   dout   [B, n_q, H, d]     d_multiplier  [B, H, n_q]          ds, db  [H]
+// For each sequence, head h and query row i that sees at least one key
+// (../shared/PAPER.md section 5, FlashAttention's backward):
+//   z_j  = scale (q_i . k_j) (visible j),   m = policy.multiplier({n, p, h}),  a = softmax(m z)
+//   u_j  = dout_i . v_j                          (dL/da_j)
+//   D    = sum_j a_j u_j                         (= dout_i . out_i)
+//   dy_j = a_j (u_j - D)                         (dL/d(m z_j))
+//   dq_i     += m scale sum_j dy_j k_j
+//   dk_j     += m scale dy_j q_i                 (summed over the heads sharing g(h))
+//   dv_j     += a_j dout_i
+//   dL/dm_i   = sum_j z_j dy_j = sum_j a_j (z_j - zbar)(u_j - D)
+//   ds_h += log(n) dL/dm_i,  db_h += dL/dm_i    (policy_gradient.hpp: partials_of)
+// A row that sees no key contributes nothing.
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../length_policy.hpp"
+#include "../mask.hpp"
+#include "../policy_gradient.hpp"
+#include "../tensor_view.hpp"
+#include "softmax.hpp"
+#include "softmax_backward.hpp"
+
+namespace ssmax::reference {
+
+/// The reference backward's outputs, flat and in double.
+struct attention_backward_result {
+  std::vector<double> dq;            ///< [B, n_q, H, d]
+  std::vector<double> dk;            ///< [B, n_k, H_kv, d]
+  std::vector<double> dv;            ///< [B, n_k, H_kv, d]
+  std::vector<double> d_multiplier;  ///< [B, H, n_q] dL/dm per row (0 for empty rows)
+  policy_gradient policy{1};         ///< ds_h, db_h per head (zeros for other policies)
+};
+
+/// Reference attention backward. Pre: arguments valid as ssmax::attention_backward
+/// requires; dout has q's shape.
+template <class T,       // element type of the inputs (float or double), widened exactly
+          class Policy>  // a length policy (length_policy.hpp)
+attention_backward_result attention_backward(const tensor_view<const T>& q,
+                                             const tensor_view<const T>& k,
+                                             const tensor_view<const T>& v,
+                                             const tensor_view<const T>& dout, const Policy& policy,
+                                             const attention_mask& mask, double scale) {
+  const index B = q.batch, n_q = q.seq, H = q.heads, d = q.dim;
+  const index n_k = k.seq, H_kv = k.heads, group = H / H_kv;
+  const double inf = std::numeric_limits<double>::infinity();
+  attention_backward_result r;
+  r.dq.assign(static_cast<size_t>(B * n_q * H * d), 0.0);
+  r.dk.assign(static_cast<size_t>(B * n_k * H_kv * d), 0.0);
+  r.dv.assign(static_cast<size_t>(B * n_k * H_kv * d), 0.0);
+  r.d_multiplier.assign(static_cast<size_t>(B * H * n_q), 0.0);
+  r.policy = policy_gradient(H);
+  auto at_q = [&](index b, index i, index h) { return ((b * n_q + i) * H + h) * d; };
+  auto at_k = [&](index b, index j, index g) { return ((b * n_k + j) * H_kv + g) * d; };
+
+  std::vector<double> z(static_cast<size_t>(n_k)), u(static_cast<size_t>(n_k));
+  for (index s = 0; s < sequence_count(mask, B); ++s) {
+    const sequence_span seq = sequence_of(mask, s, n_q, n_k);
+    const index b = seq.tensor_batch;
+    for (index h = 0; h < H; ++h) {
+      const index g = h / group;
+      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+        const row_keys row = visible_keys(mask, seq, h, i);
+        if (row.visible == 0) continue;
+        const row_position where{row.n, row.position, h};
+        const double m = policy.multiplier(where);
+
+        // Logits z (-inf where hidden) and upstream u_j = dout_i . v_j.
+        for (index j = 0; j < n_k; ++j) {
+          const bool seen =
+              j >= row.begin && j < row.end && (row.allowed == nullptr || row.allowed[j]);
+          z[static_cast<size_t>(j)] = -inf;
+          u[static_cast<size_t>(j)] = 0.0;
+          if (!seen) continue;
+          double dot = 0.0, du = 0.0;
+          for (index c = 0; c < d; ++c) {
+            dot += static_cast<double>(q(b, i, h, c)) * static_cast<double>(k(b, j, g, c));
+            du += static_cast<double>(dout(b, i, h, c)) * static_cast<double>(v(b, j, g, c));
+          }
+          z[static_cast<size_t>(j)] = scale * dot;
+          u[static_cast<size_t>(j)] = du;
+        }
+        const std::vector<double> a = scaled_softmax(z.data(), n_k, m);
+        // dz_j = m dy_j and dL/dm, by the row reference (reference/softmax_backward.hpp).
+        const row_backward_result row_grad =
+            softmax_backward_from_weights(a.data(), z.data(), u.data(), n_k, m);
+
+        for (index j = 0; j < n_k; ++j) {
+          const double dz = row_grad.dz[static_cast<size_t>(j)], aj = a[static_cast<size_t>(j)];
+          if (aj == 0.0) continue;
+          for (index c = 0; c < d; ++c) {
+            r.dq[at_q(b, i, h) + c] += scale * dz * static_cast<double>(k(b, j, g, c));
+            r.dk[at_k(b, j, g) + c] += scale * dz * static_cast<double>(q(b, i, h, c));
+            r.dv[at_k(b, j, g) + c] += aj * static_cast<double>(dout(b, i, h, c));
+          }
+        }
+        r.d_multiplier[static_cast<size_t>((b * H + h) * n_q + i)] = row_grad.d_multiplier;
+        r.policy.add(h, gradient_of(policy, where, row_grad.d_multiplier));
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace ssmax::reference

@@ -1,0 +1,114 @@
+#pragma once
+// Strided 4-D views of raw memory, the attention operator's inputs and outputs.
+//
+// A view always reads as [batch, seq, heads, dim] (element (b, s, h, c) lives at
+// data + b*stride_b + s*stride_s + h*stride_h + c), whatever the memory order: the two
+// common layouts are views of the same kind with different strides, so nothing is copied.
+//   bshd_view(p, B, S, H, d)  memory [B, S, H, d] (PyTorch's (batch, seq, heads, dim))
+//   bhsd_view(p, B, H, S, d)  memory [B, H, S, d] (heads-major, as after a transpose)
+// The head dimension is contiguous (stride 1): kernels read whole head rows as vectors.
+//
+// Eigen helpers: head_matrix(view, b, h) maps one head's [seq, d] slice as a row-major
+// Eigen matrix; head_view(matrix) views one row-major [seq, d] matrix as a 1-batch,
+// 1-head tensor; bshd_view(matrix, B, H) views a row-major [B*S, H*d] activation matrix
+// (the shape model code usually holds) as [B, S, H, d].
+
+#include <Eigen/Core>
+#include <type_traits>
+
+#include "error.hpp"
+
+namespace ssmax {
+
+/// Row-major dynamic Eigen matrix: one head's [seq, d] slice.
+template <class T>  // float or double
+using row_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Reference to a row-major matrix with any row stride (Map, Matrix, block of either).
+template <class T>  // float or double
+using const_matrix_ref = Eigen::Ref<const row_matrix<T>, 0, Eigen::OuterStride<>>;
+/// Writable reference to a row-major matrix with any row stride.
+template <class T>  // float or double
+using matrix_ref = Eigen::Ref<row_matrix<T>, 0, Eigen::OuterStride<>>;
+
+/// A [batch, seq, heads, dim] view of strided memory. T may be const for inputs.
+template <class T>  // float, double, or either const-qualified
+struct tensor_view {
+  T* data = nullptr;   ///< element (0, 0, 0, 0)
+  index batch = 0;     ///< B
+  index seq = 0;       ///< tokens per batch entry (n_q or n_k)
+  index heads = 0;     ///< H (queries) or H_kv (keys, values)
+  index dim = 0;       ///< d, contiguous
+  index stride_b = 0;  ///< elements between consecutive batch entries
+  index stride_s = 0;  ///< elements between consecutive tokens
+  index stride_h = 0;  ///< elements between consecutive heads
+
+  /// Pointer to the head row (b, s, h, 0..dim).
+  T* row(index b, index s, index h) const {
+    return data + b * stride_b + s * stride_s + h * stride_h;
+  }
+  /// Element (b, s, h, c).
+  T& operator()(index b, index s, index h, index c) const { return row(b, s, h)[c]; }
+  /// The same view, read-only.
+  operator tensor_view<const T>() const {  // NOLINT: implicit by design
+    return {data, batch, seq, heads, dim, stride_b, stride_s, stride_h};
+  }
+  /// Number of elements in the shape.
+  index size() const { return batch * seq * heads * dim; }
+};
+
+/// View of contiguous memory laid out [B, S, H, d].
+template <class T>  // float or double, possibly const
+tensor_view<T> bshd_view(T* data, index batch, index seq, index heads, index dim) {
+  return {data, batch, seq, heads, dim, seq * heads * dim, heads * dim, dim};
+}
+
+/// View of contiguous memory laid out [B, H, S, d] (still indexed (b, s, h, c)).
+template <class T>  // float or double, possibly const
+tensor_view<T> bhsd_view(T* data, index batch, index heads, index seq, index dim) {
+  return {data, batch, seq, heads, dim, heads * seq * dim, dim, seq * dim};
+}
+
+/// One head's [seq, d] slice of a view, as a row-major Eigen map (no copy).
+template <class T>  // float or double, possibly const
+auto head_matrix(const tensor_view<T>& view, index b, index h) {
+  using Plain = row_matrix<std::remove_const_t<T>>;
+  using Mapped = std::conditional_t<std::is_const<T>::value, const Plain, Plain>;
+  return Eigen::Map<Mapped, 0, Eigen::OuterStride<>>(view.row(b, 0, h), view.seq, view.dim,
+                                                     Eigen::OuterStride<>(view.stride_s));
+}
+
+/// A row-major [seq, d] Eigen matrix as a 1-batch, 1-head view.
+inline tensor_view<const float> head_view(const const_matrix_ref<float>& m) {
+  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
+          m.outerStride(), m.cols()};
+}
+inline tensor_view<const double> head_view(const const_matrix_ref<double>& m) {
+  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
+          m.outerStride(), m.cols()};
+}
+inline tensor_view<float> head_view(matrix_ref<float> m) {
+  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
+          m.outerStride(), m.cols()};
+}
+inline tensor_view<double> head_view(matrix_ref<double> m) {
+  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
+          m.outerStride(), m.cols()};
+}
+
+/// A row-major [B*S, H*d] activation matrix as a [B, S, H, d] view. Throws
+/// argument_error when the matrix does not split into that shape.
+template <class Matrix>  // row-major Eigen Matrix or Map (has data(), outerStride())
+auto bshd_view(Matrix& m, index batch, index heads) {
+  using T = std::remove_reference_t<decltype(*m.data())>;
+  detail::require(batch >= 1 && m.rows() % batch == 0, "bshd_view", "batch",
+                  "must be >= 1 and divide the matrix's rows");
+  detail::require(heads >= 1 && m.cols() % heads == 0, "bshd_view", "heads",
+                  "must be >= 1 and divide the matrix's columns");
+  detail::require(Matrix::IsRowMajor || m.rows() == 1, "bshd_view", "m", "must be row-major");
+  const index seq = m.rows() / batch, dim = m.cols() / heads;
+  return tensor_view<T>{m.data(),        batch, seq, heads, dim, seq * m.outerStride(),
+                        m.outerStride(), dim};
+}
+
+}  // namespace ssmax

@@ -1,0 +1,169 @@
+#pragma once
+// Test data and the comparison of an attention call with the double reference, under
+// the bound attention.hpp states. The bound is derived, not tuned (Higham's gamma_n
+// bounds for the two dot products, plus the exp and the blocked sums):
+//   |out - ref| <= 2 eps max|v| (2 (d + 2) Z + n + 64)
+//   |lse - ref| <= 2 eps (2 (d + 2) Z + |ref| + n + 64)
+//   |a_j - ref| <= 2 eps ref_j (4 (d + 2) Z + 80) + (n + 16) min_normal
+// with Z = max over visible keys of sum_c |m scale q_c k_jc| (bounds the logits' rounding
+// error in units of eps, and so the weights' relative error), n the row's visible keys,
+// 64/80 ulp for exp (2 ulp), the argument's roundings, and the blocked summation
+// (kLanesPerBlock + log2(4 W) ulp). The leading factor 2 covers the reference's own
+// rounding, of the same order in double, when the kernel under test is double too.
+// The (n + 16) min_normal term covers weights the row kernel flushes to 0 instead of
+// writing a subnormal (kernels/row_softmax.hpp, flush_threshold).
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <ssmax/attention.hpp>
+#include <ssmax/reference/attention.hpp>
+#include <string>
+#include <vector>
+
+#include "architectures.hpp"
+
+namespace ssmax::testing {
+
+// Attention tests run on a subset of the architectures (scalar, the widest 512-bit, one
+// 256-bit and the SSE2 baseline), each only when this binary is compiled for it: every
+// register width and both tail paths are covered without compiling the operator for
+// every tag in architectures.hpp.
+using attention_candidates =
+    std::tuple<scalar_arch, xsimd::avx512f, xsimd::fma3<xsimd::avx2>, xsimd::sse2, xsimd::neon64>;
+using attention_architectures =
+    typename detail::supported_only<std::tuple<>, attention_candidates>::type;
+using attention_configs = typename detail::to_gtest<
+    typename detail::cross<attention_architectures, float, double>::type>::type;
+
+/// Random q, k, v in BSHD layout, uniform in [-1, 1].
+template <class T>  // float or double
+struct attention_data {
+  index B, n_q, n_k, H, H_kv, d;
+  std::vector<T> q, k, v;
+
+  attention_data(index batch, index nq, index nk, index heads, index kv_heads, index dim,
+                 unsigned seed = 1)
+      : B(batch), n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    q.resize(static_cast<size_t>(B * n_q * H * d));
+    k.resize(static_cast<size_t>(B * n_k * H_kv * d));
+    v.resize(k.size());
+    for (auto& x : q) x = static_cast<T>(u(gen));
+    for (auto& x : k) x = static_cast<T>(u(gen));
+    for (auto& x : v) x = static_cast<T>(u(gen));
+  }
+  tensor_view<const T> qv() const { return bshd_view(q.data(), B, n_q, H, d); }
+  tensor_view<const T> kv() const { return bshd_view(k.data(), B, n_k, H_kv, d); }
+  tensor_view<const T> vv() const { return bshd_view(v.data(), B, n_k, H_kv, d); }
+  std::vector<T> make_out() const { return std::vector<T>(q.size(), T(-7)); }
+  tensor_view<T> outv(std::vector<T>& o) const { return bshd_view(o.data(), B, n_q, H, d); }
+};
+
+/// What one kernel call produced.
+template <class T>  // float or double
+struct attention_run {
+  std::vector<T> out, lse, weights;
+};
+
+/// Runs attention on `data` with the given options, returning out, lse (and weights on
+/// the materialised path).
+template <class Arch, class T, class Policy>  // architecture; float or double; policy
+attention_run<T> run_attention(const attention_data<T>& data, attention_options<Policy> options,
+                               attention_path path) {
+  attention_run<T> r;
+  r.out = data.make_out();
+  r.lse.assign(static_cast<size_t>(data.B * data.H * data.n_q), T(-7));
+  attention_extras<T> extras;
+  extras.lse = r.lse.data();
+  if (path == attention_path::materialised) {
+    r.weights.assign(static_cast<size_t>(data.B * data.H * data.n_q * data.n_k), T(-7));
+    extras.weights = r.weights.data();
+  }
+  options.path = path;
+  attention<Arch>(data.qv(), data.kv(), data.vv(), data.outv(r.out), options, extras);
+  return r;
+}
+
+/// Expects `run` to match the reference within the bound above. `what` names the case.
+template <class T, class Policy>  // float or double; policy
+void expect_matches_reference(const attention_data<T>& data, const attention_options<Policy>& o,
+                              const attention_run<T>& run, const std::string& what) {
+  const double eps = std::numeric_limits<T>::epsilon();
+  const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
+  const auto ref = reference::attention(data.qv(), data.kv(), data.vv(), o.policy, o.mask, scale);
+  const auto q = data.qv(), k = data.kv(), v = data.vv();
+  const index group = data.H / data.H_kv;
+  index failures = 0;
+  for (index s = 0; s < sequence_count(o.mask, data.B); ++s) {
+    const sequence_span seq = sequence_of(o.mask, s, data.n_q, data.n_k);
+    const index b = seq.tensor_batch;
+    for (index h = 0; h < data.H; ++h)
+      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+        const row_keys row = visible_keys(o.mask, seq, h, i);
+        const index g = h / group;
+        double z = 0.0, vmax = 0.0;
+        const double m =
+            row.visible > 0 ? o.policy.multiplier({row.n, row.position, h}) * scale : 0.0;
+        for (index j = row.begin; j < row.end; ++j) {
+          if (row.allowed != nullptr && !row.allowed[j]) continue;
+          double zj = 0.0;
+          for (index c = 0; c < data.d; ++c) {
+            zj += std::abs(m * q(b, i, h, c) * k(b, j, g, c));
+            vmax = std::max(vmax, std::abs(static_cast<double>(v(b, j, g, c))));
+          }
+          z = std::max(z, zj);
+        }
+        const double n = static_cast<double>(row.visible);
+        const double dz = 2.0 * (static_cast<double>(data.d) + 2.0) * z;
+        const double out_bound = 2 * eps * vmax * (dz + n + 64);
+        for (index c = 0; c < data.d; ++c) {
+          const size_t at = static_cast<size_t>(((b * data.n_q + i) * data.H + h) * data.d + c);
+          const double got = run.out[at], want = ref.out[at];
+          if (!(std::abs(got - want) <= out_bound) && failures++ < 5)
+            ADD_FAILURE() << what << ": out(b=" << b << ", i=" << i << ", h=" << h << ", c=" << c
+                          << ") = " << got << ", reference " << want << ", bound " << out_bound;
+        }
+        const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
+        if (!run.lse.empty()) {
+          const double got = run.lse[row_at], want = ref.lse[row_at];
+          const bool ok = std::isinf(want)
+                              ? got == want
+                              : std::abs(got - want) <= 2 * eps * (dz + std::abs(want) + n + 64);
+          if (!ok && failures++ < 5)
+            ADD_FAILURE() << what << ": lse(b=" << b << ", h=" << h << ", i=" << i << ") = " << got
+                          << ", reference " << want;
+        }
+        if (!run.weights.empty())
+          for (index j = 0; j < data.n_k; ++j) {
+            const size_t at = row_at * static_cast<size_t>(data.n_k) + static_cast<size_t>(j);
+            const double got = run.weights[at], want = ref.weights[at];
+            const double bound = 2 * eps * want * (2 * dz + 80) +
+                                 (n + 16) * static_cast<double>(std::numeric_limits<T>::min());
+            const bool ok = want == 0.0 ? got == 0.0 : std::abs(got - want) <= bound;
+            if (!ok && failures++ < 5)
+              ADD_FAILURE() << what << ": weight(b=" << b << ", h=" << h << ", i=" << i
+                            << ", j=" << j << ") = " << got << ", reference " << want;
+          }
+      }
+  }
+  EXPECT_EQ(failures, 0) << what;
+}
+
+/// Runs both paths and checks each against the reference.
+template <class Arch, class T, class Policy>  // architecture; float or double; policy
+void check_both_paths(const attention_data<T>& data, const attention_options<Policy>& options,
+                      const std::string& what) {
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    const auto run = run_attention<Arch>(data, options, path);
+    expect_matches_reference(
+        data, options, run,
+        what + (path == attention_path::fused ? " [fused]" : " [materialised]"));
+  }
+}
+
+}  // namespace ssmax::testing
