@@ -27,11 +27,9 @@ namespace ssmax::fuzz {
 namespace {
 
 /// A finite value (the operator's inputs must be finite): zeros, subnormals and the smallest
-/// normal (when `tiny`), ordinary values in [-1, 1), and large ones with ties.
-/// v never gets tiny values: attention.hpp's bound is relative to max|v| and has no
-/// absolute term for the products a_j v_j that underflow into the subnormal range, whose
-/// spacing (denorm_min) exceeds it. The first minute of fuzzing found this (reported; an
-/// absolute term of about (n + d) denorm_min would cover it).
+/// normal (when `tiny`), ordinary values in [-1, 1), and large ones with ties. (Subnormal v
+/// once broke the bound, which had no absolute term for products a_j v_j that underflow; it
+/// now has (n + d) denorm_min.)
 template <class T>  // float or double
 T finite_value(input& in, bool tiny) {
   const std::uint8_t kind = in.byte();
@@ -74,12 +72,9 @@ void run_and_check(input& in, testing::attention_data<T>& data, attention_option
                  : path_choice == 1 ? attention_path::materialised
                                     : attention_path::automatic;
   if (broken.kind == 9) options.path = attention_path::fused;  // with weights: rejected
-  // Not with a boolean mask for now: the materialised kernel flushes weights below
-  // (keys in range) min_normal, more than the (visible + 16) min_normal that the check
-  // allows when the mask hides keys inside the range (a finding of the first long run,
-  // reported; out and lse are unaffected and still checked).
-  const bool want_weights =
-      options.path != attention_path::fused && options.mask.allowed == nullptr && in.flag();
+  // (Boolean masks once made the materialised kernel flush weights by the key range rather
+  // than the visible count; it now passes the visible count to the row kernel.)
+  const bool want_weights = options.path != attention_path::fused && in.flag();
   const bool want_lse = in.byte() % 4 != 0;
 
   testing::attention_run<T> run;
@@ -214,7 +209,7 @@ void fuzz_one(input& in) {
 
   testing::attention_data<T> data(B, n_q, n_k, H, H_kv, d);
   for (auto* tensor : {&data.q, &data.k, &data.v})
-    for (auto& x : *tensor) x = finite_value<T>(in, tensor != &data.v);
+    for (auto& x : *tensor) x = finite_value<T>(in, true);
 
   // Now and then break one argument on purpose.
   breakage broken;

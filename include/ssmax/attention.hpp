@@ -19,7 +19,8 @@
 // attention_path::automatic picks materialised when weights are requested, else fused.
 //
 // Numerical contract (both paths): per output element,
-//   |out - exact| <= eps * max|v| * (2 (d + 2) Z + n + 64),  Z = max_j sum_c |m scale q_c k_jc|,
+//   |out - exact| <= eps * max|v| * (2 (d + 2) Z + n + 64) + (n + d) denorm_min,
+//   Z = max_j sum_c |m scale q_c k_jc|,
 // eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
 // eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
 // Inputs must be finite.

@@ -48,14 +48,13 @@ struct simd {
   static void store(T* p, const vec& v) { v.store_unaligned(p); }
   static vec splat(T x) { return vec(x); }
   static vec max(const vec& a, const vec& b) { return xsimd::max(a, b); }
-  /// max(a, b) that returns b when b is NaN (x86 maxps returns its second operand when
-  /// either is NaN; NEON's max returns NaN): the kernels clamp with it without losing NaN.
-  static vec max_keep_nan(const vec& a, const vec& b) { return xsimd::max(a, b); }
   static vec fma(const vec& a, const vec& b, const vec& c) { return xsimd::fma(a, b, c); }
   static vec select(const mask& m, const vec& a, const vec& b) { return xsimd::select(m, a, b); }
   /// exp with xsimd's accuracy (measured in tests/test_exp.cpp; about 1.5 ULP for float).
   static vec exp(const vec& v) { return xsimd::exp(v); }
   static bool any(const mask& m) { return xsimd::any(m); }
+  /// Lanes holding NaN (v != v is ordered on AVX, false for NaN, so it cannot serve).
+  static mask is_nan(const vec& v) { return xsimd::isnan(v); }
 
   static T reduce_add(const vec& v) {
 #if XSIMD_VERSION_MAJOR >= 9
@@ -89,11 +88,11 @@ struct simd<scalar_arch, T> {
   static void store(T* p, vec v) { *p = v; }
   static vec splat(T x) { return x; }
   static vec max(vec a, vec b) { return a > b ? a : b; }
-  static vec max_keep_nan(vec a, vec b) { return a > b ? a : b; }  // b when b is NaN
   static vec fma(vec a, vec b, vec c) { return a * b + c; }
   static vec select(mask m, vec a, vec b) { return m ? a : b; }
   static vec exp(vec v) { return std::exp(v); }
   static bool any(mask m) { return m; }
+  static mask is_nan(vec v) { return std::isnan(v); }
   static T reduce_add(vec v) { return v; }
   static T reduce_max(vec v) { return v; }
 };

@@ -116,7 +116,7 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
       row_state<T> state;
       if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
         const index lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
-        state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1));
+        state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         std::fill(sr, sr + lo, T(0));
         std::fill(sr + hi, sr + L, T(0));
       } else {

@@ -71,9 +71,15 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
   constexpr index kBlock = kLanesPerBlock * 4 * W;
   const V vm = S::splat(m), vp = S::splat(pivot);
   const V lowest = S::splat(flush_below);
+  // exp(t), exactly 0 below flush_below, NaN for NaN: the argument is clamped before exp
+  // so that exp never sees a NaN (xsimd 8.1 converts its argument to an integer, which is
+  // undefined for NaN) or a value whose result would be subnormal.
+  auto weight = [&](const V& t) {
+    const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::select(t >= lowest, t, lowest)));
+    return S::select(S::is_nan(t), t, e);
+  };
   auto term = [&](index at) {
-    const V t = vm * (S::load(x + at) - vp);
-    const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::max_keep_nan(lowest, t)));
+    const V e = weight(vm * (S::load(x + at) - vp));
     if (y != nullptr) S::store(y + at, e);
     return e;
   };
@@ -99,8 +105,7 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
     const index rest = n - i;
     std::fill(in, in + W, -std::numeric_limits<T>::infinity());
     std::copy(x + i, x + n, in);
-    const V t = vm * (S::load(in) - vp);
-    const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::max_keep_nan(lowest, t)));
+    const V e = weight(vm * (S::load(in) - vp));
     S::store(out, e);
     if (y != nullptr) std::copy(out, out + rest, y + i);
     total.add(static_cast<double>(S::reduce_add(e)));
@@ -150,7 +155,9 @@ row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
 
 /// softmax(m * x) of one row, written to y (or, with y == nullptr, only the state).
 ///   y_i = exp(m x_i - M) / sum_j exp(m x_j - M),  M = max_j m x_j.
-/// Pre: n >= 1; m finite and >= 0; y == x or y does not overlap x.
+/// Pre: n >= 1; m finite and >= 0; y == x or y does not overlap x; visible, when > 0, is
+/// the number of entries that are not -inf (masked), and sets the flush threshold as the
+/// row's n would (attention rows whose masked keys sit among the visible ones pass it).
 /// Contract: no overflow for any finite x and m (the max is subtracted before exp);
 /// x_i = -inf has weight 0; a row of only -inf gives zeros and the empty state;
 /// m = 0 gives equal weights over the entries that are not -inf; +inf entries share the
@@ -164,14 +171,15 @@ row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
 /// and x is near the largest finite T.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-row_state<T> scaled_softmax_row(const T* x, T* y, index n, T m) {
+row_state<T> scaled_softmax_row(const T* x, T* y, index n, T m, index visible = 0) {
   const T inf = std::numeric_limits<T>::infinity();
   const T x_max = row_max<Arch>(x, n);
   // row_max may miss a NaN; one that it misses still reaches pass 2's sum, except in the
   // rows that uniform_row takes, and it scans for NaN itself.
   const bool common = x_max > -inf && x_max < inf && m != T(0);
   if (!common) return uniform_row(x, y, n, x_max == inf);
-  const double sum = exp_and_sum<Arch>(x, y, n, m, x_max, flush_threshold<T>(n));
+  const double sum =
+      exp_and_sum<Arch>(x, y, n, m, x_max, flush_threshold<T>(visible > 0 ? visible : n));
   if (y != nullptr) scale_row<Arch>(y, n, static_cast<T>(1.0 / sum));
   return {m * x_max, static_cast<T>(sum)};
 }
