@@ -60,7 +60,8 @@ std::vector<mask_case> mask_cases() {
   return m;
 }
 
-/// Policies: with and without learnable parameters (per-head s and b), fixed n.
+/// Policies: with and without learnable parameters (per-head s and b), fixed n, and the
+/// position-dependent peers.
 template <class F>  // callable as f(name, policy, learnable)
 void for_each_policy(F&& f) {
   static const std::vector<double> s = {0.43, 0.7}, b = {0.0, 0.3};
@@ -70,6 +71,9 @@ void for_each_policy(F&& f) {
   qwen_logn_policy qwen;
   qwen.train_length = 2;
   f("qwen", qwen, false);
+  // Small step lengths, so that the multiplier changes within these short sequences.
+  f("llama4", llama4_temperature_policy{2, 0.5}, false);
+  f("mistral", mistral_policy{2, 0.5}, false);
 }
 
 /// Inputs of one problem in double, [B, S, H, d] contiguous.
@@ -194,6 +198,10 @@ TEST(AttentionBackwardReference, MatchesFiniteDifferencesForEveryMaskAndPolicy) 
     qwen_logn_policy qwen;
     qwen.train_length = 2;
     check_by_differences(pr, qwen, nullptr, nullptr, mc.mask, mc.name + "/qwen");
+    check_by_differences(pr, llama4_temperature_policy{2, 0.5}, nullptr, nullptr, mc.mask,
+                         mc.name + "/llama4");
+    check_by_differences(pr, mistral_policy{2, 0.5}, nullptr, nullptr, mc.mask,
+                         mc.name + "/mistral");
   }
 }
 
