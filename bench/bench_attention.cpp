@@ -1,11 +1,12 @@
 // Attention benchmarks: prefill (n_q = n_k) and decode (n_q = 1) for the fused and the
 // materialised kernels and a plain Eigen composition (Q K^T, row softmax, times V), with
 // Softmax and SSMax, 8 heads, float, d = 64 and 128; plus, in the same run, the machine's
-// FMA peak (a register-blocked xsimd FMA loop) and a plain memory copy's bandwidth, so
-// each kernel is also reported as a fraction of them.
+// FMA peak (a register-blocked xsimd FMA loop) and a plain memory copy's bandwidth
+// (support/machine_peaks.hpp), so each kernel is also reported as a fraction of them.
 //
 // Names: "<kind>/<impl>/<policy>/d:<d>/n:<n>/threads:<t>", e.g.
-// prefill/fused/ssmax/d:128/n:4096/threads:1. Counters:
+// prefill/fused/ssmax/d:128/n:4096/threads:1; grouped-query decode (8 query heads over 2
+// key/value heads) adds "/kv:2" after the policy. Counters:
 //   GFLOPs     4 n_q n_k d per head (half of it when causal) per second
 //   of_peak    GFLOPs / (threads x the 1-thread FMA peak measured first)
 //   GBs        decode: bytes of K and V read per second
@@ -19,65 +20,36 @@
 
 #include <Eigen/Core>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <ssmax/attention.hpp>
 #include <string>
 #include <vector>
-#include <xsimd/xsimd.hpp>
+
+#include "support/machine_peaks.hpp"
+#include "support/run.hpp"
 
 namespace {
 
 using ssmax::index;
 
-double g_peak_gflops = 0.0;  // 1-thread FMA peak, measured by the first benchmark
-double g_copy_gbs = 0.0;     // copy bandwidth (read + write), measured by the second
-
-void fma_peak(benchmark::State& state) {
-  using B = xsimd::batch<float>;  // the widest vector this binary is compiled for
-  constexpr int kAcc = 16;        // independent chains: more than FMA latency x FMA units
-  B acc[kAcc];
-  for (int a = 0; a < kAcc; ++a) acc[a] = B(1.0f + 1e-3f * static_cast<float>(a));
-  const B x(0.999999f), y(1e-7f);
-  const int64_t iters = 1 << 20;
-  for (auto _ : state) {
-    for (int64_t i = 0; i < iters; ++i)
-      for (int a = 0; a < kAcc; ++a) acc[a] = xsimd::fma(acc[a], x, y);
-    for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
-  }
-  const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
-  state.counters["GFLOPs"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
-
-void memory_copy(benchmark::State& state) {
-  const std::size_t bytes = std::size_t(256) << 20;
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
-  for (auto _ : state) {
-    std::memcpy(dst.data(), src.data(), bytes);
-    benchmark::ClobberMemory();
-  }
-  state.counters["GBs"] =
-      benchmark::Counter(2.0 * bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
-
-/// q, k, v (BSHD, float), random in [-1, 1].
+/// q, k, v (BSHD, float), random in [-1, 1]; H query heads, H_kv key/value heads.
 struct tensors {
-  index n_q, n_k, H, d;
+  index n_q, n_k, H, H_kv, d;
   std::vector<float> q, k, v, out;
-  tensors(index nq, index nk, index heads, index dim) : n_q(nq), n_k(nk), H(heads), d(dim) {
+  tensors(index nq, index nk, index heads, index kv_heads, index dim)
+      : n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
     std::mt19937 gen(1);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     q.resize(static_cast<size_t>(n_q * H * d));
-    k.resize(static_cast<size_t>(n_k * H * d));
+    k.resize(static_cast<size_t>(n_k * H_kv * d));
     v.resize(k.size());
     out.resize(q.size());
     for (auto* t : {&q, &k, &v})
       for (auto& x : *t) x = u(gen);
   }
   ssmax::tensor_view<const float> qv() const { return ssmax::bshd_view(q.data(), 1, n_q, H, d); }
-  ssmax::tensor_view<const float> kv() const { return ssmax::bshd_view(k.data(), 1, n_k, H, d); }
-  ssmax::tensor_view<const float> vv() const { return ssmax::bshd_view(v.data(), 1, n_k, H, d); }
+  ssmax::tensor_view<const float> kv() const { return ssmax::bshd_view(k.data(), 1, n_k, H_kv, d); }
+  ssmax::tensor_view<const float> vv() const { return ssmax::bshd_view(v.data(), 1, n_k, H_kv, d); }
   ssmax::tensor_view<float> ov() { return ssmax::bshd_view(out.data(), 1, n_q, H, d); }
 };
 
@@ -93,11 +65,12 @@ void set_counters(benchmark::State& state, double flops, double kv_bytes, int th
   state.counters["threads"] = threads;
 }
 
-/// ssmax's operator. decode: n_q = 1 over n keys; prefill: n_q = n_k = n, causal.
+/// ssmax's operator. decode: n_q = 1 over n keys; prefill: n_q = n_k = n, causal. kHeads
+/// query heads over kv_heads key/value heads.
 template <class Policy>
 void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path, index n, index d,
-               int threads) {
-  tensors t(decode ? 1 : n, n, kHeads, d);
+               int threads, index kv_heads = kHeads) {
+  tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
   ssmax::attention_options<Policy> o;
   o.mask = ssmax::attention_mask::causal_mask();
   o.threads = threads;
@@ -113,7 +86,8 @@ void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path,
   const double pairs =
       decode ? static_cast<double>(n) : 0.5 * static_cast<double>(n) * static_cast<double>(n);
   const double flops = 4.0 * pairs * static_cast<double>(d) * kHeads;
-  const double kv_bytes = decode ? 2.0 * static_cast<double>(n * kHeads * d) * sizeof(float) : 0.0;
+  const double kv_bytes =
+      decode ? 2.0 * static_cast<double>(n * kv_heads * d) * sizeof(float) : 0.0;
   set_counters(state, flops, kv_bytes, threads, static_cast<double>(extra));
 }
 
@@ -122,7 +96,7 @@ void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path,
 void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index n, index d,
                int threads) {
   using Mat = ssmax::row_matrix<float>;
-  tensors t(decode ? 1 : n, n, kHeads, d);
+  tensors t(decode ? 1 : n, n, kHeads, kHeads, d);
   Eigen::setNbThreads(threads);
   Mat S = Mat::Zero(t.n_q, t.n_k), O = Mat::Zero(t.n_q, d);  // touched: no page faults in the loop
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
@@ -156,8 +130,8 @@ void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index n,
 }
 
 void register_all() {
-  benchmark::RegisterBenchmark("peak/fma/float", fma_peak)->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("copy/memcpy/256MiB", memory_copy)->Unit(benchmark::kMillisecond);
+  ssmax::bench::register_fma_peak();
+  ssmax::bench::register_memory_copy();
   for (bool decode : {false, true})
     for (index d : {64, 128}) {
       const std::vector<index> sizes = decode ? std::vector<index>{4096, 32768, 131072}
@@ -192,40 +166,28 @@ void register_all() {
           }
         }
     }
+  // Grouped-query decode: 8 query heads over 2 key/value heads, each read once per group.
+  for (int threads : {1, 2})
+    for (bool ss : {false, true})
+      benchmark::RegisterBenchmark(
+          (std::string("decode/fused/") + (ss ? "ssmax" : "softmax") +
+           "/kv:2/d:128/n:32768/threads:" + std::to_string(threads))
+              .c_str(),
+          [=](benchmark::State& s) {
+            const auto path = ssmax::attention_path::fused;
+            if (ss)
+              run_ssmax<ssmax::ssmax_policy>(s, true, path, 32768, 128, threads, 2);
+            else
+              run_ssmax<ssmax::softmax_policy>(s, true, path, 32768, 128, threads, 2);
+          })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
 }
-
-/// Adds of_peak / of_copy columns computed from the peak and copy runs of the same run.
-class fraction_reporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    std::vector<Run> copy = runs;
-    for (auto& r : copy) {
-      const std::string name = r.benchmark_name();
-      auto gf = r.counters.find("GFLOPs");
-      // Counters arrive finished: rates are already per second.
-      if (name.rfind("peak/", 0) == 0 && gf != r.counters.end()) g_peak_gflops = gf->second.value;
-      auto gb = r.counters.find("GBs");
-      if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) g_copy_gbs = gb->second.value;
-      auto th = r.counters.find("threads");
-      if (gf != r.counters.end() && th != r.counters.end() && g_peak_gflops > 0) {
-        r.counters["of_peak"] = gf->second.value / (g_peak_gflops * th->second.value);
-      }
-      if (gb != r.counters.end() && name.rfind("copy/", 0) != 0 && g_copy_gbs > 0) {
-        r.counters["of_copy"] = gb->second.value / g_copy_gbs;
-      }
-    }
-    ConsoleReporter::ReportRuns(copy);
-  }
-};
 
 }  // namespace
 
 int main(int argc, char** argv) {
   register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  fraction_reporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
+  using reporter = ssmax::bench::fraction_reporter<benchmark::ConsoleReporter>;
+  return ssmax::bench::run_with<reporter>(argc, argv);
 }

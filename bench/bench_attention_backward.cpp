@@ -1,8 +1,8 @@
 // Backward benchmarks: the attention backward (fused and materialised, Softmax and SSMax,
 // causal prefill, 8 heads, float) next to the forward of the same shape, and the row
 // backward next to the row forward, in one run; plus the machine's 1-thread FMA peak
-// (measured first, as bench_attention does) so each attention run also reads as a
-// fraction of it.
+// (measured first, as bench_attention does; support/machine_peaks.hpp) so each attention
+// run also reads as a fraction of it.
 //
 // Names: "<pass>/<impl>/<policy>/d:<d>/n:<n>/threads:<t>" with pass forward or backward;
 // "row/<pass>/<variant>/float/n:<n>" for rows.
@@ -26,32 +26,13 @@
 #include <ssmax/softmax_backward.hpp>
 #include <string>
 #include <vector>
-#include <xsimd/xsimd.hpp>
 
+#include "support/machine_peaks.hpp"
 #include "support/ratio_reporter.hpp"
 
 namespace {
 
 using ssmax::index;
-
-double g_peak_gflops = 0.0;  // 1-thread FMA peak, measured by the first benchmark
-
-void fma_peak(benchmark::State& state) {
-  using B = xsimd::batch<float>;  // the widest vector this binary is compiled for
-  constexpr int kAcc = 16;        // independent chains: more than FMA latency x FMA units
-  B acc[kAcc];
-  for (int a = 0; a < kAcc; ++a) acc[a] = B(1.0f + 1e-3f * static_cast<float>(a));
-  const B x(0.999999f), y(1e-7f);
-  const int64_t iters = 1 << 20;
-  for (auto _ : state) {
-    for (int64_t i = 0; i < iters; ++i)
-      for (int a = 0; a < kAcc; ++a) acc[a] = xsimd::fma(acc[a], x, y);
-    for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
-  }
-  const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
-  state.counters["GFLOPs"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 constexpr index kHeads = 8;
 
@@ -146,7 +127,7 @@ void run_row(benchmark::State& state, int variant, index n) {
 }
 
 void register_all() {
-  benchmark::RegisterBenchmark("peak/fma/float", fma_peak)->Unit(benchmark::kMillisecond);
+  ssmax::bench::register_fma_peak();
   for (index d : {64, 128})
     for (index n : {512, 2048})
       for (int threads : {1, 2}) {
@@ -182,33 +163,15 @@ void register_all() {
   }
 }
 
-/// The ratio tables, plus of_peak from the peak run of the same run.
-class backward_reporter : public ssmax::bench::ratio_reporter {
- public:
-  using ratio_reporter::ratio_reporter;
-  void ReportRuns(const std::vector<Run>& runs) override {
-    std::vector<Run> copy = runs;
-    for (auto& r : copy) {
-      auto gf = r.counters.find("GFLOPs");
-      if (r.benchmark_name().rfind("peak/", 0) == 0 && gf != r.counters.end())
-        g_peak_gflops = gf->second.value;
-      auto th = r.counters.find("threads");
-      if (gf != r.counters.end() && th != r.counters.end() && g_peak_gflops > 0)
-        r.counters["of_peak"] = gf->second.value / (g_peak_gflops * th->second.value);
-    }
-    ratio_reporter::ReportRuns(copy);
-  }
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
   register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  backward_reporter reporter({{0, "forward", "backward / forward (time)", false},
-                              {1, "forward", "row backward / forward (time)", false}});
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
+  // The ratio tables, plus of_peak from the peak run of the same run.
+  using reporter = ssmax::bench::fraction_reporter<ssmax::bench::ratio_reporter>;
+  return ssmax::bench::run_with<reporter>(
+      argc, argv,
+      std::vector<ssmax::bench::comparison>{
+          {0, "forward", "backward / forward (time)", false},
+          {1, "forward", "row backward / forward (time)", false}});
 }

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <ssmax/error.hpp>
+#include <tuple>
 #include <type_traits>
 
 namespace ssmax::fuzz {
@@ -132,5 +133,31 @@ class input {
   std::size_t at_ = 0;
   std::uint64_t state_ = 0x9E3779B97F4A7C15ULL;
 };
+
+/// Calls f(Arch{}) for the which-th architecture Arch of the tuple (nothing when which is
+/// out of range).
+template <class... Archs, class F>  // architecture tags; a callable taking any of them
+void for_architecture(std::tuple<Archs...>*, index which, F&& f) {
+  index i = 0;
+  ((i++ == which ? (f(Archs{}), 0) : 0), ...);
+}
+
+/// The body of LLVMFuzzerTestOneInput: the input's first bytes choose an architecture of
+/// the tuple Archs and the element type (float or double), then f(in, Arch{}, T{}) runs the
+/// target on the rest of the input.
+template <class Archs,  // std::tuple of the architecture tags the target covers
+          class F>      // callable (input&, Arch, T) for every Arch of Archs, T float or double
+int run_one_input(const std::uint8_t* data, std::size_t size, F&& f) {
+  input in(data, size);
+  const auto which = in.below(static_cast<index>(std::tuple_size<Archs>::value));
+  const bool is_double = in.flag();
+  for_architecture(static_cast<Archs*>(nullptr), which, [&](auto arch) {
+    if (is_double)
+      f(in, arch, double{});
+    else
+      f(in, arch, float{});
+  });
+  return 0;
+}
 
 }  // namespace ssmax::fuzz

@@ -16,7 +16,6 @@
 #include <ssmax/reference/softmax.hpp>
 #include <ssmax/softmax.hpp>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "fuzz_input.hpp"
@@ -233,27 +232,12 @@ void fuzz_one(input& in) {
   }
 }
 
-/// Calls f.template operator()<Arch>() for the which-th architecture of the tuple.
-template <class... Archs, class F>
-void for_architecture(std::tuple<Archs...>*, index which, F&& f) {
-  index i = 0;
-  ((i++ == which ? (f(Archs{}), 0) : 0), ...);
-}
-
 }  // namespace
 }  // namespace ssmax::fuzz
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  using archs = ssmax::testing::tested_architectures;
-  ssmax::fuzz::input in(data, size);
-  const auto which = in.below(static_cast<ssmax::index>(std::tuple_size<archs>::value));
-  const bool is_double = in.flag();
-  ssmax::fuzz::for_architecture(static_cast<archs*>(nullptr), which, [&](auto arch) {
-    using Arch = decltype(arch);
-    if (is_double)
-      ssmax::fuzz::fuzz_one<Arch, double>(in);
-    else
-      ssmax::fuzz::fuzz_one<Arch, float>(in);
-  });
-  return 0;
+  return ssmax::fuzz::run_one_input<ssmax::testing::tested_architectures>(
+      data, size, [](ssmax::fuzz::input& in, auto arch, auto zero) {
+        ssmax::fuzz::fuzz_one<decltype(arch), decltype(zero)>(in);
+      });
 }

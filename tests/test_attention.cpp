@@ -19,8 +19,8 @@ using namespace ssmax;
 using ssmax::index;
 using namespace ssmax::testing;
 
-template <class C>
-class AttentionTest : public ::testing::Test {};
+template <class C>  // kernel_config<Arch, T>; skips an architecture the CPU lacks
+using AttentionTest = kernel_test<C>;
 TYPED_TEST_SUITE(AttentionTest, attention_configs, config_name);
 
 /// Expects a == b: bitwise for the SIMD architectures (the same arithmetic on the same
@@ -65,7 +65,6 @@ void for_each_policy(index heads, F&& f) {
 TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   const index B = 2, n_q = 13, n_k = 29, H = 4;
   const index dims[] = {1, 3, 8, 17, 64, 65};
 
@@ -114,7 +113,6 @@ TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
 TYPED_TEST(AttentionTest, HeadDimensions) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   for (index d : {1, 3, 63, 64, 65, 128, 256})
     for (index n_q : {2, 9, 70}) {  // the dot-product path (<= 3 rows) and the GEMM path
       attention_data<T> data(1, n_q, 75, 2, 1, d, static_cast<unsigned>(d + n_q));
@@ -127,7 +125,6 @@ TYPED_TEST(AttentionTest, HeadDimensions) {
 TYPED_TEST(AttentionTest, LargeSizesAndDecode) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   {  // decode over a long cache: keys split in chunks (flash-decoding), GQA 4:2
     attention_data<T> data(1, 1, 5000, 4, 2, 64, 11);
     attention_options<ssmax_policy> o;
@@ -161,7 +158,6 @@ TYPED_TEST(AttentionTest, LargeSizesAndDecode) {
 TYPED_TEST(AttentionTest, RowsWithNoVisibleKeyAreZero) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   attention_data<T> data(2, 5, 300, 2, 2, 16, 3);
   const index lengths[] = {0, 300};
   attention_options<ssmax_policy> o;
@@ -181,44 +177,70 @@ TYPED_TEST(AttentionTest, RowsWithNoVisibleKeyAreZero) {
 TYPED_TEST(AttentionTest, BothLayoutsGiveTheSameBits) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
-  const index B = 2, n_q = 40, n_k = 90, H = 4, H_kv = 2, d = 24;
-  attention_data<T> data(B, n_q, n_k, H, H_kv, d, 5);
-  // The same tensors, stored [B, H, seq, d].
-  auto to_bhsd = [&](const std::vector<T>& src, index seq, index heads) {
-    std::vector<T> dst(src.size());
-    auto in = bshd_view(src.data(), B, seq, heads, d);
-    auto out = bhsd_view(dst.data(), B, heads, seq, d);
-    for (index b = 0; b < B; ++b)
-      for (index s = 0; s < seq; ++s)
-        for (index h = 0; h < heads; ++h)
-          for (index c = 0; c < d; ++c) out(b, s, h, c) = in(b, s, h, c);
-    return dst;
-  };
-  const auto q2 = to_bhsd(data.q, n_q, H), k2 = to_bhsd(data.k, n_k, H_kv),
-             v2 = to_bhsd(data.v, n_k, H_kv);
-  attention_options<ssmax_policy> o;
-  o.mask = attention_mask::causal_mask();
-  for (auto path : {attention_path::fused, attention_path::materialised}) {
-    o.path = path;
-    const auto a = run_attention<Arch>(data, o, path);
-    std::vector<T> out2(data.q.size());
-    attention<Arch>(bhsd_view(q2.data(), B, H, n_q, d), bhsd_view(k2.data(), B, H_kv, n_k, d),
-                    bhsd_view(v2.data(), B, H_kv, n_k, d), bhsd_view(out2.data(), B, H, n_q, d), o);
-    const auto back = bhsd_view(static_cast<const T*>(out2.data()), B, H, n_q, d);
-    for (index b = 0; b < B; ++b)
-      for (index s = 0; s < n_q; ++s)
-        for (index h = 0; h < H; ++h)
-          for (index c = 0; c < d; ++c)
-            ASSERT_EQ(back(b, s, h, c),
-                      a.out[static_cast<size_t>(((b * n_q + s) * H + h) * d + c)]);
+  // 40 queries take the GEMM path; 2 take the decode path, which walks keys outer and
+  // heads inner for [B, S, H, d] and heads outer for [B, H, S, d] (the same arithmetic).
+  const index B = 2, n_k = 600, H = 4, H_kv = 2, d = 24;
+  for (index n_q : {40, 2}) {
+    attention_data<T> data(B, n_q, n_k, H, H_kv, d, static_cast<unsigned>(5 + n_q));
+    // The same tensors, stored [B, H, seq, d].
+    auto to_bhsd = [&](const std::vector<T>& src, index seq, index heads) {
+      std::vector<T> dst(src.size());
+      auto in = bshd_view(src.data(), B, seq, heads, d);
+      auto out = bhsd_view(dst.data(), B, heads, seq, d);
+      for (index b = 0; b < B; ++b)
+        for (index s = 0; s < seq; ++s)
+          for (index h = 0; h < heads; ++h)
+            for (index c = 0; c < d; ++c) out(b, s, h, c) = in(b, s, h, c);
+      return dst;
+    };
+    const auto q2 = to_bhsd(data.q, n_q, H), k2 = to_bhsd(data.k, n_k, H_kv),
+               v2 = to_bhsd(data.v, n_k, H_kv);
+    attention_options<ssmax_policy> o;
+    o.mask = attention_mask::causal_mask();
+    for (auto path : {attention_path::fused, attention_path::materialised}) {
+      o.path = path;
+      const auto a = run_attention<Arch>(data, o, path);
+      std::vector<T> out2(data.q.size());
+      attention<Arch>(bhsd_view(q2.data(), B, H, n_q, d), bhsd_view(k2.data(), B, H_kv, n_k, d),
+                      bhsd_view(v2.data(), B, H_kv, n_k, d), bhsd_view(out2.data(), B, H, n_q, d),
+                      o);
+      const auto back = bhsd_view(static_cast<const T*>(out2.data()), B, H, n_q, d);
+      for (index b = 0; b < B; ++b)
+        for (index s = 0; s < n_q; ++s)
+          for (index h = 0; h < H; ++h)
+            for (index c = 0; c < d; ++c)
+              ASSERT_EQ(back(b, s, h, c),
+                        a.out[static_cast<size_t>(((b * n_q + s) * H + h) * d + c)])
+                  << "n_q " << n_q;
+    }
   }
+}
+
+TYPED_TEST(AttentionTest, DecodeTasksTakeWholeHeadGroups) {
+  using Arch = typename TypeParam::arch;
+  using T = typename TypeParam::value_type;
+  // Decode tasks (at most kDotMaxRows query rows) take whole GQA groups of heads, up to
+  // kFusedQueryBlock scratch rows: 48 heads make several tasks per query block (the last
+  // one smaller), and MQA a group larger than one task. n_k = 1001 ends in a block whose
+  // key count is not a multiple of kKeyStreams; the keys split into chunks of a few
+  // blocks; d = 19 leaves a vector tail.
+  const index lengths[] = {1001, 517};
+  unsigned seed = 100;
+  for (index n_q : {1, 2, 3})
+    for (index H_kv : {48, 6, 1}) {
+      const index d = n_q == 2 ? 19 : 40;
+      attention_data<T> data(2, n_q, 1001, 48, H_kv, d, seed++);
+      attention_options<ssmax_policy> o;
+      o.mask = attention_mask::causal_mask();
+      o.mask.key_lengths = lengths;
+      check_both_paths<Arch>(data, o,
+                             "n_q=" + std::to_string(n_q) + " H_kv=" + std::to_string(H_kv));
+    }
 }
 
 TYPED_TEST(AttentionTest, MultiplierFoldedIntoQueriesEqualsMultiplierOnScores) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   // SSMax with n fixed has one multiplier m for every row: plain softmax attention on
   // q' = m q must equal the reference that applies m to the scores.
   attention_data<T> data(1, 30, 50, 2, 1, 16, 21);
@@ -241,7 +263,6 @@ TYPED_TEST(AttentionTest, MultiplierFoldedIntoQueriesEqualsMultiplierOnScores) {
 TYPED_TEST(AttentionTest, PackedSequencesEqualEachSequenceAlone) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   const index cu_q[] = {0, 70, 71, 150}, cu_k[] = {0, 100, 400, 480};
   const index H = 4, H_kv = 2, d = 20;
   attention_data<T> packed(1, 150, 480, H, H_kv, d, 31);
@@ -253,12 +274,7 @@ TYPED_TEST(AttentionTest, PackedSequencesEqualEachSequenceAlone) {
       for (index s = 0; s < 3; ++s) {
         const index nq = cu_q[s + 1] - cu_q[s], nk = cu_k[s + 1] - cu_k[s];
         attention_data<T> one(1, nq, nk, H, H_kv, d);
-        std::copy(packed.q.begin() + cu_q[s] * H * d, packed.q.begin() + cu_q[s + 1] * H * d,
-                  one.q.begin());
-        std::copy(packed.k.begin() + cu_k[s] * H_kv * d, packed.k.begin() + cu_k[s + 1] * H_kv * d,
-                  one.k.begin());
-        std::copy(packed.v.begin() + cu_k[s] * H_kv * d, packed.v.begin() + cu_k[s + 1] * H_kv * d,
-                  one.v.begin());
+        copy_rows(packed, cu_q[s], cu_k[s], one);
         attention_options<ssmax_policy> alone;
         alone.mask = causal ? attention_mask::causal_mask() : attention_mask::none();
         const auto r = run_attention<Arch>(one, alone, path);
@@ -273,7 +289,6 @@ TYPED_TEST(AttentionTest, PackedSequencesEqualEachSequenceAlone) {
 TYPED_TEST(AttentionTest, PaddingEqualsTruncation) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   const index n_q = 33, n_k = 600, H = 2, d = 12;
   const index lengths[] = {600, 257};
   attention_data<T> padded(2, n_q, n_k, H, H, d, 41);
@@ -285,11 +300,7 @@ TYPED_TEST(AttentionTest, PaddingEqualsTruncation) {
       o.mask.key_lengths = lengths;
       const auto all = run_attention<Arch>(padded, o, path);
       attention_data<T> cut(1, n_q, lengths[1], H, H, d);
-      std::copy(padded.q.begin() + n_q * H * d, padded.q.end(), cut.q.begin());
-      std::copy(padded.k.begin() + n_k * H * d, padded.k.begin() + (n_k + lengths[1]) * H * d,
-                cut.k.begin());
-      std::copy(padded.v.begin() + n_k * H * d, padded.v.begin() + (n_k + lengths[1]) * H * d,
-                cut.v.begin());
+      copy_rows(padded, n_q, n_k, cut);  // batch entry 1, its first lengths[1] keys
       o.mask.key_lengths = nullptr;
       const auto r = run_attention<Arch>(cut, o, path);
       for (index e = 0; e < n_q * H * d; ++e)
@@ -302,7 +313,6 @@ TYPED_TEST(AttentionTest, PaddingEqualsTruncation) {
 TYPED_TEST(AttentionTest, FusedEqualsMaterialised) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   attention_data<T> data(1, 130, 700, 2, 1, 64, 51);
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::causal_mask();
@@ -320,7 +330,6 @@ TYPED_TEST(AttentionTest, FusedEqualsMaterialised) {
 TYPED_TEST(AttentionTest, ResultsDoNotDependOnTheThreadCount) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   attention_data<T> prefill(2, 150, 300, 4, 2, 32, 61), decode(1, 2, 9000, 4, 1, 64, 62);
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::causal_mask();
@@ -341,7 +350,6 @@ TYPED_TEST(AttentionTest, ResultsDoNotDependOnTheThreadCount) {
 TYPED_TEST(AttentionTest, WorkspaceIsReusedWithoutAllocating) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   attention_data<T> data(1, 1, 6000, 2, 2, 64, 71);
   attention_options<ssmax_policy> o;
   attention_workspace ws;
@@ -367,7 +375,6 @@ TYPED_TEST(AttentionTest, WorkspaceIsReusedWithoutAllocating) {
 TYPED_TEST(AttentionTest, EigenEntryPoints) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
   const index n_q = 20, n_k = 45, H = 2, d = 16;
   attention_data<T> data(1, n_q, n_k, H, 1, d, 81);
   attention_options<ssmax_policy> o;

@@ -292,12 +292,12 @@ magnitudes magnitudes_of(const problem& pr, const Policy& policy, const attentio
   return g;
 }
 
-template <class Config>
-class AttentionBackwardKernel : public ::testing::Test {
+template <class Config>  // kernel_config<Arch, T>
+class AttentionBackwardKernel : public kernel_test<Config> {
  protected:
-  using arch = typename Config::arch;
-  using T = typename Config::value_type;
-  void SetUp() override { SSMAX_SKIP_UNLESS_CPU_SUPPORTS(arch); }
+  using base = kernel_test<Config>;
+  using typename base::arch;
+  using T = typename base::value_type;
 
   struct outputs {
     std::vector<T> dq, dk, dv;

@@ -124,6 +124,9 @@ TEST(AttentionErrors, Masks) {
   expect_bad("options.mask.window",
              [](call& c) { c.options.mask = attention_mask::sliding_window(-2); });
   expect_bad("options.mask.query_offset", [](call& c) { c.options.mask.query_offset = -5; });
+  expect_bad("options.mask.query_offset", [](call& c) {
+    c.options.mask = attention_mask::causal_mask(std::numeric_limits<index>::max() - 1);
+  });
   expect_bad("options.mask.n_override", [](call& c) { c.options.mask.n_override = -1; });
 }
 

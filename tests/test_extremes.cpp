@@ -26,15 +26,11 @@ namespace ssmax::testing {
 namespace {
 
 template <class Config>  // kernel_config<Arch, T>
-class Extremes : public ::testing::Test {
+class Extremes : public kernel_test<Config> {
  protected:
-  using arch = typename Config::arch;
-  using value_type = typename Config::value_type;
-  static constexpr index W = ::ssmax::detail::simd<arch, value_type>::width;
-  static constexpr value_type inf = std::numeric_limits<value_type>::infinity();
-  static constexpr value_type nan = std::numeric_limits<value_type>::quiet_NaN();
-
-  void SetUp() override { SSMAX_SKIP_UNLESS_CPU_SUPPORTS(arch); }
+  using base = kernel_test<Config>;
+  using base::W;
+  using typename base::arch, typename base::value_type;
 
   /// softmax(m x) through the public API on this architecture.
   static std::vector<value_type> run(const std::vector<value_type>& x, value_type m) {
@@ -329,9 +325,8 @@ TEST(ExtremeLength, FloatRowOf2To24) { check_long_float_row<default_arch>(); }
 // covers every architecture on ordinary inputs). Each compares both kernels with
 // reference::attention under the bound of support/attention_check.hpp.
 template <class T>  // float or double
-class AttentionExtremes : public ::testing::Test {};
-using ElementTypes = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(AttentionExtremes, ElementTypes);
+using AttentionExtremes = element_test<T>;
+TYPED_TEST_SUITE(AttentionExtremes, element_types);
 
 // Packed sequences with empty entries (no queries, no keys, or neither): empty sequences
 // produce nothing, queries without keys are fully masked rows (zeros, log-sum-exp -inf).
@@ -373,6 +368,22 @@ TYPED_TEST(AttentionExtremes, HeadDimensionOneAndManyKeys) {
   check_both_paths<default_arch>(data, o, "d = 1, n_k = 2^16");
   o.mask = o.mask.with_n(index(1) << 24);
   check_both_paths<default_arch>(data, o, "d = 1, n_k = 2^16, n = 2^24");
+}
+
+// A KV cache at the largest legal offset (the last query's position + 1 is the largest
+// index): causal rows see every key and a window hides them all (zeros), positions reach
+// the policies without overflow, and the answer matches the reference; a larger offset is
+// rejected (test_attention_errors.cpp).
+TYPED_TEST(AttentionExtremes, QueriesAtTheLargestOffset) {
+  using T = TypeParam;
+  attention_data<T> data(1, 3, 40, 2, 1, 8, 36);
+  const index offset = std::numeric_limits<index>::max() - 3;
+  attention_options<qwen_logn_policy> qwen;
+  qwen.mask = attention_mask::causal_mask(offset);
+  check_both_paths<default_arch>(data, qwen, "Qwen at the largest offset");
+  attention_options<llama4_temperature_policy> llama;
+  llama.mask = attention_mask::sliding_window(25, offset);
+  check_both_paths<default_arch>(data, llama, "Llama 4, window 25, at the largest offset");
 }
 
 // Large logits (weights one-hot up to rounding), all-equal keys (exactly uniform weights),

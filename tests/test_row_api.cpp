@@ -20,10 +20,9 @@ namespace {
 
 using testing::expect_rejects;
 
-template <class T>
-class RowApi : public ::testing::Test {};
-using ElementTypes = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(RowApi, ElementTypes);
+template <class T>  // float or double
+using RowApi = testing::element_test<T>;
+TYPED_TEST_SUITE(RowApi, testing::element_types);
 
 TYPED_TEST(RowApi, BadArgumentsAreNamedAndNothingIsWritten) {
   using T = TypeParam;

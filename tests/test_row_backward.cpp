@@ -159,14 +159,12 @@ TEST(RowBackwardReference, LargeOffsetDoesNotCancel) {
 // ---------------------------------------------------------------------------------------
 // Kernels on every architecture against the reference.
 
-template <class Config>
-class RowBackwardKernel : public ::testing::Test {
+template <class Config>  // kernel_config<Arch, T>
+class RowBackwardKernel : public kernel_test<Config> {
  protected:
-  using arch = typename Config::arch;
-  using value_type = typename Config::value_type;
-  static constexpr index W = ::ssmax::detail::simd<arch, value_type>::width;
-
-  void SetUp() override { SSMAX_SKIP_UNLESS_CPU_SUPPORTS(arch); }
+  using base = kernel_test<Config>;
+  using base::W;
+  using typename base::arch, typename base::value_type;
 
   /// Runs both kernels on row z (T) with upstream g at multiplier m and checks them.
   void check(const std::vector<value_type>& z, const std::vector<value_type>& g, value_type m,
@@ -249,11 +247,10 @@ TYPED_TEST(RowBackwardKernel, LargeOffsetAndSpread) {
 
 TYPED_TEST(RowBackwardKernel, MaskedEntriesGiveZeroNeverNaN) {
   using T = typename TestFixture::value_type;
-  const T inf = std::numeric_limits<T>::infinity();
   for (index n : {1, 2, 7, 33, 500}) {
     auto z = cast<T>(normal_row(n, 0.0, 2.0, 11));
     const auto g = cast<T>(normal_row(n, 0.0, 1.0, 12));
-    for (index i = 0; i < n; i += 3) z[i] = -inf;
+    for (index i = 0; i < n; i += 3) z[i] = -TestFixture::inf;
     for (T m : {T(1), T(0.7), T(0)}) {
       if (n > 1) this->check(z, g, m, "some -inf");
       std::vector<T> y(z.size()), dz(z.size());
@@ -268,9 +265,9 @@ TYPED_TEST(RowBackwardKernel, MaskedEntriesGiveZeroNeverNaN) {
       EXPECT_TRUE(std::isfinite(dm2));
       for (index i = 0; i < n; i += 3) EXPECT_EQ(dz[i], T(0));
     }
-    std::vector<T> all(static_cast<size_t>(n), -inf), dz(all.size(), T(7));
+    std::vector<T> all(static_cast<size_t>(n), -TestFixture::inf), dz(all.size(), T(7));
     const double dm = kernels::scaled_softmax_row_backward_lse<typename TestFixture::arch>(
-        all.data(), -inf, g.data(), dz.data(), n, T(1));
+        all.data(), -TestFixture::inf, g.data(), dz.data(), n, T(1));
     EXPECT_EQ(dm, 0.0);
     for (T v : dz) EXPECT_EQ(v, T(0));
   }
@@ -387,6 +384,8 @@ TEST(RowBackwardApi, RejectsBadArguments) {
                                 row_position{8, 7, 2});
       },
       "where.head");
+  expect_rejects([] { (void)policy_gradient(-1); }, "heads");
+  EXPECT_EQ(policy_gradient{0}.heads(), 0);
 }
 
 }  // namespace

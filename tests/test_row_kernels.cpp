@@ -18,15 +18,12 @@
 namespace ssmax::testing {
 namespace {
 
-template <class Config>
-class RowKernel : public ::testing::Test {
+template <class Config>  // kernel_config<Arch, T>
+class RowKernel : public kernel_test<Config> {
  protected:
-  using arch = typename Config::arch;
-  using value_type = typename Config::value_type;
-  static constexpr index W = ::ssmax::detail::simd<arch, value_type>::width;
-  static constexpr value_type inf = std::numeric_limits<value_type>::infinity();
-
-  void SetUp() override { SSMAX_SKIP_UNLESS_CPU_SUPPORTS(arch); }
+  using base = kernel_test<Config>;
+  using base::W;
+  using typename base::arch, typename base::value_type;
 
   /// Runs the kernel out of place, checks it against the reference, and checks that the
   /// in-place run and the state-only run agree with it bit for bit.

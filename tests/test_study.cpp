@@ -17,6 +17,7 @@
 #include "study/grid.hpp"
 #include "study/margin.hpp"
 #include "study/needle.hpp"
+#include "support/architectures.hpp"
 #include "support/expect_error.hpp"
 #include "support/row_bound.hpp"
 
@@ -25,10 +26,9 @@ namespace {
 
 using testing::expect_rejects;
 
-template <class T>
-class Study : public ::testing::Test {};
-using ElementTypes = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(Study, ElementTypes);
+template <class T>  // float or double
+using Study = testing::element_test<T>;
+TYPED_TEST_SUITE(Study, testing::element_types);
 
 /// Lanes of the default architecture, which the study's calls use.
 template <class T>

@@ -12,7 +12,10 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "run.hpp"
 
 namespace ssmax::bench {
 
@@ -82,12 +85,7 @@ class ratio_reporter : public benchmark::ConsoleReporter {
 
 /// main() body shared by the bench executables: the ratio tables after the console one.
 inline int run_with_ratios(int argc, char** argv, std::vector<comparison> comparisons) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  ratio_reporter reporter(std::move(comparisons));
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
+  return run_with<ratio_reporter>(argc, argv, std::move(comparisons));
 }
 
 }  // namespace ssmax::bench

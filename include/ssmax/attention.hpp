@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -173,6 +174,11 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
   require(m.window >= 0, fn, "options.mask.window", "must be >= 0");
   require(m.window == 0 || m.causal, fn, "options.mask.window", "needs options.mask.causal");
   require(m.query_offset >= -1, fn, "options.mask.query_offset", "must be >= 0, or -1 (auto)");
+  require_lazy(m.query_offset <= std::numeric_limits<index>::max() - q.seq, fn,
+               "options.mask.query_offset", [&] {
+                 return "is " + std::to_string(m.query_offset) +
+                        ": the last query's position + 1 would overflow the index type";
+               });
   require(m.n_override >= 0, fn, "options.mask.n_override", "must be >= 0 (0: visible count)");
   require((m.cu_seqlens_q == nullptr) == (m.cu_seqlens_k == nullptr), fn,
           "options.mask.cu_seqlens_k", "must be given together with cu_seqlens_q");

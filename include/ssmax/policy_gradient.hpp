@@ -54,8 +54,8 @@ struct policy_gradient {
   std::vector<double> s;  ///< dL/ds_h, one per head
   std::vector<double> b;  ///< dL/db_h, one per head
 
-  explicit policy_gradient(index heads = 1)
-      : s(static_cast<size_t>(heads), 0.0), b(static_cast<size_t>(heads), 0.0) {}
+  /// Zeros for `heads` heads. Pre (checked): heads >= 0.
+  explicit policy_gradient(index heads = 1) : s(checked_heads(heads), 0.0), b(s.size(), 0.0) {}
   /// Adds one row's contribution to head h.
   void add(index head, const row_gradient& g) {
     s[static_cast<size_t>(head)] += g.s;
@@ -67,6 +67,12 @@ struct policy_gradient {
     std::fill(b.begin(), b.end(), 0.0);
   }
   index heads() const { return static_cast<index>(s.size()); }
+
+ private:
+  static size_t checked_heads(index heads) {
+    detail::require(heads >= 0, "policy_gradient", "heads", "must be >= 0");
+    return static_cast<size_t>(heads);
+  }
 };
 
 }  // namespace ssmax

@@ -44,6 +44,26 @@ inline void check_multiplier(const char* function, double m) {
   require(std::isfinite(m) && m >= 0.0, function, "multiplier", "must be finite and >= 0");
 }
 
+/// The row of a policy function (policy_softmax and its backward): fills where's defaults
+/// (visible = n and position = n - 1 where they are -1), checks the policy and where, and
+/// returns the row's multiplier policy.multiplier(where), checked finite and >= 0 in T.
+/// Pre: n >= 1 (checked by the caller).
+template <class T,       // float or double: the element type the multiplier must fit
+          class Policy>  // a length policy (length_policy.hpp)
+T policy_row_multiplier(const char* function, const Policy& policy, row_position& where, index n) {
+  if (where.visible == -1) where.visible = n;
+  if (where.position == -1) where.position = n - 1;
+  policy.validate(function);
+  require(where.visible >= 1, function, "where.visible", "must be >= 1 (or -1: n)");
+  require(where.position >= 0, function, "where.position", "must be >= 0 (or -1: n - 1)");
+  require(where.head >= 0 && (policy.heads() == 0 || where.head < policy.heads()), function,
+          "where.head", "must be a head the policy has parameters for");
+  const double m = policy.multiplier(where);
+  require(m >= 0.0 && m <= static_cast<double>(std::numeric_limits<T>::max()), function, "policy",
+          "must give this row a multiplier that is finite and >= 0 in T");
+  return static_cast<T>(m);
+}
+
 }  // namespace detail
 
 /// y = softmax(multiplier * x) over x[0, n); returns the row's streaming state.
@@ -86,17 +106,8 @@ row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index n,
                             row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax";
   detail::check_row(fn, x, y, n);
-  if (where.visible == -1) where.visible = n;
-  if (where.position == -1) where.position = n - 1;
-  policy.validate(fn);
-  detail::require(where.visible >= 1, fn, "where.visible", "must be >= 1 (or -1: n)");
-  detail::require(where.position >= 0, fn, "where.position", "must be >= 0 (or -1: n - 1)");
-  detail::require(where.head >= 0 && (policy.heads() == 0 || where.head < policy.heads()), fn,
-                  "where.head", "must be a head the policy has parameters for");
-  const double m = policy.multiplier(where);
-  detail::require(m >= 0.0 && m <= static_cast<double>(std::numeric_limits<T>::max()), fn, "policy",
-                  "must give this row a multiplier that is finite and >= 0 in T");
-  return kernels::scaled_softmax_row<Arch>(x, y, n, static_cast<T>(m));
+  const T m = detail::policy_row_multiplier<T>(fn, policy, where, n);
+  return kernels::scaled_softmax_row<Arch>(x, y, n, m);
 }
 
 /// Scalable-Softmax of one row that sees all of its n entries:

@@ -114,17 +114,8 @@ row_gradient policy_softmax_backward(const Policy& policy, const T* x, const T* 
   detail::check_backward_row(fn, y, g, dx, n);
   detail::require(!detail::overlaps(x, n, static_cast<const T*>(dx), n), fn, "dx",
                   "must not overlap x");
-  if (where.visible == -1) where.visible = n;
-  if (where.position == -1) where.position = n - 1;
-  policy.validate(fn);
-  detail::require(where.visible >= 1, fn, "where.visible", "must be >= 1 (or -1: n)");
-  detail::require(where.position >= 0, fn, "where.position", "must be >= 0 (or -1: n - 1)");
-  detail::require(where.head >= 0 && (policy.heads() == 0 || where.head < policy.heads()), fn,
-                  "where.head", "must be a head the policy has parameters for");
-  const double m = policy.multiplier(where);
-  detail::require(m >= 0.0 && m <= static_cast<double>(std::numeric_limits<T>::max()), fn, "policy",
-                  "must give this row a multiplier that is finite and >= 0 in T");
-  const double dm = kernels::scaled_softmax_row_backward<Arch>(x, y, g, dx, n, static_cast<T>(m));
+  const T m = detail::policy_row_multiplier<T>(fn, policy, where, n);
+  const double dm = kernels::scaled_softmax_row_backward<Arch>(x, y, g, dx, n, m);
   return gradient_of(policy, where, dm);
 }
 

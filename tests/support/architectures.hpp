@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <ssmax/detail/simd.hpp>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -80,5 +82,31 @@ struct config_name {
   do {                                                                                \
     if (!::ssmax::cpu_supports<Arch>()) GTEST_SKIP() << "CPU lacks " << Arch::name(); \
   } while (0)
+
+/// Base of a fixture typed over kernel_configs (or attention_configs): the configuration's
+/// architecture and element type, the lane count W of its vectors, its infinity and NaN,
+/// and a skip of every test when the CPU lacks the architecture. A fixture deriving from
+/// it names what its own members use:
+///   using base = kernel_test<Config>;
+///   using base::W;
+///   using typename base::arch, typename base::value_type;
+template <class Config>  // kernel_config<Arch, T>
+class kernel_test : public ::testing::Test {
+ protected:
+  using arch = typename Config::arch;
+  using value_type = typename Config::value_type;
+  static constexpr index W = ::ssmax::detail::simd<arch, value_type>::width;
+  static constexpr value_type inf = std::numeric_limits<value_type>::infinity();
+  static constexpr value_type nan = std::numeric_limits<value_type>::quiet_NaN();
+
+  void SetUp() override { SSMAX_SKIP_UNLESS_CPU_SUPPORTS(arch); }
+};
+
+/// The element types of the tests typed over float and double only (no architecture), and
+/// their fixture: `template <class T> using Suite = element_test<T>;` then
+/// TYPED_TEST_SUITE(Suite, element_types).
+using element_types = ::testing::Types<float, double>;
+template <class T>  // float or double
+class element_test : public ::testing::Test {};
 
 }  // namespace ssmax::testing

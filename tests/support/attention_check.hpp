@@ -66,6 +66,19 @@ struct attention_data {
   tensor_view<T> outv(std::vector<T>& o) const { return bshd_view(o.data(), B, n_q, H, d); }
 };
 
+/// Fills `to` with consecutive rows of `from`, whose batch entries lie end to end: its
+/// queries from query row q_row of `from` on, its keys and values from key row k_row on
+/// (a packed sequence, or one batch entry, cut out as a problem of its own).
+/// Pre: to has from's H, H_kv and d; from holds to's rows after q_row and k_row.
+template <class T>  // float or double
+void copy_rows(const attention_data<T>& from, index q_row, index k_row, attention_data<T>& to) {
+  const index q_at = q_row * from.H * from.d, k_at = k_row * from.H_kv * from.d;
+  const auto q_count = static_cast<index>(to.q.size()), k_count = static_cast<index>(to.k.size());
+  std::copy(from.q.begin() + q_at, from.q.begin() + q_at + q_count, to.q.begin());
+  std::copy(from.k.begin() + k_at, from.k.begin() + k_at + k_count, to.k.begin());
+  std::copy(from.v.begin() + k_at, from.v.begin() + k_at + k_count, to.v.begin());
+}
+
 /// What one kernel call produced.
 template <class T>  // float or double
 struct attention_run {

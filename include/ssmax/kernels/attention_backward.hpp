@@ -80,7 +80,8 @@ struct backward_plan {
   /// full_rows: the materialised path, whose score buffers hold whole rows of n_k keys;
   /// the fused path's hold one key block.
   template <class Policy>  // a length policy
-  void carve(const attention_backward_problem<T, Policy>& p, arena& a, bool fill, bool full_rows) {
+  void carve(const attention_backward_problem<T, Policy>& p, bool full_rows, arena& a) {
+    const bool fill = !a.counting();
     constexpr index W = ssmax::detail::simd<Arch, T>::width;
     const index d = p.forward.q.dim, n_k = p.forward.k.seq;
     const int threads = p.forward.threads;
@@ -128,12 +129,6 @@ inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index d
   }
 }
 
-/// The row's multiplier (0 for a row that sees no key).
-template <class T, class Policy>  // float or double; a length policy
-inline double row_multiplier(const attention_problem<T, Policy>& p, const row_keys& row, index h) {
-  return row.visible > 0 ? p.policy->multiplier({row.n, row.position, h}) : 0.0;
-}
-
 /// Adds one row's dL/dm to the outputs.
 template <class T, class Policy>  // float or double; a length policy
 inline void record_multiplier(const attention_backward_problem<T, Policy>& p, policy_gradient* grad,
@@ -157,6 +152,32 @@ inline void write_key_gradients(const attention_backward_problem<T, Policy>& p,
   }
 }
 
+/// Runs body(sc, seq, g, grad) for every task (sequence seq, kv head g) in parallel, with
+/// sc the thread's scratch and grad the task's policy gradient (null when policy_grad is):
+/// zeroes the task's dk and dv accumulators before the body, writes them after, and sums
+/// the tasks' policy gradients into policy_grad in task order (bitwise reproducible).
+template <class Arch, class T, class Policy, class Body>  // arch; float or double; policy;
+                                                          // callable as above
+void for_each_key_task(const attention_backward_problem<T, Policy>& p,
+                       const backward_plan<Arch, T>& plan, policy_gradient* policy_grad,
+                       Body&& body) {
+  const auto& f = p.forward;
+  const index H_kv = f.k.heads, n_tasks = f.sequences() * H_kv, dp = plan.dp;
+  std::vector<policy_gradient> task_grads(policy_grad != nullptr ? static_cast<size_t>(n_tasks) : 0,
+                                          policy_gradient(f.q.heads));
+  ssmax::detail::parallel_for(n_tasks, f.threads, [&](index task, int thread) {
+    const backward_scratch<T>& sc = plan.scratch[thread];
+    const sequence_span seq = f.span(task / H_kv);
+    const index g = task % H_kv, len_k = seq.k_end - seq.k_begin;
+    std::fill(sc.dk, sc.dk + len_k * dp, T(0));
+    std::fill(sc.dv, sc.dv + len_k * dp, T(0));
+    body(sc, seq, g, policy_grad != nullptr ? &task_grads[static_cast<size_t>(task)] : nullptr);
+    write_key_gradients(p, sc, seq, g, dp);
+  });
+  for (const auto& tg : task_grads)
+    for (index h = 0; h < f.q.heads; ++h) policy_grad->add(h, {0.0, tg.s[h], tg.b[h]});
+}
+
 }  // namespace detail
 
 /// Workspace bytes attention_backward_materialised (materialised = true) or
@@ -166,10 +187,7 @@ inline void write_key_gradients(const attention_backward_problem<T, Policy>& p,
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 std::size_t attention_backward_workspace_bytes(const attention_backward_problem<T, Policy>& p,
                                                bool materialised) {
-  detail::backward_plan<Arch, T> plan;
-  detail::arena a(nullptr);
-  plan.carve(p, a, false, materialised);
-  return a.used();
+  return detail::plan_bytes<detail::backward_plan<Arch, T>>(p, materialised);
 }
 
 /// Materialised backward. Pre: p validated; ws holds attention_backward_workspace_bytes.
@@ -180,22 +198,12 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
 void attention_backward_materialised(const attention_backward_problem<T, Policy>& p,
                                      attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
-  detail::backward_plan<Arch, T> plan;
-  detail::arena a(ws.data());
-  plan.carve(p, a, true, true);
-  const index d = f.q.dim, dp = plan.dp, H_kv = f.k.heads, group = f.q.heads / H_kv;
-  const index n_tasks = f.sequences() * H_kv;
-  std::vector<policy_gradient> task_grads(policy_grad != nullptr ? static_cast<size_t>(n_tasks) : 0,
-                                          policy_gradient(f.q.heads));
+  const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, true);
+  const index d = f.q.dim, dp = plan.dp, group = f.q.heads / f.k.heads;
 
-  ssmax::detail::parallel_for(n_tasks, f.threads, [&](index task, int thread) {
-    const detail::backward_scratch<T>& sc = plan.scratch[thread];
-    const sequence_span seq = f.span(task / H_kv);
-    const index g = task % H_kv, b = seq.tensor_batch, len_k = seq.k_end - seq.k_begin;
-    policy_gradient* grad =
-        policy_grad != nullptr ? &task_grads[static_cast<size_t>(task)] : nullptr;
-    std::fill(sc.dk, sc.dk + len_k * dp, T(0));
-    std::fill(sc.dv, sc.dv + len_k * dp, T(0));
+  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index g,
+                        policy_gradient* grad) {
+    const index b = seq.tensor_batch;
     const T ninf = -std::numeric_limits<T>::infinity();
     const T scale = static_cast<T>(f.scale);
     for (index h = g * group; h < (g + 1) * group; ++h)
@@ -233,10 +241,8 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
           detail::axpy<Arch>(sc.dv + at, w[j], go, d);
         }
       }
-    detail::write_key_gradients(p, sc, seq, g, dp);
-  });
-  for (const auto& tg : task_grads)
-    for (index h = 0; h < f.q.heads; ++h) policy_grad->add(h, {0.0, tg.s[h], tg.b[h]});
+  };
+  detail::for_each_key_task(p, plan, policy_grad, task);
 }
 
 /// Fused backward. Pre: p validated (p.lse and p.out set); ws holds
@@ -247,23 +253,13 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
 void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
                               attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
-  detail::backward_plan<Arch, T> plan;
-  detail::arena a(ws.data());
-  plan.carve(p, a, true, false);
-  const index d = f.q.dim, dp = plan.dp, lds = plan.lds, H_kv = f.k.heads;
-  const index group = f.q.heads / H_kv, n_tasks = f.sequences() * H_kv;
-  std::vector<policy_gradient> task_grads(policy_grad != nullptr ? static_cast<size_t>(n_tasks) : 0,
-                                          policy_gradient(f.q.heads));
+  const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, false);
+  const index d = f.q.dim, dp = plan.dp, lds = plan.lds, group = f.q.heads / f.k.heads;
   const T ninf = -std::numeric_limits<T>::infinity();
 
-  ssmax::detail::parallel_for(n_tasks, f.threads, [&](index task, int thread) {
-    const detail::backward_scratch<T>& sc = plan.scratch[thread];
-    const sequence_span seq = f.span(task / H_kv);
-    const index g = task % H_kv, b = seq.tensor_batch, len_k = seq.k_end - seq.k_begin;
-    policy_gradient* grad =
-        policy_grad != nullptr ? &task_grads[static_cast<size_t>(task)] : nullptr;
-    std::fill(sc.dk, sc.dk + len_k * dp, T(0));
-    std::fill(sc.dv, sc.dv + len_k * dp, T(0));
+  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index g,
+                        policy_gradient* grad) {
+    const index b = seq.tensor_batch;
     const T scale = static_cast<T>(f.scale);
     T ms[kFusedQueryBlock], lses[kFusedQueryBlock], Ds[kFusedQueryBlock], flush[kFusedQueryBlock];
 
@@ -294,7 +290,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
         }
         std::fill(sc.dq, sc.dq + rows * dp, T(0));
         index lo, hi;
-        detail::block_key_range(f, seq, h, q0, rows, lo, hi);
+        detail::block_key_range(f, seq, q0, rows, lo, hi);
 
         for (index kb = lo; kb < hi; kb += kKeyBlock) {
           const index nk = std::min(kKeyBlock, hi - kb);
@@ -353,10 +349,8 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
           detail::record_multiplier(p, grad, b, h, q0 + r, sc.info[r], sc.dm[r]);
         }
       }
-    detail::write_key_gradients(p, sc, seq, g, dp);
-  });
-  for (const auto& tg : task_grads)
-    for (index h = 0; h < f.q.heads; ++h) policy_grad->add(h, {0.0, tg.s[h], tg.b[h]});
+  };
+  detail::for_each_key_task(p, plan, policy_grad, task);
 }
 
 }  // namespace ssmax::kernels

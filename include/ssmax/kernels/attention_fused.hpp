@@ -1,14 +1,24 @@
 #pragma once
 // Fused streaming attention (FlashAttention-style online softmax over key blocks).
 //
-// Work is cut into tasks (sequence, head, block of kFusedQueryBlock query rows). A task
+// Work is cut into tasks: a block of query rows of some heads of one sequence. A task
 // walks the key blocks its rows can see (a grid of kKeyBlock keys from each sequence's
-// start): scores S = Q' K^T of the block
-// (Q' = m * scale * Q, one multiplier per row), masking to -inf, the online-softmax update
-// (running max and sum per row, rescaling the output accumulator), then O += P V. A task
-// with at most kSplitMaxRows rows and more than kDecodeChunk keys (decode, or a short
-// final query block) splits its keys into fixed chunks of kDecodeChunk; chunks run in
-// parallel and their (O, state) partials are merged in chunk order (flash-decoding).
+// start): scores S = Q' K^T of the block (Q' = m * scale * Q, one multiplier per row),
+// masking to -inf, the online-softmax update (running max and sum per row, rescaling the
+// output accumulator), then O += P V.
+//
+// Two kinds of task:
+// - prefill: kFusedQueryBlock rows of one head, through a register-blocked GEMM on K^T
+//   and V packed once per (sequence, kv head, key block);
+// - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
+//   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
+//   place, once per kv head for every query head sharing it, in kKeyStreams runs; with
+//   heads adjacent in memory ([B, S, H, d]) each step reads every head of a key, so the
+//   cache streams the tensors in order.
+// A task with at most kSplitMaxRows rows and more key blocks than one chunk (kDecodeChunk
+// keys of one head: kDecodeChunk / heads keys, whole blocks, for a group of heads)
+// splits its keys into chunks; chunks run in parallel and their (O, state) partials are
+// merged in chunk order (flash-decoding).
 //
 // The decomposition depends only on the shapes and the mask, never on the thread count,
 // and each piece is computed the same way whichever thread runs it: results are bitwise
@@ -18,9 +28,8 @@
 // (more than kDotMaxRows rows), K^T and V packed once per (sequence, kv head, key block)
 // and shared by every query block and head of the group: about 2 * B * H_kv * n_k * d
 // elements, the size of K and V; per thread O(kFusedQueryBlock * (kKeyBlock + d)); for
-// split tasks rows * chunks * d partial accumulators. Never n_q x n_k. All of it comes
-// from the caller's attention_workspace. Decode (at most kDotMaxRows rows per block)
-// packs nothing and reads K and V in place.
+// split tasks rows * heads * chunks * d partial accumulators. Never n_q x n_k. All of it
+// comes from the caller's attention_workspace. Decode packs nothing.
 //
 // Numerical contract: out = softmax(m scale q K^T over the visible keys) V; per element,
 // |error| <= eps * max|v| * (2 (d + 2) Z + n + 64) where Z = max_j sum_c |m scale q_c k_jc|
@@ -36,29 +45,40 @@
 namespace ssmax::kernels {
 namespace detail {
 
-/// A fused task: query rows [q0, q0 + rows) of head h in sequence seq, over the key
-/// blocks [blk_lo, blk_hi) of the sequence's grid (block b holds keys k_begin + b *
-/// kKeyBlock onwards): the blocks covering every key the rows can see.
+/// A fused task: query rows [q0, q0 + rows) of heads [head, head + heads) in sequence seq,
+/// over the key blocks [blk_lo, blk_hi) of the sequence's grid (block b holds keys
+/// k_begin + b * kKeyBlock onwards): the blocks covering every key the rows can see.
+/// Scratch row r + hh * rows holds query row q0 + r of head head + hh.
 struct fused_task {
-  index seq = 0, head = 0, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
-  index chunks = 1;   ///< > 1: blocks split into chunks of kDecodeChunk / kKeyBlock
-  index partial = 0;  ///< first partial row (split tasks)
+  index seq = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
+  index chunk_blocks = 0;  ///< key blocks per chunk
+  index chunks = 1;        ///< > 1: the blocks are split into chunks of chunk_blocks
+  index partial = 0;       ///< first partial row (split tasks)
+
+  index scratch_rows() const { return rows * heads; }
 };
 /// A unit of parallel work: one chunk of one task.
 struct fused_item {
   index task = 0, chunk = 0;
 };
 
-/// Key blocks per decode chunk.
+/// Key blocks per chunk of a task of one head.
 inline constexpr index kBlocksPerChunk = kDecodeChunk / kKeyBlock;
 static_assert(kDecodeChunk % kKeyBlock == 0, "chunks hold whole key blocks");
+
+/// Query heads per decode task of `rows` rows: whole GQA groups (heads sharing one kv
+/// head) as long as they fit the kFusedQueryBlock scratch rows, else as many heads of one
+/// group as fit.
+inline index decode_heads(index rows, index heads, index kv_heads) {
+  const index fit = std::max<index>(1, kFusedQueryBlock / rows), group = heads / kv_heads;
+  return std::min(heads, fit >= group ? fit / group * group : fit);
+}
 
 /// Buffers of one thread.
 template <class T>  // float or double
 struct fused_scratch {
   T* qs;                     ///< [kFusedQueryBlock, d] scaled queries
   T* s;                      ///< [kFusedQueryBlock, skp] scores / P
-  T* vp;                     ///< [kKeyBlock, dp] padded V (when d is not a multiple of W)
   T* o;                      ///< [kFusedQueryBlock, dp] output accumulator
   row_state<double>* state;  ///< [kFusedQueryBlock]
   row_keys* info;            ///< [kFusedQueryBlock]
@@ -99,18 +119,21 @@ struct fused_plan {
       const sequence_span seq = p.span(s);
       if (first_block != nullptr) first_block[s] = n_blocks;
       n_blocks += (seq.k_end - seq.k_begin + kKeyBlock - 1) / kKeyBlock;
-      for (index h = 0; h < p.q.heads; ++h)
-        for (index q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
+      for (index q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
+        const index rows = std::min(kFusedQueryBlock, seq.q_end - q0);
+        const index step = rows <= kDotMaxRows ? decode_heads(rows, p.q.heads, p.k.heads) : 1;
+        index lo = 0, hi = 0;  // the same for every head
+        block_key_range(p, seq, q0, rows, lo, hi);
+        for (index h = 0; h < p.q.heads; h += step) {
           fused_task t;
-          t.seq = s, t.head = h, t.q0 = q0;
-          t.rows = std::min(kFusedQueryBlock, seq.q_end - q0);
-          index lo = 0, hi = 0;
-          block_key_range(p, seq, h, q0, t.rows, lo, hi);
+          t.seq = s, t.head = h, t.q0 = q0, t.rows = rows;
+          t.heads = std::min(step, p.q.heads - h);
           t.blk_lo = (lo - seq.k_begin) / kKeyBlock;
           t.blk_hi = hi > lo ? (hi - seq.k_begin + kKeyBlock - 1) / kKeyBlock : t.blk_lo;
           const index blocks = t.blk_hi - t.blk_lo;
-          t.chunks = t.rows <= kSplitMaxRows && blocks > kBlocksPerChunk
-                         ? (blocks + kBlocksPerChunk - 1) / kBlocksPerChunk
+          t.chunk_blocks = std::max<index>(1, kBlocksPerChunk / t.heads);
+          t.chunks = t.rows <= kSplitMaxRows && blocks > t.chunk_blocks
+                         ? (blocks + t.chunk_blocks - 1) / t.chunk_blocks
                          : 1;
           t.partial = n_partial;
           gemm = gemm || t.rows > kDotMaxRows;
@@ -120,14 +143,16 @@ struct fused_plan {
           }
           ++n_tasks;
           n_items += t.chunks;
-          if (t.chunks > 1) n_partial += t.rows * t.chunks;
+          if (t.chunks > 1) n_partial += t.scratch_rows() * t.chunks;
         }
+      }
     }
     if (first_block != nullptr) first_block[p.sequences()] = n_blocks;
   }
 
-  /// Counts (arena without base) or carves (arena with base) everything.
-  void carve(const attention_problem<T, Policy>& p, arena& a, bool fill) {
+  /// Counts (counting arena) or carves everything.
+  void carve(const attention_problem<T, Policy>& p, arena& a) {
+    const bool fill = !a.counting();
     constexpr index W = ssmax::detail::simd<Arch, T>::width;
     const index d = p.q.dim;
     dp = round_up(d, W);
@@ -147,7 +172,6 @@ struct fused_plan {
       fused_scratch<T> sc;
       sc.qs = a.take<T>(kFusedQueryBlock * d);
       sc.s = a.take<T>(kFusedQueryBlock * skp);
-      sc.vp = a.take<T>(kKeyBlock * dp);
       sc.o = a.take<T>(kFusedQueryBlock * dp);
       sc.state = a.take<row_state<double>>(kFusedQueryBlock);
       sc.info = a.take<row_keys>(kFusedQueryBlock);
@@ -155,10 +179,10 @@ struct fused_plan {
     }
     if (fill) {
       walk(p);
-      // Chunk-major, head-minor order: the heads of one key chunk run one after the
+      // Chunk-major, head-minor order: the tasks of one key chunk run one after the
       // other, so with [B, S, H, d] layouts the pages (and TLB entries) a chunk touches
-      // serve every head instead of being walked once per head (2x faster decode).
-      // The order changes no result: items are independent.
+      // serve every head instead of being walked once per head. The order changes no
+      // result: items are independent.
       std::sort(items, items + n_items, [&](const fused_item& x, const fused_item& y) {
         const fused_task &tx = tasks[x.task], &ty = tasks[y.task];
         if (tx.seq != ty.seq) return tx.seq < ty.seq;
@@ -170,31 +194,50 @@ struct fused_plan {
   }
 };
 
-/// Streams the key blocks [blk_lo, blk_hi) of sequence seq through a block of query
-/// rows, leaving the unnormalised accumulator in sc.o ([rows, dp]) and the running state
-/// in sc.state. Uses the plan's packed K^T when the block has more than kDotMaxRows rows.
+/// Streams the key blocks [blk_lo, blk_hi) of task t through its query rows, leaving the
+/// unnormalised accumulator in sc.o ([t.scratch_rows(), dp]) and the running state in
+/// sc.state. Uses the plan's packed K^T and V when the task has more than kDotMaxRows rows.
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T, Policy>& plan,
-                 index s, const sequence_span& seq, index h, index q0, index rows, index blk_lo,
-                 index blk_hi, const fused_scratch<T>& sc) {
-  const index d = p.q.dim, g = p.kv_head(h), b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
+                 const fused_task& t, index blk_lo, index blk_hi, const fused_scratch<T>& sc) {
+  const sequence_span seq = p.span(t.seq);
+  const index d = p.q.dim, b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
+  const index rows = t.rows, all_rows = t.scratch_rows();
   constexpr index W = ssmax::detail::simd<Arch, T>::width;
-  setup_rows(p, seq, h, q0, rows, sc.info, sc.qs);
-  std::fill(sc.o, sc.o + rows * dp, T(0));
-  for (index r = 0; r < rows; ++r) sc.state[r] = row_state<double>{};
+  // The scratch rows of each kv head the task reads (consecutive heads share one).
+  head_rows<T> keys[kFusedQueryBlock], values[kFusedQueryBlock];
+  index kv_of[kFusedQueryBlock];
+  index groups = 0;
+  for (index hh = 0; hh < t.heads; ++hh) {
+    const index h = t.head + hh;
+    setup_rows(p, seq, h, t.q0, rows, sc.info + hh * rows, sc.qs + hh * rows * d);
+    if (groups > 0 && kv_of[groups - 1] == p.kv_head(h)) {
+      keys[groups - 1].count += rows;
+    } else {
+      kv_of[groups] = p.kv_head(h);
+      keys[groups++] = {hh * rows, rows, nullptr};
+    }
+  }
+  const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
+  std::fill(sc.o, sc.o + all_rows * dp, T(0));
+  for (index r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
   for (index blk = blk_lo; blk < blk_hi; ++blk) {
     const index kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     bool any = false;
-    for (index r = 0; r < rows; ++r)
+    for (index r = 0; r < all_rows; ++r)
       any = any || (sc.info[r].visible > 0 && sc.info[r].begin < kb + nk && sc.info[r].end > kb);
     if (!any) continue;
-    if (rows > kDotMaxRows)
-      gemm<Arch>(rows, round_up(nk, W), d, sc.qs, d, plan.kt_block(p, s, g, blk), plan.ldk, sc.s,
-                 skp, false);
-    else
-      block_scores<Arch>(sc.qs, rows, d, p.k.row(b, kb, g), p.k.stride_s, nk, sc.s, skp,
-                         static_cast<T*>(nullptr));
-    for (index r = 0; r < rows; ++r) {
+    if (rows > kDotMaxRows) {  // one head: groups == 1
+      gemm<Arch>(rows, round_up(nk, W), d, sc.qs, d, plan.kt_block(p, t.seq, kv_of[0], blk),
+                 plan.ldk, sc.s, skp, false);
+    } else {
+      for (index i = 0; i < groups; ++i) {
+        keys[i].base = p.k.row(b, kb, kv_of[i]);
+        values[i] = {keys[i].first, keys[i].count, p.v.row(b, kb, kv_of[i])};
+      }
+      dot_scores<Arch>(sc.qs, d, keys, groups, p.k.stride_s, nk, keys_outer, sc.s, skp);
+    }
+    for (index r = 0; r < all_rows; ++r) {
       T* sr = sc.s + r * skp;
       if (sc.info[r].visible > 0 && mask_row(sr, kb, nk, sc.info[r]))
         online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp,
@@ -203,10 +246,19 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
         std::fill(sr, sr + nk, T(0));
     }
     if (rows > kDotMaxRows)
-      gemm<Arch>(rows, dp, nk, sc.s, skp, plan.v_block(p, s, g, blk), dp, sc.o, dp, true);
+      gemm<Arch>(rows, dp, nk, sc.s, skp, plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.o, dp,
+                 true);
     else
-      block_values<Arch>(sc.s, skp, rows, p.v.row(b, kb, g), p.v.stride_s, nk, d, dp, sc.o, sc.vp);
+      dot_values<Arch>(sc.s, skp, values, groups, p.v.stride_s, nk, d, values_outer, sc.o, dp);
   }
+}
+
+/// Writes scratch row r of task t (query row t.q0 + r % t.rows of head t.head + r /
+/// t.rows): out = o / sum, and the log-sum-exp.
+template <class T, class Policy>  // float or double; a length policy
+void finish_task_row(const attention_problem<T, Policy>& p, const fused_task& t, index r,
+                     const T* o, const row_state<double>& state) {
+  finish_row(p, p.span(t.seq).tensor_batch, t.q0 + r % t.rows, t.head + r / t.rows, o, state);
 }
 
 }  // namespace detail
@@ -217,9 +269,7 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
           class T,       // float or double
           class Policy>  // a length policy (length_policy.hpp)
 void attention_fused(const attention_problem<T, Policy>& p, attention_workspace& ws) {
-  detail::fused_plan<Arch, T, Policy> plan;
-  detail::arena a(ws.data());
-  plan.carve(p, a, true);
+  const auto plan = detail::carve_plan<detail::fused_plan<Arch, T, Policy>>(ws, p);
   const index dp = plan.dp;
 
   // Pack K^T and V once per (sequence, kv head, key block).
@@ -252,17 +302,16 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
     const detail::fused_item it = plan.items[item];
     const detail::fused_task& t = plan.tasks[it.task];
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
-    const sequence_span seq = p.span(t.seq);
-    const index lo = t.blk_lo + it.chunk * detail::kBlocksPerChunk;
-    const index hi = t.chunks > 1 ? std::min(t.blk_hi, lo + detail::kBlocksPerChunk) : t.blk_hi;
-    detail::fused_range(p, plan, t.seq, seq, t.head, t.q0, t.rows, lo, hi, sc);
+    const index lo = t.blk_lo + it.chunk * t.chunk_blocks;
+    const index hi = t.chunks > 1 ? std::min(t.blk_hi, lo + t.chunk_blocks) : t.blk_hi;
+    detail::fused_range(p, plan, t, lo, hi, sc);
+    const index rows = t.scratch_rows();
     if (t.chunks == 1) {
-      for (index r = 0; r < t.rows; ++r)
-        detail::finish_row(p, seq.tensor_batch, t.q0 + r, t.head, sc.o + r * dp, sc.state[r]);
+      for (index r = 0; r < rows; ++r) detail::finish_task_row(p, t, r, sc.o + r * dp, sc.state[r]);
     } else {
-      const index at = t.partial + it.chunk * t.rows;
-      std::copy(sc.o, sc.o + t.rows * dp, plan.partial_o + at * dp);
-      std::copy(sc.state, sc.state + t.rows, plan.partial_state + at);
+      const index at = t.partial + it.chunk * rows;
+      std::copy(sc.o, sc.o + rows * dp, plan.partial_o + at * dp);
+      std::copy(sc.state, sc.state + rows, plan.partial_state + at);
     }
   });
   if (plan.n_partial == 0) return;
@@ -272,13 +321,13 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
     const detail::fused_task& t = plan.tasks[ti];
     if (t.chunks == 1) return;
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
-    const sequence_span seq = p.span(t.seq);
-    for (index r = 0; r < t.rows; ++r) {
+    const index rows = t.scratch_rows();
+    for (index r = 0; r < rows; ++r) {
       T* o = sc.o;
       std::fill(o, o + dp, T(0));
       row_state<double> acc;
       for (index c = 0; c < t.chunks; ++c) {
-        const index at = t.partial + c * t.rows + r;
+        const index at = t.partial + c * rows + r;
         const row_state<double>& part = plan.partial_state[at];
         if (part.empty()) continue;
         const row_state<double> merged = merge(acc, part);
@@ -288,7 +337,7 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
                            plan.partial_o + at * dp, dp);
         acc = merged;
       }
-      detail::finish_row(p, seq.tensor_batch, t.q0 + r, t.head, o, acc);
+      detail::finish_task_row(p, t, r, o, acc);
     }
   });
 }
@@ -296,10 +345,7 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
 /// Workspace bytes attention_fused<Arch>(p, ...) needs.
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 std::size_t fused_workspace_bytes(const attention_problem<T, Policy>& p) {
-  detail::fused_plan<Arch, T, Policy> plan;
-  detail::arena a(nullptr);
-  plan.carve(p, a, false);
-  return a.used();
+  return detail::plan_bytes<detail::fused_plan<Arch, T, Policy>>(p);
 }
 
 }  // namespace ssmax::kernels

@@ -53,7 +53,7 @@ struct materialised_plan {
           materialised_task t;
           t.seq = s, t.head = h, t.q0 = q0;
           t.rows = std::min(kMaterialisedQueryBlock, seq.q_end - q0);
-          block_key_range(p, seq, h, q0, t.rows, t.k_lo, t.k_hi);
+          block_key_range(p, seq, q0, t.rows, t.k_lo, t.k_hi);
           width = std::max(width, round_up(t.k_hi - t.k_lo, W) + round_up(kKeyBlock, W));
           if (tasks != nullptr) tasks[n_tasks] = t;
           ++n_tasks;
@@ -61,7 +61,9 @@ struct materialised_plan {
     }
   }
 
-  void carve(const attention_problem<T, Policy>& p, arena& a, bool fill) {
+  /// Counts (counting arena) or carves everything.
+  void carve(const attention_problem<T, Policy>& p, arena& a) {
+    const bool fill = !a.counting();
     constexpr index W = ssmax::detail::simd<Arch, T>::width;
     const index d = p.q.dim;
     dp = round_up(d, W);
@@ -91,9 +93,7 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
           class T,       // float or double
           class Policy>  // a length policy (length_policy.hpp)
 void attention_materialised(const attention_problem<T, Policy>& p, attention_workspace& ws) {
-  detail::materialised_plan<Arch, T, Policy> plan;
-  detail::arena a(ws.data());
-  plan.carve(p, a, true);
+  const auto plan = detail::carve_plan<detail::materialised_plan<Arch, T, Policy>>(ws, p);
   const index d = p.q.dim, dp = plan.dp, lds = plan.width;
 
   ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index ti, int thread) {
@@ -146,10 +146,7 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
 /// Workspace bytes attention_materialised<Arch>(p, ...) needs.
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 std::size_t materialised_workspace_bytes(const attention_problem<T, Policy>& p) {
-  detail::materialised_plan<Arch, T, Policy> plan;
-  detail::arena a(nullptr);
-  plan.carve(p, a, false);
-  return a.used();
+  return detail::plan_bytes<detail::materialised_plan<Arch, T, Policy>>(p);
 }
 
 }  // namespace ssmax::kernels

@@ -1,0 +1,98 @@
+#pragma once
+// The machine's own limits, measured in the same run as the kernels so that each kernel
+// also reads as a fraction of them:
+//   peak/fma/float       the 1-thread FMA peak: a register-blocked xsimd FMA loop (GFLOPs)
+//   copy/memcpy/256MiB   a plain memory copy's bandwidth (GBs: bytes read + written per
+//                        second, STREAM's convention)
+// and a reporter that adds, to every run with those counters,
+//   of_peak   GFLOPs / (threads x the 1-thread FMA peak)
+//   of_copy   GBs / the copy bandwidth
+// (a column appears only when its limit was measured earlier in the same run).
+
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+namespace ssmax::bench {
+
+/// The 1-thread FMA peak of the widest vector this binary is compiled for, float.
+inline void fma_peak(benchmark::State& state) {
+  using B = xsimd::batch<float>;  // the widest vector this binary is compiled for
+  // Independent chains: at least FMA latency x FMA units (4 x 2 on current x86 cores), and
+  // few enough that they, x and y stay in registers (32 vector registers with AVX-512,
+  // else 16: 16 chains spilled to the stack on AVX2 and measured 55 GFLOP/s, 12 chains 97).
+  constexpr int kAcc = sizeof(B) >= 64 ? 16 : 12;
+  B acc[kAcc];
+  for (int a = 0; a < kAcc; ++a) acc[a] = B(1.0f + 1e-3f * static_cast<float>(a));
+  const B x(0.999999f), y(1e-7f);
+  const std::int64_t iters = 1 << 20;
+  for (auto _ : state) {
+    for (std::int64_t i = 0; i < iters; ++i)
+      for (int a = 0; a < kAcc; ++a) acc[a] = xsimd::fma(acc[a], x, y);
+    for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
+  }
+  const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// The bandwidth of a 256 MiB memcpy, counting bytes read and written.
+inline void memory_copy(benchmark::State& state) {
+  const std::size_t bytes = std::size_t(256) << 20;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GBs"] =
+      benchmark::Counter(2.0 * bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// Registers fma_peak as "peak/fma/float"; register it first, so that it runs before the
+/// runs it is a fraction of.
+inline void register_fma_peak() {
+  benchmark::RegisterBenchmark("peak/fma/float", fma_peak)->Unit(benchmark::kMillisecond);
+}
+
+/// Registers memory_copy as "copy/memcpy/256MiB" (after register_fma_peak, before the rest).
+inline void register_memory_copy() {
+  benchmark::RegisterBenchmark("copy/memcpy/256MiB", memory_copy)->Unit(benchmark::kMillisecond);
+}
+
+/// Base, plus the of_peak and of_copy columns computed from the peak and copy runs of the
+/// same run (counters arrive finished: rates are already per second).
+template <class Base>  // benchmark::ConsoleReporter, or a reporter derived from it
+class fraction_reporter : public Base {
+ public:
+  using Base::Base;
+  using Run = benchmark::BenchmarkReporter::Run;
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    std::vector<Run> copy = runs;
+    for (auto& r : copy) {
+      const std::string name = r.benchmark_name();
+      auto gf = r.counters.find("GFLOPs");
+      if (name.rfind("peak/", 0) == 0 && gf != r.counters.end()) peak_gflops_ = gf->second.value;
+      auto gb = r.counters.find("GBs");
+      if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) copy_gbs_ = gb->second.value;
+      auto th = r.counters.find("threads");
+      if (gf != r.counters.end() && th != r.counters.end() && peak_gflops_ > 0) {
+        r.counters["of_peak"] = gf->second.value / (peak_gflops_ * th->second.value);
+      }
+      if (gb != r.counters.end() && name.rfind("copy/", 0) != 0 && copy_gbs_ > 0) {
+        r.counters["of_copy"] = gb->second.value / copy_gbs_;
+      }
+    }
+    Base::ReportRuns(copy);
+  }
+
+ private:
+  double peak_gflops_ = 0.0;  // 1-thread FMA peak, from the peak run
+  double copy_gbs_ = 0.0;     // copy bandwidth (read + write), from the copy run
+};
+
+}  // namespace ssmax::bench
