@@ -277,7 +277,7 @@ inline void axpy4(T* y, const T* w, const T* x0, const T* x1, const T* x2, const
     acc = S::fma(w2, S::load(x2 + c), acc);
     S::store(y + c, S::fma(w3, S::load(x3 + c), acc));
   }
-  for (; c < d; ++c) y[c] = ((y[c] + w[0] * x0[c]) + w[1] * x1[c] + w[2] * x2[c]) + w[3] * x3[c];
+  for (; c < d; ++c) y[c] = y[c] + w[0] * x0[c] + w[1] * x1[c] + w[2] * x2[c] + w[3] * x3[c];
 }
 
 /// Key runs the dot-product path walks side by side: a key block of nk keys is read as
@@ -297,24 +297,37 @@ struct head_rows {
   const T* base = nullptr;  ///< the head's row for key 0 of the block
 };
 
-/// Visits every (head group, key) pair of a block of nk keys in kKeyStreams runs:
-/// step(group, t, run) for t < run = nk / kKeyStreams covers keys t + u * run (u <
-/// kKeyStreams); tail(group, j) covers each leftover key j >= kKeyStreams * run. With
-/// keys_outer the groups are the inner loop (use it when the heads of one key are
-/// adjacent in memory, as in [S, H, d]: each step then reads kKeyStreams contiguous runs
-/// across heads); otherwise each group's keys are walked in turn.
-template <class Step, class Tail>  // callables (index, index, index) and (index, index)
-inline void walk_key_streams(index groups, index nk, bool keys_outer, Step&& step, Tail&& tail) {
+/// Visits every (scratch row, key) pair of a block of nk keys in kKeyStreams runs. For
+/// each row r of each group, step(r, t, run, x) for t < run = nk / kKeyStreams covers the
+/// keys t + u * run, whose rows are x[u] = group.base + (t + u * run) * stride (u <
+/// kKeyStreams); tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x. With
+/// keys_outer the groups are the inner loop (use it when the heads of one key are adjacent
+/// in memory, as in [S, H, d]: each step then reads kKeyStreams contiguous runs across
+/// heads); otherwise each group's keys are walked in turn. Rows and keys are visited in the
+/// same order within each row either way.
+template <class T,     // float or double
+          class Step,  // callable (index r, index t, index run, const T* const* x)
+          class Tail>  // callable (index r, index j, const T* x)
+inline void walk_key_streams(const head_rows<T>* groups, index n_groups, index stride, index nk,
+                             bool keys_outer, Step&& step, Tail&& tail) {
   const index run = nk / kKeyStreams;
+  const auto visit = [&](index g, index t) {
+    const head_rows<T>& hr = groups[g];
+    const T* x[kKeyStreams];
+    for (index u = 0; u < kKeyStreams; ++u) x[u] = hr.base + (t + u * run) * stride;
+    for (index r = hr.first; r < hr.first + hr.count; ++r) step(r, t, run, x);
+  };
   if (keys_outer) {
     for (index t = 0; t < run; ++t)
-      for (index g = 0; g < groups; ++g) step(g, t, run);
+      for (index g = 0; g < n_groups; ++g) visit(g, t);
   } else {
-    for (index g = 0; g < groups; ++g)
-      for (index t = 0; t < run; ++t) step(g, t, run);
+    for (index g = 0; g < n_groups; ++g)
+      for (index t = 0; t < run; ++t) visit(g, t);
   }
-  for (index g = 0; g < groups; ++g)
-    for (index j = kKeyStreams * run; j < nk; ++j) tail(g, j);
+  for (index g = 0; g < n_groups; ++g)
+    for (index j = kKeyStreams * run; j < nk; ++j)
+      for (index r = groups[g].first; r < groups[g].first + groups[g].count; ++r)
+        tail(r, j, groups[g].base + j * stride);
 }
 
 /// Scores by dot products: s[r*lds + j] = qs[r*d, +d) . key(j) for every scratch row r of
@@ -324,22 +337,13 @@ inline void dot_scores(const T* qs, index d, const head_rows<T>* groups, index n
                        index kstride, index nk, bool keys_outer, T* s, index lds) {
   static_assert(kKeyStreams == 4, "dot4 reads one key of each run");
   walk_key_streams(
-      n_groups, nk, keys_outer,
-      [&](index g, index t, index run) {
-        const head_rows<T>& hr = groups[g];
-        const T* k = hr.base + t * kstride;
-        const index step = run * kstride;
-        for (index r = hr.first; r < hr.first + hr.count; ++r) {
-          T out[kKeyStreams];
-          dot4<Arch>(qs + r * d, k, k + step, k + 2 * step, k + 3 * step, d, out);
-          for (index u = 0; u < kKeyStreams; ++u) s[r * lds + t + u * run] = out[u];
-        }
+      groups, n_groups, kstride, nk, keys_outer,
+      [&](index r, index t, index run, const T* const* k) {
+        T out[kKeyStreams];
+        dot4<Arch>(qs + r * d, k[0], k[1], k[2], k[3], d, out);
+        for (index u = 0; u < kKeyStreams; ++u) s[r * lds + t + u * run] = out[u];
       },
-      [&](index g, index j) {
-        const head_rows<T>& hr = groups[g];
-        for (index r = hr.first; r < hr.first + hr.count; ++r)
-          s[r * lds + j] = dot<Arch>(qs + r * d, hr.base + j * kstride, d);
-      });
+      [&](index r, index j, const T* k) { s[r * lds + j] = dot<Arch>(qs + r * d, k, d); });
 }
 
 /// Values by scaled sums: o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for every scratch
@@ -348,25 +352,18 @@ inline void dot_scores(const T* qs, index d, const head_rows<T>* groups, index n
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
 inline void dot_values(const T* p, index ldp, const head_rows<T>* groups, index n_groups,
                        index vstride, index nk, index d, bool keys_outer, T* o, index dp) {
+  static_assert(kKeyStreams == 4, "axpy4 reads one value of each run");
   walk_key_streams(
-      n_groups, nk, keys_outer,
-      [&](index g, index t, index run) {
-        const head_rows<T>& hr = groups[g];
-        const T* v = hr.base + t * vstride;
-        const index step = run * vstride;
-        for (index r = hr.first; r < hr.first + hr.count; ++r) {
-          const T* pr = p + r * ldp + t;
-          const T w[kKeyStreams] = {pr[0], pr[run], pr[2 * run], pr[3 * run]};
-          if (w[0] != T(0) || w[1] != T(0) || w[2] != T(0) || w[3] != T(0))
-            axpy4<Arch>(o + r * dp, w, v, v + step, v + 2 * step, v + 3 * step, d);
-        }
+      groups, n_groups, vstride, nk, keys_outer,
+      [&](index r, index t, index run, const T* const* v) {
+        const T* pr = p + r * ldp + t;
+        const T w[kKeyStreams] = {pr[0], pr[run], pr[2 * run], pr[3 * run]};
+        if (w[0] != T(0) || w[1] != T(0) || w[2] != T(0) || w[3] != T(0))
+          axpy4<Arch>(o + r * dp, w, v[0], v[1], v[2], v[3], d);
       },
-      [&](index g, index j) {
-        const head_rows<T>& hr = groups[g];
-        for (index r = hr.first; r < hr.first + hr.count; ++r) {
-          const T w = p[r * ldp + j];
-          if (w != T(0)) axpy<Arch>(o + r * dp, w, hr.base + j * vstride, d);
-        }
+      [&](index r, index j, const T* v) {
+        const T w = p[r * ldp + j];
+        if (w != T(0)) axpy<Arch>(o + r * dp, w, v, d);
       });
 }
 

@@ -204,7 +204,8 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
   const index d = p.q.dim, b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
   const index rows = t.rows, all_rows = t.scratch_rows();
   constexpr index W = ssmax::detail::simd<Arch, T>::width;
-  // The scratch rows of each kv head the task reads (consecutive heads share one).
+  // The scratch rows of each kv head the task reads (consecutive heads share one); the
+  // rows' key and value pointers are set per block.
   head_rows<T> keys[kFusedQueryBlock], values[kFusedQueryBlock];
   index kv_of[kFusedQueryBlock];
   index groups = 0;
@@ -218,6 +219,7 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
       keys[groups++] = {hh * rows, rows, nullptr};
     }
   }
+  std::copy(keys, keys + groups, values);
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
   std::fill(sc.o, sc.o + all_rows * dp, T(0));
   for (index r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
@@ -233,7 +235,7 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
     } else {
       for (index i = 0; i < groups; ++i) {
         keys[i].base = p.k.row(b, kb, kv_of[i]);
-        values[i] = {keys[i].first, keys[i].count, p.v.row(b, kb, kv_of[i])};
+        values[i].base = p.v.row(b, kb, kv_of[i]);
       }
       dot_scores<Arch>(sc.qs, d, keys, groups, p.k.stride_s, nk, keys_outer, sc.s, skp);
     }
