@@ -30,13 +30,13 @@
 
 namespace {
 
-using ssmax::index;
+using ssmax::index_t;
 
 /// q, k, v (BSHD, float), random in [-1, 1]; H query heads, H_kv key/value heads.
 struct tensors {
-  index n_q, n_k, H, H_kv, d;
+  index_t n_q, n_k, H, H_kv, d;
   std::vector<float> q, k, v, out;
-  tensors(index nq, index nk, index heads, index kv_heads, index dim)
+  tensors(index_t nq, index_t nk, index_t heads, index_t kv_heads, index_t dim)
       : n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
     std::mt19937 gen(1);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -53,7 +53,7 @@ struct tensors {
   ssmax::tensor_view<float> ov() { return ssmax::bshd_view(out.data(), 1, n_q, H, d); }
 };
 
-constexpr index kHeads = 8;
+constexpr index_t kHeads = 8;
 
 void set_counters(benchmark::State& state, double flops, double kv_bytes, int threads,
                   double extra_bytes) {
@@ -68,8 +68,8 @@ void set_counters(benchmark::State& state, double flops, double kv_bytes, int th
 /// ssmax's operator. decode: n_q = 1 over n keys; prefill: n_q = n_k = n, causal. kHeads
 /// query heads over kv_heads key/value heads.
 template <class Policy>
-void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path, index n, index d,
-               int threads, index kv_heads = kHeads) {
+void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path, index_t n,
+               index_t d, int threads, index_t kv_heads = kHeads) {
   tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
   ssmax::attention_options<Policy> o;
   o.mask = ssmax::attention_mask::causal_mask();
@@ -93,7 +93,7 @@ void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path,
 
 /// The plain Eigen composition, one head at a time: S = m scale Q K^T (+ causal mask),
 /// row softmax (the library's row kernel), O = S V.
-void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index n, index d,
+void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index_t n, index_t d,
                int threads) {
   using Mat = ssmax::row_matrix<float>;
   tensors t(decode ? 1 : n, n, kHeads, kHeads, d);
@@ -101,13 +101,13 @@ void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index n,
   Mat S = Mat::Zero(t.n_q, t.n_k), O = Mat::Zero(t.n_q, d);  // touched: no page faults in the loop
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   for (auto _ : state) {
-    for (index h = 0; h < kHeads; ++h) {
+    for (index_t h = 0; h < kHeads; ++h) {
       auto Q = ssmax::head_matrix(t.qv(), 0, h);
       auto K = ssmax::head_matrix(t.kv(), 0, h);
       auto V = ssmax::head_matrix(t.vv(), 0, h);
       S.noalias() = (Q * scale) * K.transpose();
-      for (index i = 0; i < t.n_q; ++i) {
-        const index p = decode ? n - 1 : i, visible = p + 1;
+      for (index_t i = 0; i < t.n_q; ++i) {
+        const index_t p = decode ? n - 1 : i, visible = p + 1;
         const float m =
             ssmax_policy ? static_cast<float>(0.43 * std::log(static_cast<double>(visible))) : 1.0f;
         ssmax::kernels::scaled_softmax_row<ssmax::default_arch>(S.row(i).data(), S.row(i).data(),
@@ -133,10 +133,10 @@ void register_all() {
   ssmax::bench::register_fma_peak();
   ssmax::bench::register_memory_copy();
   for (bool decode : {false, true})
-    for (index d : {64, 128}) {
-      const std::vector<index> sizes = decode ? std::vector<index>{4096, 32768, 131072}
-                                              : std::vector<index>{128, 512, 1024, 4096, 16384};
-      for (index n : sizes)
+    for (index_t d : {64, 128}) {
+      const std::vector<index_t> sizes = decode ? std::vector<index_t>{4096, 32768, 131072}
+                                                : std::vector<index_t>{128, 512, 1024, 4096, 16384};
+      for (index_t n : sizes)
         for (int threads : {1, 2}) {
           const std::string tail = "/d:" + std::to_string(d) + "/n:" + std::to_string(n) +
                                    "/threads:" + std::to_string(threads);

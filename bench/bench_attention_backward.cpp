@@ -32,15 +32,15 @@
 
 namespace {
 
-using ssmax::index;
+using ssmax::index_t;
 
-constexpr index kHeads = 8;
+constexpr index_t kHeads = 8;
 
 /// One causal prefill problem, [1, n, H, d] float, with the forward's out and lse.
 struct problem {
-  index n, d;
+  index_t n, d;
   std::vector<float> q, k, v, out, dout, lse, dq, dk, dv;
-  problem(index len, index dim) : n(len), d(dim) {
+  problem(index_t len, index_t dim) : n(len), d(dim) {
     std::mt19937 gen(1);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     const auto size = static_cast<size_t>(n * kHeads * d);
@@ -63,8 +63,8 @@ struct problem {
 };
 
 template <class Policy>
-void run_attention(benchmark::State& state, bool backward, ssmax::attention_path path, index n,
-                   index d, int threads) {
+void run_attention(benchmark::State& state, bool backward, ssmax::attention_path path, index_t n,
+                   index_t d, int threads) {
   problem t(n, d);
   ssmax::attention_options<Policy> o;
   o.mask = ssmax::attention_mask::causal_mask();
@@ -97,7 +97,7 @@ void run_attention(benchmark::State& state, bool backward, ssmax::attention_path
 }
 
 /// Rows: forward ssmax, backward from y, backward from the log-sum-exp.
-void run_row(benchmark::State& state, int variant, index n) {
+void run_row(benchmark::State& state, int variant, index_t n) {
   std::mt19937 gen(2);
   std::normal_distribution<float> u(0.0f, 2.0f);
   std::vector<float> x(static_cast<size_t>(n)), y(x.size()), g(x.size()), dx(x.size());
@@ -128,8 +128,8 @@ void run_row(benchmark::State& state, int variant, index n) {
 
 void register_all() {
   ssmax::bench::register_fma_peak();
-  for (index d : {64, 128})
-    for (index n : {512, 2048})
+  for (index_t d : {64, 128})
+    for (index_t n : {512, 2048})
       for (int threads : {1, 2}) {
         const std::string tail = "/d:" + std::to_string(d) + "/n:" + std::to_string(n) +
                                  "/threads:" + std::to_string(threads);
@@ -152,7 +152,7 @@ void register_all() {
                   ->UseRealTime();
             }
       }
-  for (index n : {4096, 1 << 20}) {
+  for (index_t n : {4096, 1 << 20}) {
     const std::string tail = "/float/n:" + std::to_string(n);
     benchmark::RegisterBenchmark(("row/forward/ssmax" + tail).c_str(),
                                  [=](benchmark::State& s) { run_row(s, 0, n); });

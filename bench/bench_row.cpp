@@ -18,10 +18,10 @@
 
 namespace {
 
-using ssmax::index;
+using ssmax::index_t;
 
 template <class T>
-std::vector<T> logits(index n) {
+std::vector<T> logits(index_t n) {
   std::mt19937 rng(42);
   std::normal_distribution<double> d(0.0, 3.0);
   std::vector<T> x(static_cast<size_t>(n));
@@ -32,19 +32,19 @@ std::vector<T> logits(index n) {
 template <class Arch, class T, bool Scalable>
 void row_benchmark(benchmark::State& state) {
   if (!ssmax::cpu_supports<Arch>()) return state.SkipWithError("CPU lacks this architecture");
-  const index n = state.range(0);
+  const index_t n = state.range(0);
   const auto x = logits<T>(n);
   std::vector<T> y(x.size());
   for (auto _ : state) {
     if constexpr (Scalable)
-      ssmax::ssmax<Arch>(x.data(), y.data(), n, 0.43);
+      ssmax::scalable_softmax<Arch>(x.data(), y.data(), n, 0.43);
     else
       ssmax::softmax<Arch>(x.data(), y.data(), n);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 2 * static_cast<index>(sizeof(T)));
+  state.SetBytesProcessed(state.iterations() * n * 2 * static_cast<index_t>(sizeof(T)));
 }
 
 template <class Arch, class T>

@@ -50,7 +50,7 @@ T finite_value(input& in, bool tiny) {
 
 /// Everything a fuzzed call needs that must outlive the options (the mask borrows it).
 struct mask_storage {
-  std::vector<index> key_lengths, cu_q, cu_k;
+  std::vector<index_t> key_lengths, cu_q, cu_k;
   std::unique_ptr<bool[]> allowed;
 };
 
@@ -65,7 +65,7 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
           class Policy>  // a length policy
 void run_and_check(input& in, testing::attention_data<T>& data, attention_options<Policy> options,
                    const breakage& broken) {
-  const index rows = data.B * data.H * data.n_q;
+  const index_t rows = data.B * data.H * data.n_q;
   const auto path_choice = in.byte() % 3;
   options.path = path_choice == 0   ? attention_path::fused
                  : path_choice == 1 ? attention_path::materialised
@@ -153,25 +153,25 @@ template <class Arch, class T>  // architecture; float or double
 void fuzz_one(input& in) {
   if (!cpu_supports<Arch>()) return;
   const bool packed = in.byte() % 4 == 0;
-  const index sequences = in.between(1, 3);
-  const index H_kv = in.between(1, 3), H = H_kv * in.between(1, 3);
-  const index d = in.flag() ? 1 : in.between(1, 20);
+  const index_t sequences = in.between(1, 3);
+  const index_t H_kv = in.between(1, 3), H = H_kv * in.between(1, 3);
+  const index_t d = in.flag() ? 1 : in.between(1, 20);
 
   attention_options<> o;
   mask_storage storage;
   attention_mask& mask = o.mask;
-  index B = sequences, n_q = in.between(1, 8), n_k = in.between(1, 24);
+  index_t B = sequences, n_q = in.between(1, 8), n_k = in.between(1, 24);
   if (in.byte() % 4 == 0) n_k = in.between(1, 400);  // far more keys than queries
   if (packed) {
     storage.cu_q.push_back(0);
     storage.cu_k.push_back(0);
-    for (index s = 0; s < sequences; ++s) {  // empty sequences included
+    for (index_t s = 0; s < sequences; ++s) {  // empty sequences included
       storage.cu_q.push_back(storage.cu_q.back() + in.between(0, 5));
       storage.cu_k.push_back(storage.cu_k.back() + in.between(0, 30));
     }
     B = 1;
-    n_q = std::max<index>(1, storage.cu_q.back());
-    n_k = std::max<index>(1, storage.cu_k.back());
+    n_q = std::max<index_t>(1, storage.cu_q.back());
+    n_k = std::max<index_t>(1, storage.cu_k.back());
     storage.cu_q.back() = n_q;  // the last sequence takes the padding row if all were empty
     storage.cu_k.back() = n_k;
     mask = attention_mask::varlen(storage.cu_q.data(), storage.cu_k.data(), sequences);
@@ -180,8 +180,8 @@ void fuzz_one(input& in) {
   if (mask.causal && in.flag()) mask.window = in.between(1, n_k + 2);
   if (in.flag()) mask.query_offset = in.between(0, n_k);
   if (in.byte() % 3 == 0) {  // key padding, down to 0 keys: fully masked rows
-    for (index s = 0; s < sequences; ++s) {
-      const index len =
+    for (index_t s = 0; s < sequences; ++s) {
+      const index_t len =
           packed ? storage.cu_k[static_cast<size_t>(s + 1)] - storage.cu_k[static_cast<size_t>(s)]
                  : n_k;
       storage.key_lengths.push_back(in.between(0, len));
@@ -189,10 +189,10 @@ void fuzz_one(input& in) {
     mask.key_lengths = storage.key_lengths.data();
   }
   if (in.byte() % 3 == 0) {  // a boolean mask; batch and head strides may broadcast
-    const index count = B * H * n_q * n_k;
+    const index_t count = B * H * n_q * n_k;
     storage.allowed.reset(new bool[static_cast<size_t>(count)]);
     const int density = in.byte() % 4;  // 0: all hidden ... 3: mostly visible
-    for (index i = 0; i < count; ++i)
+    for (index_t i = 0; i < count; ++i)
       storage.allowed[static_cast<size_t>(i)] = in.byte() % 4 < density;
     mask.allowed = storage.allowed.get();
     mask.allowed_stride_q = n_k;

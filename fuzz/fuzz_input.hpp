@@ -41,13 +41,13 @@ class input {
     return static_cast<std::uint8_t>(state_ >> 56);
   }
   /// Uniform-ish in [0, count).
-  index below(index count) {
+  index_t below(index_t count) {
     std::uint32_t v = 0;
     for (int i = 0; i < 4; ++i) v = (v << 8) | byte();
-    return static_cast<index>(v % static_cast<std::uint32_t>(count));
+    return static_cast<index_t>(v % static_cast<std::uint32_t>(count));
   }
   /// In [lo, hi].
-  index between(index lo, index hi) { return lo + below(hi - lo + 1); }
+  index_t between(index_t lo, index_t hi) { return lo + below(hi - lo + 1); }
   bool flag() { return (byte() & 1) != 0; }
   bool exhausted() const { return at_ >= size_; }
 
@@ -137,8 +137,8 @@ class input {
 /// Calls f(Arch{}) for the which-th architecture Arch of the tuple (nothing when which is
 /// out of range).
 template <class... Archs, class F>  // architecture tags; a callable taking any of them
-void for_architecture(std::tuple<Archs...>*, index which, F&& f) {
-  index i = 0;
+void for_architecture(std::tuple<Archs...>*, index_t which, F&& f) {
+  index_t i = 0;
   ((i++ == which ? (f(Archs{}), 0) : 0), ...);
 }
 
@@ -149,7 +149,7 @@ template <class Archs,  // std::tuple of the architecture tags the target covers
           class F>      // callable (input&, Arch, T) for every Arch of Archs, T float or double
 int run_one_input(const std::uint8_t* data, std::size_t size, F&& f) {
   input in(data, size);
-  const auto which = in.below(static_cast<index>(std::tuple_size<Archs>::value));
+  const auto which = in.below(static_cast<index_t>(std::tuple_size<Archs>::value));
   const bool is_double = in.flag();
   for_architecture(static_cast<Archs*>(nullptr), which, [&](auto arch) {
     if (is_double)

@@ -34,7 +34,7 @@ struct expectation {
 /// A length policy chosen by the input, with its validity and multiplier predicted here
 /// from the formulas in length_policy.hpp (not from the policy's own validate()).
 template <class T, class Policy>  // float or double; a length policy
-expectation predict(const Policy& policy, bool params_ok, row_position where, index n) {
+expectation predict(const Policy& policy, bool params_ok, row_position where, index_t n) {
   expectation e;
   if (where.visible == -1) where.visible = n;
   if (where.position == -1) where.position = n - 1;
@@ -53,8 +53,8 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
 void fuzz_one(input& in) {
   if (!cpu_supports<Arch>()) return;
-  constexpr index W = ::ssmax::detail::simd<Arch, T>::width;
-  const index n = in.flag() ? in.between(1, 64) : in.between(1, 5000);
+  constexpr index_t W = ::ssmax::detail::simd<Arch, T>::width;
+  const index_t n = in.flag() ? in.between(1, 64) : in.between(1, 5000);
   const int operation = in.byte() % 6;
   const int aliasing = in.byte() % 8;  // 0: in place, 1: y overlaps x partly, else apart
 
@@ -100,7 +100,7 @@ void fuzz_one(input& in) {
         e = predict<T>(ssmax_policy(s, b), finite_non_negative(s) && finite_non_negative(b),
                        {-1, -1, 0}, n);
         e.valid = e.valid && !overlap;
-        state = ssmax<Arch>(static_cast<const T*>(xp), yp, n, s, b);
+        state = scalable_softmax<Arch>(static_cast<const T*>(xp), yp, n, s, b);
         break;
       }
       case 3: {
@@ -108,9 +108,9 @@ void fuzz_one(input& in) {
         row_position where{-1, -1, 0};
         const int v = in.byte() % 4, p = in.byte() % 4;
         if (v == 1) where.visible = in.between(-3, 2 * n);
-        if (v == 2) where.visible = std::numeric_limits<index>::max();
+        if (v == 2) where.visible = std::numeric_limits<index_t>::max();
         if (p == 1) where.position = in.between(-3, 100000);
-        if (p == 2) where.position = std::numeric_limits<index>::max();
+        if (p == 2) where.position = std::numeric_limits<index_t>::max();
         if (in.byte() % 4 == 0) where.head = in.between(-2, 3);
         auto call = [&](const auto& policy, bool params_ok) {
           e = predict<T>(policy, params_ok, where, n);
@@ -123,7 +123,7 @@ void fuzz_one(input& in) {
             break;
           case 1: {
             const double s = in.parameter(), b = in.parameter();
-            const index fixed = in.flag() ? 0 : in.between(-1, 1 << 20);
+            const index_t fixed = in.flag() ? 0 : in.between(-1, 1 << 20);
             call(ssmax_policy(s, b, fixed),
                  finite_non_negative(s) && finite_non_negative(b) && fixed >= 0);
             break;
@@ -207,19 +207,19 @@ void fuzz_one(input& in) {
   }
 
   // Nothing outside y[0, n) changed.
-  for (index i = 0; i < static_cast<index>(memory.size()); ++i)
+  for (index_t i = 0; i < static_cast<index_t>(memory.size()); ++i)
     if (memory.data() + i < yp || memory.data() + i >= yp + n)
       require(std::memcmp(&memory[static_cast<size_t>(i)], &before[static_cast<size_t>(i)],
                           sizeof(T)) == 0,
               "wrote outside y:", name);
   if (has_nan) {
-    for (index i = 0; i < n; ++i)
+    for (index_t i = 0; i < n; ++i)
       require(std::isnan(yp[i]), "NaN row gave a non-NaN weight:", name);
     return;
   }
   const auto r = reference::scaled_softmax(input_row.data(), n, m);
   const testing::row_bound<T> bound(input_row.data(), n, m, r, W);
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     require(!std::isnan(yp[i]), "NaN weight from a row without NaN:", name);
     require(std::fpclassify(yp[i]) != FP_SUBNORMAL, "subnormal weight:", name);
     const double err = std::abs(static_cast<double>(yp[i]) - r[static_cast<size_t>(i)]);

@@ -16,7 +16,7 @@
 namespace {
 
 using namespace ssmax;
-using ssmax::index;
+using ssmax::index_t;
 using namespace ssmax::testing;
 
 template <class C>  // kernel_config<Arch, T>; skips an architecture the CPU lacks
@@ -28,7 +28,7 @@ TYPED_TEST_SUITE(AttentionTest, attention_configs, config_name);
 /// scalar_arch, whose a * b + c the compiler may or may not contract into an FMA
 /// depending on the shape of the surrounding loop (-ffp-contract=fast).
 template <class Arch, class T>
-void expect_same(T a, T b, index n, const std::string& what) {
+void expect_same(T a, T b, index_t n, const std::string& what) {
   if (std::is_same<Arch, scalar_arch>::value)
     ASSERT_NEAR(a, b, 4 * std::numeric_limits<T>::epsilon() * static_cast<double>(n + 64)) << what;
   else
@@ -45,11 +45,11 @@ struct mask_case {
 /// The length policies of the issue, with parameters small enough that m varies over the
 /// positions of these small tests (Qwen's L_train, Llama 4's floor_scale).
 template <class F>  // callable as f(name, policy)
-void for_each_policy(index heads, F&& f) {
+void for_each_policy(index_t heads, F&& f) {
   f("softmax", softmax_policy{});
   f("ssmax", ssmax_policy(0.43));
   std::vector<double> s(static_cast<size_t>(heads)), b(static_cast<size_t>(heads));
-  for (index h = 0; h < heads; ++h)
+  for (index_t h = 0; h < heads; ++h)
     s[static_cast<size_t>(h)] = 0.3 + 0.1 * h, b[static_cast<size_t>(h)] = 0.2 * h;
   f("ssmax-bias-per-head", ssmax_policy(s, b));
   f("ssmax-fixed-n", ssmax_policy(0.5, 0.0, 4096));
@@ -65,17 +65,17 @@ void for_each_policy(index heads, F&& f) {
 TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  const index B = 2, n_q = 13, n_k = 29, H = 4;
-  const index dims[] = {1, 3, 8, 17, 64, 65};
+  const index_t B = 2, n_q = 13, n_k = 29, H = 4;
+  const index_t dims[] = {1, 3, 8, 17, 64, 65};
 
-  const index lengths[] = {17, 0};  // batch 1 is all padding: rows with no key
-  const index lengths_full[] = {29, 11};
-  const index cu_q[] = {0, 4, 4, 13};  // three packed sequences, one with no query
-  const index cu_k[] = {0, 10, 15, 29};
+  const index_t lengths[] = {17, 0};  // batch 1 is all padding: rows with no key
+  const index_t lengths_full[] = {29, 11};
+  const index_t cu_q[] = {0, 4, 4, 13};  // three packed sequences, one with no query
+  const index_t cu_k[] = {0, 10, 15, 29};
   std::mt19937 gen(7);
   std::unique_ptr<bool[]> allowed(new bool[static_cast<size_t>(B * H * n_q * n_k)]);
-  for (index e = 0; e < B * H * n_q * n_k; ++e) allowed[static_cast<size_t>(e)] = gen() % 3 != 0;
-  for (index j = 0; j < n_k; ++j) allowed[static_cast<size_t>(5 * n_k + j)] = false;  // empty row
+  for (index_t e = 0; e < B * H * n_q * n_k; ++e) allowed[static_cast<size_t>(e)] = gen() % 3 != 0;
+  for (index_t j = 0; j < n_k; ++j) allowed[static_cast<size_t>(5 * n_k + j)] = false;  // empty row
 
   std::vector<mask_case> masks;
   masks.push_back({"none", attention_mask::none()});
@@ -94,9 +94,9 @@ TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
 
   int which = 0;
   for (const auto& mc : masks)
-    for (index H_kv : {index(4), index(2), index(1)}) {
+    for (index_t H_kv : {index_t(4), index_t(2), index_t(1)}) {
       for_each_policy(H, [&](const char* pname, const auto& policy) {
-        const index d = dims[which++ % 6];
+        const index_t d = dims[which++ % 6];
         attention_data<T> data(mc.packed ? 1 : B, n_q, n_k, H, H_kv, d,
                                static_cast<unsigned>(which));
         attention_options<std::decay_t<decltype(policy)>> o;
@@ -113,8 +113,8 @@ TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
 TYPED_TEST(AttentionTest, HeadDimensions) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  for (index d : {1, 3, 63, 64, 65, 128, 256})
-    for (index n_q : {2, 9, 70}) {  // the dot-product path (<= 3 rows) and the GEMM path
+  for (index_t d : {1, 3, 63, 64, 65, 128, 256})
+    for (index_t n_q : {2, 9, 70}) {  // the dot-product path (<= 3 rows) and the GEMM path
       attention_data<T> data(1, n_q, 75, 2, 1, d, static_cast<unsigned>(d + n_q));
       attention_options<ssmax_policy> o;
       o.mask = attention_mask::causal_mask();
@@ -133,7 +133,7 @@ TYPED_TEST(AttentionTest, LargeSizesAndDecode) {
   }
   {  // a few queries over a cache with an offset, padded batch
     attention_data<T> data(2, 3, 4500, 2, 1, 65, 12);
-    const index lengths[] = {4500, 2100};
+    const index_t lengths[] = {4500, 2100};
     attention_options<ssmax_policy> o;
     o.mask = attention_mask::causal_mask(4497);
     o.mask.key_lengths = lengths;
@@ -159,14 +159,14 @@ TYPED_TEST(AttentionTest, RowsWithNoVisibleKeyAreZero) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
   attention_data<T> data(2, 5, 300, 2, 2, 16, 3);
-  const index lengths[] = {0, 300};
+  const index_t lengths[] = {0, 300};
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::key_padding(lengths);
   for (auto path : {attention_path::fused, attention_path::materialised}) {
     const auto run = run_attention<Arch>(data, o, path);
-    for (index i = 0; i < 5; ++i)
-      for (index h = 0; h < 2; ++h) {
-        for (index c = 0; c < 16; ++c)
+    for (index_t i = 0; i < 5; ++i)
+      for (index_t h = 0; h < 2; ++h) {
+        for (index_t c = 0; c < 16; ++c)
           EXPECT_EQ(run.out[static_cast<size_t>((i * 2 + h) * 16 + c)], T(0));
         EXPECT_EQ(run.lse[static_cast<size_t>(h * 5 + i)], -std::numeric_limits<T>::infinity());
       }
@@ -179,18 +179,18 @@ TYPED_TEST(AttentionTest, BothLayoutsGiveTheSameBits) {
   using T = typename TypeParam::value_type;
   // 40 queries take the GEMM path; 2 take the decode path, which walks keys outer and
   // heads inner for [B, S, H, d] and heads outer for [B, H, S, d] (the same arithmetic).
-  const index B = 2, n_k = 600, H = 4, H_kv = 2, d = 24;
-  for (index n_q : {40, 2}) {
+  const index_t B = 2, n_k = 600, H = 4, H_kv = 2, d = 24;
+  for (index_t n_q : {40, 2}) {
     attention_data<T> data(B, n_q, n_k, H, H_kv, d, static_cast<unsigned>(5 + n_q));
     // The same tensors, stored [B, H, seq, d].
-    auto to_bhsd = [&](const std::vector<T>& src, index seq, index heads) {
+    auto to_bhsd = [&](const std::vector<T>& src, index_t seq, index_t heads) {
       std::vector<T> dst(src.size());
       auto in = bshd_view(src.data(), B, seq, heads, d);
       auto out = bhsd_view(dst.data(), B, heads, seq, d);
-      for (index b = 0; b < B; ++b)
-        for (index s = 0; s < seq; ++s)
-          for (index h = 0; h < heads; ++h)
-            for (index c = 0; c < d; ++c) out(b, s, h, c) = in(b, s, h, c);
+      for (index_t b = 0; b < B; ++b)
+        for (index_t s = 0; s < seq; ++s)
+          for (index_t h = 0; h < heads; ++h)
+            for (index_t c = 0; c < d; ++c) out(b, s, h, c) = in(b, s, h, c);
       return dst;
     };
     const auto q2 = to_bhsd(data.q, n_q, H), k2 = to_bhsd(data.k, n_k, H_kv),
@@ -205,10 +205,10 @@ TYPED_TEST(AttentionTest, BothLayoutsGiveTheSameBits) {
                       bhsd_view(v2.data(), B, H_kv, n_k, d), bhsd_view(out2.data(), B, H, n_q, d),
                       o);
       const auto back = bhsd_view(static_cast<const T*>(out2.data()), B, H, n_q, d);
-      for (index b = 0; b < B; ++b)
-        for (index s = 0; s < n_q; ++s)
-          for (index h = 0; h < H; ++h)
-            for (index c = 0; c < d; ++c)
+      for (index_t b = 0; b < B; ++b)
+        for (index_t s = 0; s < n_q; ++s)
+          for (index_t h = 0; h < H; ++h)
+            for (index_t c = 0; c < d; ++c)
               ASSERT_EQ(back(b, s, h, c),
                         a.out[static_cast<size_t>(((b * n_q + s) * H + h) * d + c)])
                   << "n_q " << n_q;
@@ -224,11 +224,11 @@ TYPED_TEST(AttentionTest, DecodeTasksTakeWholeHeadGroups) {
   // one smaller), and MQA a group larger than one task. n_k = 1001 ends in a block whose
   // key count is not a multiple of kKeyStreams; the keys split into chunks of a few
   // blocks; d = 19 leaves a vector tail.
-  const index lengths[] = {1001, 517};
+  const index_t lengths[] = {1001, 517};
   unsigned seed = 100;
-  for (index n_q : {1, 2, 3})
-    for (index H_kv : {48, 6, 1}) {
-      const index d = n_q == 2 ? 19 : 40;
+  for (index_t n_q : {1, 2, 3})
+    for (index_t H_kv : {48, 6, 1}) {
+      const index_t d = n_q == 2 ? 19 : 40;
       attention_data<T> data(2, n_q, 1001, 48, H_kv, d, seed++);
       attention_options<ssmax_policy> o;
       o.mask = attention_mask::causal_mask();
@@ -263,22 +263,22 @@ TYPED_TEST(AttentionTest, MultiplierFoldedIntoQueriesEqualsMultiplierOnScores) {
 TYPED_TEST(AttentionTest, PackedSequencesEqualEachSequenceAlone) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  const index cu_q[] = {0, 70, 71, 150}, cu_k[] = {0, 100, 400, 480};
-  const index H = 4, H_kv = 2, d = 20;
+  const index_t cu_q[] = {0, 70, 71, 150}, cu_k[] = {0, 100, 400, 480};
+  const index_t H = 4, H_kv = 2, d = 20;
   attention_data<T> packed(1, 150, 480, H, H_kv, d, 31);
   for (bool causal : {false, true})
     for (auto path : {attention_path::fused, attention_path::materialised}) {
       attention_options<ssmax_policy> o;
       o.mask = attention_mask::varlen(cu_q, cu_k, 3, causal);
       const auto all = run_attention<Arch>(packed, o, path);
-      for (index s = 0; s < 3; ++s) {
-        const index nq = cu_q[s + 1] - cu_q[s], nk = cu_k[s + 1] - cu_k[s];
+      for (index_t s = 0; s < 3; ++s) {
+        const index_t nq = cu_q[s + 1] - cu_q[s], nk = cu_k[s + 1] - cu_k[s];
         attention_data<T> one(1, nq, nk, H, H_kv, d);
         copy_rows(packed, cu_q[s], cu_k[s], one);
         attention_options<ssmax_policy> alone;
         alone.mask = causal ? attention_mask::causal_mask() : attention_mask::none();
         const auto r = run_attention<Arch>(one, alone, path);
-        for (index e = 0; e < nq * H * d; ++e)
+        for (index_t e = 0; e < nq * H * d; ++e)
           expect_same<Arch>(r.out[static_cast<size_t>(e)],
                             all.out[static_cast<size_t>(cu_q[s] * H * d + e)], nk,
                             "sequence " + std::to_string(s) + " causal " + std::to_string(causal));
@@ -289,8 +289,8 @@ TYPED_TEST(AttentionTest, PackedSequencesEqualEachSequenceAlone) {
 TYPED_TEST(AttentionTest, PaddingEqualsTruncation) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  const index n_q = 33, n_k = 600, H = 2, d = 12;
-  const index lengths[] = {600, 257};
+  const index_t n_q = 33, n_k = 600, H = 2, d = 12;
+  const index_t lengths[] = {600, 257};
   attention_data<T> padded(2, n_q, n_k, H, H, d, 41);
   for (bool causal : {false, true})
     for (auto path : {attention_path::fused, attention_path::materialised}) {
@@ -303,7 +303,7 @@ TYPED_TEST(AttentionTest, PaddingEqualsTruncation) {
       copy_rows(padded, n_q, n_k, cut);  // batch entry 1, its first lengths[1] keys
       o.mask.key_lengths = nullptr;
       const auto r = run_attention<Arch>(cut, o, path);
-      for (index e = 0; e < n_q * H * d; ++e)
+      for (index_t e = 0; e < n_q * H * d; ++e)
         expect_same<Arch>(r.out[static_cast<size_t>(e)],
                           all.out[static_cast<size_t>(n_q * H * d + e)], n_k,
                           "causal " + std::to_string(causal));
@@ -375,7 +375,7 @@ TYPED_TEST(AttentionTest, WorkspaceIsReusedWithoutAllocating) {
 TYPED_TEST(AttentionTest, EigenEntryPoints) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
-  const index n_q = 20, n_k = 45, H = 2, d = 16;
+  const index_t n_q = 20, n_k = 45, H = 2, d = 16;
   attention_data<T> data(1, n_q, n_k, H, 1, d, 81);
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::causal_mask();
@@ -387,16 +387,16 @@ TYPED_TEST(AttentionTest, EigenEntryPoints) {
   o.path = attention_path::fused;
   attention<Arch>(bshd_view(Q, 1, H), bshd_view(K, 1, 1), bshd_view(V, 1, 1), bshd_view(out, 1, H),
                   o);
-  for (index i = 0; i < n_q; ++i)
-    for (index c = 0; c < H * d; ++c)
+  for (index_t i = 0; i < n_q; ++i)
+    for (index_t c = 0; c < H * d; ++c)
       ASSERT_EQ(out(i, c), want.out[static_cast<size_t>(i * H * d + c)]);
   // One head at a time, through Eigen::Ref (head_matrix gives the strided per-head map).
-  for (index h = 0; h < H; ++h) {
+  for (index_t h = 0; h < H; ++h) {
     row_matrix<T> head_out(n_q, d);
     attention<Arch>(head_matrix(data.qv(), 0, h), head_matrix(data.kv(), 0, 0),
                     head_matrix(data.vv(), 0, 0), head_out, o);
-    for (index i = 0; i < n_q; ++i)
-      for (index c = 0; c < d; ++c)
+    for (index_t i = 0; i < n_q; ++i)
+      for (index_t c = 0; c < d; ++c)
         ASSERT_EQ(head_out(i, c), want.out[static_cast<size_t>((i * H + h) * d + c)]);
   }
 }

@@ -38,17 +38,17 @@ namespace {
 struct mask_case {
   std::string name;
   attention_mask mask;
-  index batch, n_q, n_k;
+  index_t batch, n_q, n_k;
 };
 
 /// The masks of the issue on small shapes; the pointed-to data lives in static arrays.
 std::vector<mask_case> mask_cases() {
-  static const index lengths[] = {6, 3};
-  static const index cu_q[] = {0, 2, 6};
-  static const index cu_k[] = {0, 3, 8};
+  static const index_t lengths[] = {6, 3};
+  static const index_t cu_q[] = {0, 2, 6};
+  static const index_t cu_k[] = {0, 3, 8};
   static bool allowed[4 * 6];
-  for (index e = 0; e < 24; ++e) allowed[e] = (e * 7) % 3 != 0;
-  for (index j = 0; j < 6; ++j) allowed[2 * 6 + j] = false;  // row 2 sees nothing
+  for (index_t e = 0; e < 24; ++e) allowed[e] = (e * 7) % 3 != 0;
+  for (index_t j = 0; j < 6; ++j) allowed[2 * 6 + j] = false;  // row 2 sees nothing
   std::vector<mask_case> m;
   m.push_back({"none", attention_mask::none(), 2, 4, 6});
   m.push_back({"causal", attention_mask::causal_mask(), 2, 4, 6});
@@ -78,14 +78,15 @@ void for_each_policy(F&& f) {
 
 /// Inputs of one problem in double, [B, S, H, d] contiguous.
 struct problem {
-  index B, n_q, n_k, H, H_kv, d;
+  index_t B, n_q, n_k, H, H_kv, d;
   std::vector<double> q, k, v, dout;
 
-  problem(index batch, index nq, index nk, index heads, index kv_heads, index dim, unsigned seed)
+  problem(index_t batch, index_t nq, index_t nk, index_t heads, index_t kv_heads, index_t dim,
+          unsigned seed)
       : B(batch), n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
     std::mt19937 rng(seed);
     std::normal_distribution<double> dist(0.0, 1.0);
-    auto fill = [&](std::vector<double>& x, index count) {
+    auto fill = [&](std::vector<double>& x, index_t count) {
       x.resize(static_cast<size_t>(count));
       for (auto& e : x) e = dist(rng);
     };
@@ -149,7 +150,7 @@ void check_by_differences(problem pr, const Policy& policy, std::vector<double>*
   const double qmax = max_abs(pr.q), kmax = max_abs(pr.k), vmax = max_abs(pr.v);
   const double umax = static_cast<double>(pr.d) * max_abs(pr.dout) * vmax;
   const double zmax = scale * static_cast<double>(pr.d) * qmax * kmax;
-  const double n_max = static_cast<double>(std::max<index>({pr.n_k, mask.n_override, 32}));
+  const double n_max = static_cast<double>(std::max<index_t>({pr.n_k, mask.n_override, 32}));
   const double m_max = 3.0 * std::log(n_max) + 2.0;  // above every multiplier used here
   const double rows = static_cast<double>(pr.B * pr.n_q * pr.H);
   double dout_sum = 0.0;
@@ -180,7 +181,7 @@ void check_by_differences(problem pr, const Policy& policy, std::vector<double>*
     check(pr.v[e], r.dv[e], 0.0, "dv[" + std::to_string(e) + "]");
   const double third_s = rows * 16.0 * umax * std::pow(2.0 * std::log(n_max) * zmax, 3);
   const double third_b = rows * 16.0 * umax * std::pow(2.0 * zmax, 3);
-  for (index h = 0; h < pr.H; ++h) {
+  for (index_t h = 0; h < pr.H; ++h) {
     if (s_values != nullptr)
       check((*s_values)[h], r.policy.s[h], third_s, "ds[" + std::to_string(h) + "]");
     if (b_values != nullptr)
@@ -210,14 +211,14 @@ TEST(AttentionBackwardReference, SsmaxGradientIsLogNTimesRowGradient) {
   // or fixed_length when the policy sets one.
   const problem pr(1, 5, 5, 2, 2, 4, 5);
   const std::vector<double> s = {0.43, 0.7};
-  for (index fixed : {index(0), index(64)}) {
+  for (index_t fixed : {index_t(0), index_t(64)}) {
     const ssmax_policy policy(s, 0.0, fixed);
     const auto r =
         reference::attention_backward(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v), pr.qv(pr.dout), policy,
                                       attention_mask::causal_mask(), 0.5);
-    for (index h = 0; h < 2; ++h) {
+    for (index_t h = 0; h < 2; ++h) {
       double ds = 0.0, db = 0.0;
-      for (index i = 0; i < 5; ++i) {
+      for (index_t i = 0; i < 5; ++i) {
         const double n = fixed > 0 ? static_cast<double>(fixed) : static_cast<double>(i + 1);
         ds += std::log(n) * r.d_multiplier[h * 5 + i];
         db += r.d_multiplier[h * 5 + i];
@@ -236,7 +237,7 @@ struct magnitudes {
   std::vector<double> dq, dk, dv, dm;
   double ds_h[8] = {}, db_h[8] = {};
   double Z = 0.0;
-  index n = 0;
+  index_t n = 0;
 };
 
 template <class Policy>
@@ -248,35 +249,35 @@ magnitudes magnitudes_of(const problem& pr, const Policy& policy, const attentio
   g.dv.assign(pr.v.size(), 0.0);
   g.dm.assign(static_cast<size_t>(pr.B * pr.H * pr.n_q), 0.0);
   const auto fwd = reference::attention(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v), policy, mask, scale);
-  const index group = pr.H / pr.H_kv, d = pr.d;
+  const index_t group = pr.H / pr.H_kv, d = pr.d;
   auto Q = pr.qv(pr.q), K = pr.kv(pr.k), V = pr.kv(pr.v), G = pr.qv(pr.dout);
-  for (index s = 0; s < sequence_count(mask, pr.B); ++s) {
+  for (index_t s = 0; s < sequence_count(mask, pr.B); ++s) {
     const sequence_span seq = sequence_of(mask, s, pr.n_q, pr.n_k);
-    const index b = seq.tensor_batch;
-    for (index h = 0; h < pr.H; ++h)
-      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+    const index_t b = seq.tensor_batch;
+    for (index_t h = 0; h < pr.H; ++h)
+      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = visible_keys(mask, seq, h, i);
         if (row.visible == 0) continue;
         g.n = std::max(g.n, row.n);
         const double m = policy.multiplier({row.n, row.position, h});
-        const index gk = h / group, at = (b * pr.H + h) * pr.n_q + i;
+        const index_t gk = h / group, at = (b * pr.H + h) * pr.n_q + i;
         double D = 0.0, zr = 0.0;
-        for (index c = 0; c < d; ++c)
+        for (index_t c = 0; c < d; ++c)
           D += std::abs(G(b, i, h, c) * fwd.out[((b * pr.n_q + i) * pr.H + h) * d + c]);
-        for (index j = 0; j < pr.n_k; ++j) {
+        for (index_t j = 0; j < pr.n_k; ++j) {
           double z = 0.0;
-          for (index c = 0; c < d; ++c) z += std::abs(Q(b, i, h, c) * K(b, j, gk, c));
+          for (index_t c = 0; c < d; ++c) z += std::abs(Q(b, i, h, c) * K(b, j, gk, c));
           g.Z = std::max(g.Z, m * scale * z);
           zr = std::max(zr, scale * z);
         }
         const auto lg = gradient_of(policy, {row.n, row.position, h}, 1.0);
-        for (index j = 0; j < pr.n_k; ++j) {
+        for (index_t j = 0; j < pr.n_k; ++j) {
           const double a = fwd.weights[static_cast<size_t>(at * pr.n_k + j)];
           if (a == 0.0) continue;
           double u = 0.0;
-          for (index c = 0; c < d; ++c) u += std::abs(G(b, i, h, c) * V(b, j, gk, c));
+          for (index_t c = 0; c < d; ++c) u += std::abs(G(b, i, h, c) * V(b, j, gk, c));
           const double dy = a * (u + D);
-          for (index c = 0; c < d; ++c) {
+          for (index_t c = 0; c < d; ++c) {
             g.dq[((b * pr.n_q + i) * pr.H + h) * d + c] +=
                 m * scale * dy * std::abs(K(b, j, gk, c));
             g.dk[((b * pr.n_k + j) * pr.H_kv + gk) * d + c] +=
@@ -364,7 +365,7 @@ class AttentionBackwardKernel : public kernel_test<Config> {
       for (size_t e = 0; e < o.dm.size(); ++e)
         EXPECT_NEAR(o.dm[e], r.d_multiplier[e], kappa * mag.dm[e] + tiny)
             << w << ": dm[" << e << "]";
-      for (index h = 0; h < pr.H; ++h) {
+      for (index_t h = 0; h < pr.H; ++h) {
         EXPECT_NEAR(o.pg.s[h], r.policy.s[h], kappa * mag.ds_h[h] + tiny)
             << w << ": ds[" << h << "]";
         EXPECT_NEAR(o.pg.b[h], r.policy.b[h], kappa * mag.db_h[h] + tiny)
@@ -378,7 +379,7 @@ TYPED_TEST_SUITE(AttentionBackwardKernel, kernel_configs, config_name);
 TYPED_TEST(AttentionBackwardKernel, EveryMaskTimesEveryPolicyBothPaths) {
   for (const auto& mc : mask_cases())
     for_each_policy([&](const char* name, const auto& policy, bool) {
-      for (index d : {3, 16}) {
+      for (index_t d : {3, 16}) {
         const problem pr(mc.batch, mc.n_q, mc.n_k, 2, 1, d, 21);
         this->check(pr, policy, mc.mask, mc.name + "/" + name + "/d" + std::to_string(d));
       }
@@ -456,11 +457,11 @@ TEST(AttentionBackwardApi, ChainsWithTheForwardOperator) {
     EXPECT_NEAR(dq[e], r.dq[e], kappa * mag.dq[e] + 1e-30) << e;
   for (size_t e = 0; e < dk.size(); ++e)
     EXPECT_NEAR(dk[e], r.dk[e], kappa * mag.dk[e] + 1e-30) << e;
-  for (index h = 0; h < 2; ++h) EXPECT_NEAR(pg.s[h], r.policy.s[h], kappa * mag.ds_h[h] + 1e-30);
+  for (index_t h = 0; h < 2; ++h) EXPECT_NEAR(pg.s[h], r.policy.s[h], kappa * mag.ds_h[h] + 1e-30);
 }
 
 TEST(AttentionBackwardApi, RejectsBadArguments) {
-  const index B = 1, n = 4, H = 2, d = 3;
+  const index_t B = 1, n = 4, H = 2, d = 3;
   std::vector<float> q(B * n * H * d, 0.1f), k = q, v = q, out = q, dout = q, lse(B * H * n);
   std::vector<float> dq = q, dk = q, dv = q;
   auto Q = bshd_view(static_cast<const float*>(q.data()), B, n, H, d);

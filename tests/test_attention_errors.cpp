@@ -11,12 +11,12 @@
 namespace {
 
 using namespace ssmax;
-using ssmax::index;
+using ssmax::index_t;
 using ssmax::testing::expect_rejects;
 
 /// A valid call (B = 2, n_q = 4, n_k = 6, H = 4, H_kv = 2, d = 8) that each test breaks once.
 struct call {
-  index B = 2, n_q = 4, n_k = 6, H = 4, H_kv = 2, d = 8;
+  index_t B = 2, n_q = 4, n_k = 6, H = 4, H_kv = 2, d = 8;
   std::vector<float> q, k, v, out, lse, weights;
   tensor_view<const float> qv, kv, vv;
   tensor_view<float> ov;
@@ -92,13 +92,13 @@ TEST(AttentionErrors, OverlappingOutput) {
 }
 
 TEST(AttentionErrors, Masks) {
-  static const index too_long[] = {6, 7}, negative[] = {-1, 6};
+  static const index_t too_long[] = {6, 7}, negative[] = {-1, 6};
   expect_bad("options.mask.key_lengths",
              [](call& c) { c.options.mask = attention_mask::key_padding(too_long); });
   expect_bad("options.mask.key_lengths",
              [](call& c) { c.options.mask = attention_mask::key_padding(negative); });
-  static const index cu_q_late[] = {1, 2, 3, 4}, cu_k_dec[] = {0, 4, 2, 6}, cu_q3[] = {0, 2, 3, 4},
-                     cu_k_short[] = {0, 2, 3, 5}, cu_k[] = {0, 2, 3, 6};
+  static const index_t cu_q_late[] = {1, 2, 3, 4}, cu_k_dec[] = {0, 4, 2, 6},
+                       cu_q3[] = {0, 2, 3, 4}, cu_k_short[] = {0, 2, 3, 5}, cu_k[] = {0, 2, 3, 6};
   // Packed sequences need batch 1.
   expect_bad("q", [](call& c) { c.options.mask = attention_mask::varlen(cu_q3, cu_k, 3); });
   auto packed = [](call& c) {
@@ -125,7 +125,7 @@ TEST(AttentionErrors, Masks) {
              [](call& c) { c.options.mask = attention_mask::sliding_window(-2); });
   expect_bad("options.mask.query_offset", [](call& c) { c.options.mask.query_offset = -5; });
   expect_bad("options.mask.query_offset", [](call& c) {
-    c.options.mask = attention_mask::causal_mask(std::numeric_limits<index>::max() - 1);
+    c.options.mask = attention_mask::causal_mask(std::numeric_limits<index_t>::max() - 1);
   });
   expect_bad("options.mask.n_override", [](call& c) { c.options.mask.n_override = -1; });
 }

@@ -51,7 +51,7 @@ void check_row_api_concurrently() {
   std::mt19937 rng(42);
   std::normal_distribution<double> d(0.0, 3.0);
   std::vector<std::vector<T>> rows;
-  for (index n : {1, 7, 100, 1000, 4099}) {
+  for (index_t n : {1, 7, 100, 1000, 4099}) {
     std::vector<T> x(static_cast<size_t>(n));
     for (auto& v : x) v = static_cast<T>(d(rng));
     x[0] = -std::numeric_limits<T>::infinity();
@@ -64,13 +64,13 @@ void check_row_api_concurrently() {
   auto compute = [&] {
     std::vector<std::vector<T>> results;
     for (const auto& x : rows) {
-      const auto n = static_cast<index>(x.size());
+      const auto n = static_cast<index_t>(x.size());
       std::vector<T> y(x.size());
       softmax(x.data(), y.data(), n);
       results.push_back(y);
-      ssmax(x.data(), y.data(), n, 0.43);
+      scalable_softmax(x.data(), y.data(), n, 0.43);
       results.push_back(y);
-      for (index h = 0; h < 3; ++h) {
+      for (index_t h = 0; h < 3; ++h) {
         policy_softmax(policy, x.data(), y.data(), n, {n, n - 1, h});
         results.push_back(y);
       }
@@ -99,7 +99,7 @@ TEST(Concurrency, RowApiDoubleFromManyThreads) { check_row_api_concurrently<doub
 /// per-head scales: causal GQA with SSMax per head, and padded keys on both kernels.
 template <class T>  // float or double
 void check_attention_concurrently() {
-  const index B = 2, n_q = 37, n_k = 150, H = 4, H_kv = 2, d = 24;
+  const index_t B = 2, n_q = 37, n_k = 150, H = 4, H_kv = 2, d = 24;
   std::mt19937 rng(7);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
   std::vector<T> q(static_cast<size_t>(B * n_q * H * d)),
@@ -108,7 +108,7 @@ void check_attention_concurrently() {
   for (auto* t : {&q, &k, &v})
     for (auto& x : *t) x = static_cast<T>(u(rng));
   const std::vector<double> scales{0.2, 0.3, 0.4, 0.5};
-  const index lengths[] = {150, 61};
+  const index_t lengths[] = {150, 61};
 
   // One call: out and lse of case c on `threads` OpenMP threads.
   auto compute = [&](int c, int threads, attention_workspace& ws) {

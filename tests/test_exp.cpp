@@ -30,16 +30,16 @@ TYPED_TEST(Exp, WithinStatedUlpOnKernelRange) {
   SSMAX_SKIP_UNLESS_CPU_SUPPORTS(Arch);
 
   const T lo = std::is_same<T, float>::value ? T(-80) : T(-700);
-  const index points = 1 << 18;
+  const index_t points = 1 << 18;
   std::vector<T> x(static_cast<size_t>(points) + S::width);
-  for (index i = 0; i < points; ++i) x[i] = lo + (T(0) - lo) * T(i) / T(points - 1);
+  for (index_t i = 0; i < points; ++i) x[i] = lo + (T(0) - lo) * T(i) / T(points - 1);
 
   double worst = 0.0;
   T worst_at = 0;
   T out[S::width];
-  for (index i = 0; i < points; i += S::width) {
+  for (index_t i = 0; i < points; i += S::width) {
     S::store(out, S::exp(S::load(x.data() + i)));
-    for (index k = 0; k < S::width && i + k < points; ++k) {
+    for (index_t k = 0; k < S::width && i + k < points; ++k) {
       const double e = ulp_error<T>(out[k], std::exp(static_cast<long double>(x[i + k])));
       if (e > worst) worst = e, worst_at = x[i + k];
     }

@@ -35,7 +35,7 @@ class Extremes : public kernel_test<Config> {
   /// softmax(m x) through the public API on this architecture.
   static std::vector<value_type> run(const std::vector<value_type>& x, value_type m) {
     std::vector<value_type> y(x.size(), value_type(-42));
-    scaled_softmax<arch>(x.data(), y.data(), static_cast<index>(x.size()), m);
+    scaled_softmax<arch>(x.data(), y.data(), static_cast<index_t>(x.size()), m);
     return y;
   }
 
@@ -44,10 +44,10 @@ class Extremes : public kernel_test<Config> {
   static std::vector<value_type> check(const std::vector<value_type>& x, value_type m,
                                        const std::string& what) {
     const auto y = run(x, m);
-    const auto n = static_cast<index>(x.size());
+    const auto n = static_cast<index_t>(x.size());
     bool has_nan = false;
     for (value_type v : x) has_nan = has_nan || std::isnan(v);
-    for (index i = 0; i < n; ++i) {
+    for (index_t i = 0; i < n; ++i) {
       if (has_nan) {
         EXPECT_TRUE(std::isnan(y[i])) << what << ": y[" << i << "]";
         continue;
@@ -62,7 +62,7 @@ class Extremes : public kernel_test<Config> {
     return y;
   }
 
-  static std::vector<value_type> normal_row(index n, double sigma, unsigned seed) {
+  static std::vector<value_type> normal_row(index_t n, double sigma, unsigned seed) {
     std::mt19937 rng(seed);
     std::normal_distribution<double> d(0.0, sigma);
     std::vector<value_type> x(static_cast<size_t>(n));
@@ -71,7 +71,7 @@ class Extremes : public kernel_test<Config> {
   }
 
   /// Row lengths around this architecture's vector and unrolled-loop boundaries.
-  static std::vector<index> lengths() { return {1, 2, W - 1 + (W == 1), W + 1, 4 * W + 3, 1000}; }
+  static std::vector<index_t> lengths() { return {1, 2, W - 1 + (W == 1), W + 1, 4 * W + 3, 1000}; }
 };
 TYPED_TEST_SUITE(Extremes, kernel_configs, config_name);
 
@@ -79,13 +79,13 @@ TYPED_TEST_SUITE(Extremes, kernel_configs, config_name);
 // entries share the weight and entries 2e30 below weigh exactly 0, for Softmax and SSMax.
 TYPED_TEST(Extremes, HugeLogitsDoNotOverflow) {
   using T = typename TestFixture::value_type;
-  for (index n : TestFixture::lengths()) {
+  for (index_t n : TestFixture::lengths()) {
     for (T big : {T(1e30), std::numeric_limits<T>::max()}) {
       auto x = TestFixture::normal_row(n, 1.0, 3);
-      for (index i = 0; i < n; ++i) x[static_cast<size_t>(i)] += (i % 3 == 0) ? big : -big;
+      for (index_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] += (i % 3 == 0) ? big : -big;
       for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)), 1e-3, 1e20}) {
         const auto y = TestFixture::check(x, static_cast<T>(m), "+-big");
-        for (index i = 0; i < n; ++i)
+        for (index_t i = 0; i < n; ++i)
           if (i % 3 != 0) {
             EXPECT_EQ(y[static_cast<size_t>(i)], T(0)) << "n = " << n;
           }
@@ -101,7 +101,7 @@ TYPED_TEST(Extremes, InfinitiesHaveTheirLimits) {
   using T = typename TestFixture::value_type;
   using Arch = typename TestFixture::arch;
   const T plus_inf = TestFixture::inf;
-  for (index n : TestFixture::lengths()) {
+  for (index_t n : TestFixture::lengths()) {
     if (n < 2) continue;  // SingleEntryRows covers n = 1
     auto x = TestFixture::normal_row(n, 5.0, 4);
     x[0] = plus_inf;
@@ -126,8 +126,8 @@ TYPED_TEST(Extremes, InfinitiesHaveTheirLimits) {
 TYPED_TEST(Extremes, NaNAnywhereMakesEverythingNaN) {
   using T = typename TestFixture::value_type;
   using Arch = typename TestFixture::arch;
-  for (index n : TestFixture::lengths()) {
-    for (index at : {index(0), n / 2, n - 1}) {
+  for (index_t n : TestFixture::lengths()) {
+    for (index_t at : {index_t(0), n / 2, n - 1}) {
       auto x = TestFixture::normal_row(n, 1.0, 5);
       x[static_cast<size_t>(at)] = TestFixture::nan;
       std::vector<T> minus(x.size(), -TestFixture::inf), plus(x.size(), TestFixture::inf);
@@ -151,7 +151,7 @@ TYPED_TEST(Extremes, AllEqualRowsAreExactlyUniform) {
   using T = typename TestFixture::value_type;
   using Arch = typename TestFixture::arch;
   const T lim = std::numeric_limits<T>::max();
-  for (index n : TestFixture::lengths()) {
+  for (index_t n : TestFixture::lengths()) {
     for (T v :
          {T(0), T(-7.25), T(1e30), T(-1e30), lim, -lim, std::numeric_limits<T>::denorm_min()}) {
       for (T m : {T(1), T(0), T(1e-30), T(1e30)}) {
@@ -198,9 +198,9 @@ TYPED_TEST(Extremes, SubnormalLogitsAndMultipliers) {
   using T = typename TestFixture::value_type;
   const T tiny = std::numeric_limits<T>::denorm_min();
   const T small = std::numeric_limits<T>::min() / T(8);  // subnormal too
-  for (index n : TestFixture::lengths()) {
+  for (index_t n : TestFixture::lengths()) {
     std::vector<T> x(static_cast<size_t>(n));
-    for (index i = 0; i < n; ++i) x[static_cast<size_t>(i)] = (i % 2 ? tiny : -small) * T(i % 5);
+    for (index_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] = (i % 2 ? tiny : -small) * T(i % 5);
     TestFixture::check(x, T(1), "subnormal logits");
     TestFixture::check(x, T(1e30), "subnormal logits, m = 1e30");
     const auto wide = TestFixture::normal_row(n, 50.0, 6);
@@ -208,10 +208,10 @@ TYPED_TEST(Extremes, SubnormalLogitsAndMultipliers) {
     TestFixture::check(wide, small, "subnormal multiplier");
     // exp(-200) in float and exp(-1500) in double are below the smallest normal number.
     std::vector<T> spread(static_cast<size_t>(n), T(0));
-    for (index i = 1; i < n; i += 2)
+    for (index_t i = 1; i < n; i += 2)
       spread[static_cast<size_t>(i)] = -static_cast<T>(std::is_same<T, float>::value ? 90 : 715);
     const auto y = TestFixture::check(spread, T(1), "underflowing weights");
-    for (index i = 1; i < n; i += 2) EXPECT_EQ(y[static_cast<size_t>(i)], T(0));
+    for (index_t i = 1; i < n; i += 2) EXPECT_EQ(y[static_cast<size_t>(i)], T(0));
   }
 }
 
@@ -221,33 +221,36 @@ TYPED_TEST(Extremes, SubnormalLogitsAndMultipliers) {
 TYPED_TEST(Extremes, VeryLargeAndVerySmallScales) {
   using T = typename TestFixture::value_type;
   using Arch = typename TestFixture::arch;
-  for (index n : TestFixture::lengths()) {
+  for (index_t n : TestFixture::lengths()) {
     if (n < 2) continue;  // log 1 = 0: every s gives m = 0
     auto x = TestFixture::normal_row(n, 3.0, 7);
     const double log_n = std::log(static_cast<double>(n));
     for (double s : {1e-300, 1e-30, 1e-8, 0.43, 1e8, 1e30}) {
       std::vector<T> y(x.size(), T(-42));
-      ssmax<Arch>(x.data(), y.data(), n, s);
+      scalable_softmax<Arch>(x.data(), y.data(), n, s);
       const T m = static_cast<T>(s * log_n);  // the multiplier the kernel runs with
       const auto r = reference::scaled_softmax(x.data(), n, static_cast<double>(m));
       expect_row_matches(x.data(), n, static_cast<double>(m), y.data(), r, TestFixture::W, "ssmax");
     }
     // The largest logit (normal_row has no ties) takes everything at s = 1e30.
     std::vector<T> y(x.size());
-    ssmax<Arch>(x.data(), y.data(), n, 1e30);
+    scalable_softmax<Arch>(x.data(), y.data(), n, 1e30);
     const auto top = std::max_element(x.begin(), x.end()) - x.begin();
     EXPECT_EQ(y[static_cast<size_t>(top)], T(1));
 
     std::vector<T> untouched(x.size(), T(-42));
     if (std::is_same<T, float>::value) {  // s finite, s log n beyond the largest float
       const double too_big = 2.0 * static_cast<double>(std::numeric_limits<T>::max()) / log_n;
-      expect_rejects([&] { ssmax<Arch>(x.data(), untouched.data(), n, too_big); }, "policy");
+      expect_rejects([&] { scalable_softmax<Arch>(x.data(), untouched.data(), n, too_big); },
+                     "policy");
     }
     const double lim = std::numeric_limits<double>::max();  // s log n + b overflows double
-    expect_rejects([&] { ssmax<Arch>(x.data(), untouched.data(), n, lim, lim); }, "policy");
+    expect_rejects([&] { scalable_softmax<Arch>(x.data(), untouched.data(), n, lim, lim); },
+                   "policy");
     expect_rejects(
         [&] {
-          ssmax<Arch>(x.data(), untouched.data(), n, 0.43, std::numeric_limits<double>::infinity());
+          scalable_softmax<Arch>(x.data(), untouched.data(), n, 0.43,
+                                 std::numeric_limits<double>::infinity());
         },
         "policy.b");  // b = +inf: not finite
     for (T v : untouched) EXPECT_EQ(v, T(-42));
@@ -257,7 +260,7 @@ TYPED_TEST(Extremes, VeryLargeAndVerySmallScales) {
 // Positions near the largest index: the position policies' multipliers stay finite and
 // no integer arithmetic overflows (UndefinedBehaviorSanitizer checks this in CI).
 TEST(ExtremePositions, PoliciesAtTheLargestPosition) {
-  const index last = std::numeric_limits<index>::max();
+  const index_t last = std::numeric_limits<index_t>::max();
   const row_position far{1, last, 0};
   EXPECT_EQ(qwen_logn_policy{}.multiplier(far),
             std::log(static_cast<double>(last) + 1.0) / std::log(8192.0));
@@ -290,8 +293,8 @@ TEST(ExtremePositions, PoliciesAtTheLargestPosition) {
 template <class Arch>  // xsimd architecture tag or scalar_arch
 void check_long_float_row() {
   if (!cpu_supports<Arch>()) GTEST_SKIP() << "CPU lacks " << Arch::name();
-  constexpr index n = index(1) << 24;
-  constexpr index W = ::ssmax::detail::simd<Arch, float>::width;
+  constexpr index_t n = index_t(1) << 24;
+  constexpr index_t W = ::ssmax::detail::simd<Arch, float>::width;
   std::vector<float> x(static_cast<size_t>(n), 3.5F), y(x.size());
   softmax<Arch>(x.data(), y.data(), n);
   EXPECT_EQ(std::count(y.begin(), y.end(), std::ldexp(1.0F, -24)), n);
@@ -307,7 +310,7 @@ void check_long_float_row() {
 
   const row_bound<float> bound(x.data(), n, m, r, W);
   ::ssmax::detail::compensated_sum total, slack;
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     total.add(static_cast<double>(y[static_cast<size_t>(i)]));
     slack.add(bound(i));
   }
@@ -332,8 +335,8 @@ TYPED_TEST_SUITE(AttentionExtremes, element_types);
 // produce nothing, queries without keys are fully masked rows (zeros, log-sum-exp -inf).
 TYPED_TEST(AttentionExtremes, EmptyBatchEntriesAndFullyMaskedRows) {
   using T = TypeParam;
-  const index cu_q[] = {0, 0, 3, 3, 5, 9};    // sequence query counts 0, 3, 0, 2, 4
-  const index cu_k[] = {0, 4, 4, 4, 10, 10};  // sequence key counts 4, 0, 0, 6, 0
+  const index_t cu_q[] = {0, 0, 3, 3, 5, 9};    // sequence query counts 0, 3, 0, 2, 4
+  const index_t cu_k[] = {0, 4, 4, 4, 10, 10};  // sequence key counts 4, 0, 0, 6, 0
   attention_data<T> data(1, 9, 10, 4, 2, 8, 31);
   for (bool causal : {false, true}) {
     attention_options<ssmax_policy> o;
@@ -341,18 +344,18 @@ TYPED_TEST(AttentionExtremes, EmptyBatchEntriesAndFullyMaskedRows) {
     check_both_paths<default_arch>(data, o, causal ? "varlen causal" : "varlen");
     const auto run = run_attention<default_arch>(data, o, attention_path::fused);
     const T minus_inf = -std::numeric_limits<T>::infinity();
-    for (index i : {0, 1, 2, 5, 6, 7, 8})  // rows of the sequences without keys
-      for (index h = 0; h < 4; ++h) {
+    for (index_t i : {0, 1, 2, 5, 6, 7, 8})  // rows of the sequences without keys
+      for (index_t h = 0; h < 4; ++h) {
         EXPECT_EQ(run.lse[static_cast<size_t>(h * 9 + i)], minus_inf) << "row " << i;
-        for (index c = 0; c < 8; ++c)
+        for (index_t c = 0; c < 8; ++c)
           EXPECT_EQ(run.out[static_cast<size_t>((i * 4 + h) * 8 + c)], T(0)) << "row " << i;
       }
   }
   // A boolean mask that hides every key of some rows, with a fixed n for the policy.
   attention_data<T> square(2, 6, 6, 2, 1, 4, 32);
   bool hidden[6 * 6];  // [n_q, n_k], broadcast over batch and heads; odd rows see nothing
-  for (index i = 0; i < 6; ++i)
-    for (index j = 0; j < 6; ++j) hidden[i * 6 + j] = (i % 2 == 0) && j <= i;
+  for (index_t i = 0; i < 6; ++i)
+    for (index_t j = 0; j < 6; ++j) hidden[i * 6 + j] = (i % 2 == 0) && j <= i;
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::boolean(hidden, 6).with_n(4096);
   check_both_paths<default_arch>(square, o, "rows with every key hidden");
@@ -366,7 +369,7 @@ TYPED_TEST(AttentionExtremes, HeadDimensionOneAndManyKeys) {
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::causal_mask();
   check_both_paths<default_arch>(data, o, "d = 1, n_k = 2^16");
-  o.mask = o.mask.with_n(index(1) << 24);
+  o.mask = o.mask.with_n(index_t(1) << 24);
   check_both_paths<default_arch>(data, o, "d = 1, n_k = 2^16, n = 2^24");
 }
 
@@ -377,7 +380,7 @@ TYPED_TEST(AttentionExtremes, HeadDimensionOneAndManyKeys) {
 TYPED_TEST(AttentionExtremes, QueriesAtTheLargestOffset) {
   using T = TypeParam;
   attention_data<T> data(1, 3, 40, 2, 1, 8, 36);
-  const index offset = std::numeric_limits<index>::max() - 3;
+  const index_t offset = std::numeric_limits<index_t>::max() - 3;
   attention_options<qwen_logn_policy> qwen;
   qwen.mask = attention_mask::causal_mask(offset);
   check_both_paths<default_arch>(data, qwen, "Qwen at the largest offset");
@@ -396,8 +399,8 @@ TYPED_TEST(AttentionExtremes, LargeTinyAndEqualLogits) {
   check_both_paths<default_arch>(big, attention_options<ssmax_policy>{}, "logits ~ 1e6");
 
   attention_data<T> equal(1, 3, 200, 1, 1, 8, 35);
-  for (index j = 0; j < 200; ++j)
-    for (index c = 0; c < 8; ++c)
+  for (index_t j = 0; j < 200; ++j)
+    for (index_t c = 0; c < 8; ++c)
       equal.k[static_cast<size_t>(j * 8 + c)] = equal.k[static_cast<size_t>(c)];
   check_both_paths<default_arch>(equal, attention_options<softmax_policy>{}, "equal keys");
 

@@ -20,7 +20,7 @@ const double inf = std::numeric_limits<double>::infinity();
 using testing::expect_rejects;
 
 TEST(SoftmaxPolicy, IsOneEverywhere) {
-  for (index n : {1, 2, 1000000}) EXPECT_EQ(softmax_policy{}.multiplier({n, n - 1, 0}), 1.0);
+  for (index_t n : {1, 2, 1000000}) EXPECT_EQ(softmax_policy{}.multiplier({n, n - 1, 0}), 1.0);
 }
 
 TEST(SsmaxPolicy, IsSLogNPlusB) {
@@ -28,11 +28,11 @@ TEST(SsmaxPolicy, IsSLogNPlusB) {
   EXPECT_EQ(p.multiplier({1, 0, 0}), 0.25);  // log 1 = 0: only the bias remains
   // n = e^k makes log n = k exactly representable up to rounding of exp.
   for (int k : {1, 3, 10}) {
-    const auto n = static_cast<index>(std::round(std::exp(k)));
+    const auto n = static_cast<index_t>(std::round(std::exp(k)));
     EXPECT_DOUBLE_EQ(p.multiplier({n, 0, 0}), 0.43 * std::log(double(n)) + 0.25);
   }
   // n^(s z) = exp(m z): the defining identity of SSMax.
-  const index n = 4096;
+  const index_t n = 4096;
   const double z = 1.7;
   EXPECT_NEAR(std::pow(double(n), 0.43 * z), std::exp(ssmax_policy(0.43).multiplier({n, 0, 0}) * z),
               1e-12 * std::pow(double(n), 0.43 * z));
@@ -42,7 +42,7 @@ TEST(SsmaxPolicy, PerHeadParameters) {
   const std::vector<double> scales{0.1, 0.2, 0.3};
   const ssmax_policy p(scales, 0.0);
   EXPECT_EQ(p.heads(), 3);
-  for (index h = 0; h < 3; ++h)
+  for (index_t h = 0; h < 3; ++h)
     EXPECT_DOUBLE_EQ(p.multiplier({100, 99, h}), 0.1 * double(h + 1) * std::log(100.0));
   EXPECT_NO_THROW(detail::check_policy(p, 3, "test"));
   expect_rejects([&] { detail::check_policy(p, 4, "test"); }, "policy");
@@ -57,7 +57,7 @@ TEST(SsmaxPolicy, FixedLengthIgnoresVisibleCount) {
 }
 
 TEST(SsmaxPolicy, ScaleMatchingSoftmaxGivesMultiplierOne) {
-  for (index n_train : {2, 1024, 8192}) {
+  for (index_t n_train : {2, 1024, 8192}) {
     const ssmax_policy p(ssmax_scale_matching_softmax(n_train));
     EXPECT_NEAR(p.multiplier({n_train, n_train - 1, 0}), 1.0, 4e-16);
     EXPECT_GT(p.multiplier({2 * n_train, 0, 0}), 1.0);  // sharper beyond the training length
@@ -106,7 +106,7 @@ TEST(MistralPolicy, StepsEveryOriginalLength) {
 }
 
 TEST(AllPolicies, MultiplierNonNegativeAndFiniteForHugeN) {
-  const index huge = index(1) << 40;
+  const index_t huge = index_t(1) << 40;
   EXPECT_TRUE(std::isfinite(ssmax_policy(10.0, 3.0).multiplier({huge, huge - 1, 0})));
   EXPECT_TRUE(std::isfinite(qwen_logn_policy{}.multiplier({huge, huge - 1, 0})));
   EXPECT_TRUE(std::isfinite(llama4_temperature_policy{}.multiplier({huge, huge - 1, 0})));

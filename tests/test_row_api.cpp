@@ -33,13 +33,13 @@ TYPED_TEST(RowApi, BadArgumentsAreNamedAndNothingIsWritten) {
   expect_rejects([&] { softmax(x.data(), y.data(), 0); }, "n");
   // Through a volatile, so GCC 12 does not propagate -3 into the (unreachable) kernel and
   // warn about a negative memset bound there (-Wstringop-overflow false positive).
-  volatile index negative = -3;
+  volatile index_t negative = -3;
   expect_rejects([&] { softmax(x.data(), y.data(), negative); }, "n");
   expect_rejects([&] { softmax(x.data(), x.data() + 1, 4); }, "y");  // partial overlap
   expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, T(-1)); }, "multiplier");
   expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, nan); }, "multiplier");
-  expect_rejects([&] { ssmax(x.data(), y.data(), 8, -0.5); }, "policy.s");
-  expect_rejects([&] { ssmax(x.data(), y.data(), 8, 0.5, nan); }, "policy.b");
+  expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, -0.5); }, "policy.s");
+  expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, 0.5, nan); }, "policy.b");
   const std::vector<double> two_heads{0.1, 0.2};
   expect_rejects(
       [&] {
@@ -68,14 +68,14 @@ TYPED_TEST(RowApi, InPlaceEqualsOutOfPlace) {
 // bit for bit where the multiplier rounds to exactly 1 in T.
 TYPED_TEST(RowApi, SsmaxWithUnitMultiplierIsSoftmax) {
   using T = TypeParam;
-  for (index n : {2, 10, 1000, 65536}) {
+  for (index_t n : {2, 10, 1000, 65536}) {
     std::vector<T> x(static_cast<size_t>(n));
     std::mt19937 rng(1);
     std::normal_distribution<double> d(0, 2);
     for (auto& v : x) v = static_cast<T>(d(rng));
     std::vector<T> a(x.size()), b(x.size());
     const double s = 1.0 / std::log(double(n));
-    ssmax(x.data(), a.data(), n, s);
+    scalable_softmax(x.data(), a.data(), n, s);
     softmax(x.data(), b.data(), n);
     testing::expect_row_matches(x.data(), n, 1.0, a.data(),
                                 reference::scaled_softmax(x.data(), n, 1.0),
@@ -91,14 +91,14 @@ TYPED_TEST(RowApi, SsmaxWithUnitMultiplierIsSoftmax) {
 TYPED_TEST(RowApi, FigureOneMatchesClosedForm) {
   using T = TypeParam;
   const double s = 0.43;
-  for (index n = 2; n <= 1000000; n = n * 3 + 1) {
+  for (index_t n = 2; n <= 1000000; n = n * 3 + 1) {
     std::vector<T> x(static_cast<size_t>(n), T(-2));
     x.back() = T(3);
     std::vector<T> y(x.size());
     for (bool scalable : {false, true}) {
       const double m = scalable ? s * std::log(double(n)) : 1.0;
       if (scalable)
-        ssmax(x.data(), y.data(), n, s);
+        scalable_softmax(x.data(), y.data(), n, s);
       else
         softmax(x.data(), y.data(), n);
       const double closed = 1.0 / (1.0 + double(n - 1) * std::exp(-5.0 * m));
@@ -114,11 +114,11 @@ TYPED_TEST(RowApi, FigureOneMatchesClosedForm) {
 
 TYPED_TEST(RowApi, SsmaxKeepsFocusWhereSoftmaxFades) {
   using T = TypeParam;
-  auto top = [](index n, bool scalable) {
+  auto top = [](index_t n, bool scalable) {
     std::vector<T> x(static_cast<size_t>(n), T(-2));
     x.back() = T(3);
     if (scalable)
-      ssmax(x.data(), x.data(), n, 0.43);
+      scalable_softmax(x.data(), x.data(), n, 0.43);
     else
       softmax(x.data(), n);
     return x.back();

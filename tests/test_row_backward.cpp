@@ -24,7 +24,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-std::vector<double> normal_row(index n, double mean, double spread, unsigned seed) {
+std::vector<double> normal_row(index_t n, double mean, double spread, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> dist(mean, spread);
   std::vector<double> x(static_cast<size_t>(n));
@@ -48,7 +48,7 @@ std::vector<T> cast(const std::vector<double>& x) {
 // 16 max|g| R^3 with R the range of the finite z. h = cbrt(eps) / scale balances the two.
 
 double loss(const std::vector<double>& z, const std::vector<double>& g, double m) {
-  const auto p = reference::scaled_softmax(z.data(), static_cast<index>(z.size()), m);
+  const auto p = reference::scaled_softmax(z.data(), static_cast<index_t>(z.size()), m);
   reference::compensated_sum L;
   for (size_t i = 0; i < z.size(); ++i) L.add(g[i] * p[i]);
   return L.value();
@@ -88,10 +88,10 @@ double finite_range(const std::vector<double>& z) {
 void check_reference_by_differences(const std::vector<double>& z, const std::vector<double>& g,
                                     double m, const char* what) {
   const double eps = std::numeric_limits<double>::epsilon();
-  const index n = static_cast<index>(z.size());
+  const index_t n = static_cast<index_t>(z.size());
   const auto r = reference::scaled_softmax_backward(z.data(), g.data(), n, m);
   const double g_max = max_abs(g), f_err = 8.0 * eps * g_max;
-  for (index k = 0; k < n; ++k) {
+  for (index_t k = 0; k < n; ++k) {
     if (!std::isfinite(z[k])) {
       EXPECT_EQ(r.dz[k], 0.0) << what << ": masked entry " << k;
       continue;
@@ -116,7 +116,7 @@ void check_reference_by_differences(const std::vector<double>& z, const std::vec
 }
 
 TEST(RowBackwardReference, MatchesFiniteDifferences) {
-  for (index n : {1, 2, 3, 8, 33}) {
+  for (index_t n : {1, 2, 3, 8, 33}) {
     for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)) + 0.1, 2.5, 0.0}) {
       const auto z = normal_row(n, 0.5, 1.5, static_cast<unsigned>(n));
       const auto g = normal_row(n, 0.0, 1.0, static_cast<unsigned>(n + 100));
@@ -126,10 +126,10 @@ TEST(RowBackwardReference, MatchesFiniteDifferences) {
 }
 
 TEST(RowBackwardReference, MaskedEntriesHaveZeroGradientAndNoNaN) {
-  for (index n : {2, 5, 17}) {
+  for (index_t n : {2, 5, 17}) {
     auto z = normal_row(n, 0.0, 1.0, 3);
     const auto g = normal_row(n, 0.0, 1.0, 4);
-    for (index i = 0; i < n; i += 2) z[i] = -kInf;
+    for (index_t i = 0; i < n; i += 2) z[i] = -kInf;
     check_reference_by_differences(z, g, 1.3, "masked");
     const auto r = reference::scaled_softmax_backward(z.data(), g.data(), n, 1.3);
     EXPECT_TRUE(std::isfinite(r.d_multiplier));
@@ -143,7 +143,7 @@ TEST(RowBackwardReference, MaskedEntriesHaveZeroGradientAndNoNaN) {
 TEST(RowBackwardReference, LargeOffsetDoesNotCancel) {
   // dL/dm is invariant under z -> z + C (sum of dL/dy is 0): the shifted row's gradient
   // must equal the unshifted one within the rounding of the shift itself.
-  const index n = 40;
+  const index_t n = 40;
   const auto z = normal_row(n, 0.0, 1.0, 8);
   const auto g = normal_row(n, 0.0, 1.0, 9);
   auto shifted = z;
@@ -170,7 +170,7 @@ class RowBackwardKernel : public kernel_test<Config> {
   void check(const std::vector<value_type>& z, const std::vector<value_type>& g, value_type m,
              const char* what) {
     using T = value_type;
-    const index n = static_cast<index>(z.size());
+    const index_t n = static_cast<index_t>(z.size());
     // From the forward output y (computed by the forward kernel, as a user would).
     std::vector<T> y(z.size()), dz(z.size());
     const auto state = kernels::scaled_softmax_row<arch>(z.data(), y.data(), n, m);
@@ -186,7 +186,7 @@ class RowBackwardKernel : public kernel_test<Config> {
     auto g_copy = g;
     kernels::scaled_softmax_row_backward<arch>(z.data(), y.data(), g_copy.data(), g_copy.data(), n,
                                                m);
-    for (index i = 0; i < n; ++i) EXPECT_EQ(g_copy[i], dz[i]) << what << ": in place at " << i;
+    for (index_t i = 0; i < n; ++i) EXPECT_EQ(g_copy[i], dz[i]) << what << ": in place at " << i;
 
     // From the log-sum-exp, against the reference that recomputes p exactly.
     const double lse_ref = reference::log_sum_exp(z.data(), n, static_cast<double>(m));
@@ -205,12 +205,12 @@ class RowBackwardKernel : public kernel_test<Config> {
   void compare(const std::vector<value_type>& dz, double dm,
                const reference::row_backward_result& r, const backward_bound<value_type>& bound,
                const char* what, const char* path) {
-    index failures = 0;
+    index_t failures = 0;
     for (size_t i = 0; i < dz.size(); ++i) {
       const double err = std::abs(static_cast<double>(dz[i]) - r.dz[i]);
-      if (!(err <= bound.dz(static_cast<index>(i))) && failures++ < 5)
+      if (!(err <= bound.dz(static_cast<index_t>(i))) && failures++ < 5)
         ADD_FAILURE() << what << " (" << path << "): dz[" << i << "] = " << dz[i] << ", reference "
-                      << r.dz[i] << ", error " << err << " > " << bound.dz(static_cast<index>(i))
+                      << r.dz[i] << ", error " << err << " > " << bound.dz(static_cast<index_t>(i))
                       << " (n = " << dz.size() << ")";
     }
     const double err = std::abs(dm - r.d_multiplier);
@@ -222,11 +222,11 @@ TYPED_TEST_SUITE(RowBackwardKernel, kernel_configs, config_name);
 
 TYPED_TEST(RowBackwardKernel, RandomRowsEverySizeAroundTheWidth) {
   using T = typename TestFixture::value_type;
-  std::vector<index> sizes;
-  for (index n = 1; n <= 4 * TestFixture::W + 3; ++n) sizes.push_back(n);
-  for (index n : {index(100), 65 * TestFixture::W + 1, index(1000), index(65537)})
+  std::vector<index_t> sizes;
+  for (index_t n = 1; n <= 4 * TestFixture::W + 3; ++n) sizes.push_back(n);
+  for (index_t n : {index_t(100), 65 * TestFixture::W + 1, index_t(1000), index_t(65537)})
     sizes.push_back(n);
-  for (index n : sizes)
+  for (index_t n : sizes)
     for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)), 2.5, 0.0}) {
       const auto z = cast<T>(normal_row(n, 0.3, 2.0, static_cast<unsigned>(n)));
       const auto g = cast<T>(normal_row(n, 0.0, 1.0, static_cast<unsigned>(n + 7)));
@@ -236,7 +236,7 @@ TYPED_TEST(RowBackwardKernel, RandomRowsEverySizeAroundTheWidth) {
 
 TYPED_TEST(RowBackwardKernel, LargeOffsetAndSpread) {
   using T = typename TestFixture::value_type;
-  for (index n : {5, 64, 999}) {
+  for (index_t n : {5, 64, 999}) {
     const auto z = cast<T>(normal_row(n, 300.0, 1.0, 21));
     const auto g = cast<T>(normal_row(n, 2.0, 3.0, 22));
     this->check(z, g, T(1), "offset 300");
@@ -247,10 +247,10 @@ TYPED_TEST(RowBackwardKernel, LargeOffsetAndSpread) {
 
 TYPED_TEST(RowBackwardKernel, MaskedEntriesGiveZeroNeverNaN) {
   using T = typename TestFixture::value_type;
-  for (index n : {1, 2, 7, 33, 500}) {
+  for (index_t n : {1, 2, 7, 33, 500}) {
     auto z = cast<T>(normal_row(n, 0.0, 2.0, 11));
     const auto g = cast<T>(normal_row(n, 0.0, 1.0, 12));
-    for (index i = 0; i < n; i += 3) z[i] = -TestFixture::inf;
+    for (index_t i = 0; i < n; i += 3) z[i] = -TestFixture::inf;
     for (T m : {T(1), T(0.7), T(0)}) {
       if (n > 1) this->check(z, g, m, "some -inf");
       std::vector<T> y(z.size()), dz(z.size());
@@ -258,12 +258,12 @@ TYPED_TEST(RowBackwardKernel, MaskedEntriesGiveZeroNeverNaN) {
       const double dm = kernels::scaled_softmax_row_backward<typename TestFixture::arch>(
           z.data(), y.data(), g.data(), dz.data(), n, m);
       EXPECT_TRUE(std::isfinite(dm));
-      for (index i = 0; i < n; i += 3) EXPECT_EQ(dz[i], T(0));
+      for (index_t i = 0; i < n; i += 3) EXPECT_EQ(dz[i], T(0));
       const T lse = static_cast<T>(reference::log_sum_exp(z.data(), n, static_cast<double>(m)));
       const double dm2 = kernels::scaled_softmax_row_backward_lse<typename TestFixture::arch>(
           z.data(), lse, g.data(), dz.data(), n, m);
       EXPECT_TRUE(std::isfinite(dm2));
-      for (index i = 0; i < n; i += 3) EXPECT_EQ(dz[i], T(0));
+      for (index_t i = 0; i < n; i += 3) EXPECT_EQ(dz[i], T(0));
     }
     std::vector<T> all(static_cast<size_t>(n), -TestFixture::inf), dz(all.size(), T(7));
     const double dm = kernels::scaled_softmax_row_backward_lse<typename TestFixture::arch>(
@@ -280,13 +280,13 @@ TEST(RowBackwardApi, SsmaxParameterGradientsMatchFiniteDifferences) {
   // L(s, b) = sum g_i ssmax(z; s, b)_i; dL/ds and dL/db by central differences in s and b,
   // each a 1-D function of m = s log n + b (so the m bound applies, scaled by log n or 1).
   const double eps = std::numeric_limits<double>::epsilon();
-  for (index n : {2, 9, 64}) {
+  for (index_t n : {2, 9, 64}) {
     const auto z = normal_row(n, 0.0, 1.0, 31);
     const auto g = normal_row(n, 0.0, 1.0, 32);
     const double s = 0.43, b = 0.2, logn = std::log(static_cast<double>(n));
     std::vector<double> y(z.size()), dz(z.size());
-    ssmax::ssmax(z.data(), y.data(), n, s, b);
-    const auto grad = ssmax_backward(z.data(), y.data(), g.data(), dz.data(), n, s, b);
+    ssmax::scalable_softmax(z.data(), y.data(), n, s, b);
+    const auto grad = scalable_softmax_backward(z.data(), y.data(), g.data(), dz.data(), n, s, b);
     EXPECT_DOUBLE_EQ(grad.s, logn * grad.multiplier);
     EXPECT_DOUBLE_EQ(grad.b, grad.multiplier);
     const double R = finite_range(z), g_max = max_abs(g), f_err = 8.0 * eps * g_max;
@@ -301,7 +301,7 @@ TEST(RowBackwardApi, SsmaxParameterGradientsMatchFiniteDifferences) {
 }
 
 TEST(RowBackwardApi, FixedLengthUsesThatLogAndPerHeadParameters) {
-  const index n = 10;
+  const index_t n = 10;
   const auto z = normal_row(n, 0.0, 1.0, 41);
   const auto g = normal_row(n, 0.0, 1.0, 42);
   const std::vector<double> s = {0.3, 0.5}, b = {0.0, 0.1};
@@ -331,7 +331,7 @@ TEST(RowBackwardApi, FixedLengthUsesThatLogAndPerHeadParameters) {
 }
 
 TEST(RowBackwardApi, PlainSoftmaxBackwardAndLseAgree) {
-  const index n = 50;
+  const index_t n = 50;
   const auto z = cast<float>(normal_row(n, 0.0, 2.0, 51));
   const auto g = cast<float>(normal_row(n, 0.0, 1.0, 52));
   std::vector<float> y(z.size()), a(z.size()), b(z.size());
@@ -346,7 +346,7 @@ TEST(RowBackwardApi, PlainSoftmaxBackwardAndLseAgree) {
   // softmax_backward reads the forward's y (within row_bound of p): its error is the
   // arithmetic bound plus (g_i - c) times the weight error, below the lse path's bound
   // plus a y-error allowance of 64 eps p_i.
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     EXPECT_NEAR(b[i], r.dz[i], bound.dz(i)) << i;
     EXPECT_NEAR(a[i], r.dz[i], bound.dz(i) + 64 * 1.2e-7 * p[i] * (std::abs(g[i]) + 3)) << i;
   }
@@ -375,8 +375,9 @@ TEST(RowBackwardApi, RejectsBadArguments) {
       "lse");
   expect_rejects([&] { scaled_softmax_backward_lse(x.data(), 1.0f, g.data(), g.data(), 8, 1.0f); },
                  "dx");
-  expect_rejects([&] { ssmax_backward(x.data(), y.data(), g.data(), dx.data(), 8, -0.5); },
-                 "policy.s");
+  expect_rejects(
+      [&] { scalable_softmax_backward(x.data(), y.data(), g.data(), dx.data(), 8, -0.5); },
+      "policy.s");
   expect_rejects(
       [&] {
         const std::vector<double> two = {0.1, 0.2};

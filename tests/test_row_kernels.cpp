@@ -30,7 +30,7 @@ class RowKernel : public kernel_test<Config> {
   template <class T>
   void check(const std::vector<T>& x, T m, const char* what) {
     using Arch = arch;
-    const index n = static_cast<index>(x.size());
+    const index_t n = static_cast<index_t>(x.size());
     std::vector<T> y(x.size());
     const row_state<T> state = kernels::scaled_softmax_row<Arch>(x.data(), y.data(), n, m);
     const auto r = reference::scaled_softmax(x.data(), n, static_cast<double>(m));
@@ -38,7 +38,7 @@ class RowKernel : public kernel_test<Config> {
 
     std::vector<T> in_place = x;
     const auto state2 = kernels::scaled_softmax_row<Arch>(in_place.data(), in_place.data(), n, m);
-    for (index i = 0; i < n; ++i)
+    for (index_t i = 0; i < n; ++i)
       if (!(in_place[i] == y[i] || (std::isnan(in_place[i]) && std::isnan(y[i]))))
         return ADD_FAILURE() << what << ": in-place differs at " << i;
     const auto state3 = kernels::scaled_softmax_row<Arch>(x.data(), static_cast<T*>(nullptr), n, m);
@@ -59,7 +59,7 @@ class RowKernel : public kernel_test<Config> {
     }
   }
 
-  static std::vector<value_type> random_row(index n, double spread, unsigned seed) {
+  static std::vector<value_type> random_row(index_t n, double spread, unsigned seed) {
     using T = value_type;
     std::mt19937 rng(seed);
     std::normal_distribution<double> dist(0.0, spread);
@@ -72,18 +72,19 @@ TYPED_TEST_SUITE(RowKernel, kernel_configs, config_name);
 
 TYPED_TEST(RowKernel, RandomRowsEverySizeAroundTheWidth) {
   using T = typename TestFixture::value_type;
-  std::vector<index> sizes;
-  for (index n = 1; n <= 4 * TestFixture::W + 3; ++n) sizes.push_back(n);
-  for (index n : {index(100), 129 * TestFixture::W - 1, index(1000), index(4097), index(65537)})
+  std::vector<index_t> sizes;
+  for (index_t n = 1; n <= 4 * TestFixture::W + 3; ++n) sizes.push_back(n);
+  for (index_t n :
+       {index_t(100), 129 * TestFixture::W - 1, index_t(1000), index_t(4097), index_t(65537)})
     sizes.push_back(n);
-  for (index n : sizes)
+  for (index_t n : sizes)
     for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)), 2.5, 1e-3})
       this->check(this->random_row(n, 3.0, static_cast<unsigned>(n)), static_cast<T>(m), "random");
 }
 
 TYPED_TEST(RowKernel, MillionElementRow) {
   using T = typename TestFixture::value_type;
-  const index n = 1 << 20;
+  const index_t n = 1 << 20;
   this->check(this->random_row(n, 2.0, 7), T(1), "n = 2^20");
   this->check(this->random_row(n, 2.0, 8), static_cast<T>(0.43 * std::log(double(n))),
               "n = 2^20 SSMax");
@@ -92,9 +93,9 @@ TYPED_TEST(RowKernel, MillionElementRow) {
 TYPED_TEST(RowKernel, HugeMagnitudesDoNotOverflow) {
   using T = typename TestFixture::value_type;
   const T big = std::numeric_limits<T>::max() / T(4);
-  for (index n : {1, 3, 17, 1000}) {
+  for (index_t n : {1, 3, 17, 1000}) {
     auto x = this->random_row(n, 1.0, 3);
-    for (index i = 0; i < n; i += 2) x[i] = (i % 4 == 0) ? big : -big;
+    for (index_t i = 0; i < n; i += 2) x[i] = (i % 4 == 0) ? big : -big;
     this->check(x, T(1), "+-max/4");
     this->check(x, T(0.5), "+-max/4, m = 0.5");
     std::vector<T> huge(static_cast<size_t>(n), T(1e30));
@@ -105,7 +106,7 @@ TYPED_TEST(RowKernel, HugeMagnitudesDoNotOverflow) {
 
 TYPED_TEST(RowKernel, TiesAndEqualRowsAreUniform) {
   using T = typename TestFixture::value_type;
-  for (index n : {1, 2, 5, 64, 1001}) {
+  for (index_t n : {1, 2, 5, 64, 1001}) {
     std::vector<T> x(static_cast<size_t>(n), T(-7.25));
     this->check(x, T(1), "all equal");
     this->check(x, T(3), "all equal, m = 3");
@@ -115,14 +116,14 @@ TYPED_TEST(RowKernel, TiesAndEqualRowsAreUniform) {
 TYPED_TEST(RowKernel, MinusInfinityWeighsZero) {
   using T = typename TestFixture::value_type;
   const T infinity = TestFixture::inf;
-  for (index n : {1, 2, 7, 33, 500}) {
+  for (index_t n : {1, 2, 7, 33, 500}) {
     auto x = this->random_row(n, 2.0, 11);
-    for (index i = 0; i < n; i += 3) x[i] = -infinity;
+    for (index_t i = 0; i < n; i += 3) x[i] = -infinity;
     std::vector<T> y(x.size());
     if (x.size() > 1) {
       this->check(x, T(1), "some -inf");
       kernels::scaled_softmax_row<typename TestFixture::arch>(x.data(), y.data(), n, T(1));
-      for (index i = 0; i < n; i += 3) EXPECT_EQ(y[i], T(0));
+      for (index_t i = 0; i < n; i += 3) EXPECT_EQ(y[i], T(0));
     }
     std::vector<T> all(static_cast<size_t>(n), -infinity);
     this->check(all, T(1), "all -inf");
@@ -135,7 +136,7 @@ TYPED_TEST(RowKernel, MinusInfinityWeighsZero) {
 
 TYPED_TEST(RowKernel, PlusInfinitySharesTheWeight) {
   using T = typename TestFixture::value_type;
-  for (index n : {1, 4, 40}) {
+  for (index_t n : {1, 4, 40}) {
     auto x = this->random_row(n, 2.0, 5);
     x[0] = TestFixture::inf;
     x[static_cast<size_t>(n - 1)] = TestFixture::inf;
@@ -145,8 +146,8 @@ TYPED_TEST(RowKernel, PlusInfinitySharesTheWeight) {
 
 TYPED_TEST(RowKernel, NaNMakesTheRowNaN) {
   using T = typename TestFixture::value_type;
-  for (index n : {1, 3, 40, 1000}) {
-    for (index at : {index(0), n / 2, n - 1}) {
+  for (index_t n : {1, 3, 40, 1000}) {
+    for (index_t at : {index_t(0), n / 2, n - 1}) {
       auto x = this->random_row(n, 2.0, 9);
       x[static_cast<size_t>(at)] = std::numeric_limits<T>::quiet_NaN();
       for (T m : {T(1), T(0)}) {
@@ -167,9 +168,9 @@ TYPED_TEST(RowKernel, ZeroMultiplierIsUniformOverVisible) {
 
 TYPED_TEST(RowKernel, SubnormalAndUnderflowingWeights) {
   using T = typename TestFixture::value_type;
-  for (index n : {2, 19, 300}) {
+  for (index_t n : {2, 19, 300}) {
     auto x = this->random_row(n, 1.0, 17);
-    for (index i = 1; i < n; i += 2) x[i] = x[0] - T(std::is_same<T, float>::value ? 95 : 720);
+    for (index_t i = 1; i < n; i += 2) x[i] = x[0] - T(std::is_same<T, float>::value ? 95 : 720);
     x[0] = std::numeric_limits<T>::denorm_min();
     this->check(x, T(1), "underflow");
   }
@@ -177,7 +178,7 @@ TYPED_TEST(RowKernel, SubnormalAndUnderflowingWeights) {
 
 TYPED_TEST(RowKernel, OutputsSumToOne) {
   using T = typename TestFixture::value_type;
-  for (index n : {1, 9, 4096, 100003}) {
+  for (index_t n : {1, 9, 4096, 100003}) {
     auto x = this->random_row(n, 4.0, 21);
     std::vector<T> y(x.size());
     kernels::scaled_softmax_row<typename TestFixture::arch>(x.data(), y.data(), n, T(1));
@@ -196,9 +197,9 @@ TYPED_TEST(RowKernel, OutputsSumToOne) {
 
 TYPED_TEST(RowKernel, MergedStatesEqualTheWholeRow) {
   using T = typename TestFixture::value_type;
-  const index n = 1000;
+  const index_t n = 1000;
   auto x = this->random_row(n, 3.0, 23);
-  for (index cut : {index(1), index(13), index(500), n - 1}) {
+  for (index_t cut : {index_t(1), index_t(13), index_t(500), n - 1}) {
     using Arch = typename TestFixture::arch;
     const auto whole =
         kernels::scaled_softmax_row<Arch>(x.data(), static_cast<T*>(nullptr), n, T(2));

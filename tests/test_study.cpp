@@ -32,7 +32,7 @@ TYPED_TEST_SUITE(Study, testing::element_types);
 
 /// Lanes of the default architecture, which the study's calls use.
 template <class T>
-constexpr index default_width() {
+constexpr index_t default_width() {
   return ssmax::detail::simd<default_arch, T>::width;
 }
 
@@ -40,7 +40,7 @@ constexpr index default_width() {
 /// argument is 0 (it holds the row maximum), in a row of n entries whose mean |argument|
 /// under the exact weights is mean_t.
 template <class T>
-double top_entry_bound(double w, double mean_t, index n) {
+double top_entry_bound(double w, double mean_t, index_t n) {
   const double eps = std::numeric_limits<T>::epsilon();
   return eps * w * (testing::kExpUlp + 4.0 + testing::sum_ulp(default_width<T>()) + 2.0 * mean_t) +
          2.0 * static_cast<double>(n) * static_cast<double>(std::numeric_limits<T>::min());
@@ -51,7 +51,7 @@ double top_entry_bound(double w, double mean_t, index n) {
 TYPED_TEST(Study, DiagnosticsMatchClosedForms) {
   using T = TypeParam;
   const double eps_d = std::numeric_limits<double>::epsilon();
-  for (index n : {1, 2, 7, 1000, 100000}) {
+  for (index_t n : {1, 2, 7, 1000, 100000}) {
     // Uniform row: largest 1/n at key 0, entropy log n, n effective keys. The entropy adds
     // n terms of (1/n) log n, each carrying the rounding of w = 1/n in T (relative eps_T/2,
     // which moves w log w by (1 + log n) of it) and of the log and product in double.
@@ -82,7 +82,7 @@ TYPED_TEST(Study, EntropyOfTheFigure1RowMatchesItsClosedForm) {
   // bound b_i = r_i beta_i (beta_i relative), which moves -w_i log w_i by at most
   // b_i (1 + |log w_i|); the sum of these is the tolerance.
   using T = TypeParam;
-  for (index n : {2, 10, 1000, 1000000}) {
+  for (index_t n : {2, 10, 1000, 1000000}) {
     const auto x = study::figure1_input<T>(n);
     std::vector<T> y(x.size());
     softmax(x.data(), y.data(), n);
@@ -155,7 +155,7 @@ TYPED_TEST(Study, Table1MatchesTheClosedForm) {
 // lone key's weight at w = 1/2 (argument 0; the other keys have argument -m D* and hold
 // half of the weight, so E|t| = m D* / 2).
 template <class T, class Policy>
-void expect_margin_matches(const Policy& policy, index n) {
+void expect_margin_matches(const Policy& policy, index_t n) {
   const double m = policy.multiplier({n, n - 1, 0});
   const double exact = study::half_attention_margin_closed_form(n, m);
   const double got = study::half_attention_margin<T>(policy, n);
@@ -170,8 +170,8 @@ TYPED_TEST(Study, Table3MatchesTheClosedForm) {
   using T = TypeParam;
   // Up to 10^5 keys (tens of bisection steps per size): fast on SSE2 and under sanitizers.
   // The study's own table goes to 10^6 (--long: 10^7) with the same function.
-  const index largest = 100000;
-  for (index n : study::log_grid(2, largest, 2)) {
+  const index_t largest = 100000;
+  for (index_t n : study::log_grid(2, largest, 2)) {
     expect_margin_matches<T>(softmax_policy{}, n);
     expect_margin_matches<T>(ssmax_policy(0.43), n);
     expect_margin_matches<T>(ssmax_policy(ssmax_scale_matching_softmax(1024)), n);
@@ -198,7 +198,7 @@ TEST(StudyGrid, LogGridIsIncreasingAndHitsBothEnds) {
     EXPECT_EQ(g.back(), hi);
     for (size_t i = 1; i < g.size(); ++i) EXPECT_LT(g[i - 1], g[i]);
   }
-  EXPECT_EQ(study::doubling_grid(64, 512), (std::vector<index>{64, 128, 256, 512}));
+  EXPECT_EQ(study::doubling_grid(64, 512), (std::vector<index_t>{64, 128, 256, 512}));
   expect_rejects([] { study::log_grid(0, 10, 1); }, "lo");
   expect_rejects([] { study::log_grid(1, 10, 0); }, "per_decade");
 }
@@ -214,16 +214,16 @@ TEST(StudyNeedle, UniformRowsFollowTheCausalMask) {
   setup.heads = 2;
   setup.queries = 3;
   study::needle_haystack hay(setup, 300);
-  for (index n_k : {3, 40, 300})
+  for (index_t n_k : {3, 40, 300})
     for (double depth : {0.0, 0.5, 1.0}) {
       const auto p = hay.measure(ssmax_policy(0.0), n_k, depth);
       double weight = 0, h = 0;
-      for (index i = 0; i < setup.queries; ++i) {
+      for (index_t i = 0; i < setup.queries; ++i) {
         const double n = static_cast<double>(n_k - setup.queries + i + 1);
         weight += 1.0 / n / static_cast<double>(setup.queries);
         h += std::log(n) / static_cast<double>(setup.queries);
       }
-      EXPECT_EQ(p.needle, static_cast<index>(std::llround(depth * (n_k - setup.queries))));
+      EXPECT_EQ(p.needle, static_cast<index_t>(std::llround(depth * (n_k - setup.queries))));
       EXPECT_NEAR(p.weight, weight, 1e-5 * weight) << n_k;
       EXPECT_NEAR(p.entropy, h, 1e-5 * (1.0 + h)) << n_k;
     }

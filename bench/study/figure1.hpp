@@ -16,7 +16,7 @@ namespace ssmax::study {
 
 /// The Figure 1 input of size n: n - 1 entries equal to low, then one equal to high.
 template <class T>  // float or double
-std::vector<T> figure1_input(index n, T low = T(-2), T high = T(3)) {
+std::vector<T> figure1_input(index_t n, T low = T(-2), T high = T(3)) {
   ssmax::detail::require(n >= 1, "figure1_input", "n", "must be >= 1");
   std::vector<T> x(static_cast<size_t>(n), low);
   x.back() = high;
@@ -25,13 +25,13 @@ std::vector<T> figure1_input(index n, T low = T(-2), T high = T(3)) {
 
 /// Closed form of the largest output for the Figure 1 input with a gap (high - low) and
 /// multiplier m >= 0: 1 / (1 + (n - 1) exp(-gap m)). Exact up to a few ulp of double.
-inline double figure1_closed_form(index n, double m, double gap = 5.0) {
+inline double figure1_closed_form(index_t n, double m, double gap = 5.0) {
   return 1.0 / (1.0 + static_cast<double>(n - 1) * std::exp(-gap * m));
 }
 
 /// One row of table 1: the largest Softmax and SSMax outputs, as the library computes them.
 struct figure1_point {
-  index n = 0;         ///< size of the input
+  index_t n = 0;       ///< size of the input
   double softmax = 0;  ///< largest output of softmax(x)
   double ssmax = 0;    ///< largest output of SSMax(x) with the given s
   double m_ssmax = 0;  ///< SSMax's multiplier s log n
@@ -41,14 +41,14 @@ struct figure1_point {
 /// returns their largest outputs (ssmax::largest_weight).
 /// Pre (checked by the library): n >= 1, s finite and >= 0.
 template <class T>  // float or double: the precision the library computes in
-figure1_point figure1_at(index n, double s) {
+figure1_point figure1_at(index_t n, double s) {
   const std::vector<T> x = figure1_input<T>(n);
   std::vector<T> y(x.size());
   figure1_point p;
   p.n = n;
   ssmax::softmax(x.data(), y.data(), n);
   p.softmax = static_cast<double>(largest_weight(y.data(), n).weight);
-  ssmax::ssmax(x.data(), y.data(), n, s);
+  ssmax::scalable_softmax(x.data(), y.data(), n, s);
   p.ssmax = static_cast<double>(largest_weight(y.data(), n).weight);
   p.m_ssmax = ssmax_policy(s).multiplier({n, n - 1, 0});
   return p;
@@ -56,10 +56,10 @@ figure1_point figure1_at(index n, double s) {
 
 /// Table 1 over the sizes ns.
 template <class T>  // float or double
-std::vector<figure1_point> figure1_table(const std::vector<index>& ns, double s) {
+std::vector<figure1_point> figure1_table(const std::vector<index_t>& ns, double s) {
   std::vector<figure1_point> out;
   out.reserve(ns.size());
-  for (index n : ns) out.push_back(figure1_at<T>(n, s));
+  for (index_t n : ns) out.push_back(figure1_at<T>(n, s));
   return out;
 }
 

@@ -18,7 +18,7 @@
 namespace ssmax::study {
 
 /// The exact margin log(n - 1) / m for a row of length n >= 2 under multiplier m > 0.
-inline double half_attention_margin_closed_form(index n, double m) {
+inline double half_attention_margin_closed_form(index_t n, double m) {
   return std::log(static_cast<double>(n - 1)) / m;
 }
 
@@ -33,7 +33,7 @@ inline double half_attention_margin_closed_form(index n, double m) {
 /// Pre (checked): n >= 2; the policy's multiplier at n is finite and > 0.
 template <class T,       // float or double: the precision of the rows
           class Policy>  // a length policy (length_policy.hpp)
-double half_attention_margin(const Policy& policy, index n) {
+double half_attention_margin(const Policy& policy, index_t n) {
   constexpr const char* fn = "half_attention_margin";
   ssmax::detail::require(n >= 2, fn, "n", "must be >= 2 (one key alone always gets weight 1)");
   const double m = policy.multiplier({n, n - 1, 0});

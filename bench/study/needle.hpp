@@ -28,18 +28,18 @@ namespace ssmax::study {
 
 /// Sizes and seed of a needle experiment.
 struct needle_setup {
-  index dim = 64;       ///< d: head dimension
-  index heads = 4;      ///< H: independent trials, one per head
-  index queries = 4;    ///< n_q: query rows per head, at the end of the context
+  index_t dim = 64;     ///< d: head dimension
+  index_t heads = 4;    ///< H: independent trials, one per head
+  index_t queries = 4;  ///< n_q: query rows per head, at the end of the context
   double margin = 5.0;  ///< the needle's logit; haystack logits are N(0, 1)
   unsigned seed = 2025;
 };
 
 /// One measurement: averages over the H x n_q query rows.
 struct needle_point {
-  index keys = 0;             ///< n_k: context length (the last row sees all of it)
+  index_t keys = 0;           ///< n_k: context length (the last row sees all of it)
   double depth = 0;           ///< needle position / (n_k - n_q)
-  index needle = 0;           ///< needle position
+  index_t needle = 0;         ///< needle position
   double weight = 0;          ///< mean weight on the needle
   double weight_min = 0;      ///< smallest weight on the needle over the rows
   double weight_max = 0;      ///< largest weight on the needle over the rows
@@ -55,7 +55,8 @@ class needle_haystack {
  public:
   /// Draws the queries and max_keys haystack keys. Pre (checked): dim >= 1, heads >= 1,
   /// 1 <= queries <= dim (orthogonal rows), max_keys >= queries, margin finite.
-  needle_haystack(const needle_setup& setup, index max_keys) : setup_(setup), max_keys_(max_keys) {
+  needle_haystack(const needle_setup& setup, index_t max_keys)
+      : setup_(setup), max_keys_(max_keys) {
     constexpr const char* fn = "needle_haystack";
     ssmax::detail::require(setup.dim >= 1, fn, "setup.dim", "must be >= 1");
     ssmax::detail::require(setup.heads >= 1, fn, "setup.heads", "must be >= 1");
@@ -63,28 +64,28 @@ class needle_haystack {
                            "must be in [1, dim] (the rows are made orthogonal)");
     ssmax::detail::require(std::isfinite(setup.margin), fn, "setup.margin", "must be finite");
     ssmax::detail::require(max_keys >= setup.queries, fn, "max_keys", "must be >= setup.queries");
-    const index d = setup.dim, H = setup.heads, n_q = setup.queries;
+    const index_t d = setup.dim, H = setup.heads, n_q = setup.queries;
     std::mt19937_64 rng(setup.seed);
     std::normal_distribution<float> normal(0.0f, 1.0f);
 
     // Queries [1, n_q, H, d]: Gram-Schmidt per head (in double), then norm sqrt(d).
     q_.assign(static_cast<size_t>(n_q * H * d), 0.0f);
     needle_.assign(static_cast<size_t>(H * d), 0.0f);
-    for (index h = 0; h < H; ++h) {
+    for (index_t h = 0; h < H; ++h) {
       std::vector<std::vector<double>> rows;
-      for (index i = 0; i < n_q; ++i) {
+      for (index_t i = 0; i < n_q; ++i) {
         std::vector<double> r(static_cast<size_t>(d));
         for (auto& x : r) x = normal(rng);
         for (const auto& prev : rows) {
           double dot = 0;
-          for (index c = 0; c < d; ++c) dot += r[c] * prev[c];
-          for (index c = 0; c < d; ++c) r[c] -= dot * prev[c];
+          for (index_t c = 0; c < d; ++c) dot += r[c] * prev[c];
+          for (index_t c = 0; c < d; ++c) r[c] -= dot * prev[c];
         }
         double norm = 0;
         for (double x : r) norm += x * x;
         for (auto& x : r) x /= std::sqrt(norm);
         rows.push_back(r);
-        for (index c = 0; c < d; ++c) {
+        for (index_t c = 0; c < d; ++c) {
           q_[static_cast<size_t>((i * H + h) * d + c)] =
               static_cast<float>(r[c] * std::sqrt(static_cast<double>(d)));
           // sum_i q_i * margin / sqrt(d) = margin * sum_i r_i (unit rows r_i).
@@ -99,22 +100,22 @@ class needle_haystack {
   }
 
   const needle_setup& setup() const { return setup_; }
-  index max_keys() const { return max_keys_; }
+  index_t max_keys() const { return max_keys_; }
 
   /// Runs attention (materialised path, weights returned) with `policy` and a causal
   /// mask over the first n_k keys, the needle planted at `depth` in [0, 1].
   /// Pre (checked): setup.queries <= n_k <= max_keys; depth in [0, 1].
   template <class Policy>  // a length policy (length_policy.hpp)
-  needle_point measure(const Policy& policy, index n_k, double depth) {
+  needle_point measure(const Policy& policy, index_t n_k, double depth) {
     constexpr const char* fn = "needle_haystack::measure";
-    const index d = setup_.dim, H = setup_.heads, n_q = setup_.queries;
+    const index_t d = setup_.dim, H = setup_.heads, n_q = setup_.queries;
     ssmax::detail::require(n_k >= n_q && n_k <= max_keys_, fn, "n_k",
                            "must be in [queries, max_keys]");
     ssmax::detail::require(depth >= 0.0 && depth <= 1.0, fn, "depth", "must be in [0, 1]");
     needle_point r;
     r.keys = n_k;
     r.depth = depth;
-    r.needle = static_cast<index>(std::llround(depth * static_cast<double>(n_k - n_q)));
+    r.needle = static_cast<index_t>(std::llround(depth * static_cast<double>(n_k - n_q)));
 
     // Plant the needle in every head (keeping the haystack keys to restore them).
     float* planted = k_.data() + r.needle * H * d;
@@ -136,9 +137,9 @@ class needle_haystack {
               bshd_view(out_.data(), 1, n_q, H, d), options, extras, &workspace_);
     std::copy(saved.begin(), saved.end(), planted);
 
-    const index rows = H * n_q;
+    const index_t rows = H * n_q;
     r.weight_min = 1.0;
-    for (index row = 0; row < rows; ++row) {
+    for (index_t row = 0; row < rows; ++row) {
       const float* w = weights_.data() + row * n_k;
       const double on = weight_on(w, n_k, r.needle);
       const largest<float> top = largest_weight(w, n_k);
@@ -156,7 +157,7 @@ class needle_haystack {
 
  private:
   needle_setup setup_;
-  index max_keys_;
+  index_t max_keys_;
   std::vector<float> q_, k_, needle_, zero_v_, out_, weights_;
   attention_workspace workspace_;
 };

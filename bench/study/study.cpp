@@ -35,7 +35,7 @@
 
 namespace {
 
-using ssmax::index;
+using ssmax::index_t;
 namespace study = ssmax::study;
 using clock_type = std::chrono::steady_clock;
 
@@ -46,7 +46,7 @@ struct options {
   std::set<int> parts{1, 2, 3, 4};
   std::vector<double> s{0.0, 0.3, 0.43};  // 0: 1 / log 1024, SSMax equal to Softmax at 1024
   double margin = 5.0;
-  index dim = 0, heads = 0, max_keys = 0;  // 0: default for the run's length
+  index_t dim = 0, heads = 0, max_keys = 0;  // 0: default for the run's length
 };
 
 const char* kUsage =
@@ -165,7 +165,7 @@ void table1(const options& o, const progress& say) {
   std::printf("%10s  %12s %12s  %12s %12s\n", "n", "softmax", "(closed)", "ssmax", "(closed)");
   auto f = open_csv(o, "figure1.csv");
   f << "n,softmax,ssmax,softmax_closed_form,ssmax_closed_form,ssmax_multiplier\n";
-  const index decade_step = o.long_run ? 20 : 10;
+  const index_t decade_step = o.long_run ? 20 : 10;
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
     const double cs = study::figure1_closed_form(r.n, 1.0);
@@ -185,9 +185,9 @@ struct needle_series {
 };
 
 template <class Policy>
-void needle_run(study::needle_haystack& hay, const Policy& policy, const std::vector<index>& keys,
+void needle_run(study::needle_haystack& hay, const Policy& policy, const std::vector<index_t>& keys,
                 const std::vector<double>& depths, needle_series& out) {
-  for (index n_k : keys)
+  for (index_t n_k : keys)
     for (double depth : depths) out.points.push_back(hay.measure(policy, n_k, depth));
 }
 
@@ -196,7 +196,7 @@ void table2(const options& o, const progress& say) {
   setup.dim = o.dim > 0 ? o.dim : (o.long_run ? 128 : 64);
   setup.heads = o.heads > 0 ? o.heads : (o.long_run ? 2 : 4);
   setup.margin = o.margin;
-  const index max_keys = o.max_keys > 0 ? o.max_keys : (o.long_run ? index(1) << 20 : 131072);
+  const index_t max_keys = o.max_keys > 0 ? o.max_keys : (o.long_run ? index_t(1) << 20 : 131072);
   const auto keys = study::doubling_grid(64, max_keys);
   const std::vector<double> depths = o.long_run ? std::vector<double>{0.0, 0.25, 0.5, 0.75, 1.0}
                                                 : std::vector<double>{0.1, 0.5, 0.9};
@@ -210,7 +210,7 @@ void table2(const options& o, const progress& say) {
   for (double s : o.s) series.push_back({s_label(s), {}});
   // One n_k at a time across every policy, so that progress shows the length reached.
   for (size_t ki = 0; ki < keys.size(); ++ki) {
-    const std::vector<index> one{keys[ki]};
+    const std::vector<index_t> one{keys[ki]};
     needle_run(hay, ssmax::softmax_policy{}, one, depths, series[0]);
     for (size_t si = 0; si < o.s.size(); ++si)
       needle_run(hay, ssmax::ssmax_policy(o.s[si]), one, depths, series[si + 1]);
@@ -305,7 +305,7 @@ void table3(const options& o, const progress& say) {
   for (double s : o.s) std::printf(" %14s %9s", s_label(s).c_str(), "(closed)");
   std::printf("\n");
   for (size_t i = 0; i < ns.size(); ++i) {
-    const index n = ns[i];
+    const index_t n = ns[i];
     const double d0 = study::half_attention_margin<float>(ssmax::softmax_policy{}, n);
     const double c0 = study::half_attention_margin_closed_form(n, 1.0);
     f << n << ',' << d0 << ',' << c0;

@@ -47,18 +47,18 @@
 
 namespace {
 
-using ssmax::index;
+using ssmax::index_t;
 using Mat = ssmax::row_matrix<float>;
 using Vec = Eigen::RowVectorXf;
 
 struct config {
   unsigned seed = 1;
   int steps = 2000;
-  index train_length = 64;
+  index_t train_length = 64;
   int eval_sequences = 512;
   std::string csv = "length_generalisation.csv";
   // Model and task sizes.
-  index keys = 32, values = 16, d_model = 32, heads = 2, d_head = 16, d_ff = 64, batch = 32;
+  index_t keys = 32, values = 16, d_model = 32, heads = 2, d_head = 16, d_ff = 64, batch = 32;
   float lr = 3e-3f;
 };
 
@@ -70,12 +70,12 @@ const char* name_of(variant v) {
 /// A batch of sequences: keys and values of the L context tokens, the query key, the
 /// needle's position and the target value.
 struct batch_data {
-  index L = 0;
+  index_t L = 0;
   std::vector<int> key, value;  // [B, L]
   std::vector<int> query, needle, target;
 };
 
-batch_data make_batch(const config& c, index L, index B, std::mt19937& rng) {
+batch_data make_batch(const config& c, index_t L, index_t B, std::mt19937& rng) {
   batch_data d;
   d.L = L;
   d.key.resize(static_cast<size_t>(B * L));
@@ -83,11 +83,11 @@ batch_data make_batch(const config& c, index L, index B, std::mt19937& rng) {
   std::uniform_int_distribution<int> key_of(0, static_cast<int>(c.keys) - 1);
   std::uniform_int_distribution<int> other_key(0, static_cast<int>(c.keys) - 2);
   std::uniform_int_distribution<int> value_of(0, static_cast<int>(c.values) - 1);
-  std::uniform_int_distribution<index> position(0, L - 1);
-  for (index b = 0; b < B; ++b) {
+  std::uniform_int_distribution<index_t> position(0, L - 1);
+  for (index_t b = 0; b < B; ++b) {
     const int q = key_of(rng);
-    const index at = position(rng);
-    for (index t = 0; t < L; ++t) {
+    const index_t at = position(rng);
+    for (index_t t = 0; t < L; ++t) {
       int k = other_key(rng);
       if (k >= q) ++k;  // every key but q
       d.key[static_cast<size_t>(b * L + t)] = t == at ? q : k;
@@ -103,11 +103,11 @@ batch_data make_batch(const config& c, index L, index B, std::mt19937& rng) {
 /// One trainable tensor with its Adam moments.
 struct param {
   Mat w, g, m, v;
-  void init(index rows, index cols, float stddev, std::mt19937& rng) {
+  void init(index_t rows, index_t cols, float stddev, std::mt19937& rng) {
     w = Mat::Zero(rows, cols);
     if (stddev > 0.0f) {
       std::normal_distribution<float> n(0.0f, stddev);
-      for (index i = 0; i < w.size(); ++i) w.data()[i] = n(rng);
+      for (index_t i = 0; i < w.size(); ++i) w.data()[i] = n(rng);
     }
     g = Mat::Zero(rows, cols);
     m = g;
@@ -131,7 +131,7 @@ model make_model(const config& c, variant kind, std::mt19937& rng) {
   model m;
   m.kind = kind;
   const float in = 1.0f / std::sqrt(static_cast<float>(c.d_model));
-  const index hd = c.heads * c.d_head;
+  const index_t hd = c.heads * c.d_head;
   m.E_key.init(c.keys, c.d_model, 1.0f, rng);
   m.E_val.init(c.values, c.d_model, 1.0f, rng);
   m.e_query.init(1, c.d_model, 1.0f, rng);
@@ -178,16 +178,16 @@ void with_policy(const model& m, F&& f) {
 /// Forward pass; returns the mean cross-entropy. weights: also fill a.weights
 /// [B, H, 1, L + 1] (materialised path).
 float forward(const config& c, const model& m, const batch_data& d, activations& a, bool weights) {
-  const index B = static_cast<index>(d.query.size()), L = d.L, n = L + 1;
+  const index_t B = static_cast<index_t>(d.query.size()), L = d.L, n = L + 1;
   a.X.resize(B * n, c.d_model);
-  for (index b = 0; b < B; ++b) {
-    for (index t = 0; t < L; ++t)
+  for (index_t b = 0; b < B; ++b) {
+    for (index_t t = 0; t < L; ++t)
       a.X.row(b * n + t) = m.E_key.w.row(d.key[static_cast<size_t>(b * L + t)]) +
                            m.E_val.w.row(d.value[static_cast<size_t>(b * L + t)]);
     a.X.row(b * n + L) = m.E_key.w.row(d.query[static_cast<size_t>(b)]) + m.e_query.w.row(0);
   }
   a.Xq.resize(B, c.d_model);
-  for (index b = 0; b < B; ++b) a.Xq.row(b) = a.X.row(b * n + L);
+  for (index_t b = 0; b < B; ++b) a.Xq.row(b) = a.X.row(b * n + L);
   a.K.noalias() = a.X * m.W_k.w;
   a.V.noalias() = a.X * m.W_v.w;
   a.Q.noalias() = a.Xq * m.W_q.w;
@@ -214,7 +214,7 @@ float forward(const config& c, const model& m, const batch_data& d, activations&
   a.Y2 = a.Y + ((a.Hid * m.W_2.w).rowwise() + Vec(m.b_2.w.row(0)));
   a.P = (a.Y2 * m.W_out.w).rowwise() + Vec(m.b_out.w.row(0));
   double loss = 0.0;
-  for (index b = 0; b < B; ++b) {
+  for (index_t b = 0; b < B; ++b) {
     const float mx = a.P.row(b).maxCoeff();
     a.P.row(b) = (a.P.row(b).array() - mx).exp().matrix();
     const float sum = a.P.row(b).sum();
@@ -227,9 +227,9 @@ float forward(const config& c, const model& m, const batch_data& d, activations&
 /// Backward pass into every param's g and the policy gradient (ds, db).
 void backward(const config& c, model& m, const batch_data& d, activations& a,
               ssmax::policy_gradient& pg) {
-  const index B = static_cast<index>(d.query.size()), L = d.L, n = L + 1;
+  const index_t B = static_cast<index_t>(d.query.size()), L = d.L, n = L + 1;
   Mat dlogits = a.P;
-  for (index b = 0; b < B; ++b) dlogits(b, d.target[static_cast<size_t>(b)]) -= 1.0f;
+  for (index_t b = 0; b < B; ++b) dlogits(b, d.target[static_cast<size_t>(b)]) -= 1.0f;
   dlogits /= static_cast<float>(B);
   m.W_out.g.noalias() = a.Y2.transpose() * dlogits;
   m.b_out.g = dlogits.colwise().sum();
@@ -267,8 +267,8 @@ void backward(const config& c, model& m, const batch_data& d, activations& a,
   m.E_key.g.setZero();
   m.E_val.g.setZero();
   m.e_query.g.setZero();
-  for (index b = 0; b < B; ++b) {
-    for (index t = 0; t < L; ++t) {
+  for (index_t b = 0; b < B; ++b) {
+    for (index_t t = 0; t < L; ++t) {
       m.E_key.g.row(d.key[static_cast<size_t>(b * L + t)]) += dX.row(b * n + t);
       m.E_val.g.row(d.value[static_cast<size_t>(b * L + t)]) += dX.row(b * n + t);
     }
@@ -303,14 +303,14 @@ void adam_step(const config& c, model& m, const ssmax::policy_gradient& pg, int 
 }
 
 struct result {
-  index length;
+  index_t length;
   double accuracy, needle_weight;
 };
 
 std::vector<result> evaluate(const config& c, const model& m, unsigned seed) {
   std::vector<result> out;
   for (int factor : {1, 2, 4, 8, 16, 32}) {
-    const index L = c.train_length * factor;
+    const index_t L = c.train_length * factor;
     std::mt19937 rng(seed + static_cast<unsigned>(factor));  // same test data for every model
     int correct = 0, total = 0;
     double weight = 0.0;
@@ -318,13 +318,13 @@ std::vector<result> evaluate(const config& c, const model& m, unsigned seed) {
     for (int done = 0; done < c.eval_sequences; done += static_cast<int>(c.batch)) {
       const batch_data d = make_batch(c, L, c.batch, rng);
       forward(c, m, d, a, true);
-      for (index b = 0; b < c.batch; ++b) {
-        index best = 0;
+      for (index_t b = 0; b < c.batch; ++b) {
+        index_t best = 0;
         a.P.row(b).maxCoeff(&best);
         correct += best == d.target[static_cast<size_t>(b)];
         ++total;
         float w = 0.0f;
-        for (index h = 0; h < c.heads; ++h)
+        for (index_t h = 0; h < c.heads; ++h)
           w = std::max(w, a.weights[static_cast<size_t>((b * c.heads + h) * (L + 1) +
                                                         d.needle[static_cast<size_t>(b)])]);
         weight += w;
@@ -395,7 +395,7 @@ int main(int argc, char** argv) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("%-11s trained in %.1f s, final loss %.4f", name_of(v), seconds, recent);
     if (v != variant::softmax)
-      for (ssmax::index h = 0; h < c.heads; ++h)
+      for (ssmax::index_t h = 0; h < c.heads; ++h)
         std::printf(", head %ld: s = %.3f b = %.3f (m at train length %.2f)", static_cast<long>(h),
                     m.s[h], m.b[h],
                     m.s[h] * std::log(static_cast<double>(c.train_length + 1)) + m.b[h]);

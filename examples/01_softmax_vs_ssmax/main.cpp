@@ -22,13 +22,13 @@ int main() {
   bool ok = true;
   std::printf("x = (-2, ..., -2, +3), SSMax scale s = %.2f\n\n", s);
   std::printf("%9s %8s %14s %14s\n", "n", "m=s*ln n", "softmax top", "SSMax top");
-  for (ssmax::index n : {10, 100, 1000, 10000, 100000, 1000000}) {
+  for (ssmax::index_t n : {10, 100, 1000, 10000, 100000, 1000000}) {
     std::vector<float> x(static_cast<std::size_t>(n), -2.0f), y(x.size());
     x.back() = 3.0f;
 
     ssmax::softmax(x.data(), y.data(), n);
     const double softmax_top = y.back();
-    ssmax::ssmax(x.data(), y.data(), n, s);  // softmax((s log n) x)
+    ssmax::scalable_softmax(x.data(), y.data(), n, s);  // softmax((s log n) x)
     const double ssmax_top = y.back();
 
     const double m = s * std::log(static_cast<double>(n));

@@ -22,7 +22,7 @@ namespace {
 
 /// The block's attention, as model code would write it with ssmax.
 Matrix attention_block(const Matrix& X, const Matrix& Wq, const Matrix& Wk, const Matrix& Wv,
-                       const Matrix& Wo, ssmax::index heads,
+                       const Matrix& Wo, ssmax::index_t heads,
                        const ssmax::attention_options<ssmax::ssmax_policy>& options, Matrix& Q,
                        Matrix& K, Matrix& V, Matrix& O) {
   Q.noalias() = X * Wq;
@@ -38,10 +38,10 @@ Matrix attention_block(const Matrix& X, const Matrix& Wq, const Matrix& Wk, cons
 }  // namespace
 
 int main() {
-  const ssmax::index tokens = 256, width = 256, heads = 8, d = width / heads;
+  const ssmax::index_t tokens = 256, width = 256, heads = 8, d = width / heads;
   std::mt19937 rng(2);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto random = [&](ssmax::index rows, ssmax::index cols, float scale) {
+  auto random = [&](ssmax::index_t rows, ssmax::index_t cols, float scale) {
     return Matrix(Matrix::NullaryExpr(rows, cols, [&] { return scale * normal(rng); }));
   };
   const Matrix X = random(tokens, width, 1.0f);
@@ -51,7 +51,7 @@ int main() {
 
   // SSMax with one learned s per head (values a trained model might have), causal.
   std::vector<double> s(static_cast<std::size_t>(heads));
-  for (ssmax::index h = 0; h < heads; ++h) s[static_cast<std::size_t>(h)] = 0.3 + 0.05 * h;
+  for (ssmax::index_t h = 0; h < heads; ++h) s[static_cast<std::size_t>(h)] = 0.3 + 0.05 * h;
   ssmax::attention_options<ssmax::ssmax_policy> options;
   options.policy = ssmax::ssmax_policy(s);  // views s: keep the vector alive
   options.mask = ssmax::attention_mask::causal_mask();
@@ -66,16 +66,16 @@ int main() {
   const Eigen::MatrixXd Qd = Q.cast<double>(), Kd = K.cast<double>(), Vd = V.cast<double>();
   Eigen::MatrixXd expected(tokens, width);
   double Z = 0.0;  // the error bound's largest sum_c |m scale q_c k_jc| over rows and keys
-  for (ssmax::index h = 0; h < heads; ++h) {
+  for (ssmax::index_t h = 0; h < heads; ++h) {
     const auto Qh = Qd.middleCols(h * d, d), Kh = Kd.middleCols(h * d, d),
                Vh = Vd.middleCols(h * d, d);
     const Eigen::MatrixXd scores = (Qh * Kh.transpose()) / std::sqrt(double(d));
-    for (ssmax::index i = 0; i < tokens; ++i) {
+    for (ssmax::index_t i = 0; i < tokens; ++i) {
       const double m = s[static_cast<std::size_t>(h)] * std::log(double(i + 1));
       const Eigen::RowVectorXd z = m * scores.row(i).head(i + 1);
       const Eigen::RowVectorXd a = (z.array() - z.maxCoeff()).exp().matrix();
       expected.block(i, h * d, 1, d) = (a / a.sum()) * Vh.topRows(i + 1);
-      for (ssmax::index j = 0; j <= i; ++j)
+      for (ssmax::index_t j = 0; j <= i; ++j)
         Z = std::max(
             Z, m / std::sqrt(double(d)) * (Qh.row(i).array() * Kh.row(j).array()).abs().sum());
     }

@@ -20,15 +20,15 @@
 #include <vector>
 
 int main() {
-  const ssmax::index heads = 8, kv_heads = 2, d = 64;  // GQA: 4 query heads per KV head
-  const ssmax::index prompt = 48, steps = 80, max_len = prompt + steps;
+  const ssmax::index_t heads = 8, kv_heads = 2, d = 64;  // GQA: 4 query heads per KV head
+  const ssmax::index_t prompt = 48, steps = 80, max_len = prompt + steps;
   const double s = 0.43;
 
   // A stand-in for the model: token t's query, key and value rows ([heads or kv_heads, d]
   // each), which a real model computes from the token's hidden state.
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto random = [&](ssmax::index count) {
+  auto random = [&](ssmax::index_t count) {
     std::vector<float> x(static_cast<std::size_t>(count));
     for (float& e : x) e = normal(rng);
     return x;
@@ -36,11 +36,11 @@ int main() {
   const std::vector<float> q_all = random(max_len * heads * d);
   const std::vector<float> k_all = random(max_len * kv_heads * d);
   const std::vector<float> v_all = random(max_len * kv_heads * d);
-  const ssmax::index q_row = heads * d, kv_row = kv_heads * d;  // floats per token
+  const ssmax::index_t q_row = heads * d, kv_row = kv_heads * d;  // floats per token
 
   // The cache: room for max_len tokens, [seq, kv_heads, d]; the first T rows are filled.
   std::vector<float> k_cache(k_all.size()), v_cache(v_all.size());
-  auto append = [&](ssmax::index from, ssmax::index to) {  // tokens [from, to) into the cache
+  auto append = [&](ssmax::index_t from, ssmax::index_t to) {  // tokens [from, to) into the cache
     std::copy(k_all.begin() + from * kv_row, k_all.begin() + to * kv_row,
               k_cache.begin() + from * kv_row);
     std::copy(v_all.begin() + from * kv_row, v_all.begin() + to * kv_row,
@@ -63,9 +63,9 @@ int main() {
 
   // Decode: one token per step; its query sees the T + 1 cached keys.
   std::printf("%6s %8s %8s\n", "step", "n", "m");
-  for (ssmax::index t = prompt; t < max_len; ++t) {
+  for (ssmax::index_t t = prompt; t < max_len; ++t) {
     append(t, t + 1);
-    const ssmax::index cached = t + 1;
+    const ssmax::index_t cached = t + 1;
     ssmax::attention(ssmax::bshd_view(q_all.data() + t * q_row, 1, 1, heads, d),
                      ssmax::bshd_view(k_cache.data(), 1, cached, kv_heads, d),
                      ssmax::bshd_view(v_cache.data(), 1, cached, kv_heads, d),
@@ -88,11 +88,11 @@ int main() {
   // The operator's bound (attention.hpp): eps max|v| (2 (d + 2) Z + n + 64), with Z the
   // largest sum_c |m scale q_c k_jc| over rows p and their keys j <= p.
   double Z = 0.0;
-  for (ssmax::index p = 0; p < max_len; ++p)
-    for (ssmax::index h = 0; h < heads; ++h)
-      for (ssmax::index j = 0; j <= p; ++j) {
+  for (ssmax::index_t p = 0; p < max_len; ++p)
+    for (ssmax::index_t h = 0; h < heads; ++h)
+      for (ssmax::index_t j = 0; j <= p; ++j) {
         double dot = 0.0;
-        for (ssmax::index c = 0; c < d; ++c)
+        for (ssmax::index_t c = 0; c < d; ++c)
           dot += std::abs(q(0, p, h, c) * k(0, j, h / (heads / kv_heads), c));
         Z = std::max(Z, s * std::log(double(p + 1)) * scale * dot);
       }

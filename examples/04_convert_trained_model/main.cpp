@@ -38,7 +38,7 @@ double needle_weight(double n, double gap, double m) {
 }  // namespace
 
 int main() {
-  const ssmax::index n_train = 1024;  // the context length the model was trained at
+  const ssmax::index_t n_train = 1024;  // the context length the model was trained at
   const double s = ssmax::ssmax_scale_matching_softmax(n_train);  // 1 / log(n_train)
   std::printf("trained at n_train = %td: s = 1 / log(n_train) = %.6f\n\n", n_train, s);
 
@@ -49,7 +49,7 @@ int main() {
     std::vector<float> x(static_cast<std::size_t>(n_train)), soft(x.size()), scal(x.size());
     for (float& v : x) v = logit(rng);
     ssmax::softmax(x.data(), soft.data(), n_train);
-    ssmax::ssmax(x.data(), scal.data(), n_train, s);
+    ssmax::scalable_softmax(x.data(), scal.data(), n_train, s);
     double worst = 0.0;
     for (std::size_t i = 0; i < x.size(); ++i)
       worst = std::max(worst, std::abs(double(scal[i]) - soft[i]) / soft[i]);
@@ -64,12 +64,12 @@ int main() {
     const double gap = std::log(static_cast<double>(n_train - 1));
     std::printf("\n2. needle %.3f above a haystack of zeros (weight 1/2 at n_train)\n", gap);
     std::printf("%9s %8s %16s %16s\n", "n", "m", "Softmax needle", "SSMax needle");
-    for (ssmax::index n : {256, 1024, 4096, 16384, 65536, 262144}) {
+    for (ssmax::index_t n : {256, 1024, 4096, 16384, 65536, 262144}) {
       std::vector<float> x(static_cast<std::size_t>(n), 0.0f), y(x.size());
       x[0] = static_cast<float>(gap);
       ssmax::softmax(x.data(), y.data(), n);
       const double soft = y[0];
-      ssmax::ssmax(x.data(), y.data(), n, s);
+      ssmax::scalable_softmax(x.data(), y.data(), n, s);
       const double scal = y[0];
       const double m = s * std::log(static_cast<double>(n));
       std::printf("%9td %8.3f %16.6f %16.6f\n", n, m, soft, scal);
@@ -90,7 +90,7 @@ int main() {
     const ssmax::qwen_logn_policy clamped{n_train};
     std::printf("\n3. causal rows: multiplier of row p (n = p + 1)\n");
     std::printf("%9s %12s %16s\n", "p + 1", "SSMax m", "max(1, SSMax m)");
-    for (ssmax::index n : {16, 256, 1024, 4096, 65536}) {
+    for (ssmax::index_t n : {16, 256, 1024, 4096, 65536}) {
       const ssmax::row_position row{n, n - 1, 0};
       const double m = ssmax_rows.multiplier(row), m_clamped = clamped.multiplier(row);
       std::printf("%9td %12.4f %16.4f\n", n, m, m_clamped);

@@ -24,12 +24,12 @@
 #include <vector>
 
 int main() {
-  const std::vector<ssmax::index> lengths = {5, 12, 7};
-  const ssmax::index batch = 3, longest = 12, heads = 4, d = 16, row = heads * d;
+  const std::vector<ssmax::index_t> lengths = {5, 12, 7};
+  const ssmax::index_t batch = 3, longest = 12, heads = 4, d = 16, row = heads * d;
   const double s = 0.43;
-  std::vector<ssmax::index> cu_seqlens = {0};  // {0, 5, 17, 24}
-  for (ssmax::index len : lengths) cu_seqlens.push_back(cu_seqlens.back() + len);
-  const ssmax::index total = cu_seqlens.back();
+  std::vector<ssmax::index_t> cu_seqlens = {0};  // {0, 5, 17, 24}
+  for (ssmax::index_t len : lengths) cu_seqlens.push_back(cu_seqlens.back() + len);
+  const ssmax::index_t total = cu_seqlens.back();
 
   // Packed q, k, v: [1, total, heads, d], sequence b in rows [cu_seqlens[b], cu_seqlens[b+1]).
   std::mt19937 rng(5);
@@ -57,7 +57,7 @@ int main() {
   // Padded: copy each sequence into a [batch, longest] slot; padding holds junk (finite).
   const std::size_t padded_size = static_cast<std::size_t>(batch * longest * row);
   std::vector<float> qp(padded_size, 1e3f), kp(padded_size, -1e3f), vp(padded_size, 1e3f);
-  for (ssmax::index b = 0; b < batch; ++b) {
+  for (ssmax::index_t b = 0; b < batch; ++b) {
     const auto from = static_cast<std::ptrdiff_t>(cu_seqlens[b] * row);
     const auto count = static_cast<std::ptrdiff_t>(lengths[b] * row);
     const auto to = static_cast<std::ptrdiff_t>(b * longest * row);
@@ -77,8 +77,8 @@ int main() {
   // Alone: each sequence in a call of its own, no mask.
   std::vector<float> out_alone(q.size());
   ssmax::attention_options<ssmax::ssmax_policy> alone = options;
-  for (ssmax::index b = 0; b < batch; ++b) {
-    const ssmax::index at = cu_seqlens[b] * row;
+  for (ssmax::index_t b = 0; b < batch; ++b) {
+    const ssmax::index_t at = cu_seqlens[b] * row;
     ssmax::attention(ssmax::bshd_view(q.data() + at, 1, lengths[b], heads, d),
                      ssmax::bshd_view(k.data() + at, 1, lengths[b], heads, d),
                      ssmax::bshd_view(v.data() + at, 1, lengths[b], heads, d),
@@ -94,12 +94,12 @@ int main() {
   const auto exact = ssmax::reference::attention(
       qv, kv, ssmax::bshd_view(v.data(), 1, total, heads, d), packed.policy, packed.mask, scale);
   double Z = 0.0, v_max = 0.0;
-  for (ssmax::index b = 0; b < batch; ++b)
-    for (ssmax::index i = 0; i < lengths[b]; ++i)
-      for (ssmax::index h = 0; h < heads; ++h)
-        for (ssmax::index j = 0; j < lengths[b]; ++j) {
+  for (ssmax::index_t b = 0; b < batch; ++b)
+    for (ssmax::index_t i = 0; i < lengths[b]; ++i)
+      for (ssmax::index_t h = 0; h < heads; ++h)
+        for (ssmax::index_t j = 0; j < lengths[b]; ++j) {
           double dot = 0.0;
-          for (ssmax::index c = 0; c < d; ++c)
+          for (ssmax::index_t c = 0; c < d; ++c)
             dot += std::abs(qv(0, cu_seqlens[b] + i, h, c) * kv(0, cu_seqlens[b] + j, h, c));
           Z = std::max(Z, s * std::log(double(lengths[b])) * scale * dot);
         }
@@ -110,10 +110,10 @@ int main() {
   std::printf("%9s %7s %12s %12s %12s %12s\n", "sequence", "length", "m = s ln L", "|packed-ref|",
               "|padded-ref|", "|alone-ref|");
   bool ok = true;
-  for (ssmax::index b = 0; b < batch; ++b) {
+  for (ssmax::index_t b = 0; b < batch; ++b) {
     double e_packed = 0.0, e_padded = 0.0, e_alone = 0.0;
-    for (ssmax::index i = 0; i < lengths[b]; ++i)
-      for (ssmax::index c = 0; c < row; ++c) {
+    for (ssmax::index_t i = 0; i < lengths[b]; ++i)
+      for (ssmax::index_t c = 0; c < row; ++c) {
         const auto at = static_cast<std::size_t>((cu_seqlens[b] + i) * row + c);
         const auto at_padded = static_cast<std::size_t>((b * longest + i) * row + c);
         e_packed = std::max(e_packed, std::abs(out_packed[at] - exact.out[at]));

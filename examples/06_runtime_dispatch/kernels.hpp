@@ -25,6 +25,6 @@ using dispatch_archs = xsimd::arch_list<xsimd::avx512bw, xsimd::fma3<xsimd::avx2
 /// checks them first: xsimd's dispatcher is noexcept, so nothing may throw inside it).
 struct ssmax_rows {
   template <class Arch>  // the xsimd architecture tag the definition was compiled for
-  void operator()(Arch, const float* x, float* y, ssmax::index rows, ssmax::index n,
+  void operator()(Arch, const float* x, float* y, ssmax::index_t rows, ssmax::index_t n,
                   double s) const;
 };

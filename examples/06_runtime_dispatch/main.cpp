@@ -34,7 +34,7 @@ double worst_relative(const std::vector<float>& a, const std::vector<float>& b) 
 }  // namespace
 
 int main() {
-  const ssmax::index rows = 64, n = 4096;
+  const ssmax::index_t rows = 64, n = 4096;
   const double s = 0.43;
   std::mt19937 rng(6);
   std::normal_distribution<float> logit(0.0f, 2.0f);
@@ -44,8 +44,8 @@ int main() {
   // The portable scalar path, compiled here for baseline x86-64, is the reference. It also
   // validates every row's arguments (throwing ssmax::argument_error) before the dispatcher
   // runs: the dispatched kernels then cannot throw.
-  for (ssmax::index r = 0; r < rows; ++r)
-    ssmax::ssmax<ssmax::scalar_arch>(x.data() + r * n, expected.data() + r * n, n, s);
+  for (ssmax::index_t r = 0; r < rows; ++r)
+    ssmax::scalable_softmax<ssmax::scalar_arch>(x.data() + r * n, expected.data() + r * n, n, s);
 
   // xsimd::dispatch walks dispatch_archs (widest first) and calls the functor with the
   // first architecture the CPU supports.

@@ -27,13 +27,13 @@ namespace ssmax {
 template <class T>  // float or double
 struct largest {
   T weight = T(0);  ///< max_i w_i
-  index key = 0;    ///< smallest i with w_i == weight
+  index_t key = 0;  ///< smallest i with w_i == weight
 };
 
 namespace detail {
 
 template <class T>
-inline void check_weights(const char* function, const T* w, index n) {
+inline void check_weights(const char* function, const T* w, index_t n) {
   require(w != nullptr, function, "w", "must not be null");
   require(n >= 1, function, "n", "must be >= 1");
 }
@@ -44,10 +44,10 @@ inline void check_weights(const char* function, const T* w, index n) {
 /// unless every entry is NaN (then the weight is NaN and the key 0).
 /// Pre (checked): w not null; n >= 1. Exact (no arithmetic).
 template <class T>  // float or double
-largest<T> largest_weight(const T* w, index n) {
+largest<T> largest_weight(const T* w, index_t n) {
   detail::check_weights("largest_weight", w, n);
   largest<T> best{std::numeric_limits<T>::quiet_NaN(), 0};
-  for (index i = 0; i < n; ++i)
+  for (index_t i = 0; i < n; ++i)
     if (!std::isnan(w[i]) && (std::isnan(best.weight) || w[i] > best.weight)) best = {w[i], i};
   return best;
 }
@@ -55,7 +55,7 @@ largest<T> largest_weight(const T* w, index n) {
 /// The weight w[key] of one key of the row w[0, n) (for example the needle).
 /// Pre (checked): w not null; n >= 1; 0 <= key < n. Exact.
 template <class T>  // float or double
-T weight_on(const T* w, index n, index key) {
+T weight_on(const T* w, index_t n, index_t key) {
   detail::check_weights("weight_on", w, n);
   detail::require(key >= 0 && key < n, "weight_on", "key", "must be in [0, n)");
   return w[key];
@@ -67,12 +67,12 @@ T weight_on(const T* w, index n, index key) {
 /// relative to H whatever n is, far below the rounding already in float weights.
 /// Pre (checked): w not null; n >= 1; no entry negative or +inf. A NaN entry gives NaN.
 template <class T>  // float or double
-double entropy(const T* w, index n) {
+double entropy(const T* w, index_t n) {
   constexpr const char* fn = "entropy";
   detail::check_weights(fn, w, n);
   detail::compensated_sum h;
   bool has_nan = false;
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(w[i]);
     if (std::isnan(v)) {
       has_nan = true;
@@ -88,7 +88,7 @@ double entropy(const T* w, index n) {
 /// exp(entropy(w, n)): the number of keys a row with this entropy would spread over
 /// evenly (1 when all attention is on one key, n when uniform). Same preconditions.
 template <class T>  // float or double
-double effective_keys(const T* w, index n) {
+double effective_keys(const T* w, index_t n) {
   return std::exp(entropy(w, n));
 }
 

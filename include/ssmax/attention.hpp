@@ -81,7 +81,7 @@ using identity_t = typename identity<U>::type;
 
 /// Offset of the last element of a view (strides validated non-negative).
 template <class T>
-inline index last_offset(const tensor_view<T>& t) {
+inline index_t last_offset(const tensor_view<T>& t) {
   return (t.batch - 1) * t.stride_b + (t.seq - 1) * t.stride_s + (t.heads - 1) * t.stride_h +
          t.dim - 1;
 }
@@ -90,11 +90,11 @@ inline index last_offset(const tensor_view<T>& t) {
 template <class T>
 inline bool distinct_elements(const tensor_view<T>& t) {
   struct axis {
-    index size, stride;
+    index_t size, stride;
   };
   axis axes[3] = {{t.batch, t.stride_b}, {t.seq, t.stride_s}, {t.heads, t.stride_h}};
   std::sort(axes, axes + 3, [](const axis& x, const axis& y) { return x.stride < y.stride; });
-  index extent = t.dim;  // the contiguous head row
+  index_t extent = t.dim;  // the contiguous head row
   for (const axis& x : axes) {
     if (x.size <= 1) continue;
     if (x.stride < extent) return false;
@@ -116,13 +116,13 @@ inline void check_view(const tensor_view<T>& t, const char* fn, const char* name
 }
 
 template <class A, class B>
-inline bool views_overlap(const A* a, index a_count, const B* b, index b_count) {
+inline bool views_overlap(const A* a, index_t a_count, const B* b, index_t b_count) {
   return overlaps(a, a_count, b, b_count);
 }
 
 /// Throws argument_error naming `argument` when [p, p + count) overlaps q, k or v.
 template <class T, class U>
-inline void require_disjoint_from_inputs(const U* p, index count, const char* fn,
+inline void require_disjoint_from_inputs(const U* p, index_t count, const char* fn,
                                          const char* argument, const tensor_view<const T>& q,
                                          const tensor_view<const T>& k,
                                          const tensor_view<const T>& v) {
@@ -167,14 +167,14 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
                fn, "out", [&] { return "has shape " + shape(out) + ", expected q's " + shape(q); });
   require(distinct_elements(out), fn, "out", "has strides that make elements share memory");
 
-  const index out_count = last_offset(out) + 1;
+  const index_t out_count = last_offset(out) + 1;
   require_disjoint_from_inputs(out.data, out_count, fn, "out", q, k, v);
 
   const attention_mask& m = o.mask;
   require(m.window >= 0, fn, "options.mask.window", "must be >= 0");
   require(m.window == 0 || m.causal, fn, "options.mask.window", "needs options.mask.causal");
   require(m.query_offset >= -1, fn, "options.mask.query_offset", "must be >= 0, or -1 (auto)");
-  require_lazy(m.query_offset <= std::numeric_limits<index>::max() - q.seq, fn,
+  require_lazy(m.query_offset <= std::numeric_limits<index_t>::max() - q.seq, fn,
                "options.mask.query_offset", [&] {
                  return "is " + std::to_string(m.query_offset) +
                         ": the last query's position + 1 would overflow the index type";
@@ -182,18 +182,18 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
   require(m.n_override >= 0, fn, "options.mask.n_override", "must be >= 0 (0: visible count)");
   require((m.cu_seqlens_q == nullptr) == (m.cu_seqlens_k == nullptr), fn,
           "options.mask.cu_seqlens_k", "must be given together with cu_seqlens_q");
-  const index sequences = sequence_count(m, q.batch);
+  const index_t sequences = sequence_count(m, q.batch);
   if (m.packed()) {
     require(q.batch == 1, fn, "q", "must have batch 1 with packed sequences");
     require(m.sequences >= 1, fn, "options.mask.sequences", "must be >= 1");
     for (const auto& offsets : {std::tuple{m.cu_seqlens_q, "options.mask.cu_seqlens_q", q.seq},
                                 std::tuple{m.cu_seqlens_k, "options.mask.cu_seqlens_k", k.seq}}) {
       // Plain locals, not a structured binding: lambdas may capture them in C++17.
-      const index* cu = std::get<0>(offsets);
+      const index_t* cu = std::get<0>(offsets);
       const char* name = std::get<1>(offsets);
-      const index total = std::get<2>(offsets);
+      const index_t total = std::get<2>(offsets);
       require(cu[0] == 0, fn, name, "must start at 0");
-      for (index s = 0; s < m.sequences; ++s)
+      for (index_t s = 0; s < m.sequences; ++s)
         require_lazy(cu[s + 1] >= cu[s], fn, name, [&] {
           return "must not decrease, but entry " + std::to_string(s + 1) + " is " +
                  std::to_string(cu[s + 1]) + " < " + std::to_string(cu[s]);
@@ -205,8 +205,8 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
     }
   }
   if (m.key_lengths != nullptr)
-    for (index s = 0; s < sequences; ++s) {
-      const index len = m.packed() ? m.cu_seqlens_k[s + 1] - m.cu_seqlens_k[s] : k.seq;
+    for (index_t s = 0; s < sequences; ++s) {
+      const index_t len = m.packed() ? m.cu_seqlens_k[s + 1] - m.cu_seqlens_k[s] : k.seq;
       require_lazy(
           m.key_lengths[s] >= 0 && m.key_lengths[s] <= len, fn, "options.mask.key_lengths", [&] {
             return "entry " + std::to_string(s) + " is " + std::to_string(m.key_lengths[s]) +
@@ -222,11 +222,11 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));
   require(std::isfinite(scale) && scale >= 0.0, fn, "options.scale", "must be finite and >= 0");
 
-  const index rows = q.batch * q.heads * q.seq;
+  const index_t rows = q.batch * q.heads * q.seq;
   if (x.weights != nullptr) {
     require(o.path != attention_path::fused, fn, "extras.weights",
             "needs the materialised path (the fused path never forms them)");
-    const index count = rows * k.seq;
+    const index_t count = rows * k.seq;
     require(!overlaps(x.weights, count, out.data, out_count), fn, "extras.weights",
             "overlaps 'out'");
     require_disjoint_from_inputs(x.weights, count, fn, "extras.weights", q, k, v);

@@ -73,13 +73,13 @@ inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
   const tensor_view<const T>* like[3] = {&q, &k, &v};
   const tensor_view<const T>* inputs[6] = {&q, &k, &v, &out, &dout, nullptr};
   const char* input_names[5] = {"q", "k", "v", "out", "dout"};
-  const index rows = q.batch * q.heads * q.seq;
+  const index_t rows = q.batch * q.heads * q.seq;
   for (int a = 0; a < 3; ++a) {
     check_view(*outs[a], fn, names[a]);
     require(same(*outs[a], *like[a]), fn, names[a], "must have the shape of its input");
     require(distinct_elements(*outs[a]), fn, names[a],
             "has strides that make elements share memory");
-    const index count = last_offset(*outs[a]) + 1;
+    const index_t count = last_offset(*outs[a]) + 1;
     for (int in = 0; in < 5; ++in)
       require_lazy(!overlaps(outs[a]->data, count, inputs[in]->data, last_offset(*inputs[in]) + 1),
                    fn, names[a],

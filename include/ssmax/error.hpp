@@ -10,7 +10,7 @@ namespace ssmax {
 
 /// Signed element count and position type. Signed so that a negative length passed by
 /// mistake is detected and reported instead of wrapping to a huge size.
-using index = std::ptrdiff_t;
+using index_t = std::ptrdiff_t;
 
 /// Thrown for any precondition violation of the public API. what() reads
 /// "ssmax::FUNCTION: argument 'NAME' PROBLEM", and argument() returns NAME.
@@ -51,11 +51,11 @@ inline void require_lazy(bool ok, const char* function, const char* argument,
 
 /// True when [a, a + a_count) and [b, b + b_count) share a byte.
 template <class A, class B>
-inline bool overlaps(const A* a, index a_count, const B* b, index b_count) {
+inline bool overlaps(const A* a, index_t a_count, const B* b, index_t b_count) {
   const auto* a0 = reinterpret_cast<const char*>(a);
   const auto* b0 = reinterpret_cast<const char*>(b);
-  const auto* a1 = a0 + a_count * static_cast<index>(sizeof(A));
-  const auto* b1 = b0 + b_count * static_cast<index>(sizeof(B));
+  const auto* a1 = a0 + a_count * static_cast<index_t>(sizeof(A));
+  const auto* b1 = b0 + b_count * static_cast<index_t>(sizeof(B));
   return a_count > 0 && b_count > 0 && a0 < b1 && b0 < a1;
 }
 

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,54 +30,79 @@ namespace ssmax {
 
 /// Where a query row stands: what its length policy may depend on.
 struct row_position {
-  index visible = 1;   ///< n: keys this row can see after masking (>= 1 when asked)
-  index position = 0;  ///< p: absolute 0-based position of the query in its sequence
-  index head = 0;      ///< h: query head, selects per-head parameters
+  index_t visible = 1;   ///< n: keys this row can see after masking (>= 1 when asked)
+  index_t position = 0;  ///< p: absolute 0-based position of the query in its sequence
+  index_t head = 0;      ///< h: query head, selects per-head parameters
 };
 
 /// Plain softmax: m = 1 for every row.
 struct softmax_policy {
   double multiplier(const row_position&) const { return 1.0; }
-  index heads() const { return 0; }
+  index_t heads() const { return 0; }
   void validate(const char* /*function*/) const {}
   static constexpr const char* name() { return "softmax"; }
 };
 
-/// A policy parameter: one value shared by every head, or a view of one value per head.
-/// The view does not own its array: the caller keeps it alive while the policy is used
-/// (which lets a training loop update s in place between steps). Small and trivially
-/// copyable, so policies pass by value into kernels without allocating.
+/// A policy parameter: one value shared by every head, or one value per head.
+///
+/// Per-head values are owned by default: the constructors copy them into a small shared
+/// array, so a policy built from a vector that is destroyed before the call (the
+/// "helper returns options" pattern) stays valid. A training loop that updates s in place
+/// between steps takes a view instead, per_head::view(values, count), and keeps the array
+/// alive while the policy is used. Copies share the owned array (no allocation per copy).
 class per_head {
  public:
   /// The same value for every head.
   per_head(double all) : all_(all) {}  // NOLINT(google-explicit-constructor): 0.43 reads well
-  /// One value per head: values[0, count).
-  per_head(const double* values, index count) : values_(values), count_(count), shared_(false) {}
-  /// One value per head, viewing v (which must outlive the policy).
+  /// One value per head, copied from values[0, count). Pre (checked by validate): count >= 1.
+  per_head(const double* values, index_t count) { own(values, count); }
+  /// One value per head, copied from v.
   per_head(const std::vector<double>& v)  // NOLINT(google-explicit-constructor)
-      : per_head(v.data(), static_cast<index>(v.size())) {}
-  per_head(std::vector<double>&&) = delete;  // would dangle: name the vector instead
+      : per_head(v.data(), static_cast<index_t>(v.size())) {}
+
+  /// One value per head, borrowed from values[0, count) (not copied): the caller keeps the
+  /// array alive while the policy is used, and may change it between calls (training).
+  static per_head view(const double* values, index_t count) {
+    per_head p(0.0);
+    p.values_ = values;
+    p.count_ = count;
+    p.shared_ = false;
+    return p;
+  }
 
   /// The value for head h (h < count() unless shared).
-  double operator[](index h) const { return shared_ ? all_ : values_[h]; }
+  double operator[](index_t h) const { return shared_ ? all_ : values_[h]; }
   /// Number of per-head values; 0 when one value is shared by all heads.
-  index count() const { return shared_ ? 0 : count_; }
+  index_t count() const { return shared_ ? 0 : count_; }
   bool shared() const { return shared_; }
+  /// True when the per-head values are borrowed (per_head::view), not owned.
+  bool borrowed() const { return !shared_ && owned_ == nullptr; }
 
   /// Throws argument_error naming `what` unless every value is finite and >= 0.
   void validate(const char* function, const char* what) const {
     detail::require(shared() || (values_ != nullptr && count_ >= 1), function, what,
                     "must hold one value or a non-empty array of per-head values");
-    for (index h = 0; h < (shared() ? 1 : count_); ++h)
+    for (index_t h = 0; h < (shared() ? 1 : count_); ++h)
       detail::require(std::isfinite((*this)[h]) && (*this)[h] >= 0.0, function, what,
                       "must be finite and >= 0 (so that the multiplier is never negative)");
   }
 
  private:
+  void own(const double* values, index_t count) {
+    shared_ = false;
+    count_ = count;
+    if (values == nullptr || count < 1) return;  // validate() reports it
+    std::shared_ptr<double[]> copy(new double[static_cast<std::size_t>(count)]);
+    std::copy(values, values + count, copy.get());
+    owned_ = std::move(copy);
+    values_ = owned_.get();
+  }
+
   double all_ = 0.0;
   const double* values_ = nullptr;
-  index count_ = 0;
+  index_t count_ = 0;
   bool shared_ = true;
+  std::shared_ptr<const double[]> owned_;
 };
 
 /// Scalable-Softmax: m = s_h log(n) + b_h, with n the row's visible keys, or the
@@ -87,23 +113,25 @@ class per_head {
 /// require (a negative multiplier would reward the least similar key and make -inf
 /// masking ambiguous). fixed_length is 0 (use n) or >= 1.
 struct ssmax_policy {
-  per_head s = 0.43;       ///< scale; the paper's Figure 1 uses 0.43
-  per_head b = 0.0;        ///< bias; 0 is the paper's default variant
-  index fixed_length = 0;  ///< when >= 1, use this n for every row instead of the visible count
+  per_head s = 0.43;         ///< scale; the paper's Figure 1 uses 0.43
+  per_head b = 0.0;          ///< bias; 0 is the paper's default variant
+  index_t fixed_length = 0;  ///< when >= 1, use this n for every row instead of the visible count
 
   ssmax_policy() = default;
-  ssmax_policy(per_head scale, per_head bias = 0.0, index fixed = 0)  // NOLINT
+  ssmax_policy(per_head scale, per_head bias = 0.0, index_t fixed = 0)  // NOLINT
       : s(scale), b(bias), fixed_length(fixed) {}
 
   /// The n that the multiplier uses for a row that sees `visible` keys.
-  index effective_length(index visible) const { return fixed_length > 0 ? fixed_length : visible; }
+  index_t effective_length(index_t visible) const {
+    return fixed_length > 0 ? fixed_length : visible;
+  }
 
   double multiplier(const row_position& row) const {
     const auto n = static_cast<double>(effective_length(row.visible));
     return s[row.head] * std::log(n) + b[row.head];
   }
 
-  index heads() const { return std::max(s.count(), b.count()); }
+  index_t heads() const { return std::max(s.count(), b.count()); }
 
   void validate(const char* function) const {
     s.validate(function, "policy.s");
@@ -118,7 +146,7 @@ struct ssmax_policy {
 
 /// The s that makes SSMax equal Softmax at length n_train (m = s log n_train = 1), the
 /// natural choice when replacing Softmax in a trained model. Requires n_train >= 2.
-inline double ssmax_scale_matching_softmax(index n_train) {
+inline double ssmax_scale_matching_softmax(index_t n_train) {
   detail::require(n_train >= 2, "ssmax_scale_matching_softmax", "n_train",
                   "must be >= 2 (log 1 = 0 has no inverse)");
   return 1.0 / std::log(static_cast<double>(n_train));
@@ -127,14 +155,14 @@ inline double ssmax_scale_matching_softmax(index n_train) {
 /// Qwen's log-n attention scaling (inference only): m = max(1, log(p + 1) / log(L_train)).
 /// train_length >= 2.
 struct qwen_logn_policy {
-  index train_length = 8192;  ///< L_train: the context length the model was trained at
+  index_t train_length = 8192;  ///< L_train: the context length the model was trained at
 
   double multiplier(const row_position& row) const {
     const double m = std::log(static_cast<double>(row.position) + 1.0) /
                      std::log(static_cast<double>(train_length));
     return m > 1.0 ? m : 1.0;
   }
-  index heads() const { return 0; }
+  index_t heads() const { return 0; }
   void validate(const char* function) const {
     detail::require(train_length >= 2, function, "policy.train_length", "must be >= 2");
   }
@@ -145,15 +173,15 @@ struct qwen_logn_policy {
 /// m = attn_scale * log(1 + floor((p + 1) / floor_scale)) + 1.
 /// floor_scale >= 1, attn_scale finite and >= 0.
 struct llama4_temperature_policy {
-  index floor_scale = 8192;  ///< positions per temperature step
-  double attn_scale = 0.1;   ///< growth of m per log step
+  index_t floor_scale = 8192;  ///< positions per temperature step
+  double attn_scale = 0.1;     ///< growth of m per log step
 
   double multiplier(const row_position& row) const {
     const double steps =
         std::floor((static_cast<double>(row.position) + 1.0) / static_cast<double>(floor_scale));
     return attn_scale * std::log1p(steps) + 1.0;
   }
-  index heads() const { return 0; }
+  index_t heads() const { return 0; }
   void validate(const char* function) const {
     detail::require(floor_scale >= 1, function, "policy.floor_scale", "must be >= 1");
     detail::require(std::isfinite(attn_scale) && attn_scale >= 0.0, function, "policy.attn_scale",
@@ -165,15 +193,15 @@ struct llama4_temperature_policy {
 /// Mistral (Ministral 3) length scaling: m = 1 + beta * log(1 + floor(p / L_orig)).
 /// original_length >= 1, beta finite and >= 0.
 struct mistral_policy {
-  index original_length = 16384;  ///< L_orig: the pre-extension context length
-  double beta = 0.1;              ///< growth of m per log step
+  index_t original_length = 16384;  ///< L_orig: the pre-extension context length
+  double beta = 0.1;                ///< growth of m per log step
 
   double multiplier(const row_position& row) const {
     const double steps =
         std::floor(static_cast<double>(row.position) / static_cast<double>(original_length));
     return 1.0 + beta * std::log1p(steps);
   }
-  index heads() const { return 0; }
+  index_t heads() const { return 0; }
   void validate(const char* function) const {
     detail::require(original_length >= 1, function, "policy.original_length", "must be >= 1");
     detail::require(std::isfinite(beta) && beta >= 0.0, function, "policy.beta",
@@ -187,9 +215,9 @@ namespace detail {
 /// Validates a policy for use with `heads` query heads: its own parameters, and that its
 /// per-head parameters (if any) number exactly `heads`.
 template <class Policy>  // a length policy (see the top of this header)
-inline void check_policy(const Policy& policy, index heads, const char* function) {
+inline void check_policy(const Policy& policy, index_t heads, const char* function) {
   policy.validate(function);
-  const index described = policy.heads();
+  const index_t described = policy.heads();
   require_lazy(described == 0 || described == heads, function, "policy", [&] {
     return "has parameters for " + std::to_string(described) + " heads, expected " +
            std::to_string(heads);

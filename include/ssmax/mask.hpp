@@ -34,42 +34,42 @@ namespace ssmax {
 /// Description of what each query row may attend to. Pointers are borrowed: they must
 /// stay valid during the call that uses the mask.
 struct attention_mask {
-  bool causal = false;                  ///< key position <= query position
-  index window = 0;                     ///< sliding window width (needs causal); 0 = none
-  index query_offset = -1;              ///< position of query 0; -1 = max(0, n_k - n_q)
-  const index* key_lengths = nullptr;   ///< [B] true key count per sequence; null = none
-  const index* cu_seqlens_q = nullptr;  ///< [B + 1] packed query offsets; null = not packed
-  const index* cu_seqlens_k = nullptr;  ///< [B + 1] packed key offsets (with cu_seqlens_q)
-  index sequences = 0;                  ///< B for packed sequences (entries of cu_* minus 1)
-  const bool* allowed = nullptr;        ///< boolean mask, true = visible; null = none
-  index allowed_stride_b = 0;           ///< allowed: elements between batch entries (0 = broadcast)
-  index allowed_stride_h = 0;           ///< allowed: elements between heads (0 = broadcast)
-  index allowed_stride_q = 0;           ///< allowed: elements between query rows
-  index n_override = 0;                 ///< when >= 1, the policy's n for every row
+  bool causal = false;                    ///< key position <= query position
+  index_t window = 0;                     ///< sliding window width (needs causal); 0 = none
+  index_t query_offset = -1;              ///< position of query 0; -1 = max(0, n_k - n_q)
+  const index_t* key_lengths = nullptr;   ///< [B] true key count per sequence; null = none
+  const index_t* cu_seqlens_q = nullptr;  ///< [B + 1] packed query offsets; null = not packed
+  const index_t* cu_seqlens_k = nullptr;  ///< [B + 1] packed key offsets (with cu_seqlens_q)
+  index_t sequences = 0;                  ///< B for packed sequences (entries of cu_* minus 1)
+  const bool* allowed = nullptr;          ///< boolean mask, true = visible; null = none
+  index_t allowed_stride_b = 0;  ///< allowed: elements between batch entries (0 = broadcast)
+  index_t allowed_stride_h = 0;  ///< allowed: elements between heads (0 = broadcast)
+  index_t allowed_stride_q = 0;  ///< allowed: elements between query rows
+  index_t n_override = 0;        ///< when >= 1, the policy's n for every row
 
   /// No constraint: every row sees every key (n = n_k).
   static attention_mask none() { return {}; }
   /// Causal; queries at positions offset..offset+n_q-1 (-1: at the end of the keys).
-  static attention_mask causal_mask(index offset = -1) {
+  static attention_mask causal_mask(index_t offset = -1) {
     attention_mask m;
     m.causal = true;
     m.query_offset = offset;
     return m;
   }
   /// Causal sliding window of w keys (the query's own key included).
-  static attention_mask sliding_window(index w, index offset = -1) {
+  static attention_mask sliding_window(index_t w, index_t offset = -1) {
     attention_mask m = causal_mask(offset);
     m.window = w;
     return m;
   }
   /// Key padding: sequence b has lengths[b] real keys, the rest are padding.
-  static attention_mask key_padding(const index* lengths) {
+  static attention_mask key_padding(const index_t* lengths) {
     attention_mask m;
     m.key_lengths = lengths;
     return m;
   }
   /// Packed variable-length sequences (FlashAttention varlen), causal or not.
-  static attention_mask varlen(const index* cu_q, const index* cu_k, index count,
+  static attention_mask varlen(const index_t* cu_q, const index_t* cu_k, index_t count,
                                bool is_causal = false) {
     attention_mask m;
     m.cu_seqlens_q = cu_q;
@@ -79,8 +79,8 @@ struct attention_mask {
     return m;
   }
   /// Arbitrary boolean mask [B, H, n_q, n_k] with the given strides (0 broadcasts).
-  static attention_mask boolean(const bool* mask, index stride_q, index stride_b = 0,
-                                index stride_h = 0) {
+  static attention_mask boolean(const bool* mask, index_t stride_q, index_t stride_b = 0,
+                                index_t stride_h = 0) {
     attention_mask m;
     m.allowed = mask;
     m.allowed_stride_q = stride_q;
@@ -89,7 +89,7 @@ struct attention_mask {
     return m;
   }
   /// This mask with the policy's n fixed to `n` for every row.
-  attention_mask with_n(index n) const {
+  attention_mask with_n(index_t n) const {
     attention_mask m = *this;
     m.n_override = n;
     return m;
@@ -99,35 +99,35 @@ struct attention_mask {
 
 /// One sequence of a problem: where its queries and keys are in the tensors.
 struct sequence_span {
-  index tensor_batch = 0;  ///< batch index into the q/k/v/out views
-  index q_begin = 0;       ///< first query row (tensor seq index)
-  index q_end = 0;         ///< one past the last query row
-  index k_begin = 0;       ///< first key row (tensor seq index)
-  index k_end = 0;         ///< one past the last key row
-  index offset = 0;        ///< absolute position of query q_begin
-  index sequence = 0;      ///< sequence number (index into key_lengths)
+  index_t tensor_batch = 0;  ///< batch index into the q/k/v/out views
+  index_t q_begin = 0;       ///< first query row (tensor seq index)
+  index_t q_end = 0;         ///< one past the last query row
+  index_t k_begin = 0;       ///< first key row (tensor seq index)
+  index_t k_end = 0;         ///< one past the last key row
+  index_t offset = 0;        ///< absolute position of query q_begin
+  index_t sequence = 0;      ///< sequence number (index into key_lengths)
 };
 
 /// What one query row sees: keys [begin, end) (tensor seq indices) minus those the
 /// boolean mask hides, `visible` of them in all; `n` is the length the policy uses.
 struct row_keys {
-  index begin = 0;     ///< first key that may be visible
-  index end = 0;       ///< one past the last key that may be visible
-  index visible = 0;   ///< keys actually visible (0: the row outputs zeros)
-  index n = 0;         ///< the policy's n: n_override, else visible
-  index position = 0;  ///< absolute position of the query (the policy's p)
+  index_t begin = 0;     ///< first key that may be visible
+  index_t end = 0;       ///< one past the last key that may be visible
+  index_t visible = 0;   ///< keys actually visible (0: the row outputs zeros)
+  index_t n = 0;         ///< the policy's n: n_override, else visible
+  index_t position = 0;  ///< absolute position of the query (the policy's p)
   const bool* allowed =
       nullptr;  ///< boolean row indexed by tensor key j; null = all of [begin, end)
 };
 
 /// Number of sequences: mask.sequences when packed, else the tensors' batch.
-inline index sequence_count(const attention_mask& mask, index batch) {
+inline index_t sequence_count(const attention_mask& mask, index_t batch) {
   return mask.packed() ? mask.sequences : batch;
 }
 
 /// Sequence s of a problem whose tensors hold n_q queries and n_k keys per batch entry.
 /// Pre: the mask was validated against these sizes.
-inline sequence_span sequence_of(const attention_mask& mask, index s, index n_q, index n_k) {
+inline sequence_span sequence_of(const attention_mask& mask, index_t s, index_t n_q, index_t n_k) {
   sequence_span span;
   span.sequence = s;
   if (mask.packed()) {
@@ -141,8 +141,8 @@ inline sequence_span sequence_of(const attention_mask& mask, index s, index n_q,
     span.q_end = n_q;
     span.k_end = n_k;
   }
-  const index len_q = span.q_end - span.q_begin, len_k = span.k_end - span.k_begin;
-  span.offset = mask.query_offset >= 0 ? mask.query_offset : std::max<index>(0, len_k - len_q);
+  const index_t len_q = span.q_end - span.q_begin, len_k = span.k_end - span.k_begin;
+  span.offset = mask.query_offset >= 0 ? mask.query_offset : std::max<index_t>(0, len_k - len_q);
   return span;
 }
 
@@ -150,11 +150,11 @@ inline sequence_span sequence_of(const attention_mask& mask, index s, index n_q,
 /// what is its n?". Cost O(1), plus O(end - begin) when a boolean mask is present and
 /// count_allowed holds (without it, visible and n ignore the boolean mask: an upper bound
 /// that planning code uses to find key ranges cheaply).
-inline row_keys visible_keys(const attention_mask& mask, const sequence_span& seq, index head,
-                             index i, bool count_allowed = true) {
+inline row_keys visible_keys(const attention_mask& mask, const sequence_span& seq, index_t head,
+                             index_t i, bool count_allowed = true) {
   row_keys r;
   r.position = seq.offset + (i - seq.q_begin);
-  index lo = 0, hi = seq.k_end - seq.k_begin;  // key positions [lo, hi)
+  index_t lo = 0, hi = seq.k_end - seq.k_begin;  // key positions [lo, hi)
   if (mask.key_lengths != nullptr) hi = std::min(hi, mask.key_lengths[seq.sequence]);
   if (mask.causal) hi = std::min(hi, r.position + 1);
   if (mask.causal && mask.window > 0) lo = std::max(lo, r.position - mask.window + 1);
@@ -166,7 +166,7 @@ inline row_keys visible_keys(const attention_mask& mask, const sequence_span& se
     r.allowed = mask.allowed + seq.tensor_batch * mask.allowed_stride_b +
                 head * mask.allowed_stride_h + i * mask.allowed_stride_q;
     r.visible = 0;
-    for (index j = r.begin; j < r.end; ++j) r.visible += r.allowed[j] ? 1 : 0;
+    for (index_t j = r.begin; j < r.end; ++j) r.visible += r.allowed[j] ? 1 : 0;
   }
   r.n = mask.n_override > 0 ? mask.n_override : r.visible;
   return r;

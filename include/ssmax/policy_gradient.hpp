@@ -55,9 +55,9 @@ struct policy_gradient {
   std::vector<double> b;  ///< dL/db_h, one per head
 
   /// Zeros for `heads` heads. Pre (checked): heads >= 0.
-  explicit policy_gradient(index heads = 1) : s(checked_heads(heads), 0.0), b(s.size(), 0.0) {}
+  explicit policy_gradient(index_t heads = 1) : s(checked_heads(heads), 0.0), b(s.size(), 0.0) {}
   /// Adds one row's contribution to head h.
-  void add(index head, const row_gradient& g) {
+  void add(index_t head, const row_gradient& g) {
     s[static_cast<size_t>(head)] += g.s;
     b[static_cast<size_t>(head)] += g.b;
   }
@@ -66,10 +66,10 @@ struct policy_gradient {
     std::fill(s.begin(), s.end(), 0.0);
     std::fill(b.begin(), b.end(), 0.0);
   }
-  index heads() const { return static_cast<index>(s.size()); }
+  index_t heads() const { return static_cast<index_t>(s.size()); }
 
  private:
-  static size_t checked_heads(index heads) {
+  static size_t checked_heads(index_t heads) {
     detail::require(heads >= 0, "policy_gradient", "heads", "must be >= 0");
     return static_cast<size_t>(heads);
   }

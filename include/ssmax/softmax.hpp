@@ -32,7 +32,7 @@ namespace ssmax {
 namespace detail {
 
 template <class T>
-inline void check_row(const char* function, const T* x, const T* y, index n) {
+inline void check_row(const char* function, const T* x, const T* y, index_t n) {
   require(x != nullptr, function, "x", "must not be null");
   require(y != nullptr, function, "y", "must not be null");
   require(n >= 1, function, "n", "must be >= 1");
@@ -50,7 +50,8 @@ inline void check_multiplier(const char* function, double m) {
 /// Pre: n >= 1 (checked by the caller).
 template <class T,       // float or double: the element type the multiplier must fit
           class Policy>  // a length policy (length_policy.hpp)
-T policy_row_multiplier(const char* function, const Policy& policy, row_position& where, index n) {
+T policy_row_multiplier(const char* function, const Policy& policy, row_position& where,
+                        index_t n) {
   if (where.visible == -1) where.visible = n;
   if (where.position == -1) where.position = n - 1;
   policy.validate(function);
@@ -70,7 +71,7 @@ T policy_row_multiplier(const char* function, const Policy& policy, row_position
 /// Pre (checked): x, y not null; n >= 1; y == x or no overlap; multiplier finite, >= 0.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-row_state<T> scaled_softmax(const T* x, T* y, index n, T multiplier) {
+row_state<T> scaled_softmax(const T* x, T* y, index_t n, T multiplier) {
   detail::check_row("scaled_softmax", x, y, n);
   detail::check_multiplier("scaled_softmax", static_cast<double>(multiplier));
   return kernels::scaled_softmax_row<Arch>(x, y, n, multiplier);
@@ -79,7 +80,7 @@ row_state<T> scaled_softmax(const T* x, T* y, index n, T multiplier) {
 /// y = softmax(x) over x[0, n); y may be x (in place). Returns the streaming state.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-row_state<T> softmax(const T* x, T* y, index n) {
+row_state<T> softmax(const T* x, T* y, index_t n) {
   detail::check_row("softmax", x, y, n);
   return kernels::scaled_softmax_row<Arch>(x, y, n, T(1));
 }
@@ -87,7 +88,7 @@ row_state<T> softmax(const T* x, T* y, index n) {
 /// In-place softmax of x[0, n).
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-row_state<T> softmax(T* x, index n) {
+row_state<T> softmax(T* x, index_t n) {
   return softmax<Arch>(static_cast<const T*>(x), x, n);
 }
 
@@ -102,7 +103,7 @@ row_state<T> softmax(T* x, index n) {
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class Policy,               // a length policy (length_policy.hpp)
           class T>                    // float or double
-row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index n,
+row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index_t n,
                             row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax";
   detail::check_row(fn, x, y, n);
@@ -115,14 +116,14 @@ row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index n,
 /// Pre (checked): as scaled_softmax; s and b finite and >= 0.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-row_state<T> ssmax(const T* x, T* y, index n, double s, double b = 0.0) {
+row_state<T> scalable_softmax(const T* x, T* y, index_t n, double s, double b = 0.0) {
   return policy_softmax<Arch>(ssmax_policy(s, b), x, y, n);
 }
 
 /// The streaming state of softmax(multiplier * x) without writing any output.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-row_state<T> row_state_of(const T* x, index n, T multiplier = T(1)) {
+row_state<T> row_state_of(const T* x, index_t n, T multiplier = T(1)) {
   detail::require(x != nullptr, "row_state_of", "x", "must not be null");
   detail::require(n >= 1, "row_state_of", "n", "must be >= 1");
   detail::check_multiplier("row_state_of", static_cast<double>(multiplier));
@@ -133,7 +134,7 @@ row_state<T> row_state_of(const T* x, index n, T multiplier = T(1)) {
 /// +inf when an entry is +inf, NaN when one is NaN.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-T log_sum_exp(const T* x, index n, T multiplier = T(1)) {
+T log_sum_exp(const T* x, index_t n, T multiplier = T(1)) {
   return row_state_of<Arch>(x, n, multiplier).log_sum_exp();
 }
 

@@ -36,12 +36,12 @@ namespace detail {
 /// The output dx may be one of the named inputs (in place) but must not partly overlap
 /// any input.
 template <class T>
-inline bool may_write(const T* dx, index n, const T* input) {
+inline bool may_write(const T* dx, index_t n, const T* input) {
   return input == nullptr || dx == input || !overlaps(dx, n, input, n);
 }
 
 template <class T>
-inline void check_backward_row(const char* function, const T* y, const T* g, T* dx, index n) {
+inline void check_backward_row(const char* function, const T* y, const T* g, T* dx, index_t n) {
   require(y != nullptr, function, "y", "must not be null");
   require(g != nullptr, function, "g", "must not be null");
   require(dx != nullptr, function, "dx", "must not be null");
@@ -56,7 +56,7 @@ inline void check_backward_row(const char* function, const T* y, const T* g, T* 
 /// Pre (checked): y, g, dx not null; n >= 1; dx is y, g or overlaps neither.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-void softmax_backward(const T* y, const T* g, T* dx, index n) {
+void softmax_backward(const T* y, const T* g, T* dx, index_t n) {
   detail::check_backward_row("softmax_backward", y, g, dx, n);
   kernels::scaled_softmax_row_backward<Arch>(static_cast<const T*>(nullptr), y, g, dx, n, T(1));
 }
@@ -66,7 +66,7 @@ void softmax_backward(const T* y, const T* g, T* dx, index n) {
 /// finite and >= 0.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-double scaled_softmax_backward(const T* x, const T* y, const T* g, T* dx, index n, T multiplier) {
+double scaled_softmax_backward(const T* x, const T* y, const T* g, T* dx, index_t n, T multiplier) {
   constexpr const char* fn = "scaled_softmax_backward";
   detail::require(x != nullptr, fn, "x", "must not be null");
   detail::check_backward_row(fn, y, g, dx, n);
@@ -84,7 +84,7 @@ double scaled_softmax_backward(const T* x, const T* y, const T* g, T* dx, index 
 /// at this multiplier.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-double scaled_softmax_backward_lse(const T* x, T lse, const T* g, T* dx, index n, T multiplier) {
+double scaled_softmax_backward_lse(const T* x, T lse, const T* g, T* dx, index_t n, T multiplier) {
   constexpr const char* fn = "scaled_softmax_backward_lse";
   detail::require(x != nullptr, fn, "x", "must not be null");
   detail::require(g != nullptr, fn, "g", "must not be null");
@@ -108,7 +108,7 @@ template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class Policy,               // a length policy (length_policy.hpp)
           class T>                    // float or double
 row_gradient policy_softmax_backward(const Policy& policy, const T* x, const T* y, const T* g,
-                                     T* dx, index n, row_position where = {-1, -1, 0}) {
+                                     T* dx, index_t n, row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax_backward";
   detail::require(x != nullptr, fn, "x", "must not be null");
   detail::check_backward_row(fn, y, g, dx, n);
@@ -119,13 +119,13 @@ row_gradient policy_softmax_backward(const Policy& policy, const T* x, const T* 
   return gradient_of(policy, where, dm);
 }
 
-/// Backward of y = ssmax(x, y, n, s, b) (a row that sees all n entries): dx = dL/dx and
+/// Backward of y = scalable_softmax(x, y, n, s, b) (a row that sees all n entries): dx = dL/dx and
 /// {dL/dm, dL/ds = log(n) dL/dm, dL/db = dL/dm}.
 /// Pre (checked): as policy_softmax_backward; s and b finite and >= 0.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
-row_gradient ssmax_backward(const T* x, const T* y, const T* g, T* dx, index n, double s,
-                            double b = 0.0) {
+row_gradient scalable_softmax_backward(const T* x, const T* y, const T* g, T* dx, index_t n,
+                                       double s, double b = 0.0) {
   return policy_softmax_backward<Arch>(ssmax_policy(s, b), x, y, g, dx, n);
 }
 

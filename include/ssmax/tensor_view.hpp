@@ -34,44 +34,44 @@ using matrix_ref = Eigen::Ref<row_matrix<T>, 0, Eigen::OuterStride<>>;
 /// A [batch, seq, heads, dim] view of strided memory. T may be const for inputs.
 template <class T>  // float, double, or either const-qualified
 struct tensor_view {
-  T* data = nullptr;   ///< element (0, 0, 0, 0)
-  index batch = 0;     ///< B
-  index seq = 0;       ///< tokens per batch entry (n_q or n_k)
-  index heads = 0;     ///< H (queries) or H_kv (keys, values)
-  index dim = 0;       ///< d, contiguous
-  index stride_b = 0;  ///< elements between consecutive batch entries
-  index stride_s = 0;  ///< elements between consecutive tokens
-  index stride_h = 0;  ///< elements between consecutive heads
+  T* data = nullptr;     ///< element (0, 0, 0, 0)
+  index_t batch = 0;     ///< B
+  index_t seq = 0;       ///< tokens per batch entry (n_q or n_k)
+  index_t heads = 0;     ///< H (queries) or H_kv (keys, values)
+  index_t dim = 0;       ///< d, contiguous
+  index_t stride_b = 0;  ///< elements between consecutive batch entries
+  index_t stride_s = 0;  ///< elements between consecutive tokens
+  index_t stride_h = 0;  ///< elements between consecutive heads
 
   /// Pointer to the head row (b, s, h, 0..dim).
-  T* row(index b, index s, index h) const {
+  T* row(index_t b, index_t s, index_t h) const {
     return data + b * stride_b + s * stride_s + h * stride_h;
   }
   /// Element (b, s, h, c).
-  T& operator()(index b, index s, index h, index c) const { return row(b, s, h)[c]; }
+  T& operator()(index_t b, index_t s, index_t h, index_t c) const { return row(b, s, h)[c]; }
   /// The same view, read-only.
   operator tensor_view<const T>() const {  // NOLINT: implicit by design
     return {data, batch, seq, heads, dim, stride_b, stride_s, stride_h};
   }
   /// Number of elements in the shape.
-  index size() const { return batch * seq * heads * dim; }
+  index_t size() const { return batch * seq * heads * dim; }
 };
 
 /// View of contiguous memory laid out [B, S, H, d].
 template <class T>  // float or double, possibly const
-tensor_view<T> bshd_view(T* data, index batch, index seq, index heads, index dim) {
+tensor_view<T> bshd_view(T* data, index_t batch, index_t seq, index_t heads, index_t dim) {
   return {data, batch, seq, heads, dim, seq * heads * dim, heads * dim, dim};
 }
 
 /// View of contiguous memory laid out [B, H, S, d] (still indexed (b, s, h, c)).
 template <class T>  // float or double, possibly const
-tensor_view<T> bhsd_view(T* data, index batch, index heads, index seq, index dim) {
+tensor_view<T> bhsd_view(T* data, index_t batch, index_t heads, index_t seq, index_t dim) {
   return {data, batch, seq, heads, dim, heads * seq * dim, dim, seq * dim};
 }
 
 /// One head's [seq, d] slice of a view, as a row-major Eigen map (no copy).
 template <class T>  // float or double, possibly const
-auto head_matrix(const tensor_view<T>& view, index b, index h) {
+auto head_matrix(const tensor_view<T>& view, index_t b, index_t h) {
   using Plain = row_matrix<std::remove_const_t<T>>;
   using Mapped = std::conditional_t<std::is_const<T>::value, const Plain, Plain>;
   return Eigen::Map<Mapped, 0, Eigen::OuterStride<>>(view.row(b, 0, h), view.seq, view.dim,
@@ -99,14 +99,14 @@ inline tensor_view<double> head_view(matrix_ref<double> m) {
 /// A row-major [B*S, H*d] activation matrix as a [B, S, H, d] view. Throws
 /// argument_error when the matrix does not split into that shape.
 template <class Matrix>  // row-major Eigen Matrix or Map (has data(), outerStride())
-auto bshd_view(Matrix& m, index batch, index heads) {
+auto bshd_view(Matrix& m, index_t batch, index_t heads) {
   using T = std::remove_reference_t<decltype(*m.data())>;
   detail::require(batch >= 1 && m.rows() % batch == 0, "bshd_view", "batch",
                   "must be >= 1 and divide the matrix's rows");
   detail::require(heads >= 1 && m.cols() % heads == 0, "bshd_view", "heads",
                   "must be >= 1 and divide the matrix's columns");
   detail::require(Matrix::IsRowMajor || m.rows() == 1, "bshd_view", "m", "must be row-major");
-  const index seq = m.rows() / batch, dim = m.cols() / heads;
+  const index_t seq = m.rows() / batch, dim = m.cols() / heads;
   return tensor_view<T>{m.data(),        batch, seq, heads, dim, seq * m.outerStride(),
                         m.outerStride(), dim};
 }

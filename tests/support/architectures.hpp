@@ -95,7 +95,7 @@ class kernel_test : public ::testing::Test {
  protected:
   using arch = typename Config::arch;
   using value_type = typename Config::value_type;
-  static constexpr index W = ::ssmax::detail::simd<arch, value_type>::width;
+  static constexpr index_t W = ::ssmax::detail::simd<arch, value_type>::width;
   static constexpr value_type inf = std::numeric_limits<value_type>::infinity();
   static constexpr value_type nan = std::numeric_limits<value_type>::quiet_NaN();
 

@@ -44,11 +44,11 @@ using attention_configs = typename detail::to_gtest<
 /// Random q, k, v in BSHD layout, uniform in [-1, 1].
 template <class T>  // float or double
 struct attention_data {
-  index B, n_q, n_k, H, H_kv, d;
+  index_t B, n_q, n_k, H, H_kv, d;
   std::vector<T> q, k, v;
 
-  attention_data(index batch, index nq, index nk, index heads, index kv_heads, index dim,
-                 unsigned seed = 1)
+  attention_data(index_t batch, index_t nq, index_t nk, index_t heads, index_t kv_heads,
+                 index_t dim, unsigned seed = 1)
       : B(batch), n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
     std::mt19937 gen(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
@@ -71,9 +71,10 @@ struct attention_data {
 /// (a packed sequence, or one batch entry, cut out as a problem of its own).
 /// Pre: to has from's H, H_kv and d; from holds to's rows after q_row and k_row.
 template <class T>  // float or double
-void copy_rows(const attention_data<T>& from, index q_row, index k_row, attention_data<T>& to) {
-  const index q_at = q_row * from.H * from.d, k_at = k_row * from.H_kv * from.d;
-  const auto q_count = static_cast<index>(to.q.size()), k_count = static_cast<index>(to.k.size());
+void copy_rows(const attention_data<T>& from, index_t q_row, index_t k_row, attention_data<T>& to) {
+  const index_t q_at = q_row * from.H * from.d, k_at = k_row * from.H_kv * from.d;
+  const auto q_count = static_cast<index_t>(to.q.size()),
+             k_count = static_cast<index_t>(to.k.size());
   std::copy(from.q.begin() + q_at, from.q.begin() + q_at + q_count, to.q.begin());
   std::copy(from.k.begin() + k_at, from.k.begin() + k_at + k_count, to.k.begin());
   std::copy(from.v.begin() + k_at, from.v.begin() + k_at + k_count, to.v.begin());
@@ -112,22 +113,22 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
   const auto ref = reference::attention(data.qv(), data.kv(), data.vv(), o.policy, o.mask, scale);
   const auto q = data.qv(), k = data.kv(), v = data.vv();
-  const index group = data.H / data.H_kv;
-  index failures = 0;
-  for (index s = 0; s < sequence_count(o.mask, data.B); ++s) {
+  const index_t group = data.H / data.H_kv;
+  index_t failures = 0;
+  for (index_t s = 0; s < sequence_count(o.mask, data.B); ++s) {
     const sequence_span seq = sequence_of(o.mask, s, data.n_q, data.n_k);
-    const index b = seq.tensor_batch;
-    for (index h = 0; h < data.H; ++h)
-      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+    const index_t b = seq.tensor_batch;
+    for (index_t h = 0; h < data.H; ++h)
+      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = visible_keys(o.mask, seq, h, i);
-        const index g = h / group;
+        const index_t g = h / group;
         double z = 0.0, vmax = 0.0;
         const double m =
             row.visible > 0 ? o.policy.multiplier({row.n, row.position, h}) * scale : 0.0;
-        for (index j = row.begin; j < row.end; ++j) {
+        for (index_t j = row.begin; j < row.end; ++j) {
           if (row.allowed != nullptr && !row.allowed[j]) continue;
           double zj = 0.0;
-          for (index c = 0; c < data.d; ++c) {
+          for (index_t c = 0; c < data.d; ++c) {
             zj += std::abs(m * q(b, i, h, c) * k(b, j, g, c));
             vmax = std::max(vmax, std::abs(static_cast<double>(v(b, j, g, c))));
           }
@@ -138,7 +139,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
         const double out_bound = 2 * eps * vmax * (dz + n + 64) +
                                  (n + static_cast<double>(data.d)) *
                                      static_cast<double>(std::numeric_limits<T>::denorm_min());
-        for (index c = 0; c < data.d; ++c) {
+        for (index_t c = 0; c < data.d; ++c) {
           const size_t at = static_cast<size_t>(((b * data.n_q + i) * data.H + h) * data.d + c);
           const double got = run.out[at], want = ref.out[at];
           if (!(std::abs(got - want) <= out_bound) && failures++ < 5)
@@ -156,7 +157,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
                           << ", reference " << want;
         }
         if (!run.weights.empty())
-          for (index j = 0; j < data.n_k; ++j) {
+          for (index_t j = 0; j < data.n_k; ++j) {
             const size_t at = row_at * static_cast<size_t>(data.n_k) + static_cast<size_t>(j);
             const double got = run.weights[at], want = ref.weights[at];
             const double bound = 2 * eps * want * (2 * dz + 80) +

@@ -34,7 +34,7 @@
 namespace ssmax::testing {
 
 /// The blocked sums' relative error in ulp (kernels/row_backward.hpp: blocked_sums).
-inline double backward_sum_ulp(index width) {
+inline double backward_sum_ulp(index_t width) {
   return static_cast<double>(kernels::kLanesPerBlock) + std::log2(2.0 * width) + 2.0;
 }
 
@@ -43,14 +43,14 @@ inline double backward_sum_ulp(index width) {
 template <class T>  // the kernel's element type
 class backward_bound {
  public:
-  backward_bound(const std::vector<double>& p, const T* z, const T* g, index n, double m,
-                 index width, bool from_lse, double lse)
+  backward_bound(const std::vector<double>& p, const T* z, const T* g, index_t n, double m,
+                 index_t width, bool from_lse, double lse)
       : p_(p), z_(z), g_(g), n_(n), m_(m) {
     const double eps = std::numeric_limits<T>::epsilon();
     const double eps_d = std::numeric_limits<double>::epsilon();
     s_ = backward_sum_ulp(width);
     double zbar = 0.0;
-    for (index j = 0; j < n; ++j)
+    for (index_t j = 0; j < n; ++j)
       if (p[j] != 0) {
         c_ += p[j] * g[j];
         a_ += std::abs(p[j] * g[j]);
@@ -62,7 +62,7 @@ class backward_bound {
     zbar_ = zbar;
     rho_.assign(static_cast<size_t>(n), 0.0);
     if (from_lse)
-      for (index j = 0; j < n; ++j)
+      for (index_t j = 0; j < n; ++j)
         if (p[j] != 0) {
           const double mz = m * static_cast<double>(z[j]);
           rho_[j] = eps * (kExpUlp + std::abs(mz) + std::abs(mz - lse) + std::abs(lse) + s_ + 3.0);
@@ -78,7 +78,7 @@ class backward_bound {
     min_ = static_cast<double>(std::numeric_limits<T>::min());
   }
 
-  double dz(index i) const {
+  double dz(index_t i) const {
     const double gc = std::abs(static_cast<double>(g_[i]) - c_);
     const double arith = eps_ * std::abs(m_) * p_[i] * ((s_ + 1.0) * a_ + 4.0 * gc);
     const double ref = eps_d_ * std::abs(m_) * p_[i] * (2.0 * a_ + 4.0 * gc);
@@ -89,7 +89,7 @@ class backward_bound {
 
   double dm() const {
     double total = 0.0, ref = 0.0;
-    for (index i = 0; i < n_; ++i) {
+    for (index_t i = 0; i < n_; ++i) {
       if (p_[i] == 0) continue;
       const double gc = std::abs(static_cast<double>(g_[i]) - c_);
       const double zc = std::abs(static_cast<double>(z_[i]) - zbar_);
@@ -107,7 +107,7 @@ class backward_bound {
   const std::vector<double>& p_;
   const T* z_;
   const T* g_;
-  index n_;
+  index_t n_;
   double m_;
   double s_ = 0.0, c_ = 0.0, zbar_ = 0.0, a_ = 0.0, b_ = 0.0;
   std::vector<double> rho_;

@@ -20,17 +20,17 @@ namespace ssmax::testing {
 inline constexpr double kExpUlp = 2.0;
 
 /// The blocked summation's relative error bound in ulp for a vector of `width` lanes.
-inline double sum_ulp(index width) {
+inline double sum_ulp(index_t width) {
   return static_cast<double>(kernels::kLanesPerBlock) + std::log2(4.0 * width) + 2.0;
 }
 
 /// E[|t|] = sum_i r_i |t_i|: the mean exp argument under the reference weights r.
 template <class T>  // float or double
-double mean_abs_argument(const T* x, index n, double m, const std::vector<double>& r) {
+double mean_abs_argument(const T* x, index_t n, double m, const std::vector<double>& r) {
   double x_max = -std::numeric_limits<double>::infinity();
-  for (index k = 0; k < n; ++k) x_max = std::max(x_max, static_cast<double>(x[k]));
+  for (index_t k = 0; k < n; ++k) x_max = std::max(x_max, static_cast<double>(x[k]));
   double mean = 0.0;
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     const double t = m * (static_cast<double>(x[i]) - x_max);
     if (std::isfinite(t) && r[i] > 0) mean += r[i] * std::abs(t);
   }
@@ -42,12 +42,12 @@ double mean_abs_argument(const T* x, index n, double m, const std::vector<double
 template <class T>  // float or double
 class row_bound {
  public:
-  row_bound(const T* x, index n, double m, const std::vector<double>& r, index width)
+  row_bound(const T* x, index_t n, double m, const std::vector<double>& r, index_t width)
       : x_(x), n_(n), m_(m), r_(r), width_(width), mean_t_(mean_abs_argument(x, n, m, r)) {
-    for (index i = 0; i < n; ++i) x_max_ = std::max(x_max_, static_cast<double>(x[i]));
+    for (index_t i = 0; i < n; ++i) x_max_ = std::max(x_max_, static_cast<double>(x[i]));
   }
 
-  double operator()(index i) const {
+  double operator()(index_t i) const {
     const double eps = std::numeric_limits<T>::epsilon();
     const double t = m_ * (static_cast<double>(x_[i]) - x_max_);
     const double arg = std::isfinite(t) ? std::abs(t) : 0.0;  // -inf entries have r_i = 0
@@ -62,10 +62,10 @@ class row_bound {
 
  private:
   const T* x_;
-  index n_;
+  index_t n_;
   double m_;
   const std::vector<double>& r_;
-  index width_;
+  index_t width_;
   double mean_t_;
   double x_max_ = -std::numeric_limits<double>::infinity();
 };

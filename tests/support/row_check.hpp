@@ -18,12 +18,12 @@ namespace ssmax::testing {
 /// multiplier m within row_bound (support/row_bound.hpp). Returns the largest error seen, in units
 /// of the bound (<= 1 passes), for reporting.
 template <class T>  // float or double
-double expect_row_matches(const T* x, index n, double m, const T* y, const std::vector<double>& r,
-                          index width, const char* what) {
+double expect_row_matches(const T* x, index_t n, double m, const T* y, const std::vector<double>& r,
+                          index_t width, const char* what) {
   const row_bound<T> bound_of(x, n, m, r, width);
   double worst = 0.0;
-  index failures = 0;
-  for (index i = 0; i < n; ++i) {
+  index_t failures = 0;
+  for (index_t i = 0; i < n; ++i) {
     const double bound = bound_of(i);
     const double err = std::abs(static_cast<double>(y[i]) - r[i]);
     if (!(err <= bound) && failures++ < 5)

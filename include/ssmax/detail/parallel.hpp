@@ -27,17 +27,17 @@ inline int resolve_threads(int requested) {
 /// Runs body(item, thread) for item in [0, count) on `threads` threads (thread in
 /// [0, threads)), items handed out one at a time in order. body must not throw.
 template <class Body>  // callable as body(index item, int thread)
-void parallel_for(index count, int threads, Body&& body) {
+void parallel_for(index_t count, int threads, Body&& body) {
 #ifdef _OPENMP
   if (threads > 1 && count > 1) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (index item = 0; item < count; ++item) body(item, omp_get_thread_num());
+    for (index_t item = 0; item < count; ++item) body(item, omp_get_thread_num());
     return;
   }
 #else
   (void)threads;
 #endif
-  for (index item = 0; item < count; ++item) body(item, 0);
+  for (index_t item = 0; item < count; ++item) body(item, 0);
 }
 
 }  // namespace ssmax::detail

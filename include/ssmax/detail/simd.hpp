@@ -42,7 +42,7 @@ struct simd {
   static_assert(std::is_floating_point<T>::value, "ssmax kernels take float or double");
   using vec = xsimd::batch<T, Arch>;
   using mask = xsimd::batch_bool<T, Arch>;
-  static constexpr index width = static_cast<index>(vec::size);
+  static constexpr index_t width = static_cast<index_t>(vec::size);
 
   static vec load(const T* p) { return vec::load_unaligned(p); }
   static void store(T* p, const vec& v) { v.store_unaligned(p); }
@@ -82,7 +82,7 @@ struct simd<scalar_arch, T> {
   static_assert(std::is_floating_point<T>::value, "ssmax kernels take float or double");
   using vec = T;
   using mask = bool;
-  static constexpr index width = 1;
+  static constexpr index_t width = 1;
 
   static vec load(const T* p) { return *p; }
   static void store(T* p, vec v) { *p = v; }

@@ -74,7 +74,7 @@ struct backward_scratch {
 /// Workspace layout of a backward call: per-thread scratch.
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
 struct backward_plan {
-  index dp = 0, lds = 0;
+  index_t dp = 0, lds = 0;
   backward_scratch<T>* scratch = nullptr;
 
   /// full_rows: the materialised path, whose score buffers hold whole rows of n_k keys;
@@ -82,8 +82,8 @@ struct backward_plan {
   template <class Policy>  // a length policy
   void carve(const attention_backward_problem<T, Policy>& p, bool full_rows, arena& a) {
     const bool fill = !a.counting();
-    constexpr index W = ssmax::detail::simd<Arch, T>::width;
-    const index d = p.forward.q.dim, n_k = p.forward.k.seq;
+    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+    const index_t d = p.forward.q.dim, n_k = p.forward.k.seq;
     const int threads = p.forward.threads;
     dp = round_up(d, W);
     lds = full_rows ? std::max(round_up(kKeyBlock, W), round_up(n_k, W)) : round_up(kKeyBlock, W);
@@ -112,11 +112,11 @@ struct backward_plan {
 
 /// Two dot products at once: r0 = a0 . b0, r1 = a1 . b1 over [0, d).
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
-inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index d, T& r0, T& r1) {
+inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index_t d, T& r0, T& r1) {
   using S = ssmax::detail::simd<Arch, T>;
-  constexpr index W = S::width;
+  constexpr index_t W = S::width;
   auto s0 = S::splat(T(0)), s1 = s0;
-  index c = 0;
+  index_t c = 0;
   for (; c + W <= d; c += W) {
     s0 = S::fma(S::load(a0 + c), S::load(b0 + c), s0);
     s1 = S::fma(S::load(a1 + c), S::load(b1 + c), s1);
@@ -132,7 +132,7 @@ inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index d
 /// Adds one row's dL/dm to the outputs.
 template <class T, class Policy>  // float or double; a length policy
 inline void record_multiplier(const attention_backward_problem<T, Policy>& p, policy_gradient* grad,
-                              index b, index h, index i, const row_keys& row, double dm) {
+                              index_t b, index_t h, index_t i, const row_keys& row, double dm) {
   if (p.d_multiplier != nullptr) p.d_multiplier[p.forward.lse_at(b, h, i)] = dm;
   if (grad != nullptr && row.visible > 0)
     grad->add(h, gradient_of(*p.forward.policy, {row.n, row.position, h}, dm));
@@ -141,10 +141,10 @@ inline void record_multiplier(const attention_backward_problem<T, Policy>& p, po
 /// Writes the task's accumulated dk, dv rows [k_begin, k_end) of kv head g.
 template <class T, class Policy>  // float or double; a length policy
 inline void write_key_gradients(const attention_backward_problem<T, Policy>& p,
-                                const backward_scratch<T>& sc, const sequence_span& seq, index g,
-                                index dp) {
-  const index d = p.forward.q.dim, b = seq.tensor_batch;
-  for (index j = seq.k_begin; j < seq.k_end; ++j) {
+                                const backward_scratch<T>& sc, const sequence_span& seq, index_t g,
+                                index_t dp) {
+  const index_t d = p.forward.q.dim, b = seq.tensor_batch;
+  for (index_t j = seq.k_begin; j < seq.k_end; ++j) {
     const T* a = sc.dk + (j - seq.k_begin) * dp;
     const T* c = sc.dv + (j - seq.k_begin) * dp;
     std::copy(a, a + d, p.dk.row(b, j, g));
@@ -162,20 +162,20 @@ void for_each_key_task(const attention_backward_problem<T, Policy>& p,
                        const backward_plan<Arch, T>& plan, policy_gradient* policy_grad,
                        Body&& body) {
   const auto& f = p.forward;
-  const index H_kv = f.k.heads, n_tasks = f.sequences() * H_kv, dp = plan.dp;
+  const index_t H_kv = f.k.heads, n_tasks = f.sequences() * H_kv, dp = plan.dp;
   std::vector<policy_gradient> task_grads(policy_grad != nullptr ? static_cast<size_t>(n_tasks) : 0,
                                           policy_gradient(f.q.heads));
-  ssmax::detail::parallel_for(n_tasks, f.threads, [&](index task, int thread) {
+  ssmax::detail::parallel_for(n_tasks, f.threads, [&](index_t task, int thread) {
     const backward_scratch<T>& sc = plan.scratch[thread];
     const sequence_span seq = f.span(task / H_kv);
-    const index g = task % H_kv, len_k = seq.k_end - seq.k_begin;
+    const index_t g = task % H_kv, len_k = seq.k_end - seq.k_begin;
     std::fill(sc.dk, sc.dk + len_k * dp, T(0));
     std::fill(sc.dv, sc.dv + len_k * dp, T(0));
     body(sc, seq, g, policy_grad != nullptr ? &task_grads[static_cast<size_t>(task)] : nullptr);
     write_key_gradients(p, sc, seq, g, dp);
   });
   for (const auto& tg : task_grads)
-    for (index h = 0; h < f.q.heads; ++h) policy_grad->add(h, {0.0, tg.s[h], tg.b[h]});
+    for (index_t h = 0; h < f.q.heads; ++h) policy_grad->add(h, {0.0, tg.s[h], tg.b[h]});
 }
 
 }  // namespace detail
@@ -199,15 +199,15 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
                                      attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
   const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, true);
-  const index d = f.q.dim, dp = plan.dp, group = f.q.heads / f.k.heads;
+  const index_t d = f.q.dim, dp = plan.dp, group = f.q.heads / f.k.heads;
 
-  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index g,
+  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
                         policy_gradient* grad) {
-    const index b = seq.tensor_batch;
+    const index_t b = seq.tensor_batch;
     const T ninf = -std::numeric_limits<T>::infinity();
     const T scale = static_cast<T>(f.scale);
-    for (index h = g * group; h < (g + 1) * group; ++h)
-      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+    for (index_t h = g * group; h < (g + 1) * group; ++h)
+      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = visible_keys(f.mask, seq, h, i);
         T* dq = p.dq.row(b, i, h);
         std::fill(dq, dq + d, T(0));
@@ -216,14 +216,14 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
           continue;
         }
         const T m = static_cast<T>(detail::row_multiplier(f, row, h));
-        const index n = row.end - row.begin;
+        const index_t n = row.end - row.begin;
         const T* qi = f.q.row(b, i, h);
         const T* go = p.dout.row(b, i, h);
         T* z = sc.s;             // scores z_j, then (below) the weights' gradient m dy_j in sc.ds
         T* u = sc.ds;            // u_j = dout_i . v_j, overwritten in place by m dy_j
         T* w = sc.s + plan.lds;  // weights a_j
-        for (index j = 0; j < n; ++j) {
-          const index key = row.begin + j;
+        for (index_t j = 0; j < n; ++j) {
+          const index_t key = row.begin + j;
           T qk, dv;
           detail::dot_pair<Arch>(qi, f.k.row(b, key, g), go, f.v.row(b, key, g), d, qk, dv);
           const bool seen = row.allowed == nullptr || row.allowed[key];
@@ -233,9 +233,9 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
         scaled_softmax_row<Arch>(z, w, n, m);
         const double dm = scaled_softmax_row_backward<Arch>(z, w, u, u, n, m);
         detail::record_multiplier(p, grad, b, h, i, row, dm);
-        for (index j = 0; j < n; ++j) {
+        for (index_t j = 0; j < n; ++j) {
           if (w[j] == T(0)) continue;
-          const index key = row.begin + j, at = (key - seq.k_begin) * dp;
+          const index_t key = row.begin + j, at = (key - seq.k_begin) * dp;
           detail::axpy<Arch>(dq, scale * u[j], f.k.row(b, key, g), d);
           detail::axpy<Arch>(sc.dk + at, scale * u[j], qi, d);
           detail::axpy<Arch>(sc.dv + at, w[j], go, d);
@@ -254,30 +254,30 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
                               attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
   const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, false);
-  const index d = f.q.dim, dp = plan.dp, lds = plan.lds, group = f.q.heads / f.k.heads;
+  const index_t d = f.q.dim, dp = plan.dp, lds = plan.lds, group = f.q.heads / f.k.heads;
   const T ninf = -std::numeric_limits<T>::infinity();
 
-  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index g,
+  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
                         policy_gradient* grad) {
-    const index b = seq.tensor_batch;
+    const index_t b = seq.tensor_batch;
     const T scale = static_cast<T>(f.scale);
     T ms[kFusedQueryBlock], lses[kFusedQueryBlock], Ds[kFusedQueryBlock], flush[kFusedQueryBlock];
 
-    for (index h = g * group; h < (g + 1) * group; ++h)
-      for (index q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
-        const index rows = std::min(kFusedQueryBlock, seq.q_end - q0);
+    for (index_t h = g * group; h < (g + 1) * group; ++h)
+      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
+        const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
         // Per-row setup: keys, m, lse, D = dout . out, scaled and padded q and dout.
-        for (index r = 0; r < rows; ++r) {
-          const index i = q0 + r;
+        for (index_t r = 0; r < rows; ++r) {
+          const index_t i = q0 + r;
           sc.info[r] = visible_keys(f.mask, seq, h, i);
           ms[r] = static_cast<T>(detail::row_multiplier(f, sc.info[r], h));
           lses[r] = p.lse[f.lse_at(b, h, i)];
-          flush[r] = flush_threshold<T>(std::max<index>(1, sc.info[r].visible));
+          flush[r] = flush_threshold<T>(std::max<index_t>(1, sc.info[r].visible));
           const T* qi = f.q.row(b, i, h);
           const T* go = p.dout.row(b, i, h);
           const T* oi = p.out.row(b, i, h);
           double D = 0.0;
-          for (index c = 0; c < d; ++c) {
+          for (index_t c = 0; c < d; ++c) {
             sc.qs[r * dp + c] = sc.qc[r * d + c] = scale * qi[c];
             sc.dop[r * dp + c] = sc.doc[r * d + c] = go[c];
             D += static_cast<double>(go[c]) * static_cast<double>(oi[c]);
@@ -289,18 +289,18 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
           sc.shift[r] = std::numeric_limits<double>::quiet_NaN();
         }
         std::fill(sc.dq, sc.dq + rows * dp, T(0));
-        index lo, hi;
+        index_t lo, hi;
         detail::block_key_range(f, seq, q0, rows, lo, hi);
 
-        for (index kb = lo; kb < hi; kb += kKeyBlock) {
-          const index nk = std::min(kKeyBlock, hi - kb);
+        for (index_t kb = lo; kb < hi; kb += kKeyBlock) {
+          const index_t nk = std::min(kKeyBlock, hi - kb);
           const T* k0 = f.k.row(b, kb, g);
           const T* v0 = f.v.row(b, kb, g);
           // Scores z = (scale q) K^T and dP = dout V^T of the block (GEMMs over the
           // compact [rows, d] copies).
           detail::block_scores<Arch>(sc.qc, rows, d, k0, f.k.stride_s, nk, sc.s, lds, sc.kt);
           detail::block_scores<Arch>(sc.doc, rows, d, v0, f.v.stride_s, nk, sc.ds, lds, sc.kt);
-          for (index r = 0; r < rows; ++r) {
+          for (index_t r = 0; r < rows; ++r) {
             T* sr = sc.s + r * lds;
             T* dr = sc.ds + r * lds;
             const row_keys& rk = sc.info[r];
@@ -310,7 +310,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
               continue;
             }
             if (std::isnan(sc.shift[r]))
-              for (index j = 0; j < nk; ++j)
+              for (index_t j = 0; j < nk; ++j)
                 if (sr[j] != ninf) {
                   sc.shift[r] = static_cast<double>(sr[j]);
                   break;
@@ -318,7 +318,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
             // a_j = exp(m z_j - lse) (0 where hidden or flushed), m dy_j = m a_j (u_j - D),
             // dL/dm += sum_j (z_j - z_0) dy_j.
             const T m = ms[r], shift = static_cast<T>(sc.shift[r]);
-            const double part = blocked_sums<Arch, T, 1>(nk, [&](auto tag, index at) {
+            const double part = blocked_sums<Arch, T, 1>(nk, [&](auto tag, index_t at) {
               using V = decltype(tag);
               const auto zero = V::splat(T(0));
               const auto zv = V::load(sr + at);
@@ -337,15 +337,15 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
           detail::block_values<Arch>(sc.ds, lds, rows, k0, f.k.stride_s, nk, d, dp, sc.dq, sc.vp);
           for (auto [src, acc, rhs] :
                {std::tuple{sc.ds, sc.dk, sc.qs}, std::tuple{sc.s, sc.dv, sc.dop}}) {
-            for (index j = 0; j < nk; ++j)
-              for (index r = 0; r < rows; ++r) sc.t[j * rows + r] = src[r * lds + j];
+            for (index_t j = 0; j < nk; ++j)
+              for (index_t r = 0; r < rows; ++r) sc.t[j * rows + r] = src[r * lds + j];
             detail::gemm<Arch>(nk, dp, rows, sc.t, rows, rhs, dp, acc + (kb - seq.k_begin) * dp, dp,
                                true);
           }
         }
-        for (index r = 0; r < rows; ++r) {
+        for (index_t r = 0; r < rows; ++r) {
           T* dq = p.dq.row(b, q0 + r, h);
-          for (index c = 0; c < d; ++c) dq[c] = scale * sc.dq[r * dp + c];
+          for (index_t c = 0; c < d; ++c) dq[c] = scale * sc.dq[r * dp + c];
           detail::record_multiplier(p, grad, b, h, q0 + r, sc.info[r], sc.dm[r]);
         }
       }

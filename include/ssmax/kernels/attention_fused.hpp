@@ -50,27 +50,27 @@ namespace detail {
 /// k_begin + b * kKeyBlock onwards): the blocks covering every key the rows can see.
 /// Scratch row r + hh * rows holds query row q0 + r of head head + hh.
 struct fused_task {
-  index seq = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
-  index chunk_blocks = 0;  ///< key blocks per chunk
-  index chunks = 1;        ///< > 1: the blocks are split into chunks of chunk_blocks
-  index partial = 0;       ///< first partial row (split tasks)
+  index_t seq = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
+  index_t chunk_blocks = 0;  ///< key blocks per chunk
+  index_t chunks = 1;        ///< > 1: the blocks are split into chunks of chunk_blocks
+  index_t partial = 0;       ///< first partial row (split tasks)
 
-  index scratch_rows() const { return rows * heads; }
+  index_t scratch_rows() const { return rows * heads; }
 };
 /// A unit of parallel work: one chunk of one task.
 struct fused_item {
-  index task = 0, chunk = 0;
+  index_t task = 0, chunk = 0;
 };
 
 /// Key blocks per chunk of a task of one head.
-inline constexpr index kBlocksPerChunk = kDecodeChunk / kKeyBlock;
+inline constexpr index_t kBlocksPerChunk = kDecodeChunk / kKeyBlock;
 static_assert(kDecodeChunk % kKeyBlock == 0, "chunks hold whole key blocks");
 
 /// Query heads per decode task of `rows` rows: whole GQA groups (heads sharing one kv
 /// head) as long as they fit the kFusedQueryBlock scratch rows, else as many heads of one
 /// group as fit.
-inline index decode_heads(index rows, index heads, index kv_heads) {
-  const index fit = std::max<index>(1, kFusedQueryBlock / rows), group = heads / kv_heads;
+inline index_t decode_heads(index_t rows, index_t heads, index_t kv_heads) {
+  const index_t fit = std::max<index_t>(1, kFusedQueryBlock / rows), group = heads / kv_heads;
   return std::min(heads, fit >= group ? fit / group * group : fit);
 }
 
@@ -89,25 +89,25 @@ struct fused_scratch {
 /// block and every head of the group, when some task is large enough to use the GEMM.
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 struct fused_plan {
-  index n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
+  index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
   bool gemm = false;  ///< some task has more than kDotMaxRows rows: K^T is packed
   fused_task* tasks = nullptr;
   fused_item* items = nullptr;
-  index* first_block = nullptr;                ///< [sequences + 1] grid blocks before each sequence
+  index_t* first_block = nullptr;              ///< [sequences + 1] grid blocks before each sequence
   T* kt = nullptr;                             ///< [n_blocks, H_kv, d, ldk] packed K^T
   T* vpk = nullptr;                            ///< [n_blocks, H_kv, kKeyBlock, dp] packed V
   T* partial_o = nullptr;                      ///< [n_partial, dp]
   row_state<double>* partial_state = nullptr;  ///< [n_partial]
   fused_scratch<T>* scratch = nullptr;         ///< [threads]
-  index dp = 0, skp = 0, ldk = 0;
+  index_t dp = 0, skp = 0, ldk = 0;
 
   /// Packed K^T of grid block blk of sequence s, kv head g: [d, ldk].
-  T* kt_block(const attention_problem<T, Policy>& p, index s, index g, index blk) const {
+  T* kt_block(const attention_problem<T, Policy>& p, index_t s, index_t g, index_t blk) const {
     return kt + ((first_block[s] + blk) * p.k.heads + g) * p.q.dim * ldk;
   }
 
   /// Packed V of grid block blk of sequence s, kv head g: [kKeyBlock, dp].
-  T* v_block(const attention_problem<T, Policy>& p, index s, index g, index blk) const {
+  T* v_block(const attention_problem<T, Policy>& p, index_t s, index_t g, index_t blk) const {
     return vpk + ((first_block[s] + blk) * p.k.heads + g) * kKeyBlock * dp;
   }
 
@@ -115,23 +115,23 @@ struct fused_plan {
   void walk(const attention_problem<T, Policy>& p) {
     n_tasks = n_items = n_partial = n_blocks = 0;
     gemm = false;
-    for (index s = 0; s < p.sequences(); ++s) {
+    for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
       if (first_block != nullptr) first_block[s] = n_blocks;
       n_blocks += (seq.k_end - seq.k_begin + kKeyBlock - 1) / kKeyBlock;
-      for (index q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
-        const index rows = std::min(kFusedQueryBlock, seq.q_end - q0);
-        const index step = rows <= kDotMaxRows ? decode_heads(rows, p.q.heads, p.k.heads) : 1;
-        index lo = 0, hi = 0;  // the same for every head
+      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
+        const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
+        const index_t step = rows <= kDotMaxRows ? decode_heads(rows, p.q.heads, p.k.heads) : 1;
+        index_t lo = 0, hi = 0;  // the same for every head
         block_key_range(p, seq, q0, rows, lo, hi);
-        for (index h = 0; h < p.q.heads; h += step) {
+        for (index_t h = 0; h < p.q.heads; h += step) {
           fused_task t;
           t.seq = s, t.head = h, t.q0 = q0, t.rows = rows;
           t.heads = std::min(step, p.q.heads - h);
           t.blk_lo = (lo - seq.k_begin) / kKeyBlock;
           t.blk_hi = hi > lo ? (hi - seq.k_begin + kKeyBlock - 1) / kKeyBlock : t.blk_lo;
-          const index blocks = t.blk_hi - t.blk_lo;
-          t.chunk_blocks = std::max<index>(1, kBlocksPerChunk / t.heads);
+          const index_t blocks = t.blk_hi - t.blk_lo;
+          t.chunk_blocks = std::max<index_t>(1, kBlocksPerChunk / t.heads);
           t.chunks = t.rows <= kSplitMaxRows && blocks > t.chunk_blocks
                          ? (blocks + t.chunk_blocks - 1) / t.chunk_blocks
                          : 1;
@@ -139,7 +139,7 @@ struct fused_plan {
           gemm = gemm || t.rows > kDotMaxRows;
           if (tasks != nullptr) {
             tasks[n_tasks] = t;
-            for (index c = 0; c < t.chunks; ++c) items[n_items + c] = {n_tasks, c};
+            for (index_t c = 0; c < t.chunks; ++c) items[n_items + c] = {n_tasks, c};
           }
           ++n_tasks;
           n_items += t.chunks;
@@ -153,8 +153,8 @@ struct fused_plan {
   /// Counts (counting arena) or carves everything.
   void carve(const attention_problem<T, Policy>& p, arena& a) {
     const bool fill = !a.counting();
-    constexpr index W = ssmax::detail::simd<Arch, T>::width;
-    const index d = p.q.dim;
+    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+    const index_t d = p.q.dim;
     dp = round_up(d, W);
     skp = round_up(kKeyBlock, W) + W;  // padded: rows 1 KiB apart alias in the cache
     ldk = kt_stride(round_up(kKeyBlock, W), W);
@@ -162,7 +162,7 @@ struct fused_plan {
     walk(p);  // counts
     tasks = a.take<fused_task>(n_tasks);
     items = a.take<fused_item>(n_items);
-    first_block = a.take<index>(p.sequences() + 1);
+    first_block = a.take<index_t>(p.sequences() + 1);
     kt = a.take<T>(gemm ? n_blocks * p.k.heads * d * ldk : 0);
     vpk = a.take<T>(gemm ? n_blocks * p.k.heads * kKeyBlock * dp : 0);
     partial_o = a.take<T>(n_partial * dp);
@@ -199,18 +199,18 @@ struct fused_plan {
 /// sc.state. Uses the plan's packed K^T and V when the task has more than kDotMaxRows rows.
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T, Policy>& plan,
-                 const fused_task& t, index blk_lo, index blk_hi, const fused_scratch<T>& sc) {
+                 const fused_task& t, index_t blk_lo, index_t blk_hi, const fused_scratch<T>& sc) {
   const sequence_span seq = p.span(t.seq);
-  const index d = p.q.dim, b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
-  const index rows = t.rows, all_rows = t.scratch_rows();
-  constexpr index W = ssmax::detail::simd<Arch, T>::width;
+  const index_t d = p.q.dim, b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
+  const index_t rows = t.rows, all_rows = t.scratch_rows();
+  constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
   // The scratch rows of each kv head the task reads (consecutive heads share one); the
   // rows' key and value pointers are set per block.
   head_rows<T> keys[kFusedQueryBlock], values[kFusedQueryBlock];
-  index kv_of[kFusedQueryBlock];
-  index groups = 0;
-  for (index hh = 0; hh < t.heads; ++hh) {
-    const index h = t.head + hh;
+  index_t kv_of[kFusedQueryBlock];
+  index_t groups = 0;
+  for (index_t hh = 0; hh < t.heads; ++hh) {
+    const index_t h = t.head + hh;
     setup_rows(p, seq, h, t.q0, rows, sc.info + hh * rows, sc.qs + hh * rows * d);
     if (groups > 0 && kv_of[groups - 1] == p.kv_head(h)) {
       keys[groups - 1].count += rows;
@@ -222,24 +222,24 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
   std::copy(keys, keys + groups, values);
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
   std::fill(sc.o, sc.o + all_rows * dp, T(0));
-  for (index r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
-  for (index blk = blk_lo; blk < blk_hi; ++blk) {
-    const index kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
+  for (index_t r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
+  for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
+    const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     bool any = false;
-    for (index r = 0; r < all_rows; ++r)
+    for (index_t r = 0; r < all_rows; ++r)
       any = any || (sc.info[r].visible > 0 && sc.info[r].begin < kb + nk && sc.info[r].end > kb);
     if (!any) continue;
     if (rows > kDotMaxRows) {  // one head: groups == 1
       gemm<Arch>(rows, round_up(nk, W), d, sc.qs, d, plan.kt_block(p, t.seq, kv_of[0], blk),
                  plan.ldk, sc.s, skp, false);
     } else {
-      for (index i = 0; i < groups; ++i) {
+      for (index_t i = 0; i < groups; ++i) {
         keys[i].base = p.k.row(b, kb, kv_of[i]);
         values[i].base = p.v.row(b, kb, kv_of[i]);
       }
       dot_scores<Arch>(sc.qs, d, keys, groups, p.k.stride_s, nk, keys_outer, sc.s, skp);
     }
-    for (index r = 0; r < all_rows; ++r) {
+    for (index_t r = 0; r < all_rows; ++r) {
       T* sr = sc.s + r * skp;
       if (sc.info[r].visible > 0 && mask_row(sr, kb, nk, sc.info[r]))
         online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp,
@@ -258,7 +258,7 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
 /// Writes scratch row r of task t (query row t.q0 + r % t.rows of head t.head + r /
 /// t.rows): out = o / sum, and the log-sum-exp.
 template <class T, class Policy>  // float or double; a length policy
-void finish_task_row(const attention_problem<T, Policy>& p, const fused_task& t, index r,
+void finish_task_row(const attention_problem<T, Policy>& p, const fused_task& t, index_t r,
                      const T* o, const row_state<double>& state) {
   finish_row(p, p.span(t.seq).tensor_batch, t.q0 + r % t.rows, t.head + r / t.rows, o, state);
 }
@@ -272,27 +272,27 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
           class Policy>  // a length policy (length_policy.hpp)
 void attention_fused(const attention_problem<T, Policy>& p, attention_workspace& ws) {
   const auto plan = detail::carve_plan<detail::fused_plan<Arch, T, Policy>>(ws, p);
-  const index dp = plan.dp;
+  const index_t dp = plan.dp;
 
   // Pack K^T and V once per (sequence, kv head, key block).
   if (plan.gemm) {
-    constexpr index W = ssmax::detail::simd<Arch, T>::width;
-    const index H_kv = p.k.heads;
-    ssmax::detail::parallel_for(plan.n_blocks * H_kv, p.threads, [&](index item, int) {
-      const index g = item % H_kv, global = item / H_kv;
-      const index s =
+    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+    const index_t H_kv = p.k.heads;
+    ssmax::detail::parallel_for(plan.n_blocks * H_kv, p.threads, [&](index_t item, int) {
+      const index_t g = item % H_kv, global = item / H_kv;
+      const index_t s =
           std::upper_bound(plan.first_block, plan.first_block + p.sequences() + 1, global) -
           plan.first_block - 1;
       const sequence_span seq = p.span(s);
-      const index blk = global - plan.first_block[s], kb = seq.k_begin + blk * kKeyBlock;
-      const index nk = std::min(kKeyBlock, seq.k_end - kb);
+      const index_t blk = global - plan.first_block[s], kb = seq.k_begin + blk * kKeyBlock;
+      const index_t nk = std::min(kKeyBlock, seq.k_end - kb);
       detail::pack_kt(p.k.row(seq.tensor_batch, kb, g), p.k.stride_s, nk, p.q.dim,
                       detail::round_up(nk, W), plan.ldk, plan.kt_block(p, s, g, blk));
       // V rows contiguous and zero-padded to dp: with [B, S, H, d] layouts a head's rows
       // are H * d apart (4 KiB at H = 8, d = 128) and would all share one L1 set.
       T* vb = plan.v_block(p, s, g, blk);
-      const index d = p.q.dim;
-      for (index j = 0; j < nk; ++j) {
+      const index_t d = p.q.dim;
+      for (index_t j = 0; j < nk; ++j) {
         const T* vr = p.v.row(seq.tensor_batch, kb + j, g);
         std::copy(vr, vr + d, vb + j * dp);
         std::fill(vb + j * dp + d, vb + (j + 1) * dp, T(0));
@@ -300,18 +300,19 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
     });
   }
 
-  ssmax::detail::parallel_for(plan.n_items, p.threads, [&](index item, int thread) {
+  ssmax::detail::parallel_for(plan.n_items, p.threads, [&](index_t item, int thread) {
     const detail::fused_item it = plan.items[item];
     const detail::fused_task& t = plan.tasks[it.task];
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
-    const index lo = t.blk_lo + it.chunk * t.chunk_blocks;
-    const index hi = t.chunks > 1 ? std::min(t.blk_hi, lo + t.chunk_blocks) : t.blk_hi;
+    const index_t lo = t.blk_lo + it.chunk * t.chunk_blocks;
+    const index_t hi = t.chunks > 1 ? std::min(t.blk_hi, lo + t.chunk_blocks) : t.blk_hi;
     detail::fused_range(p, plan, t, lo, hi, sc);
-    const index rows = t.scratch_rows();
+    const index_t rows = t.scratch_rows();
     if (t.chunks == 1) {
-      for (index r = 0; r < rows; ++r) detail::finish_task_row(p, t, r, sc.o + r * dp, sc.state[r]);
+      for (index_t r = 0; r < rows; ++r)
+        detail::finish_task_row(p, t, r, sc.o + r * dp, sc.state[r]);
     } else {
-      const index at = t.partial + it.chunk * rows;
+      const index_t at = t.partial + it.chunk * rows;
       std::copy(sc.o, sc.o + rows * dp, plan.partial_o + at * dp);
       std::copy(sc.state, sc.state + rows, plan.partial_state + at);
     }
@@ -319,17 +320,17 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
   if (plan.n_partial == 0) return;
 
   // Merge the chunks of split tasks in chunk order (fixed: bitwise reproducible).
-  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index ti, int thread) {
+  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index_t ti, int thread) {
     const detail::fused_task& t = plan.tasks[ti];
     if (t.chunks == 1) return;
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
-    const index rows = t.scratch_rows();
-    for (index r = 0; r < rows; ++r) {
+    const index_t rows = t.scratch_rows();
+    for (index_t r = 0; r < rows; ++r) {
       T* o = sc.o;
       std::fill(o, o + dp, T(0));
       row_state<double> acc;
-      for (index c = 0; c < t.chunks; ++c) {
-        const index at = t.partial + c * rows + r;
+      for (index_t c = 0; c < t.chunks; ++c) {
+        const index_t at = t.partial + c * rows + r;
         const row_state<double>& part = plan.partial_state[at];
         if (part.empty()) continue;
         const row_state<double> merged = merge(acc, part);

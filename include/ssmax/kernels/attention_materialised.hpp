@@ -22,7 +22,7 @@ namespace detail {
 
 /// A materialised task: query rows [q0, q0 + rows) of head h, keys [k_lo, k_hi).
 struct materialised_task {
-  index seq = 0, head = 0, q0 = 0, rows = 0, k_lo = 0, k_hi = 0;
+  index_t seq = 0, head = 0, q0 = 0, rows = 0, k_lo = 0, k_hi = 0;
 };
 
 /// Buffers of one thread.
@@ -38,18 +38,18 @@ struct materialised_scratch {
 
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 struct materialised_plan {
-  index n_tasks = 0, width = 0, dp = 0;
+  index_t n_tasks = 0, width = 0, dp = 0;
   materialised_task* tasks = nullptr;
   materialised_scratch<T>* scratch = nullptr;
 
   void walk(const attention_problem<T, Policy>& p) {
-    constexpr index W = ssmax::detail::simd<Arch, T>::width;
+    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
     n_tasks = 0;
     width = W;
-    for (index s = 0; s < p.sequences(); ++s) {
+    for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
-      for (index h = 0; h < p.q.heads; ++h)
-        for (index q0 = seq.q_begin; q0 < seq.q_end; q0 += kMaterialisedQueryBlock) {
+      for (index_t h = 0; h < p.q.heads; ++h)
+        for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kMaterialisedQueryBlock) {
           materialised_task t;
           t.seq = s, t.head = h, t.q0 = q0;
           t.rows = std::min(kMaterialisedQueryBlock, seq.q_end - q0);
@@ -64,8 +64,8 @@ struct materialised_plan {
   /// Counts (counting arena) or carves everything.
   void carve(const attention_problem<T, Policy>& p, arena& a) {
     const bool fill = !a.counting();
-    constexpr index W = ssmax::detail::simd<Arch, T>::width;
-    const index d = p.q.dim;
+    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+    const index_t d = p.q.dim;
     dp = round_up(d, W);
     tasks = nullptr;
     walk(p);
@@ -94,35 +94,35 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
           class Policy>  // a length policy (length_policy.hpp)
 void attention_materialised(const attention_problem<T, Policy>& p, attention_workspace& ws) {
   const auto plan = detail::carve_plan<detail::materialised_plan<Arch, T, Policy>>(ws, p);
-  const index d = p.q.dim, dp = plan.dp, lds = plan.width;
+  const index_t d = p.q.dim, dp = plan.dp, lds = plan.width;
 
-  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index ti, int thread) {
+  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index_t ti, int thread) {
     const detail::materialised_task& t = plan.tasks[ti];
     const detail::materialised_scratch<T>& sc = plan.scratch[thread];
     const sequence_span seq = p.span(t.seq);
-    const index b = seq.tensor_batch, g = p.kv_head(t.head), L = t.k_hi - t.k_lo;
+    const index_t b = seq.tensor_batch, g = p.kv_head(t.head), L = t.k_hi - t.k_lo;
     detail::setup_rows(p, seq, t.head, t.q0, t.rows, sc.info, sc.qs);
 
     // Scores of every key the block can see, block by block.
-    for (index kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
+    for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
       detail::block_scores<Arch>(sc.qs, t.rows, d, p.k.row(b, kb, g), p.k.stride_s,
                                  std::min(kKeyBlock, t.k_hi - kb), sc.s + (kb - t.k_lo), lds,
                                  sc.kt);
 
     // Mask and normalise each row; write the weights and the log-sum-exp.
-    for (index r = 0; r < t.rows; ++r) {
+    for (index_t r = 0; r < t.rows; ++r) {
       T* sr = sc.s + r * lds;
       const row_keys& rk = sc.info[r];
       row_state<T> state;
       if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
-        const index lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
+        const index_t lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
         state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         std::fill(sr, sr + lo, T(0));
         std::fill(sr + hi, sr + L, T(0));
       } else {
         std::fill(sr, sr + L, T(0));
       }
-      const index i = t.q0 + r;
+      const index_t i = t.q0 + r;
       if (p.lse != nullptr) p.lse[p.lse_at(b, t.head, i)] = state.log_sum_exp();
       if (p.weights != nullptr) {
         T* w = p.weights + p.lse_at(b, t.head, i) * p.k.seq;
@@ -133,10 +133,10 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
 
     // out = A V.
     std::fill(sc.o, sc.o + t.rows * dp, T(0));
-    for (index kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
+    for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
       detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, p.v.row(b, kb, g), p.v.stride_s,
                                  std::min(kKeyBlock, t.k_hi - kb), d, dp, sc.o, sc.vp);
-    for (index r = 0; r < t.rows; ++r) {
+    for (index_t r = 0; r < t.rows; ++r) {
       T* dst = p.out.row(b, t.q0 + r, t.head);
       std::copy(sc.o + r * dp, sc.o + r * dp + d, dst);
     }

@@ -32,20 +32,20 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // float or double
           int K,       // number of sums
           class Term>  // callable (simd tag, index) -> std::array<vec, K>
-std::array<double, K> blocked_sums(index n, Term&& term) {
+std::array<double, K> blocked_sums(index_t n, Term&& term) {
   using S = ssmax::detail::simd<Arch, T>;
   using V = typename S::vec;
-  constexpr index W = S::width;
-  constexpr index kBlock = kLanesPerBlock * 2 * W;
+  constexpr index_t W = S::width;
+  constexpr index_t kBlock = kLanesPerBlock * 2 * W;
   std::array<ssmax::detail::compensated_sum, K> total{};
-  const index n_vec = n - n % W;
-  index i = 0;
+  const index_t n_vec = n - n % W;
+  index_t i = 0;
   while (i < n_vec) {
-    const index block_end = std::min(n_vec, i + kBlock);
+    const index_t block_end = std::min(n_vec, i + kBlock);
     std::array<V, K> a0, a1;
     a0.fill(S::splat(T(0)));
     a1.fill(S::splat(T(0)));
-    const index unrolled_end = i + (block_end - i) / (2 * W) * (2 * W);
+    const index_t unrolled_end = i + (block_end - i) / (2 * W) * (2 * W);
     for (; i < unrolled_end; i += 2 * W) {
       const auto t0 = term(S{}, i);
       const auto t1 = term(S{}, i + W);
@@ -75,9 +75,9 @@ std::array<double, K> blocked_sums(index n, Term&& term) {
 /// (masked -inf logits included) contribute exactly 0 to dL/dm, never -inf * 0 = NaN.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-double write_gradient(const T* z, const T* p, const T* g, T* dz, index n, T m, T c, T zbar,
+double write_gradient(const T* z, const T* p, const T* g, T* dz, index_t n, T m, T c, T zbar,
                       T scale) {
-  auto with_z = [&](auto s, index at) {
+  auto with_z = [&](auto s, index_t at) {
     using S = decltype(s);
     const auto pv = S::load(p + at) * S::splat(scale), gc = S::load(g + at) - S::splat(c);
     const auto dy = pv * gc;
@@ -86,7 +86,7 @@ double write_gradient(const T* z, const T* p, const T* g, T* dz, index n, T m, T
     return std::array<typename S::vec, 1>{
         S::select(pv == S::splat(T(0)), S::splat(T(0)), dy * centred)};
   };
-  auto without_z = [&](auto s, index at) {
+  auto without_z = [&](auto s, index_t at) {
     using S = decltype(s);
     const auto dy = S::load(p + at) * S::splat(scale) * (S::load(g + at) - S::splat(c));
     S::store(dz + at, S::splat(m) * dy);
@@ -110,15 +110,15 @@ double write_gradient(const T* z, const T* p, const T* g, T* dz, index n, T m, T
 /// where exact is the same formula in exact arithmetic on the same p, g, z.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-double scaled_softmax_row_backward(const T* z, const T* p, const T* g, T* dz, index n, T m) {
+double scaled_softmax_row_backward(const T* z, const T* p, const T* g, T* dz, index_t n, T m) {
   T c, zbar = T(0);
   if (z == nullptr) {
-    c = static_cast<T>(blocked_sums<Arch, T, 1>(n, [&](auto s, index at) {
+    c = static_cast<T>(blocked_sums<Arch, T, 1>(n, [&](auto s, index_t at) {
       using S = decltype(s);
       return std::array<typename S::vec, 1>{S::load(p + at) * S::load(g + at)};
     })[0]);
   } else {
-    const auto sums = blocked_sums<Arch, T, 2>(n, [&](auto s, index at) {
+    const auto sums = blocked_sums<Arch, T, 2>(n, [&](auto s, index_t at) {
       using S = decltype(s);
       const auto pv = S::load(p + at);
       const auto zero = S::splat(T(0));
@@ -146,14 +146,14 @@ double scaled_softmax_row_backward(const T* z, const T* p, const T* g, T* dz, in
 /// normalisation) and an absolute error of 2 n min_normal (the flush).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-double scaled_softmax_row_backward_lse(const T* z, T lse, const T* g, T* dz, index n, T m) {
+double scaled_softmax_row_backward_lse(const T* z, T lse, const T* g, T* dz, index_t n, T m) {
   const T inf = std::numeric_limits<T>::infinity();
   if (lse == -inf) {
     std::fill(dz, dz + n, T(0));
     return 0.0;
   }
   const T flush = flush_threshold<T>(n);
-  const auto sums = blocked_sums<Arch, T, 3>(n, [&](auto s, index at) {
+  const auto sums = blocked_sums<Arch, T, 3>(n, [&](auto s, index_t at) {
     using S = decltype(s);
     const auto zero = S::splat(T(0));
     const auto zv = S::load(z + at);

@@ -19,19 +19,19 @@ namespace ssmax::kernels {
 /// compensated double total. Bounds the summation error to about
 /// (kLanesPerBlock + log2(4 W) + 2) ulp of T whatever n is, at the cost of one horizontal
 /// add and one compensated add per block of kLanesPerBlock * 4 * W elements.
-inline constexpr index kLanesPerBlock = 32;
+inline constexpr index_t kLanesPerBlock = 32;
 
 /// Largest element of x[0, n). Pre: n >= 1. When x holds a NaN the result is unspecified
 /// (NaN, -inf or an element of x): scaled_softmax_row detects NaN rows itself.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-T row_max(const T* x, index n) {
+T row_max(const T* x, index_t n) {
   using S = detail::simd<Arch, T>;
-  constexpr index W = S::width;
+  constexpr index_t W = S::width;
   const auto lowest = S::splat(-std::numeric_limits<T>::infinity());
   auto m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
-  const index n_unrolled = n - n % (4 * W), n_vec = n - n % W;
-  index i = 0;
+  const index_t n_unrolled = n - n % (4 * W), n_vec = n - n % W;
+  index_t i = 0;
   for (; i < n_unrolled; i += 4 * W) {
     m0 = S::max(m0, S::load(x + i));
     m1 = S::max(m1, S::load(x + i + W));
@@ -50,7 +50,7 @@ T row_max(const T* x, index n) {
 /// subnormal, which costs some CPUs a microcode assist per element: keeping every stored
 /// weight 0 or normal keeps the kernels' speed independent of the logits' spread.
 template <class T>  // float or double
-inline T flush_threshold(index n) {
+inline T flush_threshold(index_t n) {
   return static_cast<T>(std::log(static_cast<double>(std::numeric_limits<T>::min())) +
                         std::log(static_cast<double>(n)));
 }
@@ -64,11 +64,11 @@ inline T flush_threshold(index n) {
 /// (kLanesPerBlock + log2(4 W) + 1) ulp relative, independent of n.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
+double exp_and_sum(const T* x, T* y, index_t n, T m, T pivot, T flush_below) {
   using S = detail::simd<Arch, T>;
   using V = typename S::vec;
-  constexpr index W = S::width;
-  constexpr index kBlock = kLanesPerBlock * 4 * W;
+  constexpr index_t W = S::width;
+  constexpr index_t kBlock = kLanesPerBlock * 4 * W;
   const V vm = S::splat(m), vp = S::splat(pivot);
   const V lowest = S::splat(flush_below);
   // exp(t), exactly 0 below flush_below, NaN for NaN: the argument is clamped before exp
@@ -78,19 +78,19 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
     const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::select(t >= lowest, t, lowest)));
     return S::select(S::is_nan(t), t, e);
   };
-  auto term = [&](index at) {
+  auto term = [&](index_t at) {
     const V e = weight(vm * (S::load(x + at) - vp));
     if (y != nullptr) S::store(y + at, e);
     return e;
   };
 
   detail::compensated_sum total;  // blocks add without error growth, in float and double
-  index i = 0;
-  const index n_vec = n - n % W;
+  index_t i = 0;
+  const index_t n_vec = n - n % W;
   while (i < n_vec) {
-    const index block_end = std::min(n_vec, i + kBlock);
+    const index_t block_end = std::min(n_vec, i + kBlock);
     V a0 = S::splat(T(0)), a1 = a0, a2 = a0, a3 = a0;
-    const index unrolled_end = i + (block_end - i) / (4 * W) * (4 * W);
+    const index_t unrolled_end = i + (block_end - i) / (4 * W) * (4 * W);
     for (; i < unrolled_end; i += 4 * W) {
       a0 += term(i);
       a1 += term(i + W);
@@ -102,7 +102,7 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
   }
   if (i < n) {  // tail: pad to one vector with -inf, whose weight is exactly 0
     T in[W], out[W];
-    const index rest = n - i;
+    const index_t rest = n - i;
     std::fill(in, in + W, -std::numeric_limits<T>::infinity());
     std::copy(x + i, x + n, in);
     const V e = weight(vm * (S::load(in) - vp));
@@ -116,12 +116,12 @@ double exp_and_sum(const T* x, T* y, index n, T m, T pivot, T flush_below) {
 /// Pass 3: y_i *= factor for i in [0, n).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-void scale_row(T* y, index n, T factor) {
+void scale_row(T* y, index_t n, T factor) {
   using S = detail::simd<Arch, T>;
-  constexpr index W = S::width;
+  constexpr index_t W = S::width;
   const auto f = S::splat(factor);
-  const index n_vec = n - n % W;
-  index i = 0;
+  const index_t n_vec = n - n % W;
+  index_t i = 0;
   for (; i < n_vec; i += W) S::store(y + i, S::load(y + i) * f);
   for (; i < n; ++i) y[i] *= factor;
 }
@@ -131,12 +131,12 @@ void scale_row(T* y, index n, T factor) {
 /// of only -inf (zeros, empty state). Any NaN makes every output NaN. Writes y when
 /// y != nullptr; returns the state.
 template <class T>  // float or double
-row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
+row_state<T> uniform_row(const T* x, T* y, index_t n, bool over_infinite) {
   const T inf = std::numeric_limits<T>::infinity();
   auto chosen = [&](T v) { return over_infinite ? v == inf : v != -inf; };
-  index count = 0;
+  index_t count = 0;
   bool has_nan = false;
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     count += chosen(x[i]) ? 1 : 0;
     has_nan = has_nan || std::isnan(x[i]);
   }
@@ -147,7 +147,7 @@ row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
   }
   if (y != nullptr) {
     const T w = T(1) / static_cast<T>(count);
-    for (index i = 0; i < n; ++i) y[i] = has_nan ? nan : (chosen(x[i]) ? w : T(0));
+    for (index_t i = 0; i < n; ++i) y[i] = has_nan ? nan : (chosen(x[i]) ? w : T(0));
   }
   if (has_nan) return {nan, nan};
   return {over_infinite ? inf : T(0), static_cast<T>(count)};
@@ -171,7 +171,7 @@ row_state<T> uniform_row(const T* x, T* y, index n, bool over_infinite) {
 /// and x is near the largest finite T.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
-row_state<T> scaled_softmax_row(const T* x, T* y, index n, T m, index visible = 0) {
+row_state<T> scaled_softmax_row(const T* x, T* y, index_t n, T m, index_t visible = 0) {
   const T inf = std::numeric_limits<T>::infinity();
   const T x_max = row_max<Arch>(x, n);
   // row_max may miss a NaN; one that it misses still reaches pass 2's sum, except in the

@@ -32,7 +32,7 @@ struct attention_result {
 };
 
 /// Whether a row sees key j (a tensor key index): in [begin, end) and allowed.
-inline bool sees(const row_keys& row, index j) {
+inline bool sees(const row_keys& row, index_t j) {
   return j >= row.begin && j < row.end && (row.allowed == nullptr || row.allowed[j]);
 }
 
@@ -42,16 +42,16 @@ inline bool sees(const row_keys& row, index j) {
 /// The scores are row_products(q, k, ..., scale, -inf, z); the backward's upstream
 /// u_j = dout_i . v_j is row_products(dout, v, ..., 1, 0, u). Pre: out has y.seq entries.
 template <class T>  // element type of the inputs (float or double), widened exactly
-void row_products(const tensor_view<const T>& x, const tensor_view<const T>& y, index b, index i,
-                  index h, index g, const row_keys& row, double scale, double hidden,
+void row_products(const tensor_view<const T>& x, const tensor_view<const T>& y, index_t b,
+                  index_t i, index_t h, index_t g, const row_keys& row, double scale, double hidden,
                   std::vector<double>& out) {
-  for (index j = 0; j < y.seq; ++j) {
+  for (index_t j = 0; j < y.seq; ++j) {
     if (!sees(row, j)) {
       out[static_cast<size_t>(j)] = hidden;
       continue;
     }
     double dot = 0.0;
-    for (index c = 0; c < x.dim; ++c)
+    for (index_t c = 0; c < x.dim; ++c)
       dot += static_cast<double>(x(b, i, h, c)) * static_cast<double>(y(b, j, g, c));
     out[static_cast<size_t>(j)] = scale * dot;
   }
@@ -64,11 +64,11 @@ template <class T,  // element type of the inputs (float or double)
           class F>  // callable (index b, index h, index g, index i, const row_keys& row)
 void for_each_visible_row(const tensor_view<const T>& q, const tensor_view<const T>& k,
                           const attention_mask& mask, F&& f) {
-  const index group = q.heads / k.heads;
-  for (index s = 0; s < sequence_count(mask, q.batch); ++s) {
+  const index_t group = q.heads / k.heads;
+  for (index_t s = 0; s < sequence_count(mask, q.batch); ++s) {
     const sequence_span seq = sequence_of(mask, s, q.seq, k.seq);
-    for (index h = 0; h < q.heads; ++h)
-      for (index i = seq.q_begin; i < seq.q_end; ++i) {
+    for (index_t h = 0; h < q.heads; ++h)
+      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = visible_keys(mask, seq, h, i);
         if (row.visible > 0) f(seq.tensor_batch, h, h / group, i, row);
       }
@@ -81,7 +81,7 @@ template <class T,       // element type of the inputs (float or double), widene
 attention_result attention(const tensor_view<const T>& q, const tensor_view<const T>& k,
                            const tensor_view<const T>& v, const Policy& policy,
                            const attention_mask& mask, double scale) {
-  const index B = q.batch, n_q = q.seq, H = q.heads, d = q.dim, n_k = k.seq;
+  const index_t B = q.batch, n_q = q.seq, H = q.heads, d = q.dim, n_k = k.seq;
   const double inf = std::numeric_limits<double>::infinity();
   attention_result r;  // rows that see no key keep zeros and lse -inf
   r.out.assign(static_cast<size_t>(B * n_q * H * d), 0.0);
@@ -89,24 +89,25 @@ attention_result attention(const tensor_view<const T>& q, const tensor_view<cons
   r.weights.assign(static_cast<size_t>(B * H * n_q * n_k), 0.0);
 
   std::vector<double> z(static_cast<size_t>(n_k));
-  for_each_visible_row(q, k, mask, [&](index b, index h, index g, index i, const row_keys& row) {
-    const double m = policy.multiplier({row.n, row.position, h});
+  for_each_visible_row(
+      q, k, mask, [&](index_t b, index_t h, index_t g, index_t i, const row_keys& row) {
+        const double m = policy.multiplier({row.n, row.position, h});
 
-    // z over the whole key axis: -inf where the row cannot see the key.
-    row_products(q, k, b, i, h, g, row, scale, -inf, z);
-    const std::vector<double> a = scaled_softmax(z.data(), n_k, m);
-    const index row_at = (b * H + h) * n_q + i;
-    r.lse[static_cast<size_t>(row_at)] = log_sum_exp(z.data(), n_k, m);
-    for (index j = 0; j < n_k; ++j)
-      r.weights[static_cast<size_t>(row_at * n_k + j)] = a[static_cast<size_t>(j)];
+        // z over the whole key axis: -inf where the row cannot see the key.
+        row_products(q, k, b, i, h, g, row, scale, -inf, z);
+        const std::vector<double> a = scaled_softmax(z.data(), n_k, m);
+        const index_t row_at = (b * H + h) * n_q + i;
+        r.lse[static_cast<size_t>(row_at)] = log_sum_exp(z.data(), n_k, m);
+        for (index_t j = 0; j < n_k; ++j)
+          r.weights[static_cast<size_t>(row_at * n_k + j)] = a[static_cast<size_t>(j)];
 
-    double* o = &r.out[static_cast<size_t>(((b * n_q + i) * H + h) * d)];
-    for (index j = 0; j < n_k; ++j) {
-      if (a[static_cast<size_t>(j)] == 0.0) continue;
-      for (index c = 0; c < d; ++c)
-        o[c] += a[static_cast<size_t>(j)] * static_cast<double>(v(b, j, g, c));
-    }
-  });
+        double* o = &r.out[static_cast<size_t>(((b * n_q + i) * H + h) * d)];
+        for (index_t j = 0; j < n_k; ++j) {
+          if (a[static_cast<size_t>(j)] == 0.0) continue;
+          for (index_t c = 0; c < d; ++c)
+            o[c] += a[static_cast<size_t>(j)] * static_cast<double>(v(b, j, g, c));
+        }
+      });
   return r;
 }
 

@@ -51,42 +51,43 @@ attention_backward_result attention_backward(const tensor_view<const T>& q,
                                              const tensor_view<const T>& v,
                                              const tensor_view<const T>& dout, const Policy& policy,
                                              const attention_mask& mask, double scale) {
-  const index B = q.batch, n_q = q.seq, H = q.heads, d = q.dim, n_k = k.seq, H_kv = k.heads;
+  const index_t B = q.batch, n_q = q.seq, H = q.heads, d = q.dim, n_k = k.seq, H_kv = k.heads;
   attention_backward_result r;
   r.dq.assign(static_cast<size_t>(B * n_q * H * d), 0.0);
   r.dk.assign(static_cast<size_t>(B * n_k * H_kv * d), 0.0);
   r.dv.assign(static_cast<size_t>(B * n_k * H_kv * d), 0.0);
   r.d_multiplier.assign(static_cast<size_t>(B * H * n_q), 0.0);
   r.policy = policy_gradient(H);
-  auto at_q = [&](index b, index i, index h) { return ((b * n_q + i) * H + h) * d; };
-  auto at_k = [&](index b, index j, index g) { return ((b * n_k + j) * H_kv + g) * d; };
+  auto at_q = [&](index_t b, index_t i, index_t h) { return ((b * n_q + i) * H + h) * d; };
+  auto at_k = [&](index_t b, index_t j, index_t g) { return ((b * n_k + j) * H_kv + g) * d; };
 
   std::vector<double> z(static_cast<size_t>(n_k)), u(static_cast<size_t>(n_k));
-  for_each_visible_row(q, k, mask, [&](index b, index h, index g, index i, const row_keys& row) {
-    const row_position where{row.n, row.position, h};
-    const double m = policy.multiplier(where);
+  for_each_visible_row(
+      q, k, mask, [&](index_t b, index_t h, index_t g, index_t i, const row_keys& row) {
+        const row_position where{row.n, row.position, h};
+        const double m = policy.multiplier(where);
 
-    // Logits z (-inf where hidden), as the forward reference computes them, and
-    // upstream u_j = dout_i . v_j (0 where hidden).
-    row_products(q, k, b, i, h, g, row, scale, -std::numeric_limits<double>::infinity(), z);
-    row_products(dout, v, b, i, h, g, row, 1.0, 0.0, u);
-    const std::vector<double> a = scaled_softmax(z.data(), n_k, m);
-    // dz_j = m dy_j and dL/dm, by the row reference (reference/softmax_backward.hpp).
-    const row_backward_result row_grad =
-        softmax_backward_from_weights(a.data(), z.data(), u.data(), n_k, m);
+        // Logits z (-inf where hidden), as the forward reference computes them, and
+        // upstream u_j = dout_i . v_j (0 where hidden).
+        row_products(q, k, b, i, h, g, row, scale, -std::numeric_limits<double>::infinity(), z);
+        row_products(dout, v, b, i, h, g, row, 1.0, 0.0, u);
+        const std::vector<double> a = scaled_softmax(z.data(), n_k, m);
+        // dz_j = m dy_j and dL/dm, by the row reference (reference/softmax_backward.hpp).
+        const row_backward_result row_grad =
+            softmax_backward_from_weights(a.data(), z.data(), u.data(), n_k, m);
 
-    for (index j = 0; j < n_k; ++j) {
-      const double dz = row_grad.dz[static_cast<size_t>(j)], aj = a[static_cast<size_t>(j)];
-      if (aj == 0.0) continue;
-      for (index c = 0; c < d; ++c) {
-        r.dq[at_q(b, i, h) + c] += scale * dz * static_cast<double>(k(b, j, g, c));
-        r.dk[at_k(b, j, g) + c] += scale * dz * static_cast<double>(q(b, i, h, c));
-        r.dv[at_k(b, j, g) + c] += aj * static_cast<double>(dout(b, i, h, c));
-      }
-    }
-    r.d_multiplier[static_cast<size_t>((b * H + h) * n_q + i)] = row_grad.d_multiplier;
-    r.policy.add(h, gradient_of(policy, where, row_grad.d_multiplier));
-  });
+        for (index_t j = 0; j < n_k; ++j) {
+          const double dz = row_grad.dz[static_cast<size_t>(j)], aj = a[static_cast<size_t>(j)];
+          if (aj == 0.0) continue;
+          for (index_t c = 0; c < d; ++c) {
+            r.dq[at_q(b, i, h) + c] += scale * dz * static_cast<double>(k(b, j, g, c));
+            r.dk[at_k(b, j, g) + c] += scale * dz * static_cast<double>(q(b, i, h, c));
+            r.dv[at_k(b, j, g) + c] += aj * static_cast<double>(dout(b, i, h, c));
+          }
+        }
+        r.d_multiplier[static_cast<size_t>((b * H + h) * n_q + i)] = row_grad.d_multiplier;
+        r.policy.add(h, gradient_of(policy, where, row_grad.d_multiplier));
+      });
   return r;
 }
 

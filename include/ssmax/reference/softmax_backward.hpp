@@ -30,10 +30,10 @@ struct row_backward_result {
 /// not computed) and upstream g. Pre: n >= 1, m finite.
 template <class P,  // element type of p (float or double), widened exactly
           class T>  // element type of z and g (float or double), widened exactly
-row_backward_result softmax_backward_from_weights(const P* p, const T* z, const T* g, index n,
+row_backward_result softmax_backward_from_weights(const P* p, const T* z, const T* g, index_t n,
                                                   double m) {
   compensated_sum c_sum, zbar_sum;
-  for (index j = 0; j < n; ++j) {
+  for (index_t j = 0; j < n; ++j) {
     if (p[j] == 0) continue;
     c_sum.add(static_cast<double>(p[j]) * static_cast<double>(g[j]));
     if (z != nullptr) zbar_sum.add(static_cast<double>(p[j]) * static_cast<double>(z[j]));
@@ -43,7 +43,7 @@ row_backward_result softmax_backward_from_weights(const P* p, const T* z, const 
   row_backward_result r;
   r.dz.assign(static_cast<size_t>(n), 0.0);
   compensated_sum dm;
-  for (index i = 0; i < n; ++i) {
+  for (index_t i = 0; i < n; ++i) {
     if (p[i] == 0) continue;
     const double dy = static_cast<double>(p[i]) * (static_cast<double>(g[i]) - c);
     r.dz[static_cast<size_t>(i)] = m * dy;
@@ -57,7 +57,7 @@ row_backward_result softmax_backward_from_weights(const P* p, const T* z, const 
 /// scaled_softmax: -inf entries weigh 0, a row of only -inf gives zeros).
 /// Pre: n >= 1, m finite and >= 0, z finite or -inf.
 template <class T>  // element type of z and g (float or double), widened exactly
-row_backward_result scaled_softmax_backward(const T* z, const T* g, index n, double m) {
+row_backward_result scaled_softmax_backward(const T* z, const T* g, index_t n, double m) {
   const std::vector<double> p = scaled_softmax(z, n, m);
   return softmax_backward_from_weights(p.data(), z, g, n, m);
 }
