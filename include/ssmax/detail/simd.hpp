@@ -10,10 +10,10 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
-#include <xsimd/xsimd.hpp>
 
 #include "../error.hpp"
 #include "compensated_sum.hpp"
+#include "xsimd_include.hpp"  // <xsimd/xsimd.hpp> without GCC 12's intrinsic warnings
 
 namespace ssmax {
 
