@@ -193,9 +193,12 @@ TEST(AttentionBackwardReference, MatchesFiniteDifferencesForEveryMaskAndPolicy) 
   for (const auto& mc : mask_cases()) {
     const problem pr(mc.batch, mc.n_q, mc.n_k, 2, 1, 3, 11);
     check_by_differences(pr, softmax_policy{}, nullptr, nullptr, mc.mask, mc.name + "/softmax");
+    // Views (per_head::view), not copies: the differences move s and b in place.
     std::vector<double> s = {0.43, 0.7}, b = {0.0, 0.3};
-    check_by_differences(pr, ssmax_policy(s, b), &s, &b, mc.mask, mc.name + "/ssmax");
-    check_by_differences(pr, ssmax_policy(s, b, 32), &s, &b, mc.mask, mc.name + "/ssmax-fixed");
+    const per_head s_view = per_head::view(s.data(), 2), b_view = per_head::view(b.data(), 2);
+    check_by_differences(pr, ssmax_policy(s_view, b_view), &s, &b, mc.mask, mc.name + "/ssmax");
+    check_by_differences(pr, ssmax_policy(s_view, b_view, 32), &s, &b, mc.mask,
+                         mc.name + "/ssmax-fixed");
     qwen_logn_policy qwen;
     qwen.train_length = 2;
     check_by_differences(pr, qwen, nullptr, nullptr, mc.mask, mc.name + "/qwen");

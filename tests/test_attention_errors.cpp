@@ -121,8 +121,10 @@ TEST(AttentionErrors, Masks) {
     c.options.mask = attention_mask::varlen(cu_q_late, cu_k, 3);
   });
   expect_bad("options.mask.window", [](call& c) { c.options.mask.window = 3; });  // not causal
-  expect_bad("options.mask.window",
-             [](call& c) { c.options.mask = attention_mask::sliding_window(-2); });
+  expect_bad("options.mask.window", [](call& c) {
+    c.options.mask = attention_mask::causal_mask();
+    c.options.mask.window = -2;
+  });
   expect_bad("options.mask.query_offset", [](call& c) { c.options.mask.query_offset = -5; });
   expect_bad("options.mask.query_offset", [](call& c) {
     c.options.mask = attention_mask::causal_mask(std::numeric_limits<index_t>::max() - 1);

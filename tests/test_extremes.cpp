@@ -241,18 +241,19 @@ TYPED_TEST(Extremes, VeryLargeAndVerySmallScales) {
     std::vector<T> untouched(x.size(), T(-42));
     if (std::is_same<T, float>::value) {  // s finite, s log n beyond the largest float
       const double too_big = 2.0 * static_cast<double>(std::numeric_limits<T>::max()) / log_n;
-      expect_rejects([&] { scalable_softmax<Arch>(x.data(), untouched.data(), n, too_big); },
-                     "policy");
+      expect_rejects([&] { scalable_softmax<Arch>(x.data(), untouched.data(), n, too_big); }, "s");
+      expect_rejects([&] { scalable_softmax<Arch>(x.data(), untouched.data(), n, 0.43, 1e39); },
+                     "b");  // b alone beyond the largest float
     }
     const double lim = std::numeric_limits<double>::max();  // s log n + b overflows double
     expect_rejects([&] { scalable_softmax<Arch>(x.data(), untouched.data(), n, lim, lim); },
-                   "policy");
+                   std::is_same<T, float>::value ? "b" : "s");  // in float, b alone overflows
     expect_rejects(
         [&] {
           scalable_softmax<Arch>(x.data(), untouched.data(), n, 0.43,
                                  std::numeric_limits<double>::infinity());
         },
-        "policy.b");  // b = +inf: not finite
+        "b");  // b = +inf: not finite
     for (T v : untouched) EXPECT_EQ(v, T(-42));
   }
 }

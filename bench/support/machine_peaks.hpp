@@ -63,6 +63,21 @@ inline void register_memory_copy() {
   benchmark::RegisterBenchmark("copy/memcpy/256MiB", memory_copy)->Unit(benchmark::kMillisecond);
 }
 
+/// True when a row of the peak or copy run gives the reference value: each repetition's
+/// own row, then (with --benchmark_repetitions) the median aggregate, which arrives after
+/// them and so is the one later benchmarks divide by. Never the mean, stddev or cv rows
+/// (the cv row, last of the aggregates, once made of_peak read 5.4k).
+inline bool is_reference_row(const benchmark::BenchmarkReporter::Run& r) {
+  return r.run_type == benchmark::BenchmarkReporter::Run::RT_Iteration ||
+         r.aggregate_name == "median";
+}
+
+/// True when a row gets the of_peak and of_copy columns: not a coefficient-of-variation
+/// aggregate (a ratio of ratios, not a rate).
+inline bool gets_fractions(const benchmark::BenchmarkReporter::Run& r) {
+  return r.run_type == benchmark::BenchmarkReporter::Run::RT_Iteration || r.aggregate_name != "cv";
+}
+
 /// Base, plus the of_peak and of_copy columns computed from the peak and copy runs of the
 /// same run (counters arrive finished: rates are already per second).
 template <class Base>  // benchmark::ConsoleReporter, or a reporter derived from it
@@ -76,9 +91,12 @@ class fraction_reporter : public Base {
     for (auto& r : copy) {
       const std::string name = r.benchmark_name();
       auto gf = r.counters.find("GFLOPs");
-      if (name.rfind("peak/", 0) == 0 && gf != r.counters.end()) peak_gflops_ = gf->second.value;
       auto gb = r.counters.find("GBs");
-      if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) copy_gbs_ = gb->second.value;
+      if (is_reference_row(r)) {
+        if (name.rfind("peak/", 0) == 0 && gf != r.counters.end()) peak_gflops_ = gf->second.value;
+        if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) copy_gbs_ = gb->second.value;
+      }
+      if (!gets_fractions(r)) continue;
       auto th = r.counters.find("threads");
       if (gf != r.counters.end() && th != r.counters.end() && peak_gflops_ > 0) {
         r.counters["of_peak"] = gf->second.value / (peak_gflops_ * th->second.value);
@@ -89,6 +107,9 @@ class fraction_reporter : public Base {
     }
     Base::ReportRuns(copy);
   }
+
+  double peak_gflops() const { return peak_gflops_; }  ///< the peak in use (for tests)
+  double copy_gbs() const { return copy_gbs_; }        ///< the copy rate in use (for tests)
 
  private:
   double peak_gflops_ = 0.0;  // 1-thread FMA peak, from the peak run

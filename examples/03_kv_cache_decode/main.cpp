@@ -1,15 +1,20 @@
-// Example 3: a KV-cache decoding loop with causal SSMax.
+// Example 3: a batched KV-cache decoding loop with causal SSMax and ragged lengths.
 //
-// Prefill runs the prompt's queries over the prompt's keys with a causal mask (row p sees
-// n = p + 1 keys). Each decode step appends one token's key and value to the cache and
-// runs its single query over the T + 1 cached keys: the mask's default query offset puts
-// that query at the end of the keys, so n = T + 1 grows by one per step and the SSMax
-// multiplier m = s log n with it. Grouped-query attention (8 query heads share 2 KV heads)
-// and a reused workspace (no allocation after the first call) are what a decoder uses.
+// Three sequences with prompts of different lengths share one cache laid out
+// [B, capacity, H_kv, d]; lengths[b] says how many tokens sequence b holds. The calls:
+//   keys and values   cache_view(cache, B, capacity, H_kv, d, lengths)  (tensor_view.hpp)
+//   mask              attention_mask::cache(lengths): causal, keys past lengths[b] hidden,
+//                     each sequence's queries at the end of ITS OWN keys (mask.hpp)
+// Prefill runs the prompts as one right-padded batch (queries at positions 0..P-1, row p of
+// sequence b sees min(p + 1, L_b) keys). Each decode step appends one token per sequence
+// and runs the batch's B single queries: sequence b's query sits at L_b - 1 and sees
+// n = L_b keys, so the SSMax multiplier m = s log n grows with each sequence's own length.
+// Grouped-query attention (8 query heads share 2 KV heads) and a reused workspace (no
+// allocation after the first call) are what a decoder uses.
 //
-// The check: every decode output equals the same row of one causal attention over the
-// whole sequence, and both are within the operator's error bound of the double-precision
-// reference. The program exits non-zero if not.
+// The check: every decode output (and every real prefill row) equals the same row of one
+// causal attention over that sequence alone, and both are within the operator's error
+// bound of the double-precision reference. The program exits non-zero if not.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -20,96 +25,127 @@
 #include <vector>
 
 int main() {
-  const ssmax::index_t heads = 8, kv_heads = 2, d = 64;  // GQA: 4 query heads per KV head
-  const ssmax::index_t prompt = 48, steps = 80, max_len = prompt + steps;
+  using ssmax::index_t;
+  const index_t batch = 3, heads = 8, kv_heads = 2, d = 64;  // GQA: 4 query heads per KV head
+  const index_t prompt[batch] = {48, 17, 33}, steps = 40;
+  const index_t longest_prompt = 48, capacity = longest_prompt + steps;
+  const index_t q_row = heads * d, kv_row = kv_heads * d;  // floats per token
   const double s = 0.43;
 
-  // A stand-in for the model: token t's query, key and value rows ([heads or kv_heads, d]
-  // each), which a real model computes from the token's hidden state.
+  // A stand-in for the model: token t of sequence b has query, key and value rows
+  // ([heads or kv_heads, d] each), which a real model computes from its hidden state.
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto random = [&](ssmax::index_t count) {
+  auto random = [&](index_t count) {
     std::vector<float> x(static_cast<std::size_t>(count));
     for (float& e : x) e = normal(rng);
     return x;
   };
-  const std::vector<float> q_all = random(max_len * heads * d);
-  const std::vector<float> k_all = random(max_len * kv_heads * d);
-  const std::vector<float> v_all = random(max_len * kv_heads * d);
-  const ssmax::index_t q_row = heads * d, kv_row = kv_heads * d;  // floats per token
+  const std::vector<float> q_all = random(batch * capacity * q_row);  // [B, capacity, H, d]
+  const std::vector<float> k_all = random(batch * capacity * kv_row);
+  const std::vector<float> v_all = random(batch * capacity * kv_row);
 
-  // The cache: room for max_len tokens, [seq, kv_heads, d]; the first T rows are filled.
+  // The cache: room for `capacity` tokens per sequence, [B, capacity, H_kv, d].
   std::vector<float> k_cache(k_all.size()), v_cache(v_all.size());
-  auto append = [&](ssmax::index_t from, ssmax::index_t to) {  // tokens [from, to) into the cache
-    std::copy(k_all.begin() + from * kv_row, k_all.begin() + to * kv_row,
-              k_cache.begin() + from * kv_row);
-    std::copy(v_all.begin() + from * kv_row, v_all.begin() + to * kv_row,
-              v_cache.begin() + from * kv_row);
+  index_t lengths[batch] = {0, 0, 0};
+  auto append = [&](index_t b, index_t count) {  // the next `count` tokens of sequence b
+    const index_t from = (b * capacity + lengths[b]) * kv_row, size = count * kv_row;
+    std::copy(k_all.begin() + from, k_all.begin() + from + size, k_cache.begin() + from);
+    std::copy(v_all.begin() + from, v_all.begin() + from + size, v_cache.begin() + from);
+    lengths[b] += count;
   };
-  std::vector<float> out(q_all.size());  // each position's attention output, [seq, heads, d]
+  std::vector<float> out(q_all.size());  // each token's attention output, [B, capacity, H, d]
 
   ssmax::attention_options<ssmax::ssmax_policy> options;
   options.policy = ssmax::ssmax_policy(s);
-  options.mask = ssmax::attention_mask::causal_mask();  // queries at the end of the keys
+  options.mask = ssmax::attention_mask::cache(lengths);  // reads lengths at each call
   ssmax::attention_workspace workspace;
+  auto keys = [&] {
+    return ssmax::cache_view(k_cache.data(), batch, capacity, kv_heads, d, lengths);
+  };
+  auto values = [&] {
+    return ssmax::cache_view(v_cache.data(), batch, capacity, kv_heads, d, lengths);
+  };
 
-  // Prefill: the prompt's queries over the prompt's keys.
-  append(0, prompt);
-  ssmax::attention(ssmax::bshd_view(q_all.data(), 1, prompt, heads, d),
-                   ssmax::bshd_view(k_cache.data(), 1, prompt, kv_heads, d),
-                   ssmax::bshd_view(v_cache.data(), 1, prompt, kv_heads, d),
-                   ssmax::bshd_view(out.data(), 1, prompt, heads, d), options, {}, &workspace);
-  std::printf("prefill: %td tokens, causal: row p sees n = p + 1 keys\n", prompt);
+  // Prefill: the prompts as one right-padded batch (rows past a prompt are ignored).
+  for (index_t b = 0; b < batch; ++b) append(b, prompt[b]);
+  std::vector<float> prefill(static_cast<std::size_t>(batch * longest_prompt * q_row));
+  for (index_t b = 0; b < batch; ++b)
+    std::copy(q_all.begin() + b * capacity * q_row,
+              q_all.begin() + (b * capacity + longest_prompt) * q_row,
+              prefill.begin() + b * longest_prompt * q_row);
+  std::vector<float> prefill_out(prefill.size());
+  ssmax::attention(ssmax::bshd_view(prefill.data(), batch, longest_prompt, heads, d), keys(),
+                   values(), ssmax::bshd_view(prefill_out.data(), batch, longest_prompt, heads, d),
+                   options, {}, &workspace);
+  for (index_t b = 0; b < batch; ++b)
+    std::copy(prefill_out.begin() + b * longest_prompt * q_row,
+              prefill_out.begin() + (b * longest_prompt + prompt[b]) * q_row,
+              out.begin() + b * capacity * q_row);
+  std::printf("prefill: prompts of %td, %td, %td tokens in one right-padded batch\n", prompt[0],
+              prompt[1], prompt[2]);
 
-  // Decode: one token per step; its query sees the T + 1 cached keys.
-  std::printf("%6s %8s %8s\n", "step", "n", "m");
-  for (ssmax::index_t t = prompt; t < max_len; ++t) {
-    append(t, t + 1);
-    const ssmax::index_t cached = t + 1;
-    ssmax::attention(ssmax::bshd_view(q_all.data() + t * q_row, 1, 1, heads, d),
-                     ssmax::bshd_view(k_cache.data(), 1, cached, kv_heads, d),
-                     ssmax::bshd_view(v_cache.data(), 1, cached, kv_heads, d),
-                     ssmax::bshd_view(out.data() + t * q_row, 1, 1, heads, d), options, {},
+  // Decode: one token per sequence per step, the B queries in one call.
+  std::printf("%6s %18s %26s\n", "step", "n per sequence", "m per sequence");
+  std::vector<float> q_step(static_cast<std::size_t>(batch * q_row)), out_step(q_step.size());
+  for (index_t t = 0; t < steps; ++t) {
+    for (index_t b = 0; b < batch; ++b) {
+      append(b, 1);
+      const index_t token = b * capacity + lengths[b] - 1;
+      std::copy(q_all.begin() + token * q_row, q_all.begin() + (token + 1) * q_row,
+                q_step.begin() + b * q_row);
+    }
+    ssmax::attention(ssmax::bshd_view(q_step.data(), batch, 1, heads, d), keys(), values(),
+                     ssmax::bshd_view(out_step.data(), batch, 1, heads, d), options, {},
                      &workspace);
-    if ((t - prompt) % 16 == 0 || t == max_len - 1)
-      std::printf("%6td %8td %8.4f\n", t - prompt, cached, s * std::log(double(cached)));
+    for (index_t b = 0; b < batch; ++b)
+      std::copy(out_step.begin() + b * q_row, out_step.begin() + (b + 1) * q_row,
+                out.begin() + (b * capacity + lengths[b] - 1) * q_row);
+    if (t % 10 == 0 || t == steps - 1)
+      std::printf("%6td %6td %5td %5td %8.4f %8.4f %8.4f\n", t, lengths[0], lengths[1], lengths[2],
+                  s * std::log(double(lengths[0])), s * std::log(double(lengths[1])),
+                  s * std::log(double(lengths[2])));
   }
   std::printf("workspace: %zu bytes, reused by every call\n", workspace.capacity());
 
-  // One causal attention over the whole sequence computes every row at once.
-  const auto q = ssmax::bshd_view(q_all.data(), 1, max_len, heads, d);
-  const auto k = ssmax::bshd_view(k_all.data(), 1, max_len, kv_heads, d);
-  const auto v = ssmax::bshd_view(v_all.data(), 1, max_len, kv_heads, d);
-  std::vector<float> full(out.size());
-  ssmax::attention(q, k, v, ssmax::bshd_view(full.data(), 1, max_len, heads, d), options);
+  // Each sequence alone: one causal attention over all its tokens computes every row.
   const double scale = 1.0 / std::sqrt(double(d));
-  const auto exact = ssmax::reference::attention(q, k, v, options.policy, options.mask, scale);
+  double vs_alone = 0.0, vs_exact = 0.0, bound = 0.0;
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t L = lengths[b];
+    const auto q = ssmax::bshd_view(q_all.data() + b * capacity * q_row, 1, L, heads, d);
+    const auto k = ssmax::bshd_view(k_all.data() + b * capacity * kv_row, 1, L, kv_heads, d);
+    const auto v = ssmax::bshd_view(v_all.data() + b * capacity * kv_row, 1, L, kv_heads, d);
+    ssmax::attention_options<ssmax::ssmax_policy> alone = options;
+    alone.mask = ssmax::attention_mask::causal_mask();
+    std::vector<float> full(static_cast<std::size_t>(L * q_row));
+    ssmax::attention(q, k, v, ssmax::bshd_view(full.data(), 1, L, heads, d), alone);
+    const auto exact = ssmax::reference::attention(q, k, v, alone.policy, alone.mask, scale);
 
-  // The operator's bound (attention.hpp): eps max|v| (2 (d + 2) Z + n + 64), with Z the
-  // largest sum_c |m scale q_c k_jc| over rows p and their keys j <= p.
-  double Z = 0.0;
-  for (ssmax::index_t p = 0; p < max_len; ++p)
-    for (ssmax::index_t h = 0; h < heads; ++h)
-      for (ssmax::index_t j = 0; j <= p; ++j) {
-        double dot = 0.0;
-        for (ssmax::index_t c = 0; c < d; ++c)
-          dot += std::abs(q(0, p, h, c) * k(0, j, h / (heads / kv_heads), c));
-        Z = std::max(Z, s * std::log(double(p + 1)) * scale * dot);
-      }
-  double v_max = 0.0;
-  for (float e : v_all) v_max = std::max(v_max, double(std::abs(e)));
-  const double bound =
-      std::numeric_limits<float>::epsilon() * v_max * (2.0 * (d + 2) * Z + max_len + 64.0);
-
-  double decode_vs_full = 0.0, decode_vs_exact = 0.0;
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    decode_vs_full = std::max(decode_vs_full, double(std::abs(out[i] - full[i])));
-    decode_vs_exact = std::max(decode_vs_exact, std::abs(out[i] - exact.out[i]));
+    // The operator's bound (attention.hpp): eps max|v| (2 (d + 2) Z + n + 64), with Z the
+    // largest sum_c |m scale q_c k_jc| over rows p and their keys j <= p.
+    double Z = 0.0, v_max = 0.0;
+    for (index_t p = 0; p < L; ++p)
+      for (index_t h = 0; h < heads; ++h)
+        for (index_t j = 0; j <= p; ++j) {
+          double dot = 0.0;
+          for (index_t c = 0; c < d; ++c)
+            dot += std::abs(q(0, p, h, c) * k(0, j, h / (heads / kv_heads), c));
+          Z = std::max(Z, s * std::log(double(p + 1)) * scale * dot);
+        }
+    for (index_t i = 0; i < L * kv_row; ++i) v_max = std::max(v_max, double(std::abs(v.data[i])));
+    bound = std::max(bound, std::numeric_limits<float>::epsilon() * v_max *
+                                (2.0 * (d + 2) * Z + double(L) + 64.0));
+    for (index_t i = 0; i < L * q_row; ++i) {
+      const double got = out[static_cast<std::size_t>(b * capacity * q_row + i)];
+      vs_alone = std::max(vs_alone, std::abs(got - full[static_cast<std::size_t>(i)]));
+      vs_exact = std::max(vs_exact, std::abs(got - exact.out[static_cast<std::size_t>(i)]));
+    }
   }
-  std::printf("max |decode - one causal call| = %.3e\n", decode_vs_full);
-  std::printf("max |decode - double reference| = %.3e (contract bound %.3e)\n", decode_vs_exact,
+  std::printf("max |batched cache - each sequence alone| = %.3e\n", vs_alone);
+  std::printf("max |batched cache - double reference| = %.3e (contract bound %.3e)\n", vs_exact,
               bound);
-  const bool ok = decode_vs_exact <= bound && decode_vs_full <= 2.0 * bound;
+  const bool ok = vs_exact <= bound && vs_alone <= 2.0 * bound;
   std::printf("%s\n", ok ? "OK" : "FAILED");
   return ok ? 0 : 1;
 }

@@ -10,6 +10,17 @@
 // (mask.hpp: visible_keys is the one place that computes them). Rows that see no key
 // output zeros and log-sum-exp -inf.
 //
+// KV cache and decode: keys and values live in a cache [B, capacity, H_kv, d] of which
+// sequence b holds lengths[b] tokens (the new ones appended first); each step calls
+//   attention(bshd_view(q, B, n_q, H, d),                         // n_q = 1 when decoding
+//             cache_view(k_cache, B, capacity, H_kv, d, lengths), // tensor_view.hpp
+//             cache_view(v_cache, B, capacity, H_kv, d, lengths),
+//             bshd_view(out, B, n_q, H, d), options, {}, &ws);
+// with options.mask = attention_mask::cache(lengths) (mask.hpp): causal, rows past
+// lengths[b] hidden, and sequence b's queries at the end of its own keys (positions
+// lengths[b] - n_q + i), so position policies see each sequence's true position. Reuse one
+// workspace per thread (examples/03_kv_cache_decode).
+//
 // Every function validates all its arguments first and throws ssmax::argument_error
 // naming the offending one; nothing is written then. Two kernels do the work:
 //   fused        (kernels/attention_fused.hpp) online softmax over key blocks, never forms
@@ -31,6 +42,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "detail/parallel.hpp"
@@ -55,6 +67,7 @@ enum class attention_path {
 /// Everything about an attention call except the tensors.
 template <class Policy = softmax_policy>  // a length policy (length_policy.hpp)
 struct attention_options {
+  static_assert(detail::require_length_policy<Policy>() || true, "checked inside");
   Policy policy{};              ///< how (n, p, head) become the multiplier m
   attention_mask mask{};        ///< which keys each row sees (mask.hpp)
   std::optional<double> scale;  ///< logit scale; default 1/sqrt(d)
@@ -78,6 +91,15 @@ struct identity {
 /// Blocks template argument deduction (q, k, v take their type from out).
 template <class U>
 using identity_t = typename identity<U>::type;
+
+/// True when q, k and v view out's element type (const or not) and out is writable: the
+/// types one attention call needs. Q, K, V, O: the element types of the four views.
+template <class Q, class K, class V, class O>
+struct views_agree
+    : std::integral_constant<bool, !std::is_const<O>::value &&
+                                       std::is_same<std::remove_const_t<Q>, O>::value &&
+                                       std::is_same<std::remove_const_t<K>, O>::value &&
+                                       std::is_same<std::remove_const_t<V>, O>::value> {};
 
 /// Offset of the last element of a view (strides validated non-negative).
 template <class T>
@@ -115,11 +137,6 @@ inline void check_view(const tensor_view<T>& t, const char* fn, const char* name
           "must have non-negative strides");
 }
 
-template <class A, class B>
-inline bool views_overlap(const A* a, index_t a_count, const B* b, index_t b_count) {
-  return overlaps(a, a_count, b, b_count);
-}
-
 /// Throws argument_error naming `argument` when [p, p + count) overlaps q, k or v.
 template <class T, class U>
 inline void require_disjoint_from_inputs(const U* p, index_t count, const char* fn,
@@ -133,21 +150,23 @@ inline void require_disjoint_from_inputs(const U* p, index_t count, const char* 
             names[i]);
 }
 
-/// Checks every argument of an attention call; throws argument_error naming the first
-/// bad one. Returns the resolved scale.
-template <class T, class Policy>
-inline double check_attention(const char* fn, const tensor_view<const T>& q,
-                              const tensor_view<const T>& k, const tensor_view<const T>& v,
-                              const tensor_view<T>& out, const attention_options<Policy>& o,
-                              const attention_extras<T>& x) {
+/// "[B, S, H, d]" of a view, for messages.
+template <class T>
+inline std::string shape_of(const tensor_view<T>& t) {
+  return "[" + std::to_string(t.batch) + ", " + std::to_string(t.seq) + ", " +
+         std::to_string(t.heads) + ", " + std::to_string(t.dim) + "]";
+}
+
+/// Step 1 of check_attention: each view, the shapes against each other, and out (read
+/// here, never written) neither sharing memory between its elements nor with an input.
+template <class T>
+inline void check_shapes(const char* fn, const tensor_view<const T>& q,
+                         const tensor_view<const T>& k, const tensor_view<const T>& v,
+                         const tensor_view<const T>& out) {
   check_view(q, fn, "q");
   check_view(k, fn, "k");
   check_view(v, fn, "v");
   check_view(out, fn, "out");
-  auto shape = [](const auto& t) {
-    return "[" + std::to_string(t.batch) + ", " + std::to_string(t.seq) + ", " +
-           std::to_string(t.heads) + ", " + std::to_string(t.dim) + "]";
-  };
   require_lazy(k.dim == q.dim, fn, "k", [&] {
     return "has head dimension " + std::to_string(k.dim) + ", q has " + std::to_string(q.dim);
   });
@@ -162,15 +181,43 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
            std::to_string(q.heads);
   });
   require_lazy(v.batch == k.batch && v.seq == k.seq && v.heads == k.heads, fn, "v",
-               [&] { return "has shape " + shape(v) + ", expected k's " + shape(k); });
+               [&] { return "has shape " + shape_of(v) + ", expected k's " + shape_of(k); });
   require_lazy(out.batch == q.batch && out.seq == q.seq && out.heads == q.heads && out.dim == q.dim,
-               fn, "out", [&] { return "has shape " + shape(out) + ", expected q's " + shape(q); });
+               fn, "out",
+               [&] { return "has shape " + shape_of(out) + ", expected q's " + shape_of(q); });
   require(distinct_elements(out), fn, "out", "has strides that make elements share memory");
+  require_disjoint_from_inputs(out.data, last_offset(out) + 1, fn, "out", q, k, v);
+}
 
-  const index_t out_count = last_offset(out) + 1;
-  require_disjoint_from_inputs(out.data, out_count, fn, "out", q, k, v);
+/// Step 2a: packed sequences' offsets, each starting at 0, never decreasing, ending at the
+/// tensor's token count.
+inline void check_packed_offsets(const char* fn, const attention_mask& m, index_t batch,
+                                 index_t total_q, index_t total_k) {
+  require(batch == 1, fn, "q", "must have batch 1 with packed sequences");
+  require(m.sequences >= 1, fn, "options.mask.sequences", "must be >= 1");
+  for (const auto& offsets : {std::tuple{m.cu_seqlens_q, "options.mask.cu_seqlens_q", total_q},
+                              std::tuple{m.cu_seqlens_k, "options.mask.cu_seqlens_k", total_k}}) {
+    // Plain locals, not a structured binding: lambdas may capture them in C++17.
+    const index_t* cu = std::get<0>(offsets);
+    const char* name = std::get<1>(offsets);
+    const index_t total = std::get<2>(offsets);
+    require(cu[0] == 0, fn, name, "must start at 0");
+    for (index_t s = 0; s < m.sequences; ++s)
+      require_lazy(cu[s + 1] >= cu[s], fn, name, [&] {
+        return "must not decrease, but entry " + std::to_string(s + 1) + " is " +
+               std::to_string(cu[s + 1]) + " < " + std::to_string(cu[s]);
+      });
+    require_lazy(cu[m.sequences] == total, fn, name, [&] {
+      return "must end at the tensor's token count " + std::to_string(total) + ", got " +
+             std::to_string(cu[m.sequences]);
+    });
+  }
+}
 
-  const attention_mask& m = o.mask;
+/// Step 2: the mask against the tensors (q: n_q and batch; k: n_k).
+template <class T>
+inline void check_mask(const char* fn, const attention_mask& m, const tensor_view<const T>& q,
+                       const tensor_view<const T>& k) {
   require(m.window >= 0, fn, "options.mask.window", "must be >= 0");
   require(m.window == 0 || m.causal, fn, "options.mask.window", "needs options.mask.causal");
   require(m.query_offset >= -1, fn, "options.mask.query_offset", "must be >= 0, or -1 (auto)");
@@ -182,30 +229,9 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
   require(m.n_override >= 0, fn, "options.mask.n_override", "must be >= 0 (0: visible count)");
   require((m.cu_seqlens_q == nullptr) == (m.cu_seqlens_k == nullptr), fn,
           "options.mask.cu_seqlens_k", "must be given together with cu_seqlens_q");
-  const index_t sequences = sequence_count(m, q.batch);
-  if (m.packed()) {
-    require(q.batch == 1, fn, "q", "must have batch 1 with packed sequences");
-    require(m.sequences >= 1, fn, "options.mask.sequences", "must be >= 1");
-    for (const auto& offsets : {std::tuple{m.cu_seqlens_q, "options.mask.cu_seqlens_q", q.seq},
-                                std::tuple{m.cu_seqlens_k, "options.mask.cu_seqlens_k", k.seq}}) {
-      // Plain locals, not a structured binding: lambdas may capture them in C++17.
-      const index_t* cu = std::get<0>(offsets);
-      const char* name = std::get<1>(offsets);
-      const index_t total = std::get<2>(offsets);
-      require(cu[0] == 0, fn, name, "must start at 0");
-      for (index_t s = 0; s < m.sequences; ++s)
-        require_lazy(cu[s + 1] >= cu[s], fn, name, [&] {
-          return "must not decrease, but entry " + std::to_string(s + 1) + " is " +
-                 std::to_string(cu[s + 1]) + " < " + std::to_string(cu[s]);
-        });
-      require_lazy(cu[m.sequences] == total, fn, name, [&] {
-        return "must end at the tensor's token count " + std::to_string(total) + ", got " +
-               std::to_string(cu[m.sequences]);
-      });
-    }
-  }
+  if (m.packed()) check_packed_offsets(fn, m, q.batch, q.seq, k.seq);
   if (m.key_lengths != nullptr)
-    for (index_t s = 0; s < sequences; ++s) {
+    for (index_t s = 0; s < sequence_count(m, q.batch); ++s) {
       const index_t len = m.packed() ? m.cu_seqlens_k[s + 1] - m.cu_seqlens_k[s] : k.seq;
       require_lazy(
           m.key_lengths[s] >= 0 && m.key_lengths[s] <= len, fn, "options.mask.key_lengths", [&] {
@@ -216,28 +242,79 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
   if (m.allowed != nullptr)
     require(m.allowed_stride_b >= 0 && m.allowed_stride_h >= 0 && m.allowed_stride_q >= 0, fn,
             "options.mask.allowed", "must have non-negative strides");
+}
 
+/// Step 3b: every row's multiplier m, times the scale, is finite in T (the row API's
+/// check, policy_row_multiplier, for every row the mask lets see a key). Policies whose
+/// multiplier is the same for every row (softmax_policy) are checked once.
+template <class T, class Policy>
+inline void check_row_multipliers(const char* fn, const Policy& policy, const attention_mask& m,
+                                  const tensor_view<const T>& q, const tensor_view<const T>& k,
+                                  double scale) {
+  auto require_row = [&](const row_position& row) {
+    require_multiplier_fits<T>(fn, policy.multiplier(row), scale, row);
+  };
+  if constexpr (std::is_same<Policy, softmax_policy>::value) {
+    require_row({1, 0, 0});
+  } else {
+    for (index_t s = 0; s < sequence_count(m, q.batch); ++s) {
+      const sequence_span span = sequence_of(m, s, q.seq, k.seq);
+      for (index_t h = 0; h < q.heads; ++h)
+        for (index_t i = span.q_begin; i < span.q_end; ++i) {
+          const row_keys r = visible_keys(m, span, h, i);
+          if (r.visible > 0) require_row({r.n, r.position, h});
+        }
+    }
+  }
+}
+
+/// Step 3: the options: the policy, the threads, the scale. Returns the resolved scale.
+template <class T, class Policy>
+inline double check_options(const char* fn, const attention_options<Policy>& o,
+                            const tensor_view<const T>& q, const tensor_view<const T>& k) {
   check_policy(o.policy, q.heads, fn);
   require(o.threads >= 0, fn, "options.threads", "must be >= 0 (0: all available)");
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));
   require(std::isfinite(scale) && scale >= 0.0, fn, "options.scale", "must be finite and >= 0");
+  check_row_multipliers(fn, o.policy, o.mask, q, k, scale);
+  return scale;
+}
 
-  const index_t rows = q.batch * q.heads * q.seq;
-  if (x.weights != nullptr) {
+/// Step 4: the optional outputs (or, for the backward, lse as an input): [B, H, n_q] lse
+/// and [B, H, n_q, n_k] weights, each disjoint from out, each other and the inputs.
+template <class T, class Policy>
+inline void check_extras(const char* fn, const attention_options<Policy>& o, const T* lse,
+                         const T* weights, const tensor_view<const T>& q,
+                         const tensor_view<const T>& k, const tensor_view<const T>& v,
+                         const tensor_view<const T>& out) {
+  const index_t rows = q.batch * q.heads * q.seq, out_count = last_offset(out) + 1;
+  if (weights != nullptr) {
     require(o.path != attention_path::fused, fn, "extras.weights",
             "needs the materialised path (the fused path never forms them)");
     const index_t count = rows * k.seq;
-    require(!overlaps(x.weights, count, out.data, out_count), fn, "extras.weights",
-            "overlaps 'out'");
-    require_disjoint_from_inputs(x.weights, count, fn, "extras.weights", q, k, v);
+    require(!overlaps(weights, count, out.data, out_count), fn, "extras.weights", "overlaps 'out'");
+    require_disjoint_from_inputs(weights, count, fn, "extras.weights", q, k, v);
   }
-  if (x.lse != nullptr) {
-    require(!overlaps(x.lse, rows, out.data, out_count), fn, "extras.lse", "overlaps 'out'");
-    if (x.weights != nullptr)
-      require(!overlaps(x.lse, rows, x.weights, rows * k.seq), fn, "extras.lse",
+  if (lse != nullptr) {
+    require(!overlaps(lse, rows, out.data, out_count), fn, "extras.lse", "overlaps 'out'");
+    if (weights != nullptr)
+      require(!overlaps(lse, rows, weights, rows * k.seq), fn, "extras.lse",
               "overlaps 'extras.weights'");
-    require_disjoint_from_inputs(x.lse, rows, fn, "extras.lse", q, k, v);
+    require_disjoint_from_inputs(lse, rows, fn, "extras.lse", q, k, v);
   }
+}
+
+/// Checks every argument of an attention call (out only read: its shape and where it
+/// lies); throws argument_error naming the first bad one. Returns the resolved scale.
+template <class T, class Policy>
+inline double check_attention(const char* fn, const tensor_view<const T>& q,
+                              const tensor_view<const T>& k, const tensor_view<const T>& v,
+                              const tensor_view<const T>& out, const attention_options<Policy>& o,
+                              const T* lse, const T* weights) {
+  check_shapes(fn, q, k, v, out);
+  check_mask(fn, o.mask, q, k);
+  const double scale = check_options(fn, o, q, k);
+  check_extras(fn, o, lse, weights, q, k, v, out);
   return scale;
 }
 
@@ -276,8 +353,8 @@ std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q
                                       tensor_view<T> out,
                                       const attention_options<Policy>& options = {},
                                       attention_extras<T> extras = {}) {
-  const double scale =
-      detail::check_attention("attention_workspace_bytes", q, k, v, out, options, extras);
+  const double scale = detail::check_attention<T>("attention_workspace_bytes", q, k, v, out,
+                                                  options, extras.lse, extras.weights);
   const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
   return detail::use_materialised(options, extras) ? kernels::materialised_workspace_bytes<Arch>(p)
                                                    : kernels::fused_workspace_bytes<Arch>(p);
@@ -292,13 +369,15 @@ std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q
 /// Throws argument_error (naming the argument, nothing written) on any bad argument.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class T,                        // float or double
-          class Policy = softmax_policy>  // a length policy
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<!std::is_const<T>::value, int> = 0>  // out writable (see below)
 void attention(detail::identity_t<tensor_view<const T>> q,
                detail::identity_t<tensor_view<const T>> k,
                detail::identity_t<tensor_view<const T>> v, tensor_view<T> out,
                const attention_options<Policy>& options = {}, attention_extras<T> extras = {},
                attention_workspace* workspace = nullptr) {
-  const double scale = detail::check_attention("attention", q, k, v, out, options, extras);
+  const double scale =
+      detail::check_attention<T>("attention", q, k, v, out, options, extras.lse, extras.weights);
   const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
   attention_workspace local;
   attention_workspace& ws = workspace != nullptr ? *workspace : local;
@@ -309,6 +388,21 @@ void attention(detail::identity_t<tensor_view<const T>> q,
     ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
     kernels::attention_fused<Arch>(p, ws);
   }
+}
+
+/// Views whose element types disagree (float q with double out, a const out, ...): one
+/// readable compile error instead of a failed match against every overload above.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class Q, class K, class V,  // the element types of q, k, v (should be const O)
+          class O,                    // the element type of out (should be float or double)
+          class... Rest,              // options, extras, workspace
+          std::enable_if_t<!detail::views_agree<Q, K, V, O>::value, int> = 0>
+void attention(const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V>&,
+               const tensor_view<O>&, const Rest&...) {
+  static_assert(detail::views_agree<Q, K, V, O>::value,
+                "ssmax::attention: q, k and v must be tensor_view<const T> (or tensor_view<T>) "
+                "with out's element type T, and out a writable tensor_view<T>: check for a "
+                "float view passed with a double one, or a const out");
 }
 
 /// One head: q [n_q, d], k and v [n_k, d], out [n_q, d], as row-major Eigen matrices

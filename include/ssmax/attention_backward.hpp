@@ -44,39 +44,22 @@ struct attention_gradients {
 
 namespace detail {
 
-template <class T, class Policy>
-inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
-    const char* fn, const tensor_view<const T>& q, const tensor_view<const T>& k,
-    const tensor_view<const T>& v, const tensor_view<const T>& out,
-    const tensor_view<const T>& dout, const T* lse, const attention_gradients<T>& grads,
-    const attention_options<Policy>& o) {
-  // The forward's checks, on the forward's arguments (out read-only here, lse an input).
-  attention_extras<T> extras;
-  extras.lse = const_cast<T*>(lse);
-  tensor_view<T> out_as_output{const_cast<T*>(out.data),
-                               out.batch,
-                               out.seq,
-                               out.heads,
-                               out.dim,
-                               out.stride_b,
-                               out.stride_s,
-                               out.stride_h};
-  const double scale = check_attention(fn, q, k, v, out_as_output, o, extras);
-  require(lse != nullptr, fn, "lse", "must not be null (the forward's extras.lse)");
-  check_view(dout, fn, "dout");
-  auto same = [](const auto& a, const auto& b) {
-    return a.batch == b.batch && a.seq == b.seq && a.heads == b.heads && a.dim == b.dim;
-  };
-  require(same(dout, q), fn, "dout", "must have q's shape");
+/// Step of check_attention_backward: the three gradient views, each of its input's shape,
+/// with distinct elements, and overlapping no input and no other gradient.
+template <class T>
+inline void check_gradient_views(const char* fn, const attention_gradients<T>& grads,
+                                 const tensor_view<const T>* const (&inputs)[5], const T* lse) {
   const tensor_view<T>* outs[3] = {&grads.dq, &grads.dk, &grads.dv};
   const char* names[3] = {"grads.dq", "grads.dk", "grads.dv"};
-  const tensor_view<const T>* like[3] = {&q, &k, &v};
-  const tensor_view<const T>* inputs[6] = {&q, &k, &v, &out, &dout, nullptr};
   const char* input_names[5] = {"q", "k", "v", "out", "dout"};
+  const tensor_view<const T>& q = *inputs[0];
   const index_t rows = q.batch * q.heads * q.seq;
   for (int a = 0; a < 3; ++a) {
+    const tensor_view<const T>& like = *inputs[a];
     check_view(*outs[a], fn, names[a]);
-    require(same(*outs[a], *like[a]), fn, names[a], "must have the shape of its input");
+    require(outs[a]->batch == like.batch && outs[a]->seq == like.seq &&
+                outs[a]->heads == like.heads && outs[a]->dim == like.dim,
+            fn, names[a], "must have the shape of its input");
     require(distinct_elements(*outs[a]), fn, names[a],
             "has strides that make elements share memory");
     const index_t count = last_offset(*outs[a]) + 1;
@@ -99,9 +82,25 @@ inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
       return "has " + std::to_string(grads.policy->heads()) + " heads, q has " +
              std::to_string(q.heads);
     });
+}
+
+template <class T, class Policy>
+inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
+    const char* fn, const tensor_view<const T>& q, const tensor_view<const T>& k,
+    const tensor_view<const T>& v, const tensor_view<const T>& out,
+    const tensor_view<const T>& dout, const T* lse, const attention_gradients<T>& grads,
+    const attention_options<Policy>& o) {
+  // The forward's checks, on the forward's arguments (out read-only here, lse an input).
+  const double scale = check_attention(fn, q, k, v, out, o, lse, static_cast<const T*>(nullptr));
+  require(lse != nullptr, fn, "lse", "must not be null (the forward's extras.lse)");
+  check_view(dout, fn, "dout");
+  require(dout.batch == q.batch && dout.seq == q.seq && dout.heads == q.heads && dout.dim == q.dim,
+          fn, "dout", "must have q's shape");
+  const tensor_view<const T>* inputs[5] = {&q, &k, &v, &out, &dout};
+  check_gradient_views(fn, grads, inputs, lse);
 
   kernels::attention_backward_problem<T, Policy> p;
-  p.forward = make_problem(q, k, v, out_as_output, o, attention_extras<T>{}, scale);
+  p.forward = make_problem(q, k, v, tensor_view<T>{}, o, attention_extras<T>{}, scale);
   p.out = out;
   p.dout = dout;
   p.lse = lse;
@@ -119,7 +118,8 @@ inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
 /// dout = dL/dout. workspace: reuse one across calls to allocate nothing after the first.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class T,                        // float or double
-          class Policy = softmax_policy>  // a length policy
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<!std::is_const<T>::value, int> = 0>  // grads writable
 void attention_backward(detail::identity_t<tensor_view<const T>> q,
                         detail::identity_t<tensor_view<const T>> k,
                         detail::identity_t<tensor_view<const T>> v,
@@ -138,6 +138,26 @@ void attention_backward(detail::identity_t<tensor_view<const T>> q,
     kernels::attention_backward_materialised<Arch>(p, ws, grads.policy);
   else
     kernels::attention_backward_fused<Arch>(p, ws, grads.policy);
+}
+
+/// Arguments whose element types disagree (float q with double gradients, ...): one
+/// readable compile error instead of a failed match against the overload above.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class Q, class K, class V,  // the element types of q, k, v (should be const G)
+          class O, class D,           // the element types of out and dout (should be const G)
+          class L,                    // lse's type (should be const G*)
+          class G,                    // the element type of grads (should be float or double)
+          class... Rest,              // options, workspace
+          std::enable_if_t<!(detail::views_agree<Q, K, V, G>::value &&
+                             detail::views_agree<O, D, D, G>::value),
+                           int> = 0>
+void attention_backward(const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V>&,
+                        const tensor_view<O>&, const tensor_view<D>&, const L&,
+                        const attention_gradients<G>&, const Rest&...) {
+  static_assert(detail::views_agree<Q, K, V, G>::value && detail::views_agree<O, D, D, G>::value,
+                "ssmax::attention_backward: q, k, v, out and dout must be tensor_view<const T> "
+                "(or tensor_view<T>) with the gradients' element type T: check for a float "
+                "view passed with double gradients");
 }
 
 }  // namespace ssmax

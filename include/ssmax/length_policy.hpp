@@ -5,10 +5,21 @@
 // This header is the one place that answers "what is m for this row?". Every policy is a
 // small value type with
 //   double multiplier(const row_position& row) const;  // m, finite and >= 0
-//   index heads() const;     // 0 when its parameters serve any head count, else that count
+//   index_t heads() const;   // 0 when its parameters serve any head count, else that count
 //   void validate(const char* function) const;  // throws argument_error on bad parameters
-// and is used as a template parameter by the row kernels and the attention operator.
+// and is used as a template parameter by the row kernels and the attention operator, which
+// check these three members where they are entered (a static_assert names a missing one).
 // Multipliers are computed in double once per row, never per element.
+//
+// Gradients (attention_backward, policy_softmax_backward): a policy says how its multiplier
+// depends on its trained parameters, or the backward pass does not compile:
+//   static constexpr bool learnable = false;  // no trained parameters: zero partials
+// or
+//   static constexpr bool learnable = true;
+//   multiplier_partials partials(const row_position& row) const;  // dm/ds_h, dm/db_h
+// where s_h and b_h are the policy's (up to) two per-head parameters; the backward adds
+// partials * dL/dm to policy_gradient::s[h] and ::b[h] (policy_gradient.hpp). Every
+// built-in policy declares its own; ssmax_policy is the learnable one.
 //
 // Formulas (../shared/PAPER.md sections 1 and 3), natural logarithms throughout:
 //   softmax_policy            m = 1
@@ -19,8 +30,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -35,8 +48,15 @@ struct row_position {
   index_t head = 0;      ///< h: query head, selects per-head parameters
 };
 
+/// dm/ds_h and dm/db_h of one row's multiplier (a learnable policy's `partials`).
+struct multiplier_partials {
+  double s = 0.0;  ///< dm/ds_h
+  double b = 0.0;  ///< dm/db_h
+};
+
 /// Plain softmax: m = 1 for every row.
 struct softmax_policy {
+  static constexpr bool learnable = false;
   double multiplier(const row_position&) const { return 1.0; }
   index_t heads() const { return 0; }
   void validate(const char* /*function*/) const {}
@@ -113,8 +133,9 @@ class per_head {
 /// require (a negative multiplier would reward the least similar key and make -inf
 /// masking ambiguous). fixed_length is 0 (use n) or >= 1.
 struct ssmax_policy {
-  per_head s = 0.43;         ///< scale; the paper's Figure 1 uses 0.43
-  per_head b = 0.0;          ///< bias; 0 is the paper's default variant
+  static constexpr bool learnable = true;  ///< s and b are trained (partials below)
+  per_head s = 0.43;                       ///< scale; the paper's Figure 1 uses 0.43
+  per_head b = 0.0;                        ///< bias; 0 is the paper's default variant
   index_t fixed_length = 0;  ///< when >= 1, use this n for every row instead of the visible count
 
   ssmax_policy() = default;
@@ -129,6 +150,10 @@ struct ssmax_policy {
   double multiplier(const row_position& row) const {
     const auto n = static_cast<double>(effective_length(row.visible));
     return s[row.head] * std::log(n) + b[row.head];
+  }
+  /// dm/ds_h = log(n), dm/db_h = 1, with n = effective_length(row.visible).
+  multiplier_partials partials(const row_position& row) const {
+    return {std::log(static_cast<double>(effective_length(row.visible))), 1.0};
   }
 
   index_t heads() const { return std::max(s.count(), b.count()); }
@@ -155,6 +180,7 @@ inline double ssmax_scale_matching_softmax(index_t n_train) {
 /// Qwen's log-n attention scaling (inference only): m = max(1, log(p + 1) / log(L_train)).
 /// train_length >= 2.
 struct qwen_logn_policy {
+  static constexpr bool learnable = false;
   index_t train_length = 8192;  ///< L_train: the context length the model was trained at
 
   double multiplier(const row_position& row) const {
@@ -173,6 +199,7 @@ struct qwen_logn_policy {
 /// m = attn_scale * log(1 + floor((p + 1) / floor_scale)) + 1.
 /// floor_scale >= 1, attn_scale finite and >= 0.
 struct llama4_temperature_policy {
+  static constexpr bool learnable = false;
   index_t floor_scale = 8192;  ///< positions per temperature step
   double attn_scale = 0.1;     ///< growth of m per log step
 
@@ -193,6 +220,7 @@ struct llama4_temperature_policy {
 /// Mistral (Ministral 3) length scaling: m = 1 + beta * log(1 + floor(p / L_orig)).
 /// original_length >= 1, beta finite and >= 0.
 struct mistral_policy {
+  static constexpr bool learnable = false;
   index_t original_length = 16384;  ///< L_orig: the pre-extension context length
   double beta = 0.1;                ///< growth of m per log step
 
@@ -212,11 +240,93 @@ struct mistral_policy {
 
 namespace detail {
 
+template <class P, class = void>
+struct has_multiplier : std::false_type {};
+template <class P>
+struct has_multiplier<
+    P, std::enable_if_t<std::is_convertible<decltype(std::declval<const P&>().multiplier(
+                                                std::declval<const row_position&>())),
+                                            double>::value>> : std::true_type {};
+template <class P, class = void>
+struct has_heads : std::false_type {};
+template <class P>
+struct has_heads<P, std::enable_if_t<std::is_convertible<decltype(std::declval<const P&>().heads()),
+                                                         index_t>::value>> : std::true_type {};
+template <class P, class = void>
+struct has_validate : std::false_type {};
+template <class P>
+struct has_validate<P, decltype(std::declval<const P&>().validate(std::declval<const char*>()))>
+    : std::true_type {};
+template <class P, class = void>
+struct declares_learnable : std::false_type {};
+template <class P>
+struct declares_learnable<P,
+                          std::enable_if_t<std::is_same<decltype(P::learnable), const bool>::value>>
+    : std::true_type {};
+template <class P, bool = declares_learnable<P>::value>
+struct is_learnable : std::false_type {};
+template <class P>
+struct is_learnable<P, true> : std::integral_constant<bool, P::learnable> {};
+template <class P, class = void>
+struct has_partials : std::false_type {};
+template <class P>
+struct has_partials<P, std::enable_if_t<std::is_same<decltype(std::declval<const P&>().partials(
+                                                         std::declval<const row_position&>())),
+                                                     multiplier_partials>::value>>
+    : std::true_type {};
+
+/// Checks at compile time that Policy has the members of a length policy (the top of this
+/// header), naming the missing one. Every operator that takes a Policy calls it.
+template <class Policy>  // the type the caller gave as a length policy
+constexpr bool require_length_policy() {
+  static_assert(has_multiplier<Policy>::value,
+                "ssmax: a length policy needs `double multiplier(const ssmax::row_position&) "
+                "const` (length_policy.hpp)");
+  static_assert(has_heads<Policy>::value,
+                "ssmax: a length policy needs `ssmax::index_t heads() const` (0: serves any "
+                "head count; length_policy.hpp)");
+  static_assert(has_validate<Policy>::value,
+                "ssmax: a length policy needs `void validate(const char* function) const` "
+                "(length_policy.hpp)");
+  return has_multiplier<Policy>::value && has_heads<Policy>::value && has_validate<Policy>::value;
+}
+
+/// Checks at compile time that a backward pass can give Policy's parameters their gradient:
+/// the policy declares `learnable`, and a learnable one provides `partials`.
+template <class Policy>  // a length policy
+constexpr bool require_gradient_policy() {
+  static_assert(declares_learnable<Policy>::value,
+                "ssmax: a length policy used in a backward pass must declare `static constexpr "
+                "bool learnable` (false: no trained parameters; true: and provide "
+                "`multiplier_partials partials(const row_position&) const`; length_policy.hpp)");
+  constexpr bool learnable = is_learnable<Policy>::value;
+  static_assert(!learnable || has_partials<Policy>::value,
+                "ssmax: a learnable length policy needs `ssmax::multiplier_partials "
+                "partials(const ssmax::row_position&) const` (dm/ds_h, dm/db_h; "
+                "length_policy.hpp)");
+  return declares_learnable<Policy>::value && (!learnable || has_partials<Policy>::value);
+}
+
+/// Throws argument_error naming 'policy' unless a row's multiplier m is >= 0 and m * scale
+/// is finite in T (the kernels scale the logits by it in T). The one check of the row API
+/// (policy_softmax, scale 1) and of the attention operator (every row, its logit scale).
+template <class T>  // float or double: the element type the multiplier must fit
+inline void require_multiplier_fits(const char* function, double m, double scale,
+                                    const row_position& row) {
+  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  require_lazy(m >= 0.0 && m <= largest && m * scale <= largest, function, "policy", [&] {
+    return "must give every row a multiplier m >= 0 with m * scale finite in T, but gives m = " +
+           std::to_string(m) + " (scale " + std::to_string(scale) +
+           ") at n = " + std::to_string(row.visible) + ", position " +
+           std::to_string(row.position) + ", head " + std::to_string(row.head);
+  });
+}
+
 /// Validates a policy for use with `heads` query heads: its own parameters, and that its
 /// per-head parameters (if any) number exactly `heads`.
 template <class Policy>  // a length policy (see the top of this header)
 inline void check_policy(const Policy& policy, index_t heads, const char* function) {
-  policy.validate(function);
+  if constexpr (has_validate<Policy>::value) policy.validate(function);  // else asserted
   const index_t described = policy.heads();
   require_lazy(described == 0 || described == heads, function, "policy", [&] {
     return "has parameters for " + std::to_string(described) + " heads, expected " +

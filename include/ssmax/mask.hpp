@@ -18,9 +18,13 @@
 //
 // Positions: key j of a sequence is at position j (0-based, from the sequence start);
 // query i is at position query_offset + i. query_offset = -1 (the default) puts the
-// queries at the end of the keys, max(0, n_k - n_q), which is the KV-cache convention
-// (queries at T..T+n_q-1 over T+n_q keys) and FlashAttention's bottom-right alignment.
-// With varlen, n_k and n_q are the sequence's own lengths.
+// queries at the end of the sequence's keys, max(0, L - n_q) + i, which is the KV-cache
+// convention (queries at T..T+n_q-1 over T+n_q keys) and FlashAttention's bottom-right
+// alignment. L is the sequence's own key count: key_lengths[b] when given (a ragged decode
+// batch: row i of sequence b sits at L_b - n_q + i; a right-padded prefill keeps positions
+// 0..n_q-1), else the tensor's n_k (with varlen, the sequence's packed length).
+// A causal query at a position past the last key (query_offset >= n_k) sees every key:
+// that is what "key position <= query position" means, not an error.
 //
 // n (section 2 of the paper): the number of keys the row can actually see after every
 // constraint above; a row with n = 0 outputs zeros and log-sum-exp -inf.
@@ -36,7 +40,7 @@ namespace ssmax {
 struct attention_mask {
   bool causal = false;                    ///< key position <= query position
   index_t window = 0;                     ///< sliding window width (needs causal); 0 = none
-  index_t query_offset = -1;              ///< position of query 0; -1 = max(0, n_k - n_q)
+  index_t query_offset = -1;              ///< position of query 0; -1 = max(0, L - n_q)
   const index_t* key_lengths = nullptr;   ///< [B] true key count per sequence; null = none
   const index_t* cu_seqlens_q = nullptr;  ///< [B + 1] packed query offsets; null = not packed
   const index_t* cu_seqlens_k = nullptr;  ///< [B + 1] packed key offsets (with cu_seqlens_q)
@@ -56,8 +60,11 @@ struct attention_mask {
     m.query_offset = offset;
     return m;
   }
-  /// Causal sliding window of w keys (the query's own key included).
+  /// Causal sliding window of w keys (the query's own key included). Pre (checked, throws
+  /// argument_error naming 'w'): w >= 1 (the field's 0 means "no window": use causal_mask).
   static attention_mask sliding_window(index_t w, index_t offset = -1) {
+    detail::require(w >= 1, "attention_mask::sliding_window", "w",
+                    "must be >= 1 (a window of 0 keys would mean no window: use causal_mask)");
     attention_mask m = causal_mask(offset);
     m.window = w;
     return m;
@@ -65,6 +72,13 @@ struct attention_mask {
   /// Key padding: sequence b has lengths[b] real keys, the rest are padding.
   static attention_mask key_padding(const index_t* lengths) {
     attention_mask m;
+    m.key_lengths = lengths;
+    return m;
+  }
+  /// A batched KV cache (tensor_view.hpp cache_view): causal, sequence b holds lengths[b]
+  /// keys, and its queries sit at the end of them (decode: the one query at L_b - 1).
+  static attention_mask cache(const index_t* lengths) {
+    attention_mask m = causal_mask();
     m.key_lengths = lengths;
     return m;
   }
@@ -141,7 +155,9 @@ inline sequence_span sequence_of(const attention_mask& mask, index_t s, index_t 
     span.q_end = n_q;
     span.k_end = n_k;
   }
-  const index_t len_q = span.q_end - span.q_begin, len_k = span.k_end - span.k_begin;
+  const index_t len_q = span.q_end - span.q_begin;
+  const index_t len_k =
+      mask.key_lengths != nullptr ? mask.key_lengths[s] : span.k_end - span.k_begin;
   span.offset = mask.query_offset >= 0 ? mask.query_offset : std::max<index_t>(0, len_k - len_q);
   return span;
 }

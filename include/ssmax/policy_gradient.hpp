@@ -4,7 +4,8 @@
 //   SSMax, m = s_h log n + b_h:   dL/ds_h += log(n) dL/dm,   dL/db_h += dL/dm,
 // summed over every row of head h, with n the policy's effective length for that row
 // (ssmax_policy::effective_length: the visible count, or fixed_length when set). Policies
-// without learnable parameters (Softmax, Qwen, Llama 4, Mistral) have zero partials.
+// without learnable parameters (Softmax, Qwen, Llama 4, Mistral) have zero partials; a
+// user policy states its own (length_policy.hpp: `learnable` and `partials`).
 // The row backward (softmax_backward.hpp) and the attention backward both use this.
 
 #include <algorithm>
@@ -16,21 +17,16 @@
 
 namespace ssmax {
 
-/// dm/ds_h and dm/db_h of one row's multiplier.
-struct multiplier_partials {
-  double s = 0.0;  ///< dm/ds_h
-  double b = 0.0;  ///< dm/db_h
-};
-
-/// Policies without learnable parameters: both partials are 0.
-template <class Policy>  // a length policy (length_policy.hpp)
-multiplier_partials partials_of(const Policy& /*policy*/, const row_position& /*row*/) {
-  return {};
-}
-
-/// SSMax: dm/ds_h = log(n), dm/db_h = 1, with n = policy.effective_length(row.visible).
-inline multiplier_partials partials_of(const ssmax_policy& policy, const row_position& row) {
-  return {std::log(static_cast<double>(policy.effective_length(row.visible))), 1.0};
+/// dm/ds_h and dm/db_h of one row's multiplier: the policy's own `partials` when it is
+/// learnable, zeros when it declares `learnable = false` (length_policy.hpp; a policy that
+/// declares neither does not compile here, rather than train with silent zero gradients).
+template <class Policy>  // a length policy that declares `learnable` (length_policy.hpp)
+multiplier_partials partials_of(const Policy& policy, const row_position& row) {
+  detail::require_gradient_policy<Policy>();
+  if constexpr (detail::is_learnable<Policy>::value)
+    return policy.partials(row);
+  else
+    return {};
 }
 
 /// The gradient of one row's loss through its multiplier: dL/dm and what it gives the

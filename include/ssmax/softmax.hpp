@@ -60,8 +60,22 @@ T policy_row_multiplier(const char* function, const Policy& policy, row_position
   require(where.head >= 0 && (policy.heads() == 0 || where.head < policy.heads()), function,
           "where.head", "must be a head the policy has parameters for");
   const double m = policy.multiplier(where);
-  require(m >= 0.0 && m <= static_cast<double>(std::numeric_limits<T>::max()), function, "policy",
-          "must give this row a multiplier that is finite and >= 0 in T");
+  require_multiplier_fits<T>(function, m, 1.0, where);
+  return static_cast<T>(m);
+}
+
+/// The multiplier s log n + b of scalable_softmax and its backward (a row that sees all n
+/// entries), checked with the caller's names: 's' and 'b' finite and >= 0, and the
+/// multiplier finite in T ('b' when b alone is not, else 's'). Pre: n >= 1 (checked).
+template <class T>  // float or double: the element type the multiplier must fit
+T scalable_row_multiplier(const char* function, double s, double b, index_t n) {
+  require(std::isfinite(s) && s >= 0.0, function, "s", "must be finite and >= 0");
+  require(std::isfinite(b) && b >= 0.0, function, "b", "must be finite and >= 0");
+  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  require(b <= largest, function, "b", "must be finite in T");
+  const double m = ssmax_policy(s, b).multiplier({n, n - 1, 0});
+  require(m <= largest, function, "s",
+          "gives a multiplier s log n + b beyond the largest value of T");
   return static_cast<T>(m);
 }
 
@@ -106,6 +120,7 @@ template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
 row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index_t n,
                             row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax";
+  detail::require_length_policy<Policy>();
   detail::check_row(fn, x, y, n);
   const T m = detail::policy_row_multiplier<T>(fn, policy, where, n);
   return kernels::scaled_softmax_row<Arch>(x, y, n, m);
@@ -113,11 +128,15 @@ row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index_t n,
 
 /// Scalable-Softmax of one row that sees all of its n entries:
 /// y_i = n^(s x_i) / sum_j n^(s x_j) = softmax((s log n + b) x)_i.
-/// Pre (checked): as scaled_softmax; s and b finite and >= 0.
+/// Pre (checked, errors name 's' and 'b'): as scaled_softmax; s and b finite and >= 0;
+/// s log n + b finite in T.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
 row_state<T> scalable_softmax(const T* x, T* y, index_t n, double s, double b = 0.0) {
-  return policy_softmax<Arch>(ssmax_policy(s, b), x, y, n);
+  constexpr const char* fn = "scalable_softmax";
+  detail::check_row(fn, x, y, n);
+  const T m = detail::scalable_row_multiplier<T>(fn, s, b, n);
+  return kernels::scaled_softmax_row<Arch>(x, y, n, m);
 }
 
 /// The streaming state of softmax(multiplier * x) without writing any output.

@@ -50,6 +50,16 @@ inline void check_backward_row(const char* function, const T* y, const T* g, T* 
           "must be y or g itself (in place) or overlap neither");
 }
 
+/// The checks of a backward that reads x, y and g: as check_backward_row, and x not null
+/// nor overlapping dx.
+template <class T>
+inline void check_backward_row_with_x(const char* function, const T* x, const T* y, const T* g,
+                                      T* dx, index_t n) {
+  require(x != nullptr, function, "x", "must not be null");
+  check_backward_row(function, y, g, dx, n);
+  require(!overlaps(x, n, static_cast<const T*>(dx), n), function, "dx", "must not overlap x");
+}
+
 }  // namespace detail
 
 /// dx = dL/dx for y = softmax(x), given y and g = dL/dy: dx_i = y_i (g_i - sum_j y_j g_j).
@@ -68,10 +78,7 @@ template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
 double scaled_softmax_backward(const T* x, const T* y, const T* g, T* dx, index_t n, T multiplier) {
   constexpr const char* fn = "scaled_softmax_backward";
-  detail::require(x != nullptr, fn, "x", "must not be null");
-  detail::check_backward_row(fn, y, g, dx, n);
-  detail::require(!detail::overlaps(x, n, static_cast<const T*>(dx), n), fn, "dx",
-                  "must not overlap x");
+  detail::check_backward_row_with_x(fn, x, y, g, dx, n);
   detail::check_multiplier(fn, static_cast<double>(multiplier));
   return kernels::scaled_softmax_row_backward<Arch>(x, y, g, dx, n, multiplier);
 }
@@ -110,10 +117,8 @@ template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
 row_gradient policy_softmax_backward(const Policy& policy, const T* x, const T* y, const T* g,
                                      T* dx, index_t n, row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax_backward";
-  detail::require(x != nullptr, fn, "x", "must not be null");
-  detail::check_backward_row(fn, y, g, dx, n);
-  detail::require(!detail::overlaps(x, n, static_cast<const T*>(dx), n), fn, "dx",
-                  "must not overlap x");
+  detail::require_length_policy<Policy>();
+  detail::check_backward_row_with_x(fn, x, y, g, dx, n);
   const T m = detail::policy_row_multiplier<T>(fn, policy, where, n);
   const double dm = kernels::scaled_softmax_row_backward<Arch>(x, y, g, dx, n, m);
   return gradient_of(policy, where, dm);
@@ -121,12 +126,17 @@ row_gradient policy_softmax_backward(const Policy& policy, const T* x, const T* 
 
 /// Backward of y = scalable_softmax(x, y, n, s, b) (a row that sees all n entries): dx = dL/dx and
 /// {dL/dm, dL/ds = log(n) dL/dm, dL/db = dL/dm}.
-/// Pre (checked): as policy_softmax_backward; s and b finite and >= 0.
+/// Pre (checked, errors name 's' and 'b'): as scaled_softmax_backward; s and b as
+/// scalable_softmax.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float or double
 row_gradient scalable_softmax_backward(const T* x, const T* y, const T* g, T* dx, index_t n,
                                        double s, double b = 0.0) {
-  return policy_softmax_backward<Arch>(ssmax_policy(s, b), x, y, g, dx, n);
+  constexpr const char* fn = "scalable_softmax_backward";
+  detail::check_backward_row_with_x(fn, x, y, g, dx, n);
+  const T m = detail::scalable_row_multiplier<T>(fn, s, b, n);
+  const double dm = kernels::scaled_softmax_row_backward<Arch>(x, y, g, dx, n, m);
+  return gradient_of(ssmax_policy(s, b), {n, n - 1, 0}, dm);
 }
 
 }  // namespace ssmax

@@ -6,6 +6,10 @@
 // common layouts are views of the same kind with different strides, so nothing is copied.
 //   bshd_view(p, B, S, H, d)  memory [B, S, H, d] (PyTorch's (batch, seq, heads, dim))
 //   bhsd_view(p, B, H, S, d)  memory [B, H, S, d] (heads-major, as after a transpose)
+//   cache_view(p, B, capacity, H_kv, d, lengths)
+//                             a batched KV cache: memory [B, capacity, H_kv, d], sequence b
+//                             filled up to lengths[b]; the view spans the longest one (pair
+//                             it with attention_mask::cache(lengths), mask.hpp)
 // The head dimension is contiguous (stride 1): kernels read whole head rows as vectors.
 //
 // Eigen helpers: head_matrix(view, b, h) maps one head's [seq, d] slice as a row-major
@@ -67,6 +71,31 @@ tensor_view<T> bshd_view(T* data, index_t batch, index_t seq, index_t heads, ind
 template <class T>  // float or double, possibly const
 tensor_view<T> bhsd_view(T* data, index_t batch, index_t heads, index_t seq, index_t dim) {
   return {data, batch, seq, heads, dim, heads * seq * dim, dim, seq * dim};
+}
+
+/// View of a batched KV cache: memory [B, capacity, H_kv, d] (room for `capacity` tokens
+/// per sequence), of which sequence b holds lengths[b] tokens. The view's seq is the longest
+/// length (at least 1), stride_b is capacity * H_kv * d; the rows past a sequence's own
+/// length are padding that attention_mask::cache(lengths) (or key_padding) hides.
+/// Pre (checked, argument_error naming it): data and lengths not null, every extent >= 1,
+/// 0 <= lengths[b] <= capacity. lengths is read now and again by the mask at the call.
+template <class T>  // float or double, possibly const
+tensor_view<T> cache_view(T* data, index_t batch, index_t capacity, index_t kv_heads, index_t dim,
+                          const index_t* lengths) {
+  constexpr const char* fn = "cache_view";
+  detail::require(data != nullptr, fn, "data", "must not be null");
+  detail::require(lengths != nullptr, fn, "lengths", "must not be null");
+  detail::require(batch >= 1, fn, "batch", "must be >= 1");
+  detail::require(capacity >= 1, fn, "capacity", "must be >= 1");
+  detail::require(kv_heads >= 1, fn, "kv_heads", "must be >= 1");
+  detail::require(dim >= 1, fn, "dim", "must be >= 1");
+  index_t longest = 1;
+  for (index_t b = 0; b < batch; ++b) {
+    detail::require(lengths[b] >= 0 && lengths[b] <= capacity, fn, "lengths",
+                    "must each be in [0, capacity]");
+    longest = lengths[b] > longest ? lengths[b] : longest;
+  }
+  return {data, batch, longest, kv_heads, dim, capacity * kv_heads * dim, kv_heads * dim, dim};
 }
 
 /// One head's [seq, d] slice of a view, as a row-major Eigen map (no copy).
