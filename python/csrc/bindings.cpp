@@ -58,12 +58,18 @@ struct py_spec {
 template <class T>
 ssmax::tensor_view<T> view_of(const at::Tensor& t) {
   TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1, "ssmax_torch: internal: bad view");
-  return {t.data_ptr<std::remove_const_t<T>>(), t.size(0),   t.size(1),  t.size(2),
-          t.size(3),                             t.stride(0), t.stride(1), t.stride(2)};
+  return {t.data_ptr<std::remove_const_t<T>>(),
+          t.size(0),
+          t.size(1),
+          t.size(2),
+          t.size(3),
+          t.stride(0),
+          t.stride(1),
+          t.stride(2)};
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, const py_spec& spec) {
+                                              const at::Tensor& v, const py_spec& spec) {
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options());
   const call_spec c = spec.lower();
@@ -76,10 +82,9 @@ std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& q, const at::Ten
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>,
-           c10::optional<at::Tensor>>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>>
 backward_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-         const at::Tensor& dout, const at::Tensor& lse, const py_spec& spec, bool policy_grads) {
+            const at::Tensor& dout, const at::Tensor& lse, const py_spec& spec, bool policy_grads) {
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());
   at::Tensor dv = at::empty(v.sizes(), v.options());

@@ -34,7 +34,7 @@ struct call_spec {
   bool causal = false;
   index_t window = 0;
   index_t query_offset = -1;
-  const index_t* key_lengths = nullptr;  ///< [sequences] or null
+  const index_t* key_lengths = nullptr;   ///< [sequences] or null
   const index_t* cu_seqlens_q = nullptr;  ///< [sequences + 1] or null
   const index_t* cu_seqlens_k = nullptr;  ///< [sequences + 1] or null
   index_t sequences = 0;                  ///< packed sequence count

@@ -3,11 +3,12 @@
 
 namespace ssmax_torch {
 template void forward<double>(const call_spec&, ssmax::tensor_view<const double>,
-                           ssmax::tensor_view<const double>, ssmax::tensor_view<const double>,
-                           ssmax::tensor_view<double>, double*);
+                              ssmax::tensor_view<const double>, ssmax::tensor_view<const double>,
+                              ssmax::tensor_view<double>, double*);
 template void backward<double>(const call_spec&, ssmax::tensor_view<const double>,
-                            ssmax::tensor_view<const double>, ssmax::tensor_view<const double>,
-                            ssmax::tensor_view<const double>, ssmax::tensor_view<const double>,
-                            const double*, ssmax::tensor_view<double>, ssmax::tensor_view<double>,
-                            ssmax::tensor_view<double>, double*, double*);
+                               ssmax::tensor_view<const double>, ssmax::tensor_view<const double>,
+                               ssmax::tensor_view<const double>, ssmax::tensor_view<const double>,
+                               const double*, ssmax::tensor_view<double>,
+                               ssmax::tensor_view<double>, ssmax::tensor_view<double>, double*,
+                               double*);
 }  // namespace ssmax_torch

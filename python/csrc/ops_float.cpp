@@ -3,11 +3,11 @@
 
 namespace ssmax_torch {
 template void forward<float>(const call_spec&, ssmax::tensor_view<const float>,
-                           ssmax::tensor_view<const float>, ssmax::tensor_view<const float>,
-                           ssmax::tensor_view<float>, float*);
+                             ssmax::tensor_view<const float>, ssmax::tensor_view<const float>,
+                             ssmax::tensor_view<float>, float*);
 template void backward<float>(const call_spec&, ssmax::tensor_view<const float>,
-                            ssmax::tensor_view<const float>, ssmax::tensor_view<const float>,
-                            ssmax::tensor_view<const float>, ssmax::tensor_view<const float>,
-                            const float*, ssmax::tensor_view<float>, ssmax::tensor_view<float>,
-                            ssmax::tensor_view<float>, double*, double*);
+                              ssmax::tensor_view<const float>, ssmax::tensor_view<const float>,
+                              ssmax::tensor_view<const float>, ssmax::tensor_view<const float>,
+                              const float*, ssmax::tensor_view<float>, ssmax::tensor_view<float>,
+                              ssmax::tensor_view<float>, double*, double*);
 }  // namespace ssmax_torch

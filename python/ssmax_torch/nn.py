@@ -113,8 +113,9 @@ class SSMaxMultiheadAttention(torch.nn.Module):
         self._qkv_same_embed_dim = False
         heads = mha.num_heads
         make = torch.nn.Parameter if learnable else (lambda t: t)
-        s_t = make(torch.full((heads,), float(s)))
-        b_t = None if b is None else make(torch.full((heads,), float(b)))
+        like = {"dtype": mha.out_proj.weight.dtype, "device": mha.out_proj.weight.device}
+        s_t = make(torch.full((heads,), float(s), **like))
+        b_t = None if b is None else make(torch.full((heads,), float(b), **like))
         if learnable:
             self.s, self.b = s_t, b_t
         else:

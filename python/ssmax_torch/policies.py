@@ -42,7 +42,7 @@ class Softmax(Policy):
 def _per_head(value, heads, name):
     """A float, 0-d / 1-element tensor (shared by every head) or [heads] tensor as a float64
     [heads] tensor; autograd flows through (a shared value gets the heads' sum)."""
-    t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    t = value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=torch.float64)
     if t.device.type != "cpu":
         fail("attention", name, f"must be on the CPU, got device {t.device}")
     if not t.is_floating_point():
