@@ -8,7 +8,8 @@ torch with plain softmax) of
   ssmax:  ssmax_torch.attention(q, k, v, policy=SSMax(s), causal=True)  ([B, n, H, d])
   torch:  softmax((q k^T) * scale masked causally) v with torch ops    ([B, H, n, d])
 (torch 1.13 has no torch.nn.functional.scaled_dot_product_attention; it came in 2.0).
-Times are the best of several runs. Memory: each (implementation, d, n) runs in its own
+Times are the best of up to 10 runs within the time budget (one run when it takes longer),
+after one untimed run. Memory: each (implementation, d, n) runs in its own
 process; "peak MiB" is that process's peak resident set (getrusage ru_maxrss) minus its
 resident set just before the first call, so it counts what the operation allocates
 (scores, softmax, saved tensors, gradients), not the inputs or torch itself. The forward
@@ -33,7 +34,7 @@ def rss_kib():
 
 def best_time(fn, budget_s):
     times, spent = [], 0.0
-    while len(times) < 2 or (spent < budget_s and len(times) < 10):
+    while not times or (spent < budget_s and len(times) < 10):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)

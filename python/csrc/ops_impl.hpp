@@ -97,3 +97,14 @@ void backward(const call_spec& spec, ssmax::tensor_view<const T> q, ssmax::tenso
 }
 
 }  // namespace ssmax_torch
+
+/// Explicit instantiation of forward and backward for one element type (ops_<type>.cpp).
+#define SSMAX_TORCH_INSTANTIATE(T)                                                                \
+  template void ssmax_torch::forward<T>(const ssmax_torch::call_spec&,                            \
+                                        ssmax::tensor_view<const T>, ssmax::tensor_view<const T>, \
+                                        ssmax::tensor_view<const T>, ssmax::tensor_view<T>, T*);  \
+  template void ssmax_torch::backward<T>(                                                         \
+      const ssmax_torch::call_spec&, ssmax::tensor_view<const T>, ssmax::tensor_view<const T>,    \
+      ssmax::tensor_view<const T>, ssmax::tensor_view<const T>, ssmax::tensor_view<const T>,      \
+      const T*, ssmax::tensor_view<T>, ssmax::tensor_view<T>, ssmax::tensor_view<T>, double*,     \
+      double*)

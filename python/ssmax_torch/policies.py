@@ -26,7 +26,10 @@ class Policy:
         return None, None
 
     def _fill(self, spec, s, b):
+        """Sets spec.policy and copies the policy's fields (named as CallSpec's) to spec."""
         spec.policy = self.kind
+        for name, value in vars(self).items():
+            setattr(spec, name, value)
 
     def __repr__(self):
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -91,10 +94,6 @@ class QwenLogN(Policy):
     def __init__(self, train_length=8192):
         self.train_length = int(train_length)
 
-    def _fill(self, spec, s, b):
-        spec.policy = self.kind
-        spec.train_length = self.train_length
-
 
 class Llama4Temperature(Policy):
     """Llama 4 temperature tuning: m = attn_scale log(1 + floor((p + 1) / floor_scale)) + 1."""
@@ -105,11 +104,6 @@ class Llama4Temperature(Policy):
         self.floor_scale = int(floor_scale)
         self.attn_scale = float(attn_scale)
 
-    def _fill(self, spec, s, b):
-        spec.policy = self.kind
-        spec.floor_scale = self.floor_scale
-        spec.attn_scale = self.attn_scale
-
 
 class Mistral(Policy):
     """Mistral (Ministral 3) length scaling: m = 1 + beta log(1 + floor(p / original_length))."""
@@ -119,8 +113,3 @@ class Mistral(Policy):
     def __init__(self, original_length=16384, beta=0.1):
         self.original_length = int(original_length)
         self.beta = float(beta)
-
-    def _fill(self, spec, s, b):
-        spec.policy = self.kind
-        spec.original_length = self.original_length
-        spec.beta = self.beta
