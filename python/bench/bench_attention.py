@@ -32,17 +32,18 @@ def rss_kib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def best_time(fn, budget_s):
+def best_time(fn, budget_s, clock):
     times, spent = [], 0.0
     while not times or (spent < budget_s and len(times) < 10):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-        spent += times[-1]
+        wall = time.perf_counter() - t
+        times.append(wall if clock == "wall" else time.process_time() - c)
+        spent += wall
     return min(times)
 
 
-def child(impl, d, n, threads, budget_s):
+def child(impl, d, n, threads, budget_s, clock):
     """Runs one case, prints a JSON line: forward / forward+backward seconds and peaks."""
     import torch
 
@@ -78,17 +79,18 @@ def child(impl, d, n, threads, budget_s):
 
     forward()
     peak_fwd = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    t_fwd = best_time(forward, budget_s)
+    t_fwd = best_time(forward, budget_s, clock)
     forward_backward()
     peak_bwd = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    t_bwd = best_time(forward_backward, budget_s)
+    t_bwd = best_time(forward_backward, budget_s, clock)
     print(json.dumps({"fwd": t_fwd, "fwd_bwd": t_bwd, "peak_fwd": max(0, peak_fwd) / 1024,
                       "peak_fwd_bwd": max(0, peak_bwd) / 1024}))
 
 
-def run_case(impl, d, n, threads, budget_s):
+def run_case(impl, d, n, threads, budget_s, clock):
     out = subprocess.run([sys.executable, __file__, "--child", impl, str(d), str(n),
-                          "--threads", str(threads), "--budget", str(budget_s)],
+                          "--threads", str(threads), "--budget", str(budget_s),
+                          "--clock", clock],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -109,18 +111,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="n = 512, 2048 only (~1-2 min)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--budget", type=float, default=None, help="seconds of timing per case")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time (all threads summed), steadier than wall "
+                             "time on a shared machine; use it with --threads 1")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "D", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 2.0)
     if args.child:
-        child(args.child[0], int(args.child[1]), int(args.child[2]), args.threads, budget)
+        child(args.child[0], int(args.child[1]), int(args.child[2]), args.threads, budget, args.clock)
         return
 
     import torch
 
     lengths = [512, 2048] if args.quick else [512, 1024, 2048, 4096, 8192]
     print(f"# {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads, torch "
-          f"{torch.__version__}; float32, causal, batch {BATCH}, {HEADS} heads")
+          f"{torch.__version__}; float32, causal, batch {BATCH}, {HEADS} heads, {args.clock} time")
     print("# time ratio = torch / ssmax (> 1: ssmax faster); peak = extra resident MiB")
     header = (f"{'d':>4} {'n':>5} | {'fwd ssmax ms':>12} {'fwd torch ms':>12} {'ratio':>6} | "
               f"{'f+b ssmax ms':>12} {'f+b torch ms':>12} {'ratio':>6} | "
@@ -129,8 +134,8 @@ def main():
     print("-" * len(header))
     for d in (64, 128):
         for n in lengths:
-            a = run_case("ssmax", d, n, args.threads, budget)
-            b = run_case("torch", d, n, args.threads, budget)
+            a = run_case("ssmax", d, n, args.threads, budget, args.clock)
+            b = run_case("torch", d, n, args.threads, budget, args.clock)
             print(f"{d:>4} {n:>5} | {a['fwd'] * 1e3:>12.1f} {b['fwd'] * 1e3:>12.1f} "
                   f"{b['fwd'] / a['fwd']:>6.2f} | {a['fwd_bwd'] * 1e3:>12.1f} "
                   f"{b['fwd_bwd'] * 1e3:>12.1f} {b['fwd_bwd'] / a['fwd_bwd']:>6.2f} | "
