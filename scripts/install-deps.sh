@@ -11,6 +11,9 @@ packages=(
   clang libclang-rt-14-dev libomp-14-dev valgrind  # sanitizers, libFuzzer, TSan + OpenMP, memcheck
   doxygen                            # the API reference (scripts/docs.sh)
   gnuplot-nox                        # the study's plots
+  python3-dev python3-venv python3-pip python3-setuptools python3-wheel ninja-build  # python/
+  python3-torch libtorch-dev pybind11-dev python3-pytest  # python/: the torch extension, tests
+  libopenblas0-openmp                # an optimised BLAS for torch (else the reference BLAS)
 )
 
 missing=()

@@ -1,0 +1,62 @@
+#pragma once
+// The torch-free half of the extension: one forward and one backward entry point per
+// element type, over raw tensor views and a plain description of the call. Kept apart from
+// bindings.cpp so that the heavy kernel instantiations (ops_float.cpp, ops_double.cpp)
+// compile without torch's headers and in parallel.
+
+#include <ssmax/error.hpp>
+#include <ssmax/tensor_view.hpp>
+
+namespace ssmax_torch {
+
+using ssmax::index_t;
+
+/// Which length policy a call uses (length_policy.hpp).
+enum class policy_kind : int { softmax = 0, ssmax = 1, qwen_logn = 2, llama4 = 3, mistral = 4 };
+
+/// Everything about a call except q, k, v and the outputs. Pointers are borrowed for the
+/// call; the bindings fill them from contiguous CPU tensors whose sizes they checked.
+struct call_spec {
+  policy_kind policy = policy_kind::softmax;
+  const double* s = nullptr;  ///< ssmax: [s_count] per-head s (s_count 0: use s_value)
+  index_t s_count = 0;
+  double s_value = 0.0;
+  const double* b = nullptr;  ///< ssmax: [b_count] per-head b (b_count 0: use b_value)
+  index_t b_count = 0;
+  double b_value = 0.0;
+  index_t fixed_length = 0;         ///< ssmax: 0 = visible count
+  index_t train_length = 8192;      ///< qwen_logn
+  index_t floor_scale = 8192;       ///< llama4
+  double attn_scale = 0.1;          ///< llama4
+  index_t original_length = 16384;  ///< mistral
+  double beta = 0.1;                ///< mistral
+
+  bool causal = false;
+  index_t window = 0;
+  index_t query_offset = -1;
+  const index_t* key_lengths = nullptr;   ///< [sequences] or null
+  const index_t* cu_seqlens_q = nullptr;  ///< [sequences + 1] or null
+  const index_t* cu_seqlens_k = nullptr;  ///< [sequences + 1] or null
+  index_t sequences = 0;                  ///< packed sequence count
+  const bool* allowed = nullptr;          ///< boolean mask, key dimension contiguous, or null
+  index_t allowed_stride_b = 0, allowed_stride_h = 0, allowed_stride_q = 0;
+
+  bool has_scale = false;
+  double scale = 0.0;
+  int threads = 0;
+};
+
+/// ssmax::attention on the fused path; lse [B, H, n_q] is always written.
+template <class T>  // float or double
+void forward(const call_spec& spec, ssmax::tensor_view<const T> q, ssmax::tensor_view<const T> k,
+             ssmax::tensor_view<const T> v, ssmax::tensor_view<T> out, T* lse);
+
+/// ssmax::attention_backward on the fused path. ds and db ([H] each), when not null, are
+/// overwritten with the per-head gradients of the ssmax policy's s and b.
+template <class T>  // float or double
+void backward(const call_spec& spec, ssmax::tensor_view<const T> q, ssmax::tensor_view<const T> k,
+              ssmax::tensor_view<const T> v, ssmax::tensor_view<const T> out,
+              ssmax::tensor_view<const T> dout, const T* lse, ssmax::tensor_view<T> dq,
+              ssmax::tensor_view<T> dk, ssmax::tensor_view<T> dv, double* ds, double* db);
+
+}  // namespace ssmax_torch
