@@ -69,24 +69,17 @@ def test_strided_and_non_contiguous_inputs():
     torch.testing.assert_close(st.attention(q, k_odd, v, causal=True), want, rtol=0, atol=0)
 
 
-# The only tests that depend on where key_lengths puts a sequence's queries when n_q < n_k:
-# each sequence's queries sit at the end of its own keys, max(0, key_lengths[b] - n_q) + i.
-# Non-causal Softmax and SSMax cannot tell; causal masks and position-dependent policies
-# need the library fix of issue 11 (until it lands, those cases are expected to fail).
-NEEDS_ISSUE_11 = pytest.mark.xfail(
-    reason="needs the key_lengths position fix from issue 11", strict=False)
-
-
+# Where key_lengths puts a sequence's queries when n_q < n_k: at the end of its own keys,
+# max(0, key_lengths[b] - n_q) + i. Non-causal Softmax and SSMax cannot tell; causal masks
+# and position-dependent policies can.
 @pytest.mark.parametrize("policy,causal", [
     pytest.param(st.Softmax(), False, id="softmax"),
     pytest.param(st.SSMax(0.6, 0.1), False, id="ssmax"),
-    pytest.param(st.Softmax(), True, id="softmax-causal", marks=NEEDS_ISSUE_11),
-    pytest.param(st.SSMax(0.6, 0.1), True, id="ssmax-causal", marks=NEEDS_ISSUE_11),
-    pytest.param(st.QwenLogN(train_length=3), False, id="qwen", marks=NEEDS_ISSUE_11),
-    pytest.param(st.Llama4Temperature(floor_scale=2, attn_scale=0.5), False, id="llama4",
-                 marks=NEEDS_ISSUE_11),
-    pytest.param(st.Mistral(original_length=2, beta=0.7), False, id="mistral",
-                 marks=NEEDS_ISSUE_11),
+    pytest.param(st.Softmax(), True, id="softmax-causal"),
+    pytest.param(st.SSMax(0.6, 0.1), True, id="ssmax-causal"),
+    pytest.param(st.QwenLogN(train_length=3), False, id="qwen"),
+    pytest.param(st.Llama4Temperature(floor_scale=2, attn_scale=0.5), False, id="llama4"),
+    pytest.param(st.Mistral(original_length=2, beta=0.7), False, id="mistral"),
 ])
 def test_key_lengths_decode_positions(policy, causal):
     q, k, v = cases.inputs(2, 12, {})
