@@ -23,7 +23,8 @@
 //   Z = max_j sum_c |m scale q_c k_jc|,
 // eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
 // eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
-// Inputs must be finite.
+// Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
+// NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
 
 #include <algorithm>
 #include <cmath>

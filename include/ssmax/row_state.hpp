@@ -26,6 +26,14 @@ struct row_state {
   }
 };
 
+/// exp(max - to): the factor that moves a sum relative to max onto the larger max `to`;
+/// exactly 1 when max == to (+inf included: the +inf logits keep their weight) and 0 for
+/// a finite max below to = +inf.
+template <class T>  // float or double
+inline T weight_to(T max, T to) {
+  return max == to ? T(1) : std::exp(max - to);
+}
+
 /// State of the union of the two rows' logits (the FlashAttention merge):
 ///   M = max(a.max, b.max),  sum = a.sum exp(a.max - M) + b.sum exp(b.max - M).
 /// Exact up to two roundings per term; either side may be empty. Commutative; associative
@@ -36,7 +44,7 @@ inline row_state<T> merge(const row_state<T>& a, const row_state<T>& b) {
   if (a.empty()) return b;
   if (a.max == b.max) return {a.max, a.sum + b.sum};  // also covers +inf == +inf
   const T m = a.max > b.max ? a.max : b.max;
-  return {m, a.sum * std::exp(a.max - m) + b.sum * std::exp(b.max - m)};
+  return {m, weight_to(a.max, m) * a.sum + weight_to(b.max, m) * b.sum};
 }
 
 /// Folds one partial result into an accumulator: o [d] and acc hold the unnormalised
@@ -55,7 +63,7 @@ inline void merge_partial(T* o, row_state<double>& acc, const T* part_o,
     const T shrink = static_cast<T>(std::exp(acc.max - merged.max));
     for (index_t c = 0; c < d; ++c) o[c] *= shrink;
   }
-  const T grow = static_cast<T>(std::exp(part.max - merged.max));
+  const T grow = static_cast<T>(weight_to(part.max, merged.max));
   for (index_t c = 0; c < d; ++c) o[c] = std::fma(grow, part_o[c], o[c]);
   acc = merged;
 }

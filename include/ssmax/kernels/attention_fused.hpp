@@ -35,7 +35,8 @@
 // |error| <= eps * max|v| * (2 (d + 2) Z + n + 64) where Z = max_j sum_c |m scale q_c k_jc|
 // (the dot products' and the exp's rounding, and the accumulation of n weighted values);
 // tests/test_attention.cpp checks this bound against the double reference. Rows with no
-// visible key are zeros with log-sum-exp -inf.
+// visible key are zeros with log-sum-exp -inf. Scores that overflow and non-finite inputs:
+// online_softmax.hpp (tests/test_nonfinite.cpp).
 
 #include <algorithm>
 
@@ -265,11 +266,17 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
     }
     for (index_t r = 0; r < all_rows; ++r) {
       T* sr = sc.s + r * skp;
-      if (sc.info[r].visible > 0 && mask_row(sr, kb, nk, sc.info[r]))
-        online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp,
-                         flush_threshold<T>(sc.info[r].visible));
-      else
+      const row_keys& rk = sc.info[r];
+      if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
         std::fill(sr, sr + nk, T(0));
+        continue;
+      }
+      const T flush = flush_threshold<T>(rk.visible);
+      if (online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp, flush)) continue;
+      const index_t h = t.head + r / rows, i = t.q0 + r % rows;  // scores +inf or NaN
+      online_row_nonfinite<Arch>(sr, nk, p.q.row(b, i, h), p.k.row(b, kb, p.kv_head(h)),
+                                 p.k.stride_s, d, row_multiplier(p, rk, h) * p.scale, kb, rk,
+                                 sc.state[r], sc.o + r * dp, dp, flush);
     }
     if (rows > kDotMaxRows)
       gemm<Arch>(rows, dp, nk, sc.s, skp, plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.o, dp,

@@ -126,6 +126,16 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
       if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
         const index_t lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
         state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
+        if (!(state.max < std::numeric_limits<T>::infinity()) || std::isnan(state.sum)) {
+          // +inf or NaN scores: recompute them without overflow (online_softmax.hpp,
+          // safe_score), then the row kernel's contract for +inf and NaN applies.
+          const double factor = detail::row_multiplier(p, rk, t.head) * p.scale;
+          const T* qi = p.q.row(b, t.q0 + r, t.head);
+          for (index_t j = lo; j < hi; ++j)
+            sr[j] = detail::safe_score(qi, p.k.row(b, t.k_lo + j, g), d, factor);
+          detail::mask_row(sr, t.k_lo, L, rk);
+          state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
+        }
         std::fill(sr, sr + lo, T(0));
         std::fill(sr + hi, sr + L, T(0));
       } else {
