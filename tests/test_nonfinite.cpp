@@ -1,10 +1,11 @@
-// Scores that overflow and non-finite inputs, on both forward paths (attention.hpp's
-// contract, kernels/online_softmax.hpp safe_score): a score is the dot product; where it
-// overflows although q_i and k_j are finite, it takes the exact product's value (+-inf
-// with its sign when that overflows too); +inf scores share the row's weight equally
-// (lse +inf); NaN in q_i or in a key the row sees, or an inf that makes a score NaN or
-// +inf, makes the row's output and lse NaN, whatever the row's length (n = 1 included).
-// (An inf whose scores are all -inf weighs nothing, as a masked key: see
+// Scores that overflow and non-finite inputs, on both forward paths
+// (attention.hpp's contract, kernels/online_softmax.hpp safe_score): a score is
+// the dot product; where it overflows although q_i and k_j are finite, it takes
+// the exact product's value (+-inf with its sign when that overflows too); +inf
+// scores share the row's weight equally (lse +inf); NaN in q_i or in a key the
+// row sees, or an inf that makes a score NaN or +inf, makes the row's output
+// and lse NaN, whatever the row's length (n = 1 included). (An inf whose scores
+// are all -inf weighs nothing, as a masked key: see
 // kernels/online_softmax.hpp.)
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <ssmax/attention.hpp>
+#include <ssmax/attention_backward.hpp>
 #include <vector>
 
 namespace ssmax {
@@ -36,10 +38,11 @@ result run(const std::vector<float>& q, const std::vector<float>& k, const std::
   return r;
 }
 
-// q = k = 1e30: q . k = 2e60 overflows float. Keys 0 and 2 give +inf (exact product
-// positive and beyond float), key 1 gives -inf, key 3 a finite score: the row is the mean
-// of v_0 and v_2, its lse +inf. n_q = 1 (decode, dot products) and 8 (prefill, GEMM);
-// n_k past one key block and past the split-KV chunk (the +inf keys in different chunks).
+// q = k = 1e30: q . k = 2e60 overflows float. Keys 0 and 2 give +inf (exact
+// product positive and beyond float), key 1 gives -inf, key 3 a finite score:
+// the row is the mean of v_0 and v_2, its lse +inf. n_q = 1 (decode, dot
+// products) and 8 (prefill, GEMM); n_k past one key block and past the split-KV
+// chunk (the +inf keys in different chunks).
 TEST(NonFinite, OverflowingScoresGetTheExactSign) {
   const index_t d = 2;
   for (const index_t n_q : {1, 8})
@@ -65,8 +68,9 @@ TEST(NonFinite, OverflowingScoresGetTheExactSign) {
       }
 }
 
-// The products overflow term by term but cancel: q . k_0 = 1e60 - 1e60 = 0 exactly, and
-// q . k_1 = 2e30 is finite. Key 1 takes all the weight; lse = 2e30 / sqrt(2).
+// The products overflow term by term but cancel: q . k_0 = 1e60 - 1e60 = 0
+// exactly, and q . k_1 = 2e30 is finite. Key 1 takes all the weight; lse = 2e30
+// / sqrt(2).
 TEST(NonFinite, CancellingOverflowGivesTheFiniteScore) {
   const index_t d = 2;
   for (const index_t n_q : {1, 8})
@@ -82,9 +86,10 @@ TEST(NonFinite, CancellingOverflowGivesTheFiniteScore) {
     }
 }
 
-// NaN in q_i makes row i NaN and no other; NaN or inf in a key makes every row that sees
-// it NaN (causal: the rows at and after it). Rows with n = 1 too (before: zeros, lse -inf,
-// on the fused path), with Softmax and SSMax (whose multiplier is 0 at n = 1).
+// NaN in q_i makes row i NaN and no other; NaN or inf in a key makes every row
+// that sees it NaN (causal: the rows at and after it). Rows with n = 1 too
+// (before: zeros, lse -inf, on the fused path), with Softmax and SSMax (whose
+// multiplier is 0 at n = 1).
 TEST(NonFinite, NanOrInfInputsMakeTheirRowsNan) {
   const index_t d = 4, n = 6;
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -119,6 +124,49 @@ TEST(NonFinite, NanOrInfInputsMakeTheirRowsNan) {
         for (index_t i = 0; i < n; ++i)
           EXPECT_EQ(std::isnan(r.lse[i]), i >= 2) << "row " << i << " key value " << bad;
       }
+    }
+}
+
+// The backward of the overflowing rows of OverflowingScoresGetTheExactSign: the
+// weights do not depend on q or k there (a_j = 1/2 on the two +inf keys), so dq
+// = dk = 0 and dL/dm = 0, and dv_j = sum_i a_ij dout_i.
+TEST(NonFinite, BackwardOfInfiniteRows) {
+  const index_t d = 2, n_q = 8;
+  for (const index_t n_k : {4, 300})
+    for (const attention_path path : kPaths) {
+      std::vector<float> q(static_cast<size_t>(n_q * d), 1e30f), k(static_cast<size_t>(n_k * d));
+      std::vector<float> v(k.size()), dout(q.size());
+      for (index_t j = 0; j < n_k; ++j) {
+        k[j * d] = k[j * d + 1] = 1e-3f;
+        v[j * d] = static_cast<float>(j), v[j * d + 1] = 1.0f;
+      }
+      for (index_t x = 0; x < n_q * d; ++x) dout[x] = 0.25f * static_cast<float>(x + 1);
+      const index_t pos1 = n_k - 1;
+      k[0] = k[1] = k[pos1 * d] = k[pos1 * d + 1] = 1e30f;
+      k[d] = k[d + 1] = -1e30f;
+      attention_options<ssmax_policy> o;
+      o.policy = ssmax_policy(0.4, 1.0);
+      o.path = path;
+      const result fwd = run(q, k, v, d, path, o);
+      std::vector<float> dq(q.size(), 9.0f), dk(k.size(), 9.0f), dv(k.size(), 9.0f);
+      std::vector<double> dm(static_cast<size_t>(n_q), 9.0);
+      attention_gradients<float> g{bshd_view(dq.data(), 1, n_q, 1, d),
+                                   bshd_view(dk.data(), 1, n_k, 1, d),
+                                   bshd_view(dv.data(), 1, n_k, 1, d)};
+      g.d_multiplier = dm.data();
+      attention_backward(bshd_view(q.data(), 1, n_q, 1, d), bshd_view(k.data(), 1, n_k, 1, d),
+                         bshd_view(v.data(), 1, n_k, 1, d), bshd_view(fwd.out.data(), 1, n_q, 1, d),
+                         bshd_view(dout.data(), 1, n_q, 1, d), fwd.lse.data(), g, o);
+      for (float x : dq) EXPECT_EQ(x, 0.0f) << "n_k " << n_k << " path " << int(path);
+      for (float x : dk) EXPECT_EQ(x, 0.0f) << "n_k " << n_k << " path " << int(path);
+      for (double x : dm) EXPECT_EQ(x, 0.0);
+      for (index_t j = 0; j < n_k; ++j)
+        for (index_t c = 0; c < d; ++c) {
+          float expected = 0.0f;
+          if (j == 0 || j == pos1)
+            for (index_t i = 0; i < n_q; ++i) expected += 0.5f * dout[i * d + c];
+          EXPECT_FLOAT_EQ(dv[j * d + c], expected) << "key " << j << " path " << int(path);
+        }
     }
 }
 

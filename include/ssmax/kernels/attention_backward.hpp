@@ -20,6 +20,9 @@
 //                 with z_0 the row's first visible logit (sum_j dy_j = 0, so the shift
 //                 changes nothing but the rounding: it keeps the terms as small as the
 //                 row's logit range).
+// Rows whose scores hold +inf (kernels/online_softmax.hpp: overflowing products) have
+// weights that do not depend on q or k: they add nothing to dq, dk or dL/dm, and
+// dv_j += a_j dout_i with a_j = 1 / (their number of +inf keys) on those keys.
 // Nothing here validates: attention_backward.hpp has checked every argument.
 
 #include <algorithm>
@@ -248,7 +251,21 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
           z[j] = seen ? scale * qk : ninf;
           u[j] = seen ? dv : T(0);
         }
-        scaled_softmax_row<Arch>(z, w, n, m);
+        const T inf = std::numeric_limits<T>::infinity();
+        row_state<T> st = scaled_softmax_row<Arch>(z, w, n, m);
+        if (!(st.max < inf) || std::isnan(st.sum)) {  // +inf or NaN: recompute without overflow
+          for (index_t j = 0; j < n; ++j)
+            if (z[j] != ninf)
+              z[j] = detail::safe_score(qi, f.k.row(b, row.begin + j, g), d, f.scale);
+          st = scaled_softmax_row<Arch>(z, w, n, m);
+        }
+        if (st.max == inf) {  // +inf keys share the weight: only dv = a dout
+          detail::record_multiplier(p, grad, b, h, i, row, 0.0);
+          for (index_t j = 0; j < n; ++j)
+            if (w[j] != T(0))
+              detail::axpy<Arch>(sc.dv + (row.begin + j - seq.k_begin) * dp, w[j], go, d);
+          continue;
+        }
         const double dm = scaled_softmax_row_backward<Arch>(z, w, u, u, n, m);
         detail::record_multiplier(p, grad, b, h, i, row, dm);
         for (index_t j = 0; j < n; ++j) {
@@ -272,7 +289,24 @@ struct backward_rows {
   T lse[kFusedQueryBlock];    ///< the forward's log-sum-exp
   T D[kFusedQueryBlock];      ///< dout . out
   T flush[kFusedQueryBlock];  ///< flush_threshold of the row's visible count
+  /// Rows whose forward lse is +inf (+inf scores): 1 / the number of +inf keys; else 0.
+  T inv_top[kFusedQueryBlock];
+  const T* q[kFusedQueryBlock];     ///< the row's query
+  double factor[kFusedQueryBlock];  ///< m * scale: the forward's score is factor q . k
 };
+
+/// The number of keys of `row` (kv head g) whose score factor * q . k is +inf
+/// (safe_score): the keys that share a +inf row's weight.
+template <class T, class Policy>  // float or double; a length policy
+index_t infinite_keys(const attention_problem<T, Policy>& f, const sequence_span& seq,
+                      const row_keys& row, index_t g, const T* q, double factor) {
+  index_t top = 0;
+  for (index_t j = row.begin; j < row.end; ++j)
+    if (row.allowed == nullptr || row.allowed[j])
+      top += safe_score(q, f.k.row(seq.tensor_batch, j, g), f.q.dim, factor) ==
+             std::numeric_limits<T>::infinity();
+  return top;
+}
 
 /// Fused backward, step 1: the per-row setup of query rows q0..q0+rows-1 of head h: keys,
 /// m, lse, D = dout . out, scale q and dout both compact ([rows, d]) and zero-padded
@@ -292,6 +326,13 @@ void setup_backward_rows(const attention_backward_problem<T, Policy>& p,
     rw.lse[r] = p.lse[f.row_index(b, h, i)];
     rw.flush[r] = flush_threshold<T>(std::max<index_t>(1, sc.info[r].visible));
     const T* qi = f.q.row(b, i, h);
+    rw.q[r] = qi;
+    rw.factor[r] = double(rw.m[r]) * f.scale;
+    rw.inv_top[r] = T(0);
+    if (rw.lse[r] == std::numeric_limits<T>::infinity()) {
+      const index_t top = infinite_keys(f, seq, sc.info[r], f.kv_head(h), qi, rw.factor[r]);
+      if (top > 0) rw.inv_top[r] = T(1) / static_cast<T>(top);
+    }
     const T* go = p.dout.row(b, i, h);
     const T* oi = p.out.row(b, i, h);
     double D = 0.0;
@@ -334,7 +375,8 @@ double backward_row_block(T* sr, T* dr, index_t nk, T m, T lse, T D, T flush, T 
 /// runs backward_row_block; rows that see no key of the block get zeros.
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
 void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T>& rw, index_t rows,
-                            index_t kb, index_t nk, index_t lds) {
+                            index_t kb, index_t nk, index_t lds, const T* k0, index_t kstride,
+                            index_t d) {
   const T ninf = -std::numeric_limits<T>::infinity();
   for (index_t r = 0; r < rows; ++r) {
     T* sr = sc.s + r * lds;
@@ -342,6 +384,15 @@ void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T
     const row_keys& rk = sc.info[r];
     if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
       std::fill(sr, sr + nk, T(0));
+      std::fill(dr, dr + nk, T(0));
+      continue;
+    }
+    if (rw.inv_top[r] != T(0)) {  // a +inf row: a = 1 / top on its +inf keys, dS = 0
+      for (index_t j = 0; j < nk; ++j) {
+        const bool top = sr[j] != ninf && safe_score(rw.q[r], k0 + j * kstride, d, rw.factor[r]) ==
+                                              std::numeric_limits<T>::infinity();
+        sr[j] = top ? rw.inv_top[r] : T(0);
+      }
       std::fill(dr, dr + nk, T(0));
       continue;
     }
@@ -404,7 +455,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
           detail::block_scores<Arch>(sc.qc, rows, d, k0, f.k.stride_s, nk, sc.s, lds, sc.kt);
           detail::block_scores<Arch>(sc.doc, rows, d, f.v.row(b, kb, g), f.v.stride_s, nk, sc.ds,
                                      lds, sc.kt);
-          detail::backward_block_weights<Arch>(sc, rw, rows, kb, nk, lds);
+          detail::backward_block_weights<Arch>(sc, rw, rows, kb, nk, lds, k0, f.k.stride_s, d);
           detail::backward_block_gradients<Arch>(sc, rows, k0, f.k.stride_s, nk, d, dp, lds,
                                                  sc.dk + at, sc.dv + at);
         }
