@@ -70,6 +70,7 @@ TEST(Workspace, SecondCallerThrowsWhileFirstHoldsIt) {
     attention_workspace ws;
     std::vector<float> out_b(b.q.size(), 7.0f), lse_b(static_cast<size_t>(b.H * b.n_q), 7.0f);
     std::vector<float> dq(b.q.size(), 7.0f), dk(b.k.size(), 7.0f), dv(b.k.size(), 7.0f);
+    const std::vector<float> b_out(b.q), b_dout(b.q);  // the backward's inputs
     std::string forward_error, backward_error;
     std::function<void()> hook = [&] {
       std::thread second([&] {
@@ -86,7 +87,8 @@ TEST(Workspace, SecondCallerThrowsWhileFirstHoldsIt) {
           attention_gradients<float> g{bshd_view(dq.data(), 1, b.n_q, b.H, b.d),
                                        bshd_view(dk.data(), 1, b.n_k, b.H, b.d),
                                        bshd_view(dv.data(), 1, b.n_k, b.H, b.d)};
-          attention_backward(b.qv(), b.kv(), b.vv(), b.qv(), b.qv(), lse_b.data(), g, o, &ws);
+          attention_backward(b.qv(), b.kv(), b.vv(), bshd_view(b_out.data(), 1, b.n_q, b.H, b.d),
+                             bshd_view(b_dout.data(), 1, b.n_q, b.H, b.d), lse_b.data(), g, o, &ws);
         } catch (const argument_error& e) {
           backward_error = e.argument() + " | " + e.what();
         }
@@ -183,6 +185,7 @@ TEST(Workspace, ThreadsBeyondTheWorkCostNoMemory) {
 TEST(Workspace, ThreadsAboveTheMaximumRefused) {
   const problem a(1, 10, 1, 8, 6);
   std::vector<float> out, lse(1), dq, dk(a.k.size()), dv(a.k.size());
+  const std::vector<float> fwd_out(a.q), dout(a.q);
   attention_options<> o;
   o.threads = 100000;
   auto names_threads = [](const auto& call) {
@@ -198,8 +201,10 @@ TEST(Workspace, ThreadsAboveTheMaximumRefused) {
   EXPECT_TRUE(names_threads([&] { attention(a.qv(), a.kv(), a.vv(), a.out(out), o); }));
   attention_gradients<float> g{a.out(dq), bshd_view(dk.data(), 1, a.n_k, 1, a.d),
                                bshd_view(dv.data(), 1, a.n_k, 1, a.d)};
-  EXPECT_TRUE(names_threads(
-      [&] { attention_backward(a.qv(), a.kv(), a.vv(), a.qv(), a.qv(), lse.data(), g, o); }));
+  EXPECT_TRUE(names_threads([&] {
+    attention_backward(a.qv(), a.kv(), a.vv(), bshd_view(fwd_out.data(), 1, a.n_q, 1, a.d),
+                       bshd_view(dout.data(), 1, a.n_q, 1, a.d), lse.data(), g, o);
+  }));
   o.threads = detail::kMaxThreads;
   attention(a.qv(), a.kv(), a.vv(), a.out(out), o);  // the maximum itself is accepted
 }
