@@ -26,14 +26,6 @@ struct row_state {
   }
 };
 
-/// exp(max - to): the factor that moves a sum relative to max onto the larger max `to`;
-/// exactly 1 when max == to (+inf included: the +inf logits keep their weight) and 0 for
-/// a finite max below to = +inf.
-template <class T>  // float or double
-inline T weight_to(T max, T to) {
-  return max == to ? T(1) : std::exp(max - to);
-}
-
 /// State of the union of the two rows' logits (the FlashAttention merge):
 ///   M = max(a.max, b.max),  sum = a.sum exp(a.max - M) + b.sum exp(b.max - M).
 /// Exact up to two roundings per term; either side may be empty. Commutative; associative
@@ -44,7 +36,8 @@ inline row_state<T> merge(const row_state<T>& a, const row_state<T>& b) {
   if (a.empty()) return b;
   if (a.max == b.max) return {a.max, a.sum + b.sum};  // also covers +inf == +inf
   const T m = a.max > b.max ? a.max : b.max;
-  return {m, weight_to(a.max, m) * a.sum + weight_to(b.max, m) * b.sum};
+  if (m == std::numeric_limits<T>::infinity()) return a.max == m ? a : b;  // finite side: 0
+  return {m, a.sum * std::exp(a.max - m) + b.sum * std::exp(b.max - m)};
 }
 
 /// Folds one partial result into an accumulator: o [d] and acc hold the unnormalised
@@ -63,7 +56,8 @@ inline void merge_partial(T* o, row_state<double>& acc, const T* part_o,
     const T shrink = static_cast<T>(std::exp(acc.max - merged.max));
     for (index_t c = 0; c < d; ++c) o[c] *= shrink;
   }
-  const T grow = static_cast<T>(weight_to(part.max, merged.max));
+  // exp(0) = 1 exactly; spelled out for +inf maxima, where exp(inf - inf) would be NaN.
+  const T grow = part.max == merged.max ? T(1) : static_cast<T>(std::exp(part.max - merged.max));
   for (index_t c = 0; c < d; ++c) o[c] = std::fma(grow, part_o[c], o[c]);
   acc = merged;
 }
