@@ -34,7 +34,8 @@
 //   Z = max_j sum_c |m scale q_c k_jc|,
 // eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
 // eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
-// Inputs must be finite.
+// Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
+// NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
 
 #include <algorithm>
 #include <cmath>
@@ -48,12 +49,12 @@
 #include "detail/parallel.hpp"
 #include "detail/simd.hpp"
 #include "error.hpp"
-#include "kernels/attention_blocks.hpp"
 #include "kernels/attention_fused.hpp"
 #include "kernels/attention_materialised.hpp"
 #include "length_policy.hpp"
 #include "mask.hpp"
 #include "tensor_view.hpp"
+#include "workspace.hpp"
 
 namespace ssmax {
 
@@ -71,7 +72,7 @@ struct attention_options {
   Policy policy{};              ///< how (n, p, head) become the multiplier m
   attention_mask mask{};        ///< which keys each row sees (mask.hpp)
   std::optional<double> scale;  ///< logit scale; default 1/sqrt(d)
-  int threads = 0;              ///< 0 = all available; results do not depend on it
+  int threads = 0;              ///< 0 = all; at most 4096; results do not depend on it
   attention_path path = attention_path::automatic;
 };
 
@@ -274,6 +275,8 @@ inline double check_options(const char* fn, const attention_options<Policy>& o,
                             const tensor_view<const T>& q, const tensor_view<const T>& k) {
   check_policy(o.policy, q.heads, fn);
   require(o.threads >= 0, fn, "options.threads", "must be >= 0 (0: all available)");
+  require_lazy(o.threads <= kMaxThreads, fn, "options.threads",
+               [&] { return "must be <= " + std::to_string(kMaxThreads); });
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));
   require(std::isfinite(scale) && scale >= 0.0, fn, "options.scale", "must be finite and >= 0");
   check_row_multipliers(fn, o.policy, o.mask, q, k, scale);
@@ -365,7 +368,9 @@ std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q
 ///   (any strides with a contiguous head dimension: bshd_view, bhsd_view, Eigen helpers).
 /// extras.lse, when set, receives the per-row log-sum-exp [B, H, n_q]; extras.weights
 /// the attention weights [B, H, n_q, n_k] (materialised path). workspace: reuse one
-/// across calls to allocate nothing after the first; null allocates a temporary one.
+/// across calls to allocate nothing after the first; null allocates a temporary one. One
+/// call at a time per workspace: a call given a workspace that another call holds throws
+/// argument_error naming 'workspace' (keep one workspace per calling thread).
 /// Throws argument_error (naming the argument, nothing written) on any bad argument.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class T,                        // float or double
@@ -381,6 +386,7 @@ void attention(detail::identity_t<tensor_view<const T>> q,
   const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
   attention_workspace local;
   attention_workspace& ws = workspace != nullptr ? *workspace : local;
+  const detail::workspace_lease lease(ws, "attention");
   if (detail::use_materialised(options, extras)) {
     ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
     kernels::attention_materialised<Arch>(p, ws);

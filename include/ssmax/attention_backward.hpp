@@ -132,6 +132,7 @@ void attention_backward(detail::identity_t<tensor_view<const T>> q,
                                                   grads, options);
   attention_workspace local;
   attention_workspace& ws = workspace != nullptr ? *workspace : local;
+  const detail::workspace_lease lease(ws, "attention_backward");
   const bool materialised = options.path == attention_path::materialised;
   ws.reserve(kernels::attention_backward_workspace_bytes<Arch>(p, materialised));
   if (materialised)

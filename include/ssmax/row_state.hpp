@@ -2,8 +2,11 @@
 // The streaming state of a softmax row: what FlashAttention-style code carries from one
 // block of keys to the next, and what the backward pass saves per row.
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "error.hpp"
 
 namespace ssmax {
 
@@ -33,7 +36,64 @@ inline row_state<T> merge(const row_state<T>& a, const row_state<T>& b) {
   if (a.empty()) return b;
   if (a.max == b.max) return {a.max, a.sum + b.sum};  // also covers +inf == +inf
   const T m = a.max > b.max ? a.max : b.max;
+  if (m == std::numeric_limits<T>::infinity()) return a.max == m ? a : b;  // finite side: 0
   return {m, a.sum * std::exp(a.max - m) + b.sum * std::exp(b.max - m)};
+}
+
+/// Folds one partial result into an accumulator: o [d] and acc hold the unnormalised
+/// output sum_j exp(y_j - acc.max) v_j and the state of the keys merged so far (o all
+/// zeros when acc is empty), part_o [d] and part the same for a disjoint set of keys.
+/// Afterwards o and acc cover both: with M the merged max,
+///   o_c = o_c exp(acc.max - M) + exp(part.max - M) part_o_c   (one fma per element),
+/// the first product skipped when acc is empty or acc.max = M. An empty part changes
+/// nothing. Merging partials in a fixed order gives bitwise reproducible results.
+template <class T>  // float or double: the output's element type
+inline void merge_partial(T* o, row_state<double>& acc, const T* part_o,
+                          const row_state<double>& part, index_t d) {
+  if (part.empty()) return;
+  const row_state<double> merged = merge(acc, part);
+  if (!acc.empty() && acc.max != merged.max) {
+    const T shrink = static_cast<T>(std::exp(acc.max - merged.max));
+    for (index_t c = 0; c < d; ++c) o[c] *= shrink;
+  }
+  // exp(0) = 1 exactly; spelled out for +inf maxima, where exp(inf - inf) would be NaN.
+  const T grow = part.max == merged.max ? T(1) : static_cast<T>(std::exp(part.max - merged.max));
+  for (index_t c = 0; c < d; ++c) o[c] = std::fma(grow, part_o[c], o[c]);
+  acc = merged;
+}
+
+/// Merges two partial attention results of one query row over disjoint sets of keys
+/// (split-KV decoding, context parallelism, a KV cache split across devices):
+/// out_a, out_b [d] are normalised outputs (each the softmax-weighted mean of its keys'
+/// values), lse_a, lse_b their log-sum-exps (attention_extras::lse). Writes
+///   out = w_a out_a + w_b out_b,  w_x = exp(lse_x - L),  L = log(exp(lse_a) + exp(lse_b))
+/// to out [d] and returns L: the row's output and log-sum-exp over both key sets, as one
+/// call over all of them would give, up to rounding (a few ulp: the weights are formed in
+/// double). An empty partial (lse = -inf, no visible key) contributes nothing: the other
+/// is copied exactly, and two empty partials give zeros and -inf. out may be out_a or
+/// out_b. Pre: lse_a, lse_b finite or -inf. Merging many partials in a fixed order is
+/// bitwise reproducible; the fused kernel merges its key chunks with the same steps
+/// (merge_partial).
+template <class T>  // float or double
+inline T merge_partial_outputs(const T* out_a, T lse_a, const T* out_b, T lse_b, index_t d,
+                               T* out) {
+  const auto state = [](T lse) {
+    return lse == -std::numeric_limits<T>::infinity() ? row_state<double>{}
+                                                      : row_state<double>{double(lse), 1.0};
+  };
+  const T *first = out_a, *second = out_b;
+  row_state<double> acc = state(lse_a), other = state(lse_b);
+  if (out == out_b && out != out_a) std::swap(first, second), std::swap(acc, other);
+  if (acc.empty())
+    std::fill(out, out + d, T(0));
+  else if (out != first)
+    std::copy(first, first + d, out);
+  merge_partial(out, acc, second, other, d);
+  if (!acc.empty() && acc.sum != 1.0) {
+    const T inv = static_cast<T>(1.0 / acc.sum);
+    for (index_t c = 0; c < d; ++c) out[c] *= inv;
+  }
+  return static_cast<T>(acc.log_sum_exp());
 }
 
 }  // namespace ssmax

@@ -13,21 +13,35 @@
 
 namespace ssmax::detail {
 
-/// Threads a call asking for `requested` (0 = all available) will use.
+/// The largest options.threads a public call accepts (attention.hpp validates it): far
+/// above any machine's cores, low enough that per-thread scratch cannot explode.
+inline constexpr int kMaxThreads = 4096;
+
+/// Threads a call asking for `requested` (0 = all available) will use: at most what the
+/// OpenMP runtime can run (omp_get_thread_limit), 1 without OpenMP. Pre: requested in
+/// [0, kMaxThreads].
 inline int resolve_threads(int requested) {
 #ifdef _OPENMP
   const int available = omp_get_max_threads();
-  return std::max(1, requested > 0 ? requested : available);
+  return std::max(1, std::min(requested > 0 ? requested : available, omp_get_thread_limit()));
 #else
   (void)requested;
   return 1;
 #endif
 }
 
+/// Threads worth starting for `work` independent items: min(threads, work), at least 1.
+/// Plans carve per-thread scratch for this many threads only.
+inline int threads_for(int threads, index_t work) {
+  return static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, work)));
+}
+
 /// Runs body(item, thread) for item in [0, count) on `threads` threads (thread in
-/// [0, threads)), items handed out one at a time in order. body must not throw.
+/// [0, threads_for(threads, count))), items handed out one at a time in order. body must
+/// not throw.
 template <class Body>  // callable as body(index item, int thread)
 void parallel_for(index_t count, int threads, Body&& body) {
+  threads = threads_for(threads, count);
 #ifdef _OPENMP
   if (threads > 1 && count > 1) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)

@@ -97,6 +97,16 @@ struct simd<scalar_arch, T> {
   static T reduce_max(vec v) { return v; }
 };
 
+/// Vector registers of an architecture: 32 for AVX-512 and AArch64 (neon64), 16 for the
+/// other x86 levels (SSE to AVX2) and 32-bit NEON, 0 for scalar_arch. Register-blocked
+/// kernels size their tiles by it (kernels/gemm.hpp, tile_shape).
+template <class Arch>  // xsimd architecture tag or scalar_arch
+inline constexpr int vector_registers =
+    std::is_same<Arch, scalar_arch>::value ? 0
+    : std::is_base_of<xsimd::avx512f, Arch>::value || std::is_base_of<xsimd::neon64, Arch>::value
+        ? 32
+        : 16;
+
 }  // namespace detail
 }  // namespace ssmax
 

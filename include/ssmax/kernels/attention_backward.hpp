@@ -20,6 +20,9 @@
 //                 with z_0 the row's first visible logit (sum_j dy_j = 0, so the shift
 //                 changes nothing but the rounding: it keeps the terms as small as the
 //                 row's logit range).
+// Rows whose scores hold +inf (kernels/online_softmax.hpp: overflowing products) have
+// weights that do not depend on q or k: they add nothing to dq, dk or dL/dm, and
+// dv_j += a_j dout_i with a_j = 1 / (their number of +inf keys) on those keys.
 // Nothing here validates: attention_backward.hpp has checked every argument.
 
 #include <algorithm>
@@ -30,7 +33,10 @@
 
 #include "../detail/parallel.hpp"
 #include "../policy_gradient.hpp"
-#include "attention_blocks.hpp"
+#include "gemm.hpp"
+#include "key_streams.hpp"
+#include "online_softmax.hpp"
+#include "plan.hpp"
 #include "row_backward.hpp"
 
 namespace ssmax::kernels {
@@ -51,60 +57,75 @@ struct attention_backward_problem {
 
 namespace detail {
 
-/// Buffers of one backward task's thread; pointers into the workspace.
+/// Buffers of one backward task's thread; pointers into the workspace. The materialised
+/// path carves dk, dv, s and ds only; the others stay null.
 template <class T>  // float or double
 struct backward_scratch {
-  T* dk;           ///< [n_k, dp] accumulator of the task's keys
-  T* dv;           ///< [n_k, dp]
-  T* s;            ///< fused: [kFusedQueryBlock, lds] scores then weights; materialised: [n_k]
-  T* ds;           ///< fused: [kFusedQueryBlock, lds] dP then m dS; materialised: [n_k]
-  T* t;            ///< fused: [kKeyBlock, kFusedQueryBlock] a transposed block
-  T* qs;           ///< [kFusedQueryBlock, dp] scale * q, zero-padded
-  T* dop;          ///< [kFusedQueryBlock, dp] dout, zero-padded
-  T* qc;           ///< [kFusedQueryBlock, d] scale * q, compact
-  T* doc;          ///< [kFusedQueryBlock, d] dout, compact
-  T* dq;           ///< [kFusedQueryBlock, dp] accumulator
-  T* kt;           ///< [d, round_up(kKeyBlock, W)] packed K^T or V^T
-  T* vp;           ///< [kKeyBlock, dp] padded key block
-  double* dm;      ///< [kFusedQueryBlock] dL/dm accumulators
-  double* shift;   ///< [kFusedQueryBlock] z_0 per row (NaN until the first visible key)
-  row_keys* info;  ///< [kFusedQueryBlock]
+  T* dk = nullptr;           ///< [n_k, dp] accumulator of the task's keys
+  T* dv = nullptr;           ///< [n_k, dp]
+  T* s = nullptr;            ///< fused: [kFusedQueryBlock, lds] scores then weights;
+                             ///< materialised: [2, lds] scores z, weights a of one row
+  T* ds = nullptr;           ///< fused: [kFusedQueryBlock, lds] dP then m dS;
+                             ///< materialised: [lds] u, then m dy, of one row
+  T* t = nullptr;            ///< fused: [kKeyBlock, kFusedQueryBlock] a transposed block
+  T* qs = nullptr;           ///< [kFusedQueryBlock, dp] scale * q, zero-padded
+  T* dop = nullptr;          ///< [kFusedQueryBlock, dp] dout, zero-padded
+  T* qc = nullptr;           ///< [kFusedQueryBlock, d] scale * q, compact
+  T* doc = nullptr;          ///< [kFusedQueryBlock, d] dout, compact
+  T* dq = nullptr;           ///< [kFusedQueryBlock, dp] accumulator
+  T* kt = nullptr;           ///< [packed_kt_elements(d, W)] packed K^T or V^T of a block
+  T* vp = nullptr;           ///< [padded_v_elements(d, W)] zero-padded key block
+  double* dm = nullptr;      ///< [kFusedQueryBlock] dL/dm accumulators
+  double* shift = nullptr;   ///< [kFusedQueryBlock] z_0 per row (NaN until the first visible key)
+  row_keys* info = nullptr;  ///< [kFusedQueryBlock]
 };
 
-/// Workspace layout of a backward call: per-thread scratch.
+/// Tasks of a backward call: one per (sequence, kv head).
+template <class T, class Policy>  // float or double; a length policy
+inline index_t task_count(const attention_backward_problem<T, Policy>& p) {
+  return p.forward.sequences() * p.forward.k.heads;
+}
+
+/// Workspace layout of a backward call: per-thread scratch, for the threads that can get
+/// a task.
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
 struct backward_plan {
   index_t dp = 0, lds = 0;
   backward_scratch<T>* scratch = nullptr;
 
-  /// full_rows: the materialised path, whose score buffers hold whole rows of n_k keys;
-  /// the fused path's hold one key block.
+  /// full_rows: the materialised path, whose score buffers hold one whole row of n_k
+  /// keys; the fused path's hold kFusedQueryBlock rows of one key block.
   template <class Policy>  // a length policy
   void carve(const attention_backward_problem<T, Policy>& p, bool full_rows, arena& a) {
     const bool fill = !a.counting();
     constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
     const index_t d = p.forward.q.dim, n_k = p.forward.k.seq;
-    const int threads = p.forward.threads;
+    const int threads = ssmax::detail::threads_for(p.forward.threads, task_count(p));
     dp = round_up(d, W);
-    lds = full_rows ? std::max(round_up(kKeyBlock, W), round_up(n_k, W)) : round_up(kKeyBlock, W);
+    lds = full_rows ? round_up(n_k, W) : score_stride(W);
     scratch = a.take<backward_scratch<T>>(threads);
     for (int t = 0; t < threads; ++t) {
       backward_scratch<T> sc;
       sc.dk = a.take<T>(n_k * dp);
       sc.dv = a.take<T>(n_k * dp);
-      sc.s = a.take<T>(kFusedQueryBlock * lds);
-      sc.ds = a.take<T>(kFusedQueryBlock * lds);
-      sc.t = a.take<T>(kKeyBlock * kFusedQueryBlock);
-      sc.qs = a.take<T>(kFusedQueryBlock * dp);
-      sc.dop = a.take<T>(kFusedQueryBlock * dp);
-      sc.qc = a.take<T>(kFusedQueryBlock * d);
-      sc.doc = a.take<T>(kFusedQueryBlock * d);
-      sc.dq = a.take<T>(kFusedQueryBlock * dp);
-      sc.kt = a.take<T>(d * round_up(kKeyBlock, W));
-      sc.vp = a.take<T>(kKeyBlock * dp);
-      sc.dm = a.take<double>(kFusedQueryBlock);
-      sc.shift = a.take<double>(kFusedQueryBlock);
-      sc.info = a.take<row_keys>(kFusedQueryBlock);
+      if (full_rows) {
+        sc.s = a.take<T>(2 * lds);
+        sc.ds = a.take<T>(lds);
+      } else {
+        sc.s = a.take<T>(kFusedQueryBlock * lds);
+        sc.ds = a.take<T>(kFusedQueryBlock * lds);
+        sc.t = a.take<T>(kKeyBlock * kFusedQueryBlock);
+        sc.qs = a.take<T>(kFusedQueryBlock * dp);
+        sc.dop = a.take<T>(kFusedQueryBlock * dp);
+        sc.qc = a.take<T>(kFusedQueryBlock * d);
+        sc.doc = a.take<T>(kFusedQueryBlock * d);
+        sc.dq = a.take<T>(kFusedQueryBlock * dp);
+        sc.kt = a.take<T>(packed_kt_elements(d, W));
+        sc.vp = a.take<T>(padded_v_elements(d, W));
+        sc.dm = a.take<double>(kFusedQueryBlock);
+        sc.shift = a.take<double>(kFusedQueryBlock);
+        sc.info = a.take<row_keys>(kFusedQueryBlock);
+      }
       if (fill) scratch[t] = sc;
     }
   }
@@ -133,7 +154,7 @@ inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index_t
 template <class T, class Policy>  // float or double; a length policy
 inline void record_multiplier(const attention_backward_problem<T, Policy>& p, policy_gradient* grad,
                               index_t b, index_t h, index_t i, const row_keys& row, double dm) {
-  if (p.d_multiplier != nullptr) p.d_multiplier[p.forward.lse_at(b, h, i)] = dm;
+  if (p.d_multiplier != nullptr) p.d_multiplier[p.forward.row_index(b, h, i)] = dm;
   if (grad != nullptr && row.visible > 0)
     grad->add(h, gradient_of(*p.forward.policy, {row.n, row.position, h}, dm));
 }
@@ -162,7 +183,7 @@ void for_each_key_task(const attention_backward_problem<T, Policy>& p,
                        const backward_plan<Arch, T>& plan, policy_gradient* policy_grad,
                        Body&& body) {
   const auto& f = p.forward;
-  const index_t H_kv = f.k.heads, n_tasks = f.sequences() * H_kv, dp = plan.dp;
+  const index_t H_kv = f.k.heads, n_tasks = task_count(p), dp = plan.dp;
   std::vector<policy_gradient> task_grads(policy_grad != nullptr ? static_cast<size_t>(n_tasks) : 0,
                                           policy_gradient(f.q.heads));
   ssmax::detail::parallel_for(n_tasks, f.threads, [&](index_t task, int thread) {
@@ -230,7 +251,21 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
           z[j] = seen ? scale * qk : ninf;
           u[j] = seen ? dv : T(0);
         }
-        scaled_softmax_row<Arch>(z, w, n, m);
+        const T inf = std::numeric_limits<T>::infinity();
+        row_state<T> st = scaled_softmax_row<Arch>(z, w, n, m);
+        if (!(st.max < inf) || std::isnan(st.sum)) {  // +inf or NaN: recompute without overflow
+          for (index_t j = 0; j < n; ++j)
+            if (z[j] != ninf)
+              z[j] = detail::safe_score(qi, f.k.row(b, row.begin + j, g), d, f.scale);
+          st = scaled_softmax_row<Arch>(z, w, n, m);
+        }
+        if (st.max == inf) {  // +inf keys share the weight: only dv = a dout
+          detail::record_multiplier(p, grad, b, h, i, row, 0.0);
+          for (index_t j = 0; j < n; ++j)
+            if (w[j] != T(0))
+              detail::axpy<Arch>(sc.dv + (row.begin + j - seq.k_begin) * dp, w[j], go, d);
+          continue;
+        }
         const double dm = scaled_softmax_row_backward<Arch>(z, w, u, u, n, m);
         detail::record_multiplier(p, grad, b, h, i, row, dm);
         for (index_t j = 0; j < n; ++j) {
@@ -245,6 +280,151 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
   detail::for_each_key_task(p, plan, policy_grad, task);
 }
 
+namespace detail {
+
+/// Per-row constants of a block of query rows in the fused backward.
+template <class T>  // float or double
+struct backward_rows {
+  T m[kFusedQueryBlock];      ///< the policy's multiplier
+  T lse[kFusedQueryBlock];    ///< the forward's log-sum-exp
+  T D[kFusedQueryBlock];      ///< dout . out
+  T flush[kFusedQueryBlock];  ///< flush_threshold of the row's visible count
+  /// Rows whose forward lse is +inf (+inf scores): 1 / the number of +inf keys; else 0.
+  T inv_top[kFusedQueryBlock];
+  const T* q[kFusedQueryBlock];     ///< the row's query
+  double factor[kFusedQueryBlock];  ///< m * scale: the forward's score is factor q . k
+};
+
+/// The number of keys of `row` (kv head g) whose score factor * q . k is +inf
+/// (safe_score): the keys that share a +inf row's weight.
+template <class T, class Policy>  // float or double; a length policy
+index_t infinite_keys(const attention_problem<T, Policy>& f, const sequence_span& seq,
+                      const row_keys& row, index_t g, const T* q, double factor) {
+  index_t top = 0;
+  for (index_t j = row.begin; j < row.end; ++j)
+    if (row.allowed == nullptr || row.allowed[j])
+      top += safe_score(q, f.k.row(seq.tensor_batch, j, g), f.q.dim, factor) ==
+             std::numeric_limits<T>::infinity();
+  return top;
+}
+
+/// Fused backward, step 1: the per-row setup of query rows q0..q0+rows-1 of head h: keys,
+/// m, lse, D = dout . out, scale q and dout both compact ([rows, d]) and zero-padded
+/// ([rows, dp]); zeroes the dq and dL/dm accumulators.
+template <class T, class Policy>  // float or double; a length policy
+void setup_backward_rows(const attention_backward_problem<T, Policy>& p,
+                         const backward_scratch<T>& sc, backward_rows<T>& rw,
+                         const sequence_span& seq, index_t h, index_t q0, index_t rows,
+                         index_t dp) {
+  const auto& f = p.forward;
+  const index_t b = seq.tensor_batch, d = f.q.dim;
+  const T scale = static_cast<T>(f.scale);
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t i = q0 + r;
+    sc.info[r] = visible_keys(f.mask, seq, h, i);
+    rw.m[r] = static_cast<T>(row_multiplier(f, sc.info[r], h));
+    rw.lse[r] = p.lse[f.row_index(b, h, i)];
+    rw.flush[r] = flush_threshold<T>(std::max<index_t>(1, sc.info[r].visible));
+    const T* qi = f.q.row(b, i, h);
+    rw.q[r] = qi;
+    rw.factor[r] = double(rw.m[r]) * f.scale;
+    rw.inv_top[r] = T(0);
+    if (rw.lse[r] == std::numeric_limits<T>::infinity()) {
+      const index_t top = infinite_keys(f, seq, sc.info[r], f.kv_head(h), qi, rw.factor[r]);
+      if (top > 0) rw.inv_top[r] = T(1) / static_cast<T>(top);
+    }
+    const T* go = p.dout.row(b, i, h);
+    const T* oi = p.out.row(b, i, h);
+    double D = 0.0;
+    for (index_t c = 0; c < d; ++c) {
+      sc.qs[r * dp + c] = sc.qc[r * d + c] = scale * qi[c];
+      sc.dop[r * dp + c] = sc.doc[r * d + c] = go[c];
+      D += static_cast<double>(go[c]) * static_cast<double>(oi[c]);
+    }
+    std::fill(sc.qs + r * dp + d, sc.qs + (r + 1) * dp, T(0));
+    std::fill(sc.dop + r * dp + d, sc.dop + (r + 1) * dp, T(0));
+    rw.D[r] = static_cast<T>(D);
+    sc.dm[r] = 0.0;
+    sc.shift[r] = std::numeric_limits<double>::quiet_NaN();
+  }
+  std::fill(sc.dq, sc.dq + rows * dp, T(0));
+}
+
+/// Fused backward, step 2, one row of one key block: turns the masked scores z (sr) into
+/// the weights a_j = exp(m z_j - lse) (0 where hidden or flushed) and dP (dr) into
+/// m dy_j = m a_j (u_j - D), and returns sum_j (z_j - shift) dy_j, this block's share of
+/// dL/dm.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+double backward_row_block(T* sr, T* dr, index_t nk, T m, T lse, T D, T flush, T shift) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  return blocked_sums<Arch, T, 1>(nk, [&](auto tag, index_t at) {
+    using V = decltype(tag);
+    const auto zero = V::splat(T(0));
+    const auto zv = V::load(sr + at);
+    const auto t = V::fma(V::splat(m), zv, V::splat(-lse));
+    const auto av = V::select(zv == V::splat(ninf), zero, flushed_exp<V>(t, V::splat(flush)));
+    const auto dy = av * (V::load(dr + at) - V::splat(D));
+    V::store(sr + at, av);
+    V::store(dr + at, V::splat(m) * dy);
+    return std::array<typename V::vec, 1>{V::select(av == zero, zero, dy * (zv - V::splat(shift)))};
+  })[0];
+}
+
+/// Fused backward, step 2, every row of the key block [kb, kb + nk): masks each row's
+/// scores (sc.s) and dP (sc.ds), records the row's first visible logit as its shift, and
+/// runs backward_row_block; rows that see no key of the block get zeros.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T>& rw, index_t rows,
+                            index_t kb, index_t nk, index_t lds, const T* k0, index_t kstride,
+                            index_t d) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (index_t r = 0; r < rows; ++r) {
+    T* sr = sc.s + r * lds;
+    T* dr = sc.ds + r * lds;
+    const row_keys& rk = sc.info[r];
+    if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
+      std::fill(sr, sr + nk, T(0));
+      std::fill(dr, dr + nk, T(0));
+      continue;
+    }
+    if (rw.inv_top[r] != T(0)) {  // a +inf row: a = 1 / top on its +inf keys, dS = 0
+      for (index_t j = 0; j < nk; ++j) {
+        const bool top = sr[j] != ninf && safe_score(rw.q[r], k0 + j * kstride, d, rw.factor[r]) ==
+                                              std::numeric_limits<T>::infinity();
+        sr[j] = top ? rw.inv_top[r] : T(0);
+      }
+      std::fill(dr, dr + nk, T(0));
+      continue;
+    }
+    if (std::isnan(sc.shift[r]))
+      for (index_t j = 0; j < nk; ++j)
+        if (sr[j] != ninf) {
+          sc.shift[r] = static_cast<double>(sr[j]);
+          break;
+        }
+    sc.dm[r] += backward_row_block<Arch>(sr, dr, nk, rw.m[r], rw.lse[r], rw.D[r], rw.flush[r],
+                                         static_cast<T>(sc.shift[r]));
+  }
+}
+
+/// Fused backward, step 3: accumulates the key block's gradients, dq += (m dS) K_block,
+/// dk += (m dS)^T (scale q), dv += A^T dout, into the task's accumulators; dk_acc and
+/// dv_acc point at the block's first key.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+void backward_block_gradients(const backward_scratch<T>& sc, index_t rows, const T* k0,
+                              index_t kstride, index_t nk, index_t d, index_t dp, index_t lds,
+                              T* dk_acc, T* dv_acc) {
+  block_values<Arch>(sc.ds, lds, rows, k0, kstride, nk, d, dp, sc.dq, sc.vp);
+  for (auto [src, acc, rhs] :
+       {std::tuple{sc.ds, dk_acc, sc.qs}, std::tuple{sc.s, dv_acc, sc.dop}}) {
+    for (index_t j = 0; j < nk; ++j)
+      for (index_t r = 0; r < rows; ++r) sc.t[j * rows + r] = src[r * lds + j];
+    gemm<Arch>(nk, dp, rows, sc.t, rows, rhs, dp, acc, dp, true);
+  }
+}
+
+}  // namespace detail
+
 /// Fused backward. Pre: p validated (p.lse and p.out set); ws holds
 /// attention_backward_workspace_bytes. policy_grad may be null.
 template <class Arch,    // xsimd architecture tag or scalar_arch
@@ -255,93 +435,29 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
   const auto& f = p.forward;
   const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, false);
   const index_t d = f.q.dim, dp = plan.dp, lds = plan.lds, group = f.q.heads / f.k.heads;
-  const T ninf = -std::numeric_limits<T>::infinity();
 
   const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
                         policy_gradient* grad) {
     const index_t b = seq.tensor_batch;
     const T scale = static_cast<T>(f.scale);
-    T ms[kFusedQueryBlock], lses[kFusedQueryBlock], Ds[kFusedQueryBlock], flush[kFusedQueryBlock];
-
+    detail::backward_rows<T> rw;
     for (index_t h = g * group; h < (g + 1) * group; ++h)
       for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
         const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
-        // Per-row setup: keys, m, lse, D = dout . out, scaled and padded q and dout.
-        for (index_t r = 0; r < rows; ++r) {
-          const index_t i = q0 + r;
-          sc.info[r] = visible_keys(f.mask, seq, h, i);
-          ms[r] = static_cast<T>(detail::row_multiplier(f, sc.info[r], h));
-          lses[r] = p.lse[f.lse_at(b, h, i)];
-          flush[r] = flush_threshold<T>(std::max<index_t>(1, sc.info[r].visible));
-          const T* qi = f.q.row(b, i, h);
-          const T* go = p.dout.row(b, i, h);
-          const T* oi = p.out.row(b, i, h);
-          double D = 0.0;
-          for (index_t c = 0; c < d; ++c) {
-            sc.qs[r * dp + c] = sc.qc[r * d + c] = scale * qi[c];
-            sc.dop[r * dp + c] = sc.doc[r * d + c] = go[c];
-            D += static_cast<double>(go[c]) * static_cast<double>(oi[c]);
-          }
-          std::fill(sc.qs + r * dp + d, sc.qs + (r + 1) * dp, T(0));
-          std::fill(sc.dop + r * dp + d, sc.dop + (r + 1) * dp, T(0));
-          Ds[r] = static_cast<T>(D);
-          sc.dm[r] = 0.0;
-          sc.shift[r] = std::numeric_limits<double>::quiet_NaN();
-        }
-        std::fill(sc.dq, sc.dq + rows * dp, T(0));
+        detail::setup_backward_rows(p, sc, rw, seq, h, q0, rows, dp);
         index_t lo, hi;
         detail::block_key_range(f, seq, q0, rows, lo, hi);
-
         for (index_t kb = lo; kb < hi; kb += kKeyBlock) {
-          const index_t nk = std::min(kKeyBlock, hi - kb);
+          const index_t nk = std::min(kKeyBlock, hi - kb), at = (kb - seq.k_begin) * dp;
           const T* k0 = f.k.row(b, kb, g);
-          const T* v0 = f.v.row(b, kb, g);
-          // Scores z = (scale q) K^T and dP = dout V^T of the block (GEMMs over the
-          // compact [rows, d] copies).
+          // Scores z = (scale q) K^T and dP = dout V^T of the block (over the compact
+          // [rows, d] copies), then the weights and dS, then the gradients.
           detail::block_scores<Arch>(sc.qc, rows, d, k0, f.k.stride_s, nk, sc.s, lds, sc.kt);
-          detail::block_scores<Arch>(sc.doc, rows, d, v0, f.v.stride_s, nk, sc.ds, lds, sc.kt);
-          for (index_t r = 0; r < rows; ++r) {
-            T* sr = sc.s + r * lds;
-            T* dr = sc.ds + r * lds;
-            const row_keys& rk = sc.info[r];
-            if (rk.visible == 0 || !detail::mask_row(sr, kb, nk, rk)) {
-              std::fill(sr, sr + nk, T(0));
-              std::fill(dr, dr + nk, T(0));
-              continue;
-            }
-            if (std::isnan(sc.shift[r]))
-              for (index_t j = 0; j < nk; ++j)
-                if (sr[j] != ninf) {
-                  sc.shift[r] = static_cast<double>(sr[j]);
-                  break;
-                }
-            // a_j = exp(m z_j - lse) (0 where hidden or flushed), m dy_j = m a_j (u_j - D),
-            // dL/dm += sum_j (z_j - z_0) dy_j.
-            const T m = ms[r], shift = static_cast<T>(sc.shift[r]);
-            const double part = blocked_sums<Arch, T, 1>(nk, [&](auto tag, index_t at) {
-              using V = decltype(tag);
-              const auto zero = V::splat(T(0));
-              const auto zv = V::load(sr + at);
-              const auto t = V::fma(V::splat(m), zv, V::splat(-lses[r]));
-              const auto hidden = (zv == V::splat(ninf)) || (t < V::splat(flush[r]));
-              const auto av = V::select(hidden, zero, V::exp(V::max(t, V::splat(flush[r]))));
-              const auto dy = av * (V::load(dr + at) - V::splat(Ds[r]));
-              V::store(sr + at, av);
-              V::store(dr + at, V::splat(m) * dy);
-              return std::array<typename V::vec, 1>{
-                  V::select(av == zero, zero, dy * (zv - V::splat(shift)))};
-            })[0];
-            sc.dm[r] += part;
-          }
-          // dq += (m dS) K_block;  dk += (m dS)^T (scale q);  dv += A^T dout.
-          detail::block_values<Arch>(sc.ds, lds, rows, k0, f.k.stride_s, nk, d, dp, sc.dq, sc.vp);
-          for (auto [src, acc, rhs] :
-               {std::tuple{sc.ds, sc.dk, sc.qs}, std::tuple{sc.s, sc.dv, sc.dop}}) {
-            for (index_t j = 0; j < nk; ++j)
-              for (index_t r = 0; r < rows; ++r) sc.t[j * rows + r] = src[r * lds + j];
-            detail::gemm<Arch>(nk, dp, rows, sc.t, rows, rhs, dp, acc + (kb - seq.k_begin) * dp, dp,
-                               true);
-          }
+          detail::block_scores<Arch>(sc.doc, rows, d, f.v.row(b, kb, g), f.v.stride_s, nk, sc.ds,
+                                     lds, sc.kt);
+          detail::backward_block_weights<Arch>(sc, rw, rows, kb, nk, lds, k0, f.k.stride_s, d);
+          detail::backward_block_gradients<Arch>(sc, rows, k0, f.k.stride_s, nk, d, dp, lds,
+                                                 sc.dk + at, sc.dv + at);
         }
         for (index_t r = 0; r < rows; ++r) {
           T* dq = p.dq.row(b, q0 + r, h);

@@ -35,12 +35,16 @@
 // |error| <= eps * max|v| * (2 (d + 2) Z + n + 64) where Z = max_j sum_c |m scale q_c k_jc|
 // (the dot products' and the exp's rounding, and the accumulation of n weighted values);
 // tests/test_attention.cpp checks this bound against the double reference. Rows with no
-// visible key are zeros with log-sum-exp -inf.
+// visible key are zeros with log-sum-exp -inf. Scores that overflow and non-finite inputs:
+// online_softmax.hpp (tests/test_nonfinite.cpp).
 
 #include <algorithm>
 
 #include "../detail/parallel.hpp"
-#include "attention_blocks.hpp"
+#include "gemm.hpp"
+#include "key_streams.hpp"
+#include "online_softmax.hpp"
+#include "plan.hpp"
 
 namespace ssmax::kernels {
 namespace detail {
@@ -100,6 +104,7 @@ struct fused_plan {
   row_state<double>* partial_state = nullptr;  ///< [n_partial]
   fused_scratch<T>* scratch = nullptr;         ///< [threads]
   index_t dp = 0, skp = 0, ldk = 0;
+  int threads = 1;  ///< threads that run the items: p.threads, at most one per item or task
 
   /// Packed K^T of grid block blk of sequence s, kv head g: [d, ldk].
   T* kt_block(const attention_problem<T, Policy>& p, index_t s, index_t g, index_t blk) const {
@@ -111,14 +116,86 @@ struct fused_plan {
     return vpk + ((first_block[s] + blk) * p.k.heads + g) * kKeyBlock * dp;
   }
 
-  /// Walks the tasks; fills the arrays when they are allocated.
-  void walk(const attention_problem<T, Policy>& p) {
+  /// Counts the tasks, items, partial rows and grid blocks (the first pass).
+  void count(const attention_problem<T, Policy>& p) {
     n_tasks = n_items = n_partial = n_blocks = 0;
     gemm = false;
+    for_each_task(
+        p, [&](index_t, index_t blocks) { n_blocks += blocks; },
+        [&](const fused_task& t) {
+          ++n_tasks;
+          n_items += t.chunks;
+          if (t.chunks > 1) n_partial += t.scratch_rows() * t.chunks;
+          gemm = gemm || t.rows > kDotMaxRows;
+        });
+  }
+
+  /// Fills the carved tasks, items and first_block (the second pass), items in
+  /// chunk-major, head-minor order: the tasks of one key chunk run one after the other, so
+  /// with [B, S, H, d] layouts the pages (and TLB entries) a chunk touches serve every head
+  /// instead of being walked once per head. The order changes no result: items are
+  /// independent.
+  void fill(const attention_problem<T, Policy>& p) const {
+    index_t task = 0, item = 0, partial = 0, blocks = 0;
+    for_each_task(
+        p, [&](index_t s, index_t seq_blocks) { first_block[s] = blocks, blocks += seq_blocks; },
+        [&](fused_task t) {
+          t.partial = partial;
+          tasks[task] = t;
+          for (index_t c = 0; c < t.chunks; ++c) items[item + c] = {task, c};
+          ++task;
+          item += t.chunks;
+          if (t.chunks > 1) partial += t.scratch_rows() * t.chunks;
+        });
+    first_block[p.sequences()] = blocks;
+    std::sort(items, items + n_items, [&](const fused_item& x, const fused_item& y) {
+      const fused_task &tx = tasks[x.task], &ty = tasks[y.task];
+      if (tx.seq != ty.seq) return tx.seq < ty.seq;
+      if (tx.q0 != ty.q0) return tx.q0 < ty.q0;
+      if (x.chunk != y.chunk) return x.chunk < y.chunk;
+      return tx.head < ty.head;
+    });
+  }
+
+  /// Counts (counting arena) or carves everything. Per-thread scratch only for the
+  /// threads that can get work (threads()).
+  void carve(const attention_problem<T, Policy>& p, arena& a) {
+    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+    const index_t d = p.q.dim;
+    dp = round_up(d, W);
+    skp = score_stride(W);
+    ldk = kt_stride(round_up(kKeyBlock, W), W);
+    count(p);
+    threads = ssmax::detail::threads_for(p.threads, std::max(n_items, n_tasks));
+    tasks = a.take<fused_task>(n_tasks);
+    items = a.take<fused_item>(n_items);
+    first_block = a.take<index_t>(p.sequences() + 1);
+    kt = a.take<T>(gemm ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
+    vpk = a.take<T>(gemm ? n_blocks * p.k.heads * padded_v_elements(d, W) : 0);
+    partial_o = a.take<T>(n_partial * dp);
+    partial_state = a.take<row_state<double>>(n_partial);
+    scratch = a.take<fused_scratch<T>>(threads);
+    for (int t = 0; t < threads; ++t) {
+      fused_scratch<T> sc;
+      sc.qs = a.take<T>(kFusedQueryBlock * d);
+      sc.s = a.take<T>(kFusedQueryBlock * skp);
+      sc.o = a.take<T>(kFusedQueryBlock * dp);
+      sc.state = a.take<row_state<double>>(kFusedQueryBlock);
+      sc.info = a.take<row_keys>(kFusedQueryBlock);
+      if (!a.counting()) scratch[t] = sc;
+    }
+    if (!a.counting()) fill(p);
+  }
+
+ private:
+  /// Calls on_sequence(s, blocks) for each sequence s with its grid's key block count,
+  /// then on_task(task) for each of its tasks (task.partial left 0), in task order.
+  template <class OnSequence, class OnTask>  // callables as above
+  static void for_each_task(const attention_problem<T, Policy>& p, OnSequence&& on_sequence,
+                            OnTask&& on_task) {
     for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
-      if (first_block != nullptr) first_block[s] = n_blocks;
-      n_blocks += (seq.k_end - seq.k_begin + kKeyBlock - 1) / kKeyBlock;
+      on_sequence(s, (seq.k_end - seq.k_begin + kKeyBlock - 1) / kKeyBlock);
       for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
         const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
         const index_t step = rows <= kDotMaxRows ? decode_heads(rows, p.q.heads, p.k.heads) : 1;
@@ -135,61 +212,9 @@ struct fused_plan {
           t.chunks = t.rows <= kSplitMaxRows && blocks > t.chunk_blocks
                          ? (blocks + t.chunk_blocks - 1) / t.chunk_blocks
                          : 1;
-          t.partial = n_partial;
-          gemm = gemm || t.rows > kDotMaxRows;
-          if (tasks != nullptr) {
-            tasks[n_tasks] = t;
-            for (index_t c = 0; c < t.chunks; ++c) items[n_items + c] = {n_tasks, c};
-          }
-          ++n_tasks;
-          n_items += t.chunks;
-          if (t.chunks > 1) n_partial += t.scratch_rows() * t.chunks;
+          on_task(t);
         }
       }
-    }
-    if (first_block != nullptr) first_block[p.sequences()] = n_blocks;
-  }
-
-  /// Counts (counting arena) or carves everything.
-  void carve(const attention_problem<T, Policy>& p, arena& a) {
-    const bool fill = !a.counting();
-    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
-    const index_t d = p.q.dim;
-    dp = round_up(d, W);
-    skp = round_up(kKeyBlock, W) + W;  // padded: rows 1 KiB apart alias in the cache
-    ldk = kt_stride(round_up(kKeyBlock, W), W);
-    tasks = nullptr, items = nullptr, first_block = nullptr;
-    walk(p);  // counts
-    tasks = a.take<fused_task>(n_tasks);
-    items = a.take<fused_item>(n_items);
-    first_block = a.take<index_t>(p.sequences() + 1);
-    kt = a.take<T>(gemm ? n_blocks * p.k.heads * d * ldk : 0);
-    vpk = a.take<T>(gemm ? n_blocks * p.k.heads * kKeyBlock * dp : 0);
-    partial_o = a.take<T>(n_partial * dp);
-    partial_state = a.take<row_state<double>>(n_partial);
-    scratch = a.take<fused_scratch<T>>(p.threads);
-    for (int t = 0; t < p.threads; ++t) {
-      fused_scratch<T> sc;
-      sc.qs = a.take<T>(kFusedQueryBlock * d);
-      sc.s = a.take<T>(kFusedQueryBlock * skp);
-      sc.o = a.take<T>(kFusedQueryBlock * dp);
-      sc.state = a.take<row_state<double>>(kFusedQueryBlock);
-      sc.info = a.take<row_keys>(kFusedQueryBlock);
-      if (fill) scratch[t] = sc;
-    }
-    if (fill) {
-      walk(p);
-      // Chunk-major, head-minor order: the tasks of one key chunk run one after the
-      // other, so with [B, S, H, d] layouts the pages (and TLB entries) a chunk touches
-      // serve every head instead of being walked once per head. The order changes no
-      // result: items are independent.
-      std::sort(items, items + n_items, [&](const fused_item& x, const fused_item& y) {
-        const fused_task &tx = tasks[x.task], &ty = tasks[y.task];
-        if (tx.seq != ty.seq) return tx.seq < ty.seq;
-        if (tx.q0 != ty.q0) return tx.q0 < ty.q0;
-        if (x.chunk != y.chunk) return x.chunk < y.chunk;
-        return tx.head < ty.head;
-      });
     }
   }
 };
@@ -241,11 +266,17 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
     }
     for (index_t r = 0; r < all_rows; ++r) {
       T* sr = sc.s + r * skp;
-      if (sc.info[r].visible > 0 && mask_row(sr, kb, nk, sc.info[r]))
-        online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp,
-                         flush_threshold<T>(sc.info[r].visible));
-      else
+      const row_keys& rk = sc.info[r];
+      if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
         std::fill(sr, sr + nk, T(0));
+        continue;
+      }
+      const T flush = flush_threshold<T>(rk.visible);
+      if (online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp, flush)) continue;
+      const index_t h = t.head + r / rows, i = t.q0 + r % rows;  // scores +inf or NaN
+      online_row_nonfinite<Arch>(sr, nk, p.q.row(b, i, h), p.k.row(b, kb, p.kv_head(h)),
+                                 p.k.stride_s, d, row_multiplier(p, rk, h) * p.scale, kb, rk,
+                                 sc.state[r], sc.o + r * dp, dp, flush);
     }
     if (rows > kDotMaxRows)
       gemm<Arch>(rows, dp, nk, sc.s, skp, plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.o, dp,
@@ -290,17 +321,12 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
                       detail::round_up(nk, W), plan.ldk, plan.kt_block(p, s, g, blk));
       // V rows contiguous and zero-padded to dp: with [B, S, H, d] layouts a head's rows
       // are H * d apart (4 KiB at H = 8, d = 128) and would all share one L1 set.
-      T* vb = plan.v_block(p, s, g, blk);
-      const index_t d = p.q.dim;
-      for (index_t j = 0; j < nk; ++j) {
-        const T* vr = p.v.row(seq.tensor_batch, kb + j, g);
-        std::copy(vr, vr + d, vb + j * dp);
-        std::fill(vb + j * dp + d, vb + (j + 1) * dp, T(0));
-      }
+      detail::pad_rows(p.v.row(seq.tensor_batch, kb, g), p.v.stride_s, nk, p.q.dim, dp,
+                       plan.v_block(p, s, g, blk));
     });
   }
 
-  ssmax::detail::parallel_for(plan.n_items, p.threads, [&](index_t item, int thread) {
+  ssmax::detail::parallel_for(plan.n_items, plan.threads, [&](index_t item, int thread) {
     const detail::fused_item it = plan.items[item];
     const detail::fused_task& t = plan.tasks[it.task];
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
@@ -320,7 +346,7 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
   if (plan.n_partial == 0) return;
 
   // Merge the chunks of split tasks in chunk order (fixed: bitwise reproducible).
-  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index_t ti, int thread) {
+  ssmax::detail::parallel_for(plan.n_tasks, plan.threads, [&](index_t ti, int thread) {
     const detail::fused_task& t = plan.tasks[ti];
     if (t.chunks == 1) return;
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
@@ -331,14 +357,7 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
       row_state<double> acc;
       for (index_t c = 0; c < t.chunks; ++c) {
         const index_t at = t.partial + c * rows + r;
-        const row_state<double>& part = plan.partial_state[at];
-        if (part.empty()) continue;
-        const row_state<double> merged = merge(acc, part);
-        if (!acc.empty() && acc.max != merged.max)
-          scale_row<Arch>(o, dp, static_cast<T>(std::exp(acc.max - merged.max)));
-        detail::axpy<Arch>(o, static_cast<T>(std::exp(part.max - merged.max)),
-                           plan.partial_o + at * dp, dp);
-        acc = merged;
+        merge_partial(o, acc, plan.partial_o + at * dp, plan.partial_state[at], dp);
       }
       detail::finish_task_row(p, t, r, o, acc);
     }

@@ -15,7 +15,9 @@
 // |a_j - exact| <= eps * a_j * (4 (d + 2) Z + 80) + (n + 16) * min_normal (tested).
 
 #include "../detail/parallel.hpp"
-#include "attention_blocks.hpp"
+#include "key_streams.hpp"
+#include "online_softmax.hpp"
+#include "plan.hpp"
 
 namespace ssmax::kernels {
 namespace detail {
@@ -30,8 +32,8 @@ template <class T>  // float or double
 struct materialised_scratch {
   T* qs;           ///< [kMaterialisedQueryBlock, d]
   T* s;            ///< [kMaterialisedQueryBlock, width] scores, then weights
-  T* kt;           ///< [d, round_up(kKeyBlock, W)]
-  T* vp;           ///< [kKeyBlock, dp]
+  T* kt;           ///< [packed_kt_elements(d, W)] one packed K^T block
+  T* vp;           ///< [padded_v_elements(d, W)] one zero-padded V block
   T* o;            ///< [kMaterialisedQueryBlock, dp]
   row_keys* info;  ///< [kMaterialisedQueryBlock]
 };
@@ -39,13 +41,45 @@ struct materialised_scratch {
 template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
 struct materialised_plan {
   index_t n_tasks = 0, width = 0, dp = 0;
+  int threads = 1;  ///< threads that run the tasks: p.threads, at most one per task
   materialised_task* tasks = nullptr;
   materialised_scratch<T>* scratch = nullptr;
 
-  void walk(const attention_problem<T, Policy>& p) {
+  /// Counts or carves everything: the tasks and the score width counted in a first
+  /// pass, the tasks filled in a second. Per-thread scratch only for the threads that
+  /// can get a task.
+  void carve(const attention_problem<T, Policy>& p, arena& a) {
     constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+    const index_t d = p.q.dim;
+    dp = round_up(d, W);
     n_tasks = 0;
     width = W;
+    for_each_task(p, [&](const materialised_task& t) {
+      ++n_tasks;  // the GEMM writes whole vectors; one more keeps rows from aliasing
+      width = std::max(width, round_up(t.k_hi - t.k_lo, W) + W);
+    });
+    threads = ssmax::detail::threads_for(p.threads, n_tasks);
+    tasks = a.take<materialised_task>(n_tasks);
+    scratch = a.take<materialised_scratch<T>>(threads);
+    for (int t = 0; t < threads; ++t) {
+      materialised_scratch<T> sc;
+      sc.qs = a.take<T>(kMaterialisedQueryBlock * d);
+      sc.s = a.take<T>(kMaterialisedQueryBlock * width);
+      sc.kt = a.take<T>(packed_kt_elements(d, W));
+      sc.vp = a.take<T>(padded_v_elements(d, W));
+      sc.o = a.take<T>(kMaterialisedQueryBlock * dp);
+      sc.info = a.take<row_keys>(kMaterialisedQueryBlock);
+      if (!a.counting()) scratch[t] = sc;
+    }
+    if (a.counting()) return;
+    index_t at = 0;
+    for_each_task(p, [&](const materialised_task& t) { tasks[at++] = t; });
+  }
+
+ private:
+  /// Calls on_task(task) for every task in order.
+  template <class OnTask>  // callable (const materialised_task&)
+  static void for_each_task(const attention_problem<T, Policy>& p, OnTask&& on_task) {
     for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
       for (index_t h = 0; h < p.q.heads; ++h)
@@ -54,34 +88,9 @@ struct materialised_plan {
           t.seq = s, t.head = h, t.q0 = q0;
           t.rows = std::min(kMaterialisedQueryBlock, seq.q_end - q0);
           block_key_range(p, seq, q0, t.rows, t.k_lo, t.k_hi);
-          width = std::max(width, round_up(t.k_hi - t.k_lo, W) + round_up(kKeyBlock, W));
-          if (tasks != nullptr) tasks[n_tasks] = t;
-          ++n_tasks;
+          on_task(t);
         }
     }
-  }
-
-  /// Counts (counting arena) or carves everything.
-  void carve(const attention_problem<T, Policy>& p, arena& a) {
-    const bool fill = !a.counting();
-    constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
-    const index_t d = p.q.dim;
-    dp = round_up(d, W);
-    tasks = nullptr;
-    walk(p);
-    tasks = a.take<materialised_task>(n_tasks);
-    scratch = a.take<materialised_scratch<T>>(p.threads);
-    for (int t = 0; t < p.threads; ++t) {
-      materialised_scratch<T> sc;
-      sc.qs = a.take<T>(kMaterialisedQueryBlock * d);
-      sc.s = a.take<T>(kMaterialisedQueryBlock * width);
-      sc.kt = a.take<T>(d * kt_stride(round_up(kKeyBlock, W), W));
-      sc.vp = a.take<T>(kKeyBlock * dp);
-      sc.o = a.take<T>(kMaterialisedQueryBlock * dp);
-      sc.info = a.take<row_keys>(kMaterialisedQueryBlock);
-      if (fill) scratch[t] = sc;
-    }
-    if (fill) walk(p);
   }
 };
 
@@ -96,7 +105,7 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
   const auto plan = detail::carve_plan<detail::materialised_plan<Arch, T, Policy>>(ws, p);
   const index_t d = p.q.dim, dp = plan.dp, lds = plan.width;
 
-  ssmax::detail::parallel_for(plan.n_tasks, p.threads, [&](index_t ti, int thread) {
+  ssmax::detail::parallel_for(plan.n_tasks, plan.threads, [&](index_t ti, int thread) {
     const detail::materialised_task& t = plan.tasks[ti];
     const detail::materialised_scratch<T>& sc = plan.scratch[thread];
     const sequence_span seq = p.span(t.seq);
@@ -117,15 +126,25 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
       if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
         const index_t lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
         state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
+        if (!(state.max < std::numeric_limits<T>::infinity()) || std::isnan(state.sum)) {
+          // +inf or NaN scores: recompute them without overflow (online_softmax.hpp,
+          // safe_score), then the row kernel's contract for +inf and NaN applies.
+          const double factor = detail::row_multiplier(p, rk, t.head) * p.scale;
+          const T* qi = p.q.row(b, t.q0 + r, t.head);
+          for (index_t j = lo; j < hi; ++j)
+            sr[j] = detail::safe_score(qi, p.k.row(b, t.k_lo + j, g), d, factor);
+          detail::mask_row(sr, t.k_lo, L, rk);
+          state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
+        }
         std::fill(sr, sr + lo, T(0));
         std::fill(sr + hi, sr + L, T(0));
       } else {
         std::fill(sr, sr + L, T(0));
       }
       const index_t i = t.q0 + r;
-      if (p.lse != nullptr) p.lse[p.lse_at(b, t.head, i)] = state.log_sum_exp();
+      if (p.lse != nullptr) p.lse[p.row_index(b, t.head, i)] = state.log_sum_exp();
       if (p.weights != nullptr) {
-        T* w = p.weights + p.lse_at(b, t.head, i) * p.k.seq;
+        T* w = p.weights + p.row_index(b, t.head, i) * p.k.seq;
         std::fill(w, w + p.k.seq, T(0));
         std::copy(sr, sr + L, w + t.k_lo);
       }

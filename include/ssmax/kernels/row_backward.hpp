@@ -159,8 +159,7 @@ double scaled_softmax_row_backward_lse(const T* z, T lse, const T* g, T* dz, ind
     const auto zv = S::load(z + at);
     const auto t = S::fma(S::splat(m), zv, S::splat(-lse));
     // -inf logits (t = -inf, or NaN when m = 0) and arguments below the flush weigh 0.
-    const auto hidden = (zv == S::splat(-inf)) || (t < S::splat(flush));
-    const auto u = S::select(hidden, zero, S::exp(S::max(t, S::splat(flush))));
+    const auto u = S::select(zv == S::splat(-inf), zero, flushed_exp<S>(t, S::splat(flush)));
     S::store(dz + at, u);
     return std::array<typename S::vec, 3>{u, u * S::load(g + at),
                                           S::select(u == zero, zero, u * zv)};

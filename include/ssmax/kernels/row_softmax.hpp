@@ -1,6 +1,6 @@
 #pragma once
 // Row kernels: softmax(m * x) over one contiguous row, written once for every
-// architecture through detail::simd<Arch, T>. Three passes over memory at most:
+// architecture through ssmax::detail::simd<Arch, T>. Three passes over memory at most:
 //   1. max of x,
 //   2. y_i = exp(m (x_i - max)) stored while summing (fused),
 //   3. y_i *= 1 / sum.
@@ -26,7 +26,7 @@ inline constexpr index_t kLanesPerBlock = 32;
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
 T row_max(const T* x, index_t n) {
-  using S = detail::simd<Arch, T>;
+  using S = ssmax::detail::simd<Arch, T>;
   constexpr index_t W = S::width;
   const auto lowest = S::splat(-std::numeric_limits<T>::infinity());
   auto m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
@@ -55,6 +55,18 @@ inline T flush_threshold(index_t n) {
                         std::log(static_cast<double>(n)));
 }
 
+/// The flushed exp of every softmax weight (forward, backward, fused and row kernels),
+/// lane by lane: exp(t) where t >= flush_below, exactly 0 where t < flush_below (masked
+/// logits, t = -inf, included), NaN where t is NaN. The argument is clamped before the exp,
+/// so that exp never sees a NaN (xsimd 8.1 converts its argument to an integer, which is
+/// undefined for NaN) or a value whose result would be subnormal (see flush_threshold).
+template <class S>  // ssmax::detail::simd<Arch, T> (any architecture, scalar_arch included)
+inline typename S::vec flushed_exp(const typename S::vec& t, const typename S::vec& flush_below) {
+  const auto e =
+      S::select(t < flush_below, S::splat(0), S::exp(S::select(t >= flush_below, t, flush_below)));
+  return S::select(S::is_nan(t), t, e);
+}
+
 /// Pass 2: y_i = exp(m (x_i - pivot)) for i in [0, n), returning sum_i y_i.
 /// Pre: m > 0 and finite; pivot finite and >= every x_i. x_i = -inf gives y_i = 0, and so
 /// does every m (x_i - pivot) < flush_below (see flush_threshold).
@@ -65,26 +77,20 @@ inline T flush_threshold(index_t n) {
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
 double exp_and_sum(const T* x, T* y, index_t n, T m, T pivot, T flush_below) {
-  using S = detail::simd<Arch, T>;
+  using S = ssmax::detail::simd<Arch, T>;
   using V = typename S::vec;
   constexpr index_t W = S::width;
   constexpr index_t kBlock = kLanesPerBlock * 4 * W;
   const V vm = S::splat(m), vp = S::splat(pivot);
   const V lowest = S::splat(flush_below);
-  // exp(t), exactly 0 below flush_below, NaN for NaN: the argument is clamped before exp
-  // so that exp never sees a NaN (xsimd 8.1 converts its argument to an integer, which is
-  // undefined for NaN) or a value whose result would be subnormal.
-  auto weight = [&](const V& t) {
-    const V e = S::select(t < lowest, S::splat(T(0)), S::exp(S::select(t >= lowest, t, lowest)));
-    return S::select(S::is_nan(t), t, e);
-  };
+  auto weight = [&](const V& t) { return flushed_exp<S>(t, lowest); };
   auto term = [&](index_t at) {
     const V e = weight(vm * (S::load(x + at) - vp));
     if (y != nullptr) S::store(y + at, e);
     return e;
   };
 
-  detail::compensated_sum total;  // blocks add without error growth, in float and double
+  ssmax::detail::compensated_sum total;  // blocks add without error growth, in float and double
   index_t i = 0;
   const index_t n_vec = n - n % W;
   while (i < n_vec) {
@@ -117,7 +123,7 @@ double exp_and_sum(const T* x, T* y, index_t n, T m, T pivot, T flush_below) {
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
 void scale_row(T* y, index_t n, T factor) {
-  using S = detail::simd<Arch, T>;
+  using S = ssmax::detail::simd<Arch, T>;
   constexpr index_t W = S::width;
   const auto f = S::splat(factor);
   const index_t n_vec = n - n % W;

@@ -1,0 +1,204 @@
+#pragma once
+// The dot-product path of the attention kernels, for blocks of few query rows (decode):
+// scores and values read K and V in place, in kKeyStreams runs of keys side by side; and
+// the per-block choice between it and the packed GEMM (block_scores, block_values).
+
+#include <algorithm>
+
+#include "../detail/simd.hpp"
+#include "gemm.hpp"
+#include "plan.hpp"
+
+namespace ssmax::kernels::detail {
+
+/// Four dot products of a[0, d) with the rows b0..b3, written to out[0..3].
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, index_t d,
+                 T* out) {
+  using S = ssmax::detail::simd<Arch, T>;
+  using V = typename S::vec;
+  constexpr index_t W = S::width;
+  V s0 = S::splat(T(0)), s1 = s0, s2 = s0, s3 = s0;
+  index_t c = 0;
+  for (; c + W <= d; c += W) {
+    const V av = S::load(a + c);
+    s0 = S::fma(av, S::load(b0 + c), s0);
+    s1 = S::fma(av, S::load(b1 + c), s1);
+    s2 = S::fma(av, S::load(b2 + c), s2);
+    s3 = S::fma(av, S::load(b3 + c), s3);
+  }
+  T r0 = S::reduce_add(s0), r1 = S::reduce_add(s1), r2 = S::reduce_add(s2), r3 = S::reduce_add(s3);
+  for (; c < d; ++c) {  // tail: fewer than W elements, never read past d
+    r0 += a[c] * b0[c];
+    r1 += a[c] * b1[c];
+    r2 += a[c] * b2[c];
+    r3 += a[c] * b3[c];
+  }
+  out[0] = r0, out[1] = r1, out[2] = r2, out[3] = r3;
+}
+
+/// The dot product of a[0, d) and b[0, d), summed as dot4 sums each of its four.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline T dot(const T* a, const T* b, index_t d) {
+  T out[4];
+  dot4<Arch>(a, b, b, b, b, d, out);
+  return out[0];
+}
+
+/// y[0, d) += alpha * x[0, d).
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void axpy(T* y, T alpha, const T* x, index_t d) {
+  using S = ssmax::detail::simd<Arch, T>;
+  constexpr index_t W = S::width;
+  const auto va = S::splat(alpha);
+  index_t c = 0;
+  for (; c + W <= d; c += W) S::store(y + c, S::fma(va, S::load(x + c), S::load(y + c)));
+  for (; c < d; ++c) y[c] += alpha * x[c];
+}
+
+/// y[0, d) += w[0] x0 + w[1] x1 + w[2] x2 + w[3] x3, one fma chain per element in that
+/// order.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void axpy4(T* y, const T* w, const T* x0, const T* x1, const T* x2, const T* x3, index_t d) {
+  using S = ssmax::detail::simd<Arch, T>;
+  using V = typename S::vec;
+  constexpr index_t W = S::width;
+  const V w0 = S::splat(w[0]), w1 = S::splat(w[1]), w2 = S::splat(w[2]), w3 = S::splat(w[3]);
+  index_t c = 0;
+  for (; c + W <= d; c += W) {
+    V acc = S::fma(w0, S::load(x0 + c), S::load(y + c));
+    acc = S::fma(w1, S::load(x1 + c), acc);
+    acc = S::fma(w2, S::load(x2 + c), acc);
+    S::store(y + c, S::fma(w3, S::load(x3 + c), acc));
+  }
+  for (; c < d; ++c) y[c] = y[c] + w[0] * x0[c] + w[1] * x1[c] + w[2] * x2[c] + w[3] * x3[c];
+}
+
+/// Key runs the dot-product path walks side by side: a key block of nk keys is read as
+/// kKeyStreams contiguous runs of nk / kKeyStreams keys, one step of each per iteration,
+/// so that several memory streams are in flight. Measured on one core of the development
+/// machine (AMD EPYC, AVX2), reading 256 MiB of [S, H, d] keys and values for 8 heads: 16
+/// to 19 GB/s with 4 runs, 13 to 15 GB/s with one, 15 to 18 with 8, 13 with 16; software
+/// prefetching on top of 4 runs gained nothing.
+inline constexpr index_t kKeyStreams = 4;
+
+/// Query rows of a dot-product block that share one kv head: scratch rows [first, first +
+/// count) read the keys (or values) rows base + j * stride, j < nk, of that head.
+template <class T>  // float or double
+struct head_rows {
+  index_t first = 0;        ///< first scratch row
+  index_t count = 0;        ///< scratch rows reading this head
+  const T* base = nullptr;  ///< the head's row for key 0 of the block
+};
+
+/// Visits every (scratch row, key) pair of a block of nk keys in kKeyStreams runs. For
+/// each row r of each group, step(r, t, run, x) for t < run = nk / kKeyStreams covers the
+/// keys t + u * run, whose rows are x[u] = group.base + (t + u * run) * stride (u <
+/// kKeyStreams); tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x. With
+/// keys_outer the groups are the inner loop (use it when the heads of one key are adjacent
+/// in memory, as in [S, H, d]: each step then reads kKeyStreams contiguous runs across
+/// heads); otherwise each group's keys are walked in turn. Rows and keys are visited in the
+/// same order within each row either way.
+template <class T,     // float or double
+          class Step,  // callable (index r, index t, index run, const T* const* x)
+          class Tail>  // callable (index r, index j, const T* x)
+inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, index_t stride,
+                             index_t nk, bool keys_outer, Step&& step, Tail&& tail) {
+  const index_t run = nk / kKeyStreams;
+  const auto visit = [&](index_t g, index_t t) {
+    const head_rows<T>& hr = groups[g];
+    const T* x[kKeyStreams];
+    for (index_t u = 0; u < kKeyStreams; ++u) x[u] = hr.base + (t + u * run) * stride;
+    for (index_t r = hr.first; r < hr.first + hr.count; ++r) step(r, t, run, x);
+  };
+  if (keys_outer) {
+    for (index_t t = 0; t < run; ++t)
+      for (index_t g = 0; g < n_groups; ++g) visit(g, t);
+  } else {
+    for (index_t g = 0; g < n_groups; ++g)
+      for (index_t t = 0; t < run; ++t) visit(g, t);
+  }
+  for (index_t g = 0; g < n_groups; ++g)
+    for (index_t j = kKeyStreams * run; j < nk; ++j)
+      for (index_t r = groups[g].first; r < groups[g].first + groups[g].count; ++r)
+        tail(r, j, groups[g].base + j * stride);
+}
+
+/// Scores by dot products: s[r*lds + j] = qs[r*d, +d) . key(j) for every scratch row r of
+/// every group, j < nk, key(j) = group.base + j * kstride.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void dot_scores(const T* qs, index_t d, const head_rows<T>* groups, index_t n_groups,
+                       index_t kstride, index_t nk, bool keys_outer, T* s, index_t lds) {
+  static_assert(kKeyStreams == 4, "dot4 reads one key of each run");
+  walk_key_streams(
+      groups, n_groups, kstride, nk, keys_outer,
+      [&](index_t r, index_t t, index_t run, const T* const* k) {
+        T out[kKeyStreams];
+        dot4<Arch>(qs + r * d, k[0], k[1], k[2], k[3], d, out);
+        for (index_t u = 0; u < kKeyStreams; ++u) s[r * lds + t + u * run] = out[u];
+      },
+      [&](index_t r, index_t j, const T* k) { s[r * lds + j] = dot<Arch>(qs + r * d, k, d); });
+}
+
+/// Values by scaled sums: o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for every scratch
+/// row r of every group, j < nk, value(j) = group.base + j * vstride. Keys whose weights
+/// are all zero are skipped (masked or flushed keys cost no reads).
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void dot_values(const T* p, index_t ldp, const head_rows<T>* groups, index_t n_groups,
+                       index_t vstride, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
+  static_assert(kKeyStreams == 4, "axpy4 reads one value of each run");
+  walk_key_streams(
+      groups, n_groups, vstride, nk, keys_outer,
+      [&](index_t r, index_t t, index_t run, const T* const* v) {
+        const T* pr = p + r * ldp + t;
+        const T w[kKeyStreams] = {pr[0], pr[run], pr[2 * run], pr[3 * run]};
+        if (w[0] != T(0) || w[1] != T(0) || w[2] != T(0) || w[3] != T(0))
+          axpy4<Arch>(o + r * dp, w, v[0], v[1], v[2], v[3], d);
+      },
+      [&](index_t r, index_t j, const T* v) {
+        const T w = p[r * ldp + j];
+        if (w != T(0)) axpy<Arch>(o + r * dp, w, v, d);
+      });
+}
+
+/// Scores of one key block: s[r*lds + j] = qs[r*d, +d) . key(j) for r < rows, j < nk,
+/// where key(j) = k0 + j*kstride. Uses dot products for rows <= kDotMaxRows, else packs
+/// the block's K^T into kt (packed_kt_elements(d, W) elements) and runs the GEMM, which also
+/// writes the padding columns [nk, round_up(nk, W)) of s: lds must leave room for them.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void block_scores(const T* qs, index_t rows, index_t d, const T* k0, index_t kstride,
+                         index_t nk, T* s, index_t lds, T* kt) {
+  constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
+  if (rows <= kDotMaxRows) {
+    const head_rows<T> all{0, rows, k0};
+    dot_scores<Arch>(qs, d, &all, 1, kstride, nk, false, s, lds);
+    return;
+  }
+  const index_t nkp = round_up(nk, W), ldk = kt_stride(nkp, W);
+  pack_kt(k0, kstride, nk, d, nkp, ldk, kt);
+  gemm<Arch>(rows, nkp, d, qs, d, kt, ldk, s, lds, false);
+}
+
+/// o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for r < rows, j < nk, value(j) =
+/// v0 + j*vstride. For rows > kDotMaxRows the GEMM runs over dp columns: when d < dp the
+/// block is first copied, zero-padded, into vp (padded_v_elements(d, W) elements), and o's
+/// padding stays 0.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void block_values(const T* p, index_t ldp, index_t rows, const T* v0, index_t vstride,
+                         index_t nk, index_t d, index_t dp, T* o, T* vp) {
+  if (rows <= kDotMaxRows) {
+    const head_rows<T> all{0, rows, v0};
+    dot_values<Arch>(p, ldp, &all, 1, vstride, nk, d, false, o, dp);
+    return;
+  }
+  const T* b = v0;
+  index_t ldb = vstride;
+  if (d != dp) {
+    pad_rows(v0, vstride, nk, d, dp, vp);
+    b = vp;
+    ldb = dp;
+  }
+  gemm<Arch>(rows, dp, nk, p, ldp, b, ldb, o, dp, true);
+}
+
+}  // namespace ssmax::kernels::detail

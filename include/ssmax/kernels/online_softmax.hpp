@@ -1,0 +1,180 @@
+#pragma once
+// The online-softmax steps of the attention kernels, per query row: which keys a row
+// sees and its multiplier (setup_rows), masking a block of scores, the streaming update
+// of the row's (max, sum) state and output accumulator, and writing the finished row.
+//
+// Scores that are not finite (the contract of both forward paths, and of safe_score):
+// - a score is the dot product in T; where it is +inf or NaN although q_i and k_j are
+//   finite (the product, or a partial sum, overflowed), it is recomputed without overflow
+//   and takes the exact product's value, or +-inf with the exact product's sign;
+// - +inf scores share the row's weight equally, the other keys get 0; lse = +inf;
+// - NaN in q_i or in a key the row sees, or an inf among them that makes a score +inf or
+//   NaN, makes the row's output and lse NaN, for every row length (n = 1 included);
+// - a score of -inf (a product that overflows negatively, or an inf input whose products
+//   are all -inf) weighs 0, as a masked key does: the kernels never scan their inputs.
+// The recomputation runs only for the rare blocks whose scores are +inf or NaN.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../row_state.hpp"
+#include "plan.hpp"
+#include "row_softmax.hpp"
+
+namespace ssmax::kernels::detail {
+
+/// Masks one row of scores for keys kb..kb+nk-1 (tensor indices): entries outside the
+/// row's [begin, end) or hidden by its boolean row become -inf. Returns false (and leaves
+/// s untouched) when no key of the block can be visible.
+template <class T>  // float or double
+inline bool mask_row(T* s, index_t kb, index_t nk, const row_keys& row) {
+  const index_t lo = std::max(row.begin, kb) - kb, hi = std::min(row.end, kb + nk) - kb;
+  if (hi <= lo) return false;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  std::fill(s, s + lo, ninf);
+  std::fill(s + hi, s + nk, ninf);
+  if (row.allowed != nullptr)
+    for (index_t j = lo; j < hi; ++j)
+      if (!row.allowed[kb + j]) s[j] = ninf;
+  return true;
+}
+
+/// Online-softmax update of one row with one block of (scaled, masked) logits s[0, nk):
+/// turns s into P = exp(s - M') with M' the new running max, rescales the row's output
+/// accumulator o[0, dp) by exp(M - M'), and merges the block into the state. A block
+/// whose entries are all -inf leaves everything unchanged and zeroes s. Weights whose
+/// exp argument is below flush_below (flush_threshold(n) of the row's visible count n)
+/// are written as exact zeros, as the row kernel does.
+///
+/// Returns false, leaving state and o untouched (s clobbered), when the block holds +inf
+/// or NaN scores: the caller then takes online_row_nonfinite. A row whose state is NaN
+/// stays NaN (its weights are zeroed).
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline bool online_row(T* s, index_t nk, row_state<double>& state, T* o, index_t dp,
+                       T flush_below) {
+  const T inf = std::numeric_limits<T>::infinity();
+  const T block_max = row_max<Arch>(s, nk);
+  if (block_max == -inf || std::isnan(state.max)) {
+    // All masked (or row_max missed a NaN: rare enough to look) / already NaN.
+    const bool nan = std::isnan(state.max) || std::any_of(s, s + nk, [](T x) { return x != x; });
+    std::fill(s, s + nk, T(0));
+    return !nan || std::isnan(state.max);
+  }
+  if (!(block_max < inf)) return false;  // +inf or NaN
+  const double new_max = std::max(state.max, static_cast<double>(block_max));
+  const double block_sum = exp_and_sum<Arch>(s, s, nk, T(1), static_cast<T>(new_max), flush_below);
+  if (std::isnan(block_sum)) return false;
+  if (!state.empty() && state.max != new_max)
+    scale_row<Arch>(o, dp, static_cast<T>(std::exp(state.max - new_max)));
+  state = merge(state, row_state<double>{new_max, block_sum});
+  return true;
+}
+
+/// A score recomputed so that it cannot overflow on the way: factor * (q . k) with q and k
+/// scaled by powers of two into [-1, 1] (exact) and summed in double, then scaled back:
+/// the value of the exact product rounded to T, +-inf (the exact sign) where it
+/// overflows T, NaN where q or k holds NaN or inf. The rare path of rows whose dot
+/// products overflow (the kernels' scores are the plain dot products otherwise).
+template <class T>  // float or double
+inline T safe_score(const T* q, const T* k, index_t d, double factor) {
+  double mq = 0.0, mk = 0.0;
+  for (index_t c = 0; c < d; ++c) {
+    if (!std::isfinite(q[c]) || !std::isfinite(k[c])) return std::numeric_limits<T>::quiet_NaN();
+    mq = std::max(mq, std::abs(double(q[c]))), mk = std::max(mk, std::abs(double(k[c])));
+  }
+  int eq = 0, ek = 0;
+  std::frexp(mq, &eq);
+  std::frexp(mk, &ek);
+  double acc = 0.0;
+  for (index_t c = 0; c < d; ++c)
+    acc += std::ldexp(double(q[c]), -eq) * std::ldexp(double(k[c]), -ek);
+  return static_cast<T>(std::ldexp(acc * factor, eq + ek));
+}
+
+/// The slow path of online_row, for a block whose scores hold +inf or NaN: recomputes
+/// the row's scores with safe_score (q: the row's unscaled query, factor = m * scale; key
+/// j at k0 + j * kstride), masks them, then
+/// - NaN (q or a visible key holds NaN or inf): the row becomes NaN (state and o);
+/// - +inf (overflow with a positive exact product): the +inf keys share the weight
+///   equally: o restarts from 0 unless the row is already at +inf, state {+inf, count},
+///   s = 1 on the +inf keys and 0 elsewhere (the caller's P V adds their values);
+/// - otherwise (a NaN that cancelling overflows made): online_row on the fixed scores.
+template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
+inline void online_row_nonfinite(T* s, index_t nk, const T* q, const T* k0, index_t kstride,
+                                 index_t d, double factor, index_t kb, const row_keys& row,
+                                 row_state<double>& state, T* o, index_t dp, T flush_below) {
+  const T inf = std::numeric_limits<T>::infinity();
+  for (index_t j = 0; j < nk; ++j) s[j] = safe_score(q, k0 + j * kstride, d, factor);
+  mask_row(s, kb, nk, row);
+  if (std::any_of(s, s + nk, [](T x) { return x != x; })) {
+    state = {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
+    std::fill(o, o + dp, std::numeric_limits<T>::quiet_NaN());
+    std::fill(s, s + nk, T(0));
+    return;
+  }
+  const auto top = std::count(s, s + nk, inf);
+  if (top == 0) {
+    online_row<Arch>(s, nk, state, o, dp, flush_below);
+    return;
+  }
+  if (state.max != double(inf)) {
+    std::fill(o, o + dp, T(0));
+    state = {double(inf), 0.0};
+  }
+  state.sum += static_cast<double>(top);
+  for (index_t j = 0; j < nk; ++j) s[j] = s[j] == inf ? T(1) : T(0);
+}
+
+/// The policy's multiplier m of a row of head h (0 for a row that sees no key).
+template <class T, class Policy>  // float or double; a length policy
+inline double row_multiplier(const attention_problem<T, Policy>& p, const row_keys& row,
+                             index_t h) {
+  return row.visible > 0 ? p.policy->multiplier({row.n, row.position, h}) : 0.0;
+}
+
+/// Per-row setup of a block of query rows q0..q0+rows-1 of head h: which keys each row
+/// sees (info), and the scaled queries qs[r*d, +d) = (m_r * scale) * q_r, with m_r the
+/// policy's multiplier computed once per row in double (0 for rows that see no key).
+template <class T, class Policy>  // float or double; a length policy
+inline void setup_rows(const attention_problem<T, Policy>& p, const sequence_span& seq, index_t h,
+                       index_t q0, index_t rows, row_keys* info, T* qs) {
+  const index_t d = p.q.dim;
+  for (index_t r = 0; r < rows; ++r) {
+    info[r] = visible_keys(p.mask, seq, h, q0 + r);
+    const T f = static_cast<T>(row_multiplier(p, info[r], h) * p.scale);
+    const T* qr = p.q.row(seq.tensor_batch, q0 + r, h);
+    for (index_t c = 0; c < d; ++c) qs[r * d + c] = f * qr[c];
+  }
+}
+
+/// Key range [lo, hi) covering every row of a block, the same for every head: it ignores
+/// the boolean mask (the only constraint that may differ between heads).
+template <class T, class Policy>  // float or double; a length policy
+inline void block_key_range(const attention_problem<T, Policy>& p, const sequence_span& seq,
+                            index_t q0, index_t rows, index_t& lo, index_t& hi) {
+  lo = std::numeric_limits<index_t>::max();
+  hi = std::numeric_limits<index_t>::min();
+  for (index_t r = 0; r < rows; ++r) {
+    const row_keys k = visible_keys(p.mask, seq, 0, q0 + r, false);
+    if (k.end > k.begin) lo = std::min(lo, k.begin), hi = std::max(hi, k.end);
+  }
+  if (lo >= hi) lo = hi = seq.k_begin;
+}
+
+/// Writes one finished row: out = o / sum (zeros when the state is empty), lse.
+template <class T, class Policy>  // float or double; a length policy
+inline void finish_row(const attention_problem<T, Policy>& p, index_t b, index_t i, index_t h,
+                       const T* o, const row_state<double>& state) {
+  T* dst = p.out.row(b, i, h);
+  const index_t d = p.q.dim;
+  if (state.empty()) {
+    std::fill(dst, dst + d, T(0));
+  } else {
+    const T inv = static_cast<T>(1.0 / state.sum);
+    for (index_t c = 0; c < d; ++c) dst[c] = o[c] * inv;
+  }
+  if (p.lse != nullptr) p.lse[p.row_index(b, h, i)] = static_cast<T>(state.log_sum_exp());
+}
+
+}  // namespace ssmax::kernels::detail

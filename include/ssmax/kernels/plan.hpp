@@ -1,0 +1,127 @@
+#pragma once
+// What the attention kernels share before any arithmetic: the validated problem, the
+// block constants, and the plans' layout of the caller's workspace (a bump arena, the
+// size of every packed buffer).
+//
+// Nothing here validates: the public API (attention.hpp) has checked every argument.
+
+#include <algorithm>
+#include <cstddef>
+
+#include "../detail/sanitizer.hpp"
+#include "../length_policy.hpp"
+#include "../mask.hpp"
+#include "../tensor_view.hpp"
+#include "../workspace.hpp"
+#include "gemm.hpp"
+
+namespace ssmax::kernels {
+
+/// Query rows per task of the fused kernel.
+inline constexpr index_t kFusedQueryBlock = 64;
+/// Query rows per task of the materialised kernel.
+inline constexpr index_t kMaterialisedQueryBlock = 32;
+/// Keys per block: the inner loop of both kernels.
+inline constexpr index_t kKeyBlock = 256;
+/// Keys per chunk when a task with few rows splits its keys (flash-decoding). A multiple
+/// of kKeyBlock, fixed, so that results never depend on the thread count.
+inline constexpr index_t kDecodeChunk = 2048;
+/// Tasks with at most this many rows split their keys into chunks.
+inline constexpr index_t kSplitMaxRows = 16;
+/// Blocks with at most this many rows use dot products instead of the packed GEMM.
+inline constexpr index_t kDotMaxRows = 3;
+
+/// A validated attention call, as the kernels receive it.
+template <class T,       // float or double
+          class Policy>  // a length policy (length_policy.hpp)
+struct attention_problem {
+  tensor_view<const T> q;  ///< [B, n_q, H, d]
+  tensor_view<const T> k;  ///< [B, n_k, H_kv, d]
+  tensor_view<const T> v;  ///< [B, n_k, H_kv, d]
+  tensor_view<T> out;      ///< [B, n_q, H, d]
+  const Policy* policy = nullptr;
+  attention_mask mask;
+  double scale = 1.0;    ///< logit scale (1/sqrt(d) by default)
+  T* lse = nullptr;      ///< [B, H, n_q] or null
+  T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only)
+  int threads = 1;       ///< threads to use (>= 1)
+
+  index_t sequences() const { return sequence_count(mask, q.batch); }
+  sequence_span span(index_t s) const { return sequence_of(mask, s, q.seq, k.seq); }
+  index_t kv_head(index_t h) const { return h / (q.heads / k.heads); }  ///< g(h)
+  /// Index of query row i of head h in batch b in the per-row outputs [B, H, n_q] (lse,
+  /// dL/dm); the weights' row starts at row_index(b, h, i) * n_k.
+  index_t row_index(index_t b, index_t h, index_t i) const { return (b * q.heads + h) * q.seq + i; }
+};
+
+namespace detail {
+
+/// Bump allocator over a workspace; with a null base it only counts bytes. Buffers start
+/// kWorkspaceAlignment bytes apart. In AddressSanitizer builds every buffer is followed by
+/// a poisoned gap of kAsanGap bytes, so that a write past a carved buffer is reported
+/// instead of landing silently in the next one.
+class arena {
+ public:
+  explicit arena(unsigned char* base) : base_(base) {}
+  template <class U>  // trivially constructible element type
+  U* take(index_t count) {
+    used_ = (used_ + kAlign - 1) / kAlign * kAlign;
+    U* p = base_ != nullptr ? reinterpret_cast<U*>(base_ + used_) : nullptr;
+    used_ += static_cast<std::size_t>(count) * sizeof(U);
+    if (ssmax::detail::kAsan) {
+      if (base_ != nullptr) ssmax::detail::poison(base_ + used_, kAsanGap);
+      used_ += kAsanGap;
+    }
+    return p;
+  }
+  /// Bytes the buffers taken so far span, rounded up to the alignment.
+  std::size_t used() const { return (used_ + kAlign - 1) / kAlign * kAlign; }
+  /// True when the arena only counts bytes (no base): take() returns null.
+  bool counting() const { return base_ == nullptr; }
+
+ private:
+  static constexpr std::size_t kAlign = ssmax::detail::kWorkspaceAlignment;
+  static constexpr std::size_t kAsanGap = 64;
+  unsigned char* base_;
+  std::size_t used_ = 0;
+};
+
+/// A kernel's plan with its buffers carved from ws, which must hold plan_bytes<Plan>(args...)
+/// bytes. Plan::carve(args..., arena&) lays the buffers out, and only counts them when the
+/// arena is counting.
+template <class Plan, class... Args>  // a kernel's plan; the arguments of its carve
+inline Plan carve_plan(attention_workspace& ws, const Args&... args) {
+  Plan plan;
+  ssmax::detail::unpoison(ws.data(), ws.capacity());  // the previous call's gaps
+  arena a(ws.data());
+  plan.carve(args..., a);
+  return plan;
+}
+
+/// Workspace bytes carve_plan<Plan>(ws, args...) needs.
+template <class Plan, class... Args>  // a kernel's plan; the arguments of its carve
+inline std::size_t plan_bytes(const Args&... args) {
+  Plan plan;
+  arena a(nullptr);
+  plan.carve(args..., a);
+  return a.used();
+}
+
+// The size of every packed buffer, in elements, for w lanes (the architecture's vector
+// width) and head dimension d. Every plan carves its buffers with these, so that a buffer
+// and the kernel that fills it cannot disagree.
+
+/// One packed K^T block (pack_kt of at most kKeyBlock keys, row stride
+/// kt_stride(round_up(nk, w), w)): d rows of kt_stride(round_up(kKeyBlock, w), w).
+inline index_t packed_kt_elements(index_t d, index_t w) {
+  return d * kt_stride(round_up(kKeyBlock, w), w);
+}
+/// One zero-padded V block (pad_rows of at most kKeyBlock rows): kKeyBlock rows of
+/// round_up(d, w).
+inline index_t padded_v_elements(index_t d, index_t w) { return kKeyBlock * round_up(d, w); }
+/// Row stride of a block's scores: round_up(kKeyBlock, w) (the GEMM writes whole vectors)
+/// plus one vector, so that rows 1 KiB apart do not alias in the cache.
+inline index_t score_stride(index_t w) { return round_up(kKeyBlock, w) + w; }
+
+}  // namespace detail
+}  // namespace ssmax::kernels
