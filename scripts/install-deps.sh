@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev libomp-14-dev valgrind  # sanitizers, libFuzzer, TSan + OpenMP, memcheck
   doxygen                            # the API reference (scripts/docs.sh)
   gnuplot-nox                        # the study's plots
+  libopenmpi-dev openmpi-bin         # ssmax::mpi: context-parallel attention, its tests
 )
 
 missing=()

@@ -17,9 +17,12 @@
 //                 from q, k and the saved log-sum-exp (a_j = exp(m z_j - lse)), D = dout_i
 //                 . out_i, dS = a (u - D) per block, and dq, dk, dv accumulated by GEMMs;
 //                 memory O((n_q + n_k) d), never n_q x n_k. dL/dm = sum_j (z_j - z_0) dy_j
-//                 with z_0 the row's first visible logit (sum_j dy_j = 0, so the shift
-//                 changes nothing but the rounding: it keeps the terms as small as the
-//                 row's logit range).
+//                 with z_0 = lse / m (0 when m = 0): sum_j dy_j = 0, so the shift changes
+//                 nothing but the rounding; lse / m lies within log(n) / |m| of the row's
+//                 largest logit, which keeps the terms near the row's logit range, and it is
+//                 the same in every call that sees part of the row's keys (context
+//                 parallelism: a slice's dy do not sum to 0, so a slice-local z_0 would
+//                 change each slice's dL/dm).
 // Nothing here validates: attention_backward.hpp has checked every argument.
 
 #include <algorithm>
@@ -67,7 +70,7 @@ struct backward_scratch {
   T* kt;           ///< [d, round_up(kKeyBlock, W)] packed K^T or V^T
   T* vp;           ///< [kKeyBlock, dp] padded key block
   double* dm;      ///< [kFusedQueryBlock] dL/dm accumulators
-  double* shift;   ///< [kFusedQueryBlock] z_0 per row (NaN until the first visible key)
+  double* shift;   ///< [kFusedQueryBlock] z_0 = lse / m per row (0 when m = 0)
   row_keys* info;  ///< [kFusedQueryBlock]
 };
 
@@ -286,7 +289,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
           std::fill(sc.dop + r * dp + d, sc.dop + (r + 1) * dp, T(0));
           Ds[r] = static_cast<T>(D);
           sc.dm[r] = 0.0;
-          sc.shift[r] = std::numeric_limits<double>::quiet_NaN();
+          sc.shift[r] = ms[r] != T(0) ? static_cast<double>(lses[r]) / ms[r] : 0.0;
         }
         std::fill(sc.dq, sc.dq + rows * dp, T(0));
         index_t lo, hi;
@@ -309,12 +312,6 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
               std::fill(dr, dr + nk, T(0));
               continue;
             }
-            if (std::isnan(sc.shift[r]))
-              for (index_t j = 0; j < nk; ++j)
-                if (sr[j] != ninf) {
-                  sc.shift[r] = static_cast<double>(sr[j]);
-                  break;
-                }
             // a_j = exp(m z_j - lse) (0 where hidden or flushed), m dy_j = m a_j (u_j - D),
             // dL/dm += sum_j (z_j - z_0) dy_j.
             const T m = ms[r], shift = static_cast<T>(sc.shift[r]);
