@@ -205,6 +205,46 @@ std::pair<tensor_view<U>, tensor_view<U>> kv_views(const ring_call<T, Policy>& c
           bshd_view(buf + c.kv_elements(who), c.batch, S, c.kv_heads, c.dim)};
 }
 
+/// The K/V slices going around the ring, in two buffers ([K | V], each [B, S, H_kv, d]): at
+/// step t the one at hand holds rank (rank - t)'s slice while the next arrives in the other.
+template <class T, class Policy>  // element type; a length policy
+class kv_ring {
+ public:
+  kv_ring(const ring_call<T, Policy>& c, const tensor_view<const T>& k,
+          const tensor_view<const T>& v, MPI_Comm comm, int tag, ring_stats& stats)
+      : c_(c), channel_(comm, tag, stats) {
+    for (auto& b : buf_) b.resize(static_cast<size_t>(2 * c.max_kv_elements()));
+    pack(k, buf_[0].data());
+    pack(v, buf_[0].data() + c.kv_elements(c.rank));
+  }
+  /// Starts step t: passes the slice at hand on to rank + 1 and starts receiving the next
+  /// one from rank - 1 (none at the last step). Returns the rank whose slice is at hand.
+  int begin(int t) {
+    t_ = t;
+    const int who = (c_.rank - t + c_.ranks) % c_.ranks, next = (who - 1 + c_.ranks) % c_.ranks;
+    const index_t bytes = sizeof(T);
+    if (t + 1 < c_.ranks) {
+      channel_.receive(buf_[1 - t % 2].data(), 2 * c_.kv_elements(next) * bytes);
+      channel_.send(buf_[t % 2].data(), 2 * c_.kv_elements(who) * bytes);
+    }
+    return who;
+  }
+  /// The slice at hand.
+  const T* current() const { return buf_[t_ % 2].data(); }
+  /// The channel, for progress calls during the compute.
+  ring_channel& channel() { return channel_; }
+  /// Ends the step: waits for the next slice (and for the send of this one).
+  void end() {
+    if (t_ + 1 < c_.ranks) channel_.wait();
+  }
+
+ private:
+  const ring_call<T, Policy>& c_;
+  ring_channel channel_;
+  std::vector<T> buf_[2];
+  int t_ = 0;
+};
+
 /// Runs body(c_q, p_k, kc) for every non-empty pair of this rank's query chunk c_q and the
 /// key chunk p_k of rank who's slice, timing it as compute and letting MPI progress after
 /// each pair.
@@ -220,6 +260,92 @@ void for_each_pair(const ring_call<T, Policy>& c, int who, ring_channel& ch, rin
       stats.compute_seconds += now() - t0;
       ch.progress();
     }
+}
+
+/// Times a ring call into ctx.stats (or a local object when null): total_seconds on exit.
+class call_clock {
+ public:
+  explicit call_clock(const ring_context& ctx)
+      : stats_(ctx.stats != nullptr ? ctx.stats : &local_), start_(now()) {}
+  ~call_clock() { stats_->total_seconds += now() - start_; }
+  call_clock(const call_clock&) = delete;
+  call_clock& operator=(const call_clock&) = delete;
+  ring_stats& stats() { return *stats_; }
+
+ private:
+  ring_stats local_;
+  ring_stats* stats_;
+  double start_;
+};
+
+/// Bytes one token of a rank's K/V ring message holds (K and V, every batch entry).
+template <class T>  // element type
+index_t bytes_per_token(const tensor_view<const T>& q, const tensor_view<const T>& k) {
+  return 2 * k.heads * k.dim * q.batch * static_cast<index_t>(sizeof(T));
+}
+
+/// A rank's running forward result: per row (b, h, i) the merged output [B, H, S, d] and
+/// log-sum-exp [B, H, S], in double; empty (lse -inf, output 0) until a partial arrives.
+template <class T>  // element type of the partials and of the final output
+class running_result {
+ public:
+  explicit running_result(const tensor_view<const T>& q)
+      : B_(q.batch),
+        H_(q.heads),
+        S_(q.seq),
+        d_(q.dim),
+        out_(static_cast<size_t>(B_ * H_ * S_ * d_), 0.0),
+        lse_(static_cast<size_t>(B_ * H_ * S_), -std::numeric_limits<double>::infinity()) {}
+  /// Merges a partial over rows [q0, q0 + len): out [B, len, H, d], lse [B, H, len].
+  void merge(index_t q0, index_t len, const T* out, const T* lse) {
+    for (index_t b = 0; b < B_; ++b)
+      for (index_t h = 0; h < H_; ++h)
+        for (index_t i = 0; i < len; ++i) {
+          const auto row = static_cast<size_t>((b * H_ + h) * S_ + q0 + i);
+          merge_partial(&out_[row * static_cast<size_t>(d_)], lse_[row],
+                        out + ((b * len + i) * H_ + h) * d_, lse[(b * H_ + h) * len + i], d_);
+        }
+  }
+  /// Writes the result, rounded to T, into out and (when not null) lse [B, H, S].
+  void write(const tensor_view<T>& out, T* lse) const {
+    for (index_t b = 0; b < B_; ++b)
+      for (index_t h = 0; h < H_; ++h)
+        for (index_t i = 0; i < S_; ++i) {
+          const auto row = static_cast<size_t>((b * H_ + h) * S_ + i);
+          T* o = out.row(b, i, h);
+          for (index_t e = 0; e < d_; ++e)
+            o[e] = static_cast<T>(out_[row * static_cast<size_t>(d_) + static_cast<size_t>(e)]);
+          if (lse != nullptr) lse[row] = static_cast<T>(lse_[row]);
+        }
+  }
+
+ private:
+  index_t B_, H_, S_, d_;
+  std::vector<double> out_, lse_;
+};
+
+/// One ring step of the forward: every pair of this rank's query chunks and the key chunks
+/// of rank who's slice (K/V in kv) is attended and merged into result.
+template <class Arch, class T, class Policy>  // architecture; element type; policy
+void forward_step(const ring_call<T, Policy>& c, int who, const T* kv,
+                  const tensor_view<const T>& q, running_result<T>& result, ring_channel& ch,
+                  ring_stats& stats, attention_workspace& ws) {
+  const index_t B = c.batch, H = q.heads, d = c.dim;
+  const auto views = kv_views(c, kv, who);
+  std::vector<T> part, part_lse;
+  std::vector<index_t> lengths;
+  for_each_pair(c, who, ch, stats, [&](int cq, int pk, const chunk& kc) {
+    const chunk qc = c.own().parts[cq];
+    const index_t q0 = c.own().local_begin(cq),
+                  k0 = c.slices[static_cast<size_t>(who)].local_begin(pk);
+    part.resize(static_cast<size_t>(B * qc.length * H * d));
+    part_lse.resize(static_cast<size_t>(B * H * qc.length));
+    attention<Arch, T>(rows_of(q, q0, qc.length), rows_of(views.first, k0, kc.length),
+                       rows_of(views.second, k0, kc.length),
+                       bshd_view(part.data(), B, qc.length, H, d), c.pair_options(cq, kc, lengths),
+                       {part_lse.data(), nullptr}, &ws);
+    result.merge(q0, qc.length, part.data(), part_lse.data());
+  });
 }
 
 }  // namespace detail
@@ -238,66 +364,21 @@ void ring_attention(ssmax::detail::identity_t<tensor_view<const T>> q,
                     const attention_options<Policy>& options, T* lse, const ring_context& ctx,
                     attention_workspace* workspace = nullptr) {
   const char* fn = "distributed::ring_attention";
-  ring_stats local_stats;
-  ring_stats& stats = ctx.stats != nullptr ? *ctx.stats : local_stats;
-  const double t_start = detail::now();
-  const index_t per_token = 2 * k.heads * k.dim * q.batch * static_cast<index_t>(sizeof(T));
-  const auto c = detail::start_call(fn, q, k, options, ctx, per_token, [&] {
+  detail::call_clock clock(ctx);
+  const auto c = detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), [&] {
     detail::check_local_forward(fn, q, k, v, out, options, lse);
   });
-  const index_t S = q.seq, H = q.heads, d = q.dim, B = q.batch;
   attention_workspace local_ws;
   attention_workspace& ws = workspace != nullptr ? *workspace : local_ws;
-  std::vector<T> buf[2];
-  for (auto& b : buf) b.resize(static_cast<size_t>(2 * c.max_kv_elements()));
-  detail::pack(k, buf[0].data());
-  detail::pack(v, buf[0].data() + c.kv_elements(c.rank));
-  std::vector<double> acc(static_cast<size_t>(B * H * S * d), 0.0);  // [B, H, S, d]
-  std::vector<double> acc_lse(static_cast<size_t>(B * H * S),
-                              -std::numeric_limits<double>::infinity());
-  std::vector<T> part, part_lse;
-  std::vector<index_t> lengths;
-  detail::ring_channel ch(ctx.comm, 1, stats);
+  detail::running_result<T> result(q);
+  detail::kv_ring<T, Policy> ring(c, k, v, ctx.comm, 1, clock.stats());
   for (int t = 0; t < c.ranks; ++t) {
-    const int who = (c.rank - t + c.ranks) % c.ranks, next = (who - 1 + c.ranks) % c.ranks;
-    const int cur = t % 2;
-    if (t + 1 < c.ranks) {
-      ch.receive(buf[1 - cur].data(), 2 * c.kv_elements(next) * static_cast<index_t>(sizeof(T)));
-      ch.send(buf[cur].data(), 2 * c.kv_elements(who) * static_cast<index_t>(sizeof(T)));
-    }
-    const auto kv = detail::kv_views(c, static_cast<const T*>(buf[cur].data()), who);
-    detail::for_each_pair(c, who, ch, stats, [&](int cq, int pk, const chunk& kc) {
-      const chunk qc = c.own().parts[cq];
-      const index_t q0 = c.own().local_begin(cq),
-                    k0 = c.slices[static_cast<size_t>(who)].local_begin(pk);
-      part.resize(static_cast<size_t>(B * qc.length * H * d));
-      part_lse.resize(static_cast<size_t>(B * H * qc.length));
-      attention<Arch, T>(
-          detail::rows_of(q, q0, qc.length), detail::rows_of(kv.first, k0, kc.length),
-          detail::rows_of(kv.second, k0, kc.length), bshd_view(part.data(), B, qc.length, H, d),
-          c.pair_options(cq, kc, lengths), {part_lse.data(), nullptr}, &ws);
-      for (index_t b = 0; b < B; ++b)
-        for (index_t h = 0; h < H; ++h)
-          for (index_t i = 0; i < qc.length; ++i) {
-            const index_t row = (b * H + h) * S + q0 + i;
-            detail::merge_partial(&acc[static_cast<size_t>(row * d)],
-                                  acc_lse[static_cast<size_t>(row)],
-                                  &part[static_cast<size_t>(((b * qc.length + i) * H + h) * d)],
-                                  part_lse[static_cast<size_t>((b * H + h) * qc.length + i)], d);
-          }
-    });
-    if (t + 1 < c.ranks) ch.wait();
+    const int who = ring.begin(t);
+    detail::forward_step<Arch>(c, who, ring.current(), q, result, ring.channel(), clock.stats(),
+                               ws);
+    ring.end();
   }
-  for (index_t b = 0; b < B; ++b)
-    for (index_t h = 0; h < H; ++h)
-      for (index_t i = 0; i < S; ++i) {
-        const index_t row = (b * H + h) * S + i;
-        T* o = out.row(b, i, h);
-        for (index_t e = 0; e < d; ++e)
-          o[e] = static_cast<T>(acc[static_cast<size_t>(row * d + e)]);
-        if (lse != nullptr) lse[row] = static_cast<T>(acc_lse[static_cast<size_t>(row)]);
-      }
-  stats.total_seconds += detail::now() - t_start;
+  result.write(out, lse);
 }
 
 namespace detail {
@@ -394,11 +475,9 @@ void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
                              const attention_options<Policy>& options, const ring_context& ctx,
                              attention_workspace* workspace = nullptr) {
   const char* fn = "distributed::ring_attention_backward";
-  ring_stats local_stats;
-  ring_stats& stats = ctx.stats != nullptr ? *ctx.stats : local_stats;
-  const double t_start = detail::now();
-  const index_t per_token = 2 * k.heads * k.dim * q.batch * static_cast<index_t>(sizeof(T));
-  const auto c = detail::start_call(fn, q, k, options, ctx, per_token, [&] {
+  detail::call_clock clock(ctx);
+  ring_stats& stats = clock.stats();
+  const auto c = detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), [&] {
     detail::check_local_backward(fn, q, k, v, out, dout, lse, grads, options);
   });
   const index_t S = q.seq, H = q.heads, d = q.dim, B = q.batch, bytes = sizeof(T);
@@ -414,25 +493,18 @@ void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
     chunk_lse.push_back(std::move(l));
   }
   const auto size = static_cast<size_t>(2 * c.max_kv_elements());
-  std::vector<T> kv[2] = {std::vector<T>(size), std::vector<T>(size)};
   std::vector<T> acc[2] = {std::vector<T>(size), std::vector<T>(size)}, part(size);
   std::vector<T> dq(static_cast<size_t>(B * S * H * d), T(0));
-  detail::pack(k, kv[0].data());
-  detail::pack(v, kv[0].data() + c.kv_elements(c.rank));
   policy_gradient grad(H);
-  detail::ring_channel kv_ring(ctx.comm, 2, stats), acc_ring(ctx.comm, 3, stats);
+  detail::kv_ring<T, Policy> ring(c, k, v, ctx.comm, 2, stats);
+  detail::ring_channel acc_ring(ctx.comm, 3, stats);
   int sent = -1;  // the accumulator buffer last sent
   for (int t = 0; t < c.ranks; ++t) {
-    const int who = (c.rank - t + c.ranks) % c.ranks, next = (who - 1 + c.ranks) % c.ranks;
-    const int cur = t % 2, into = sent == 0 ? 1 : 0;
-    if (t + 1 < c.ranks) {
-      kv_ring.receive(kv[1 - cur].data(), 2 * c.kv_elements(next) * bytes);
-      kv_ring.send(kv[cur].data(), 2 * c.kv_elements(who) * bytes);
-    }
+    const int who = ring.begin(t), into = sent == 0 ? 1 : 0;
     if (t > 0) acc_ring.receive(acc[into].data(), 2 * c.kv_elements(who) * bytes);
-    detail::backward_step<Arch>(c, who, kv[cur].data(), q, out, dout, chunk_lse, dq.data(),
-                                part.data(), grad, kv_ring, stats, ws);
-    if (t + 1 < c.ranks) kv_ring.wait();
+    detail::backward_step<Arch>(c, who, ring.current(), q, out, dout, chunk_lse, dq.data(),
+                                part.data(), grad, ring.channel(), stats, ws);
+    ring.end();
     if (t > 0) acc_ring.wait_receive();
     if (t == 0) std::fill(acc[into].begin(), acc[into].end(), T(0));
     detail::add_to(acc[into].data(), part.data(), 2 * c.kv_elements(who));
@@ -459,7 +531,6 @@ void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
     for (index_t h = 0; h < H; ++h)
       grads.policy->add(h, {0.0, sums[static_cast<size_t>(h)], sums[static_cast<size_t>(H + h)]});
   }
-  stats.total_seconds += detail::now() - t_start;
 }
 
 }  // namespace ssmax::distributed
