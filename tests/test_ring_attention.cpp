@@ -28,7 +28,8 @@
 // the terms' magnitudes. So every gradient element is within 2 rho A of the other side,
 // with A the sum of its terms' magnitudes computed from the exact weights:
 //   dq_i: |m| scale sum_j a_ij (|u_ij| + |D_i|) |k_j|,  dk_j: the same over i with |q_i|,
-//   dv_j: sum_i a_ij |dout_i|,  dL/dm_i: sum_j |z_ij - lse_i/m| a_ij (|u_ij| + |D_i|),
+//   dv_j: sum_i a_ij |dout_i|,
+//   dL/dm_i: sum_j |z_ij - z_0| a_ij (|u_ij| + |D_i|), the kernel's z_0 = (lse_i - log n_i) / m,
 // and ds_h, db_h sum |log n| and 1 times dL/dm's bound over the rows of head h.
 
 #include <mpi.h>
@@ -217,7 +218,11 @@ void run_case(const std::string& name, const shape& s, layout kind,
         for (index_t c = 0; c < d; ++c)
           D += static_cast<double>(dout[static_cast<size_t>(((b * N + i) * H + h) * d + c)]) *
                out1[static_cast<size_t>(((b * N + i) * H + h) * d + c)];
-        const double shift = e.m[at] != 0 ? e.lse[at] / e.m[at] : 0.0;
+        const double shift =  // the fused backward's z_0 (kernels/attention_backward.hpp)
+            e.m[at] != 0
+                ? (e.lse[at] - std::log(std::max<double>(1.0, static_cast<double>(e.n[at])))) /
+                      e.m[at]
+                : 0.0;
         for (index_t j = 0; j < N; ++j) {
           const double a = e.a[at * static_cast<size_t>(N) + static_cast<size_t>(j)];
           if (a == 0) continue;

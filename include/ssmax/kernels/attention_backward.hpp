@@ -17,12 +17,12 @@
 //                 from q, k and the saved log-sum-exp (a_j = exp(m z_j - lse)), D = dout_i
 //                 . out_i, dS = a (u - D) per block, and dq, dk, dv accumulated by GEMMs;
 //                 memory O((n_q + n_k) d), never n_q x n_k. dL/dm = sum_j (z_j - z_0) dy_j
-//                 with z_0 = lse / m (0 when m = 0): sum_j dy_j = 0, so the shift changes
-//                 nothing but the rounding; lse / m lies within log(n) / |m| of the row's
-//                 largest logit, which keeps the terms near the row's logit range, and it is
-//                 the same in every call that sees part of the row's keys (context
-//                 parallelism: a slice's dy do not sum to 0, so a slice-local z_0 would
-//                 change each slice's dL/dm).
+//                 with z_0 = (lse - log n) / m (detail::logit_shift): sum_j dy_j = 0, so the
+//                 shift changes nothing but the rounding, and z_0 lies between the row's
+//                 mean and largest logit, which keeps the terms as small as the row's logit
+//                 range. It is the same in every call that sees part of the row's keys
+//                 (context parallelism: a slice's dy do not sum to 0, so a slice-local z_0,
+//                 such as its first visible logit, would change each slice's dL/dm).
 // Nothing here validates: attention_backward.hpp has checked every argument.
 
 #include <algorithm>
@@ -70,7 +70,7 @@ struct backward_scratch {
   T* kt;           ///< [d, round_up(kKeyBlock, W)] packed K^T or V^T
   T* vp;           ///< [kKeyBlock, dp] padded key block
   double* dm;      ///< [kFusedQueryBlock] dL/dm accumulators
-  double* shift;   ///< [kFusedQueryBlock] z_0 = lse / m per row (0 when m = 0)
+  double* shift;   ///< [kFusedQueryBlock] z_0 per row (logit_shift)
   row_keys* info;  ///< [kFusedQueryBlock]
 };
 
@@ -130,6 +130,20 @@ inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index_t
     r0 += a0[c] * b0[c];
     r1 += a1[c] * b1[c];
   }
+}
+
+/// The shift z_0 of dL/dm = sum_j (z_j - z_0) dy_j for a row with multiplier m, log-sum-exp
+/// lse and policy n: (lse - log n) / m, the log-mean-exp of m z over m, which lies between the
+/// row's mean and largest logit (m > 0; smallest and mean for m < 0) when n is the visible
+/// count; 0 when m = 0 or when lse's rounding (eps (|lse| + log n) / |m|) would exceed one
+/// unit of logit.
+template <class T>  // float or double: lse's type
+inline double logit_shift(T m, T lse, index_t n) {
+  const double md = static_cast<double>(m), ld = static_cast<double>(lse);
+  const double log_n = std::log(static_cast<double>(std::max<index_t>(1, n)));
+  const double eps = std::numeric_limits<T>::epsilon();
+  if (md == 0.0 || eps * (std::abs(ld) + log_n) > std::abs(md)) return 0.0;
+  return (ld - log_n) / md;
 }
 
 /// Adds one row's dL/dm to the outputs.
@@ -289,7 +303,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
           std::fill(sc.dop + r * dp + d, sc.dop + (r + 1) * dp, T(0));
           Ds[r] = static_cast<T>(D);
           sc.dm[r] = 0.0;
-          sc.shift[r] = ms[r] != T(0) ? static_cast<double>(lses[r]) / ms[r] : 0.0;
+          sc.shift[r] = detail::logit_shift<T>(ms[r], lses[r], sc.info[r].n);
         }
         std::fill(sc.dq, sc.dq + rows * dp, T(0));
         index_t lo, hi;
