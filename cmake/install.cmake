@@ -6,6 +6,11 @@ set(SSMAX_CMAKE_DIR ${CMAKE_INSTALL_DATADIR}/cmake/ssmax)
 install(DIRECTORY include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS ssmax EXPORT ssmaxTargets)
 install(EXPORT ssmaxTargets NAMESPACE ssmax:: DESTINATION ${SSMAX_CMAKE_DIR})
+# The mpi component in its own export set, loaded only when a consumer asks for it.
+if(SSMAX_HAS_MPI)
+  install(TARGETS ssmax_mpi EXPORT ssmaxMpiTargets)
+  install(EXPORT ssmaxMpiTargets NAMESPACE ssmax:: DESTINATION ${SSMAX_CMAKE_DIR})
+endif()
 
 configure_package_config_file(cmake/ssmaxConfig.cmake.in
                               ${PROJECT_BINARY_DIR}/ssmaxConfig.cmake

@@ -14,6 +14,7 @@ packages=(
   python3-dev python3-venv python3-pip python3-setuptools python3-wheel ninja-build  # python/
   python3-torch libtorch-dev pybind11-dev python3-pytest  # python/: the torch extension, tests
   libopenblas0-openmp                # an optimised BLAS for torch (else the reference BLAS)
+  libopenmpi-dev openmpi-bin         # ssmax::mpi: context-parallel attention, its tests
 )
 
 missing=()

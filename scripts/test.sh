@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, checks the format, then builds and
-# runs every test twice: for this CPU (-march=native, every SIMD path it has) and for
-# baseline x86-64 (SSE2), so both the widest and the portable code paths are exercised.
+# runs every C++ test twice: for this CPU (-march=native, every SIMD path it has) and for
+# baseline x86-64 (SSE2), so both the widest and the portable code paths are exercised;
+# then the Python bindings' tests, the sanitizers and the fuzzers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ bash scripts/check-format.sh
 bash scripts/docs.sh  # the API reference: any doxygen warning fails
 cmake --workflow --preset native
 cmake --workflow --preset baseline
+# The PyTorch extension (python/, ssmax_torch): built and installed into build/pyenv, then
+# its pytest suite (forward against torch's own math, gradcheck, the nn module).
+bash scripts/python-test.sh
 # Sanitizers: every test under ASan + UBSan (g++, baseline x86-64 to keep the build short:
 # the fuzzers below run every SIMD path of this CPU under ASan + UBSan); the threaded tests
 # under TSan (clang++ with libomp and its Archer tool, which tells TSan about OpenMP's own

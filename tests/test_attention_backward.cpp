@@ -396,6 +396,14 @@ TYPED_TEST(AttentionBackwardKernel, LongerRowsCrossKeyBlocks) {
   this->check(pr, softmax_policy{}, attention_mask::sliding_window(300), "long window");
 }
 
+TYPED_TEST(AttentionBackwardKernel, TinyMultipliersKeepDlDmAccurate) {
+  // The fused path's dL/dm = sum_j (z_j - z_0) dy_j with z_0 = (lse - log n) / m; a shift of
+  // lse / m would sit log(n) / m (1e7 here) away from every logit and lose dL/dm to rounding.
+  const problem pr(1, 24, 24, 2, 1, 8, 9);
+  this->check(pr, ssmax_policy(1e-7, 0.0), attention_mask::causal_mask(), "m = 1e-7 log n");
+  this->check(pr, ssmax_policy(1e-4, 0.0), attention_mask::none(), "m = 1e-4 log n");
+}
+
 TYPED_TEST(AttentionBackwardKernel, FusedEqualsMaterialisedAndThreadsDoNotMatter) {
   using Element = typename TestFixture::T;
   const problem pr(2, 40, 300, 4, 2, 8, 9);

@@ -130,6 +130,28 @@ TEST(AttentionErrors, Masks) {
     c.options.mask = attention_mask::causal_mask(std::numeric_limits<index_t>::max() - 1);
   });
   expect_bad("options.mask.n_override", [](call& c) { c.options.mask.n_override = -1; });
+  // A slice of keys at global positions key_offset.. (context parallelism).
+  expect_bad("options.mask.key_offset", [](call& c) { c.options.mask.key_offset = -1; });
+  expect_bad("options.mask.key_offset",
+             [](call& c) { c.options.mask.key_offset = std::numeric_limits<index_t>::max() - 2; });
+  static const index_t beyond_slice[] = {6, 13};  // key_offset 6 + 6 keys: at most 12
+  expect_bad("options.mask.key_lengths", [](call& c) {
+    c.options.mask = attention_mask::key_padding(beyond_slice);
+    c.options.mask.key_offset = 6;
+  });
+  static const index_t bad_row_n[8] = {1, 2, 0, 4, 5, 6, -1, 8};  // [B = 2, n_q = 4]
+  expect_bad("options.mask.row_n", [](call& c) { c.options.mask.row_n = bad_row_n; });
+}
+
+TEST(AttentionErrors, SliceMaskFieldsAccepted) {
+  // Global key lengths up to key_offset + n_k, and row_n entries of 0 (visible count).
+  static const index_t lengths[] = {3, 12}, row_n[8] = {0, 2, 0, 4, 100, 6, 0, 8};
+  call c;
+  c.options.mask = attention_mask::key_padding(lengths);
+  c.options.mask.key_offset = 6;
+  c.options.mask.row_n = row_n;
+  c.run();
+  EXPECT_FALSE(c.untouched());
 }
 
 TEST(AttentionErrors, Options) {

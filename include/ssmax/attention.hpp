@@ -228,12 +228,22 @@ inline void check_mask(const char* fn, const attention_mask& m, const tensor_vie
                         ": the last query's position + 1 would overflow the index type";
                });
   require(m.n_override >= 0, fn, "options.mask.n_override", "must be >= 0 (0: visible count)");
+  require(m.key_offset >= 0, fn, "options.mask.key_offset", "must be >= 0");
+  require(m.key_offset <= std::numeric_limits<index_t>::max() - k.seq, fn,
+          "options.mask.key_offset", "makes the last key's position overflow the index type");
+  if (m.row_n != nullptr)
+    for (index_t r = 0; r < q.batch * q.seq; ++r)
+      require_lazy(m.row_n[r] >= 0, fn, "options.mask.row_n", [&] {
+        return "entry " + std::to_string(r) + " is " + std::to_string(m.row_n[r]) +
+               ", must be >= 0 (0: visible count)";
+      });
   require((m.cu_seqlens_q == nullptr) == (m.cu_seqlens_k == nullptr), fn,
           "options.mask.cu_seqlens_k", "must be given together with cu_seqlens_q");
   if (m.packed()) check_packed_offsets(fn, m, q.batch, q.seq, k.seq);
   if (m.key_lengths != nullptr)
     for (index_t s = 0; s < sequence_count(m, q.batch); ++s) {
-      const index_t len = m.packed() ? m.cu_seqlens_k[s + 1] - m.cu_seqlens_k[s] : k.seq;
+      const index_t len =
+          m.key_offset + (m.packed() ? m.cu_seqlens_k[s + 1] - m.cu_seqlens_k[s] : k.seq);
       require_lazy(
           m.key_lengths[s] >= 0 && m.key_lengths[s] <= len, fn, "options.mask.key_lengths", [&] {
             return "entry " + std::to_string(s) + " is " + std::to_string(m.key_lengths[s]) +

@@ -14,15 +14,20 @@
 //   allowed       an arbitrary boolean mask, allowed[b*stride_b + h*stride_h +
 //                 i*stride_q + j] (stride 0 broadcasts; i and j index tensor rows);
 //   n_override    when >= 1, the n given to the length policy for every row (visible
-//                 keys are still the masked ones).
+//                 keys are still the masked ones);
+//   row_n         per query row, row_n[b * n_q + i] (i the tensor query row; packed: b = 0
+//                 and i the packed row): when >= 1, the policy's n for that row, ahead of
+//                 n_override (0: as if absent). For callers that hold a slice of the keys
+//                 and know the row's global n (context parallelism, distributed/).
 //
-// Positions: key j of a sequence is at position j (0-based, from the sequence start);
+// Positions: key j of a sequence is at position key_offset + j (0-based, from the sequence
+// start; key_offset = 0 unless the tensors hold a slice of the keys that starts later);
 // query i is at position query_offset + i. query_offset = -1 (the default) puts the
 // queries at the end of the sequence's keys, max(0, L - n_q) + i, which is the KV-cache
 // convention (queries at T..T+n_q-1 over T+n_q keys) and FlashAttention's bottom-right
 // alignment. L is the sequence's own key count: key_lengths[b] when given (a ragged decode
 // batch: row i of sequence b sits at L_b - n_q + i; a right-padded prefill keeps positions
-// 0..n_q-1), else the tensor's n_k (with varlen, the sequence's packed length).
+// 0..n_q-1), else key_offset + the tensor's n_k (with varlen, the sequence's packed length).
 // A causal query at a position past the last key (query_offset >= n_k) sees every key:
 // that is what "key position <= query position" means, not an error.
 //
@@ -46,10 +51,12 @@ struct attention_mask {
   const index_t* cu_seqlens_k = nullptr;  ///< [B + 1] packed key offsets (with cu_seqlens_q)
   index_t sequences = 0;                  ///< B for packed sequences (entries of cu_* minus 1)
   const bool* allowed = nullptr;          ///< boolean mask, true = visible; null = none
-  index_t allowed_stride_b = 0;  ///< allowed: elements between batch entries (0 = broadcast)
-  index_t allowed_stride_h = 0;  ///< allowed: elements between heads (0 = broadcast)
-  index_t allowed_stride_q = 0;  ///< allowed: elements between query rows
-  index_t n_override = 0;        ///< when >= 1, the policy's n for every row
+  index_t allowed_stride_b = 0;    ///< allowed: elements between batch entries (0 = broadcast)
+  index_t allowed_stride_h = 0;    ///< allowed: elements between heads (0 = broadcast)
+  index_t allowed_stride_q = 0;    ///< allowed: elements between query rows
+  index_t n_override = 0;          ///< when >= 1, the policy's n for every row
+  index_t key_offset = 0;          ///< position of key 0 (a slice of a longer sequence)
+  const index_t* row_n = nullptr;  ///< [B, n_q] per-row policy n when >= 1; null = none
 
   /// No constraint: every row sees every key (n = n_k).
   static attention_mask none() { return {}; }
@@ -156,8 +163,8 @@ inline sequence_span sequence_of(const attention_mask& mask, index_t s, index_t 
     span.k_end = n_k;
   }
   const index_t len_q = span.q_end - span.q_begin;
-  const index_t len_k =
-      mask.key_lengths != nullptr ? mask.key_lengths[s] : span.k_end - span.k_begin;
+  const index_t len_k = mask.key_lengths != nullptr ? mask.key_lengths[s]
+                                                    : mask.key_offset + span.k_end - span.k_begin;
   span.offset = mask.query_offset >= 0 ? mask.query_offset : std::max<index_t>(0, len_k - len_q);
   return span;
 }
@@ -170,13 +177,14 @@ inline row_keys visible_keys(const attention_mask& mask, const sequence_span& se
                              index_t i, bool count_allowed = true) {
   row_keys r;
   r.position = seq.offset + (i - seq.q_begin);
-  index_t lo = 0, hi = seq.k_end - seq.k_begin;  // key positions [lo, hi)
+  const index_t k0 = mask.key_offset;                    // position of key seq.k_begin
+  index_t lo = k0, hi = k0 + (seq.k_end - seq.k_begin);  // key positions [lo, hi)
   if (mask.key_lengths != nullptr) hi = std::min(hi, mask.key_lengths[seq.sequence]);
   if (mask.causal) hi = std::min(hi, r.position + 1);
   if (mask.causal && mask.window > 0) lo = std::max(lo, r.position - mask.window + 1);
   if (hi < lo) hi = lo;
-  r.begin = seq.k_begin + lo;
-  r.end = seq.k_begin + hi;
+  r.begin = seq.k_begin + (lo - k0);
+  r.end = seq.k_begin + (hi - k0);
   r.visible = hi - lo;
   if (mask.allowed != nullptr && count_allowed) {
     r.allowed = mask.allowed + seq.tensor_batch * mask.allowed_stride_b +
@@ -185,6 +193,10 @@ inline row_keys visible_keys(const attention_mask& mask, const sequence_span& se
     for (index_t j = r.begin; j < r.end; ++j) r.visible += r.allowed[j] ? 1 : 0;
   }
   r.n = mask.n_override > 0 ? mask.n_override : r.visible;
+  if (mask.row_n != nullptr) {  // [B, n_q]: packed tensors have batch 1, q_end = n_q otherwise
+    const index_t given = mask.row_n[(mask.packed() ? 0 : seq.tensor_batch * seq.q_end) + i];
+    if (given > 0) r.n = given;
+  }
   return r;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "error.hpp"
 
@@ -47,8 +48,9 @@ inline row_state<T> merge(const row_state<T>& a, const row_state<T>& b) {
 ///   o_c = o_c exp(acc.max - M) + exp(part.max - M) part_o_c   (one fma per element),
 /// the first product skipped when acc is empty or acc.max = M. An empty part changes
 /// nothing. Merging partials in a fixed order gives bitwise reproducible results.
-template <class T>  // float or double: the output's element type
-inline void merge_partial(T* o, row_state<double>& acc, const T* part_o,
+template <class T,      // float or double: the accumulator's element type
+          class P = T>  // float or double: the partial's element type
+inline void merge_partial(T* o, row_state<double>& acc, const P* part_o,
                           const row_state<double>& part, index_t d) {
   if (part.empty()) return;
   const row_state<double> merged = merge(acc, part);
@@ -58,7 +60,7 @@ inline void merge_partial(T* o, row_state<double>& acc, const T* part_o,
   }
   // exp(0) = 1 exactly; spelled out for +inf maxima, where exp(inf - inf) would be NaN.
   const T grow = part.max == merged.max ? T(1) : static_cast<T>(std::exp(part.max - merged.max));
-  for (index_t c = 0; c < d; ++c) o[c] = std::fma(grow, part_o[c], o[c]);
+  for (index_t c = 0; c < d; ++c) o[c] = std::fma(grow, static_cast<T>(part_o[c]), o[c]);
   acc = merged;
 }
 
@@ -68,27 +70,32 @@ inline void merge_partial(T* o, row_state<double>& acc, const T* part_o,
 /// values), lse_a, lse_b their log-sum-exps (attention_extras::lse). Writes
 ///   out = w_a out_a + w_b out_b,  w_x = exp(lse_x - L),  L = log(exp(lse_a) + exp(lse_b))
 /// to out [d] and returns L: the row's output and log-sum-exp over both key sets, as one
-/// call over all of them would give, up to rounding (a few ulp: the weights are formed in
-/// double). An empty partial (lse = -inf, no visible key) contributes nothing: the other
+/// call over all of them would give, up to rounding (a few ulp of T: the weights are formed
+/// in double). An empty partial (lse = -inf, no visible key) contributes nothing: the other
 /// is copied exactly, and two empty partials give zeros and -inf. out may be out_a or
-/// out_b. Pre: lse_a, lse_b finite or -inf. Merging many partials in a fixed order is
-/// bitwise reproducible; the fused kernel merges its key chunks with the same steps
+/// (when U is T) out_b. A running result may be kept in a wider type than the partials
+/// (T = double, U = float: context parallelism merges float partials into a double
+/// accumulator). Pre: lse_a, lse_b finite or +-inf. Merging many partials in a fixed order
+/// is bitwise reproducible; the fused kernel merges its key chunks with the same steps
 /// (merge_partial).
-template <class T>  // float or double
-inline T merge_partial_outputs(const T* out_a, T lse_a, const T* out_b, T lse_b, index_t d,
+template <class T,      // float or double: out_a's and out's element type
+          class U = T>  // float or double: out_b's element type
+inline T merge_partial_outputs(const T* out_a, T lse_a, const U* out_b, U lse_b, index_t d,
                                T* out) {
-  const auto state = [](T lse) {
-    return lse == -std::numeric_limits<T>::infinity() ? row_state<double>{}
-                                                      : row_state<double>{double(lse), 1.0};
+  if constexpr (std::is_same<T, U>::value) {
+    if (out == out_b && out != out_a)  // fold a into b's storage: the merge is symmetric
+      return merge_partial_outputs(out_b, lse_b, out_a, lse_a, d, out);
+  }
+  const auto state = [](double lse) {
+    return lse == -std::numeric_limits<double>::infinity() ? row_state<double>{}
+                                                           : row_state<double>{lse, 1.0};
   };
-  const T *first = out_a, *second = out_b;
-  row_state<double> acc = state(lse_a), other = state(lse_b);
-  if (out == out_b && out != out_a) std::swap(first, second), std::swap(acc, other);
+  row_state<double> acc = state(static_cast<double>(lse_a));
   if (acc.empty())
     std::fill(out, out + d, T(0));
-  else if (out != first)
-    std::copy(first, first + d, out);
-  merge_partial(out, acc, second, other, d);
+  else if (out != out_a)
+    std::copy(out_a, out_a + d, out);
+  merge_partial(out, acc, out_b, state(static_cast<double>(lse_b)), d);
   if (!acc.empty() && acc.sum != 1.0) {
     const T inv = static_cast<T>(1.0 / acc.sum);
     for (index_t c = 0; c < d; ++c) out[c] *= inv;

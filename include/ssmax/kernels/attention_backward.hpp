@@ -17,9 +17,12 @@
 //                 from q, k and the saved log-sum-exp (a_j = exp(m z_j - lse)), D = dout_i
 //                 . out_i, dS = a (u - D) per block, and dq, dk, dv accumulated by GEMMs;
 //                 memory O((n_q + n_k) d), never n_q x n_k. dL/dm = sum_j (z_j - z_0) dy_j
-//                 with z_0 the row's first visible logit (sum_j dy_j = 0, so the shift
-//                 changes nothing but the rounding: it keeps the terms as small as the
-//                 row's logit range).
+//                 with z_0 = (lse - log n) / m (detail::logit_shift): sum_j dy_j = 0, so the
+//                 shift changes nothing but the rounding, and z_0 lies between the row's
+//                 mean and largest logit, which keeps the terms as small as the row's logit
+//                 range. It is the same in every call that sees part of the row's keys
+//                 (context parallelism: a slice's dy do not sum to 0, so a slice-local z_0,
+//                 such as its first visible logit, would change each slice's dL/dm).
 // Rows whose scores hold +inf (kernels/online_softmax.hpp: overflowing products) have
 // weights that do not depend on q or k: they add nothing to dq, dk or dL/dm, and
 // dv_j += a_j dout_i with a_j = 1 / (their number of +inf keys) on those keys.
@@ -76,7 +79,7 @@ struct backward_scratch {
   T* kt = nullptr;           ///< [packed_kt_elements(d, W)] packed K^T or V^T of a block
   T* vp = nullptr;           ///< [padded_v_elements(d, W)] zero-padded key block
   double* dm = nullptr;      ///< [kFusedQueryBlock] dL/dm accumulators
-  double* shift = nullptr;   ///< [kFusedQueryBlock] z_0 per row (NaN until the first visible key)
+  double* shift = nullptr;   ///< [kFusedQueryBlock] z_0 per row (logit_shift)
   row_keys* info = nullptr;  ///< [kFusedQueryBlock]
 };
 
@@ -148,6 +151,20 @@ inline void dot_pair(const T* a0, const T* b0, const T* a1, const T* b1, index_t
     r0 += a0[c] * b0[c];
     r1 += a1[c] * b1[c];
   }
+}
+
+/// The shift z_0 of dL/dm = sum_j (z_j - z_0) dy_j for a row with multiplier m, log-sum-exp
+/// lse and policy n: (lse - log n) / m, the log-mean-exp of m z over m, which lies between the
+/// row's mean and largest logit (m > 0; smallest and mean for m < 0) when n is the visible
+/// count; 0 when m = 0 or when lse's rounding (eps (|lse| + log n) / |m|) would exceed one
+/// unit of logit.
+template <class T>  // float or double: lse's type
+inline double logit_shift(T m, T lse, index_t n) {
+  const double md = static_cast<double>(m), ld = static_cast<double>(lse);
+  const double log_n = std::log(static_cast<double>(std::max<index_t>(1, n)));
+  const double eps = std::numeric_limits<T>::epsilon();
+  if (md == 0.0 || eps * (std::abs(ld) + log_n) > std::abs(md)) return 0.0;
+  return (ld - log_n) / md;
 }
 
 /// Adds one row's dL/dm to the outputs.
@@ -345,7 +362,7 @@ void setup_backward_rows(const attention_backward_problem<T, Policy>& p,
     std::fill(sc.dop + r * dp + d, sc.dop + (r + 1) * dp, T(0));
     rw.D[r] = static_cast<T>(D);
     sc.dm[r] = 0.0;
-    sc.shift[r] = std::numeric_limits<double>::quiet_NaN();
+    sc.shift[r] = logit_shift<T>(rw.m[r], rw.lse[r], sc.info[r].n);
   }
   std::fill(sc.dq, sc.dq + rows * dp, T(0));
 }
@@ -371,8 +388,8 @@ double backward_row_block(T* sr, T* dr, index_t nk, T m, T lse, T D, T flush, T 
 }
 
 /// Fused backward, step 2, every row of the key block [kb, kb + nk): masks each row's
-/// scores (sc.s) and dP (sc.ds), records the row's first visible logit as its shift, and
-/// runs backward_row_block; rows that see no key of the block get zeros.
+/// scores (sc.s) and dP (sc.ds) and runs backward_row_block; rows that see no key of the block get
+/// zeros.
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
 void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T>& rw, index_t rows,
                             index_t kb, index_t nk, index_t lds, const T* k0, index_t kstride,
@@ -396,12 +413,6 @@ void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T
       std::fill(dr, dr + nk, T(0));
       continue;
     }
-    if (std::isnan(sc.shift[r]))
-      for (index_t j = 0; j < nk; ++j)
-        if (sr[j] != ninf) {
-          sc.shift[r] = static_cast<double>(sr[j]);
-          break;
-        }
     sc.dm[r] += backward_row_block<Arch>(sr, dr, nk, rw.m[r], rw.lse[r], rw.D[r], rw.flush[r],
                                          static_cast<T>(sc.shift[r]));
   }
