@@ -183,7 +183,7 @@ void check_local_forward(const char* fn, const tensor_view<const T>& q,
                          T* lse) {
   attention_options<Policy> local = options;
   local.mask.key_lengths = nullptr;  // global lengths: checked against N after the agreement
-  ssmax::detail::check_attention(fn, q, k, v, out, local, attention_extras<T>{lse, nullptr});
+  ssmax::detail::check_attention<T>(fn, q, k, v, out, local, lse, nullptr);
   require(k.seq == q.seq, fn, "k", "must have q's rows (the same tokens: self-attention)");
   check_ring_mask(fn, options.mask, q.batch);
 }
