@@ -151,7 +151,9 @@ def attention(q, k, v, *, policy=None, causal=False, window=None, key_lengths=No
 
     q: [B, n_q, H, d]; k, v: [B, n_k, H_kv, d] with H_kv dividing H (GQA / MQA); float32
     or float64, all the same dtype. Returns out [B, n_q, H, d] (and, with return_lse, the
-    per-row log-sum-exp of the scaled logits [B, H, n_q], -inf for rows that see no key).
+    per-row log-sum-exp of the scaled logits [B, H, n_q], -inf for rows that see no key;
+    not differentiable: a loss that depends on it raises in backward). Not twice
+    differentiable. B, n_q or H = 0 give empty results; n_k = 0 zeros (lse -inf).
 
     policy: Softmax() (default), SSMax(s, b, fixed_length), QwenLogN, Llama4Temperature,
         Mistral (ssmax_torch.policies).
