@@ -1,4 +1,10 @@
-"""The package's one error type."""
+"""The package's one error type, and the checks of scalar arguments that raise it."""
+
+import math
+import numbers
+import operator
+
+import torch
 
 # The library's argument names (what ssmax::argument_error::argument() says) that differ
 # from the Python keyword that carries the value.
@@ -33,3 +39,47 @@ class ArgumentError(ValueError):
 def fail(function, argument, problem):
     """Raises ArgumentError with the library's message format."""
     raise ArgumentError(f"ssmax_torch.{function}: argument '{argument}' {problem}", argument)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def integer(function, argument, value):
+    """value as a Python int: an int or integral 0-d tensor (never a bool, a float or a
+    string), within int64; else ArgumentError naming argument."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_floating_point() \
+                or value.is_complex():
+            fail(function, argument, f"must be an integer, got a {value.dtype} tensor of shape "
+                 f"{list(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        fail(function, argument, f"must be an integer, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
+    if not _INT64[0] <= value <= _INT64[1]:
+        fail(function, argument, f"must fit in 64 bits, got {value}")
+    return value
+
+
+def real(function, argument, value):
+    """value as a Python float: a real number or 1-element real tensor (not a bool or a
+    string) that a double can hold; else ArgumentError naming argument."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            fail(function, argument, f"must be a number, got a {value.dtype} tensor of shape "
+                 f"{list(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(function, argument, f"must be a number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        fail(function, argument, f"is too large for a double, got {value}")
+
+
+def nonnegative(function, argument, value):
+    """real(), and also finite and >= 0 (SSMax's s and b where they are given as numbers)."""
+    value = real(function, argument, value)
+    if not (math.isfinite(value) and value >= 0):
+        fail(function, argument, f"must be finite and >= 0, got {value}")
+    return value

@@ -8,7 +8,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .errors import fail
+from .errors import fail, integer, nonnegative
 from .functional import attention
 from .policies import SSMax, Softmax
 
@@ -29,13 +29,22 @@ class ScalableSoftmaxAttention(torch.nn.Module):
                  policy="ssmax", bias=False, causal=True, window=None, scale=None,
                  device=None, dtype=None):
         super().__init__()
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        name = "ScalableSoftmaxAttention"
+        embed_dim = integer(name, "embed_dim", embed_dim)
+        num_heads = integer(name, "num_heads", num_heads)
+        num_kv_heads = num_heads if num_kv_heads is None else integer(name, "num_kv_heads",
+                                                                      num_kv_heads)
+        if embed_dim < 1:
+            fail(name, "embed_dim", f"must be >= 1, got {embed_dim}")
         if num_heads < 1 or embed_dim % num_heads:
             fail("ScalableSoftmaxAttention", "num_heads", f"must divide embed_dim ({embed_dim})")
         if num_kv_heads < 1 or num_heads % num_kv_heads:
             fail("ScalableSoftmaxAttention", "num_kv_heads", f"must divide num_heads ({num_heads})")
         if policy not in ("ssmax", "softmax"):
             fail("ScalableSoftmaxAttention", "policy", f"must be 'ssmax' or 'softmax', got {policy!r}")
+        if policy == "ssmax":
+            s_init = nonnegative(name, "s_init", s_init)
+            b_init = None if b_init is None else nonnegative(name, "b_init", b_init)
         kw = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -60,6 +69,9 @@ class ScalableSoftmaxAttention(torch.nn.Module):
     def forward(self, x, key_lengths=None, attn_mask=None):
         """x [B, S, embed_dim]; key_lengths [B] and attn_mask (bool, True = may attend) as in
         ssmax_torch.attention."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[2] != self.embed_dim:
+            fail("ScalableSoftmaxAttention", "x", f"must be a tensor [B, S, embed_dim="
+                 f"{self.embed_dim}], got {list(x.shape) if isinstance(x, torch.Tensor) else x}")
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
@@ -114,8 +126,10 @@ class SSMaxMultiheadAttention(torch.nn.Module):
         heads = mha.num_heads
         make = torch.nn.Parameter if learnable else (lambda t: t)
         like = {"dtype": mha.out_proj.weight.dtype, "device": mha.out_proj.weight.device}
-        s_t = make(torch.full((heads,), float(s), **like))
-        b_t = None if b is None else make(torch.full((heads,), float(b), **like))
+        s = nonnegative("replace_softmax", "s", s)
+        b = None if b is None else nonnegative("replace_softmax", "b", b)
+        s_t = make(torch.full((heads,), s, **like))
+        b_t = None if b is None else make(torch.full((heads,), b, **like))
         if learnable:
             self.s, self.b = s_t, b_t
         else:
@@ -176,6 +190,8 @@ def replace_softmax(model, s=None, *, n_train=None, b=None, learnable=False):
         if n_train is None or n_train < 2:
             fail("replace_softmax", "s", "must be given, or n_train >= 2 (s = 1/log(n_train))")
         s = 1.0 / math.log(n_train)
+    s = nonnegative("replace_softmax", "s", s)
+    b = None if b is None else nonnegative("replace_softmax", "b", b)
     if isinstance(model, torch.nn.MultiheadAttention):
         return SSMaxMultiheadAttention(model, s, b, learnable)
     for name, child in list(model.named_children()):

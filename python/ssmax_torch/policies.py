@@ -12,7 +12,7 @@ Formulas (natural logarithms):
 
 import torch
 
-from .errors import fail
+from .errors import fail, integer, real
 
 
 class Policy:
@@ -58,6 +58,11 @@ def _per_head(value, heads, name):
     return t.to(torch.float64).contiguous()
 
 
+def _number_or_tensor(value, name):
+    """SSMax's s or b as given: a tensor (checked per call) or a number, as a float."""
+    return value if isinstance(value, torch.Tensor) else real("SSMax", name, value)
+
+
 class SSMax(Policy):
     """Scalable-Softmax: m = s_h log n + b_h, n the row's visible keys (or fixed_length).
 
@@ -69,9 +74,9 @@ class SSMax(Policy):
     kind = 1
 
     def __init__(self, s=0.43, b=None, fixed_length=0):
-        self.s = s
-        self.b = b
-        self.fixed_length = int(fixed_length)
+        self.s = _number_or_tensor(s, "s")
+        self.b = None if b is None else _number_or_tensor(b, "b")
+        self.fixed_length = integer("SSMax", "fixed_length", fixed_length)
 
     def _tensors(self, heads):
         s = _per_head(self.s, heads, "policy.s")
@@ -92,7 +97,7 @@ class QwenLogN(Policy):
     kind = 2
 
     def __init__(self, train_length=8192):
-        self.train_length = int(train_length)
+        self.train_length = integer("QwenLogN", "train_length", train_length)
 
 
 class Llama4Temperature(Policy):
@@ -101,8 +106,8 @@ class Llama4Temperature(Policy):
     kind = 3
 
     def __init__(self, floor_scale=8192, attn_scale=0.1):
-        self.floor_scale = int(floor_scale)
-        self.attn_scale = float(attn_scale)
+        self.floor_scale = integer("Llama4Temperature", "floor_scale", floor_scale)
+        self.attn_scale = real("Llama4Temperature", "attn_scale", attn_scale)
 
 
 class Mistral(Policy):
@@ -111,5 +116,5 @@ class Mistral(Policy):
     kind = 4
 
     def __init__(self, original_length=16384, beta=0.1):
-        self.original_length = int(original_length)
-        self.beta = float(beta)
+        self.original_length = integer("Mistral", "original_length", original_length)
+        self.beta = real("Mistral", "beta", beta)
