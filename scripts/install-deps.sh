@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev libomp-14-dev valgrind  # sanitizers, libFuzzer, TSan + OpenMP, memcheck
   doxygen                            # the API reference (scripts/docs.sh)
   gnuplot-nox                        # the study's plots
+  fortunes                           # English text: the language-model experiment's corpus
 )
 
 missing=()
