@@ -37,9 +37,9 @@ from model import ByteLM, parameter_groups, s_for_switch  # noqa: E402
 
 PRESETS = {
     # steps, batch, fine-tune steps, validation windows, needle trials, layers, dim, heads
-    "default": dict(steps=500, batch=24, ft_steps=60, val_windows=16, needle_trials=16,
+    "default": dict(steps=750, batch=16, ft_steps=90, val_windows=16, needle_trials=16,
                     layers=4, dim=128, heads=4, seeds=3),
-    "long": dict(steps=2000, batch=32, ft_steps=200, val_windows=32, needle_trials=32,
+    "long": dict(steps=3000, batch=32, ft_steps=300, val_windows=32, needle_trials=32,
                  layers=4, dim=128, heads=4, seeds=3),
     "smoke": dict(steps=40, batch=8, ft_steps=8, val_windows=2, needle_trials=2,
                   layers=2, dim=64, heads=4, seeds=1),
@@ -164,7 +164,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/lm", help="output folder (default out/lm)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--long", action="store_true", help="the longer version (~4x steps)")
+    size.add_argument("--long", action="store_true",
+                      help="the longer version (4x the steps at twice the batch)")
     size.add_argument("--smoke", action="store_true", help="the CI smoke size (seconds)")
     p.add_argument("--x16", action="store_true", help="evaluate to 16x the context (not 8x)")
     p.add_argument("--seeds", type=int, help="seeds per variant (default 3; smoke 1)")
@@ -173,7 +174,7 @@ def parse_args(argv):
     p.add_argument("--ctx", type=int, default=128, help="training context (default 128)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--s-init", type=float, default=0.43, help="initial s of the ssmax variants")
-    p.add_argument("--needle-fraction", type=float, default=0.25,
+    p.add_argument("--needle-fraction", type=float, default=0.5,
                    help="fraction of training windows carrying a needle pair")
     p.add_argument("--corpus-dir", default=corpus.FORTUNE_DIR)
     args = p.parse_args(argv)
@@ -190,10 +191,14 @@ def main(argv=None):
     cfg = parse_args(argv)
     os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
     _, _, info = corpus.load_corpus(cfg.corpus_dir)
-    jobs = [(cfg, kind, seed) for kind in TRAINED for seed in range(cfg.seeds)]
+    jobs = [(cfg, kind, seed) for seed in range(cfg.seeds) for kind in TRAINED]
     log(f"lm: {cfg.preset}: {len(jobs)} training runs ({cfg.steps} steps, batch {cfg.batch}, "
         f"context {cfg.ctx}), {cfg.jobs} at a time; corpus {info['train_bytes']} train / "
         f"{info['validation_bytes']} validation bytes")
+    meta = {k: v for k, v in vars(cfg).items()}
+    meta.update(corpus=info, torch=torch.__version__)
+    with open(os.path.join(cfg.out, "meta.json"), "w") as f:
+        json.dump(meta, f)  # lets report.py report a partial run
     t0, results, cpu = time.time(), [], 0.0
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(cfg.jobs, maxtasksperchild=1) as pool:
@@ -205,8 +210,7 @@ def main(argv=None):
             results.extend(out)
             cpu += out[-1]["cpu_s"]
             log(f"lm: {done}/{len(jobs)} runs done ({time.time() - t0:.0f} s)")
-    meta = {k: v for k, v in vars(cfg).items()}
-    meta.update(corpus=info, wall_s=time.time() - t0, cpu_s=cpu, torch=torch.__version__)
+    meta.update(wall_s=time.time() - t0, cpu_s=cpu)
     import report  # noqa: E402  (after the runs: only the parent writes the report)
     report.write(cfg.out, results, meta)
     log(f"lm: wrote {os.path.join(cfg.out, 'report.md')} ({time.time() - t0:.0f} s)")

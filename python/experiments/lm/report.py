@@ -291,8 +291,13 @@ def main(argv):
     for path in sorted(glob.glob(os.path.join(out, "runs", "*.json"))):
         with open(path) as f:
             results.append(json.load(f))
-    with open(os.path.join(out, "results.json")) as f:
-        meta = json.load(f)["meta"]
+    with open(os.path.join(out, "meta.json")) as f:
+        meta = json.load(f)
+    meta.setdefault("wall_s", float("nan"))
+    # A job's CPU time is on its last record (softmax's job ends with switch_ft).
+    meta.setdefault("cpu_s", sum(r.get("cpu_s", 0.0) for r in results
+                                 if r["variant"] in ("ssmax", "ssmax_b", "switch_ft")))
+    meta["seeds"] = len({r["seed"] for r in results})
     write(out, results, meta)
 
 
