@@ -3,7 +3,7 @@
 Softmax against Scalable-Softmax, trained at a short context and evaluated up to 8x (16x)
 beyond it. Writes runs/*.json, tables, plots and report.md under --out (see report.py).
 
-    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~12 min
+    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~8 min
     /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm --long   # longer training
     ... --x16    evaluates to 16x the training context;  --smoke  the CI smoke size
 
@@ -37,9 +37,9 @@ from model import ByteLM, parameter_groups, s_for_switch  # noqa: E402
 
 PRESETS = {
     # steps, batch, fine-tune steps, validation windows, needle trials, layers, dim, heads
-    "default": dict(steps=750, batch=16, ft_steps=90, val_windows=16, needle_trials=16,
+    "default": dict(steps=400, batch=16, ft_steps=90, val_windows=16, needle_trials=16,
                     layers=4, dim=128, heads=4, seeds=3),
-    "long": dict(steps=3000, batch=32, ft_steps=300, val_windows=32, needle_trials=32,
+    "long": dict(steps=2000, batch=32, ft_steps=300, val_windows=32, needle_trials=32,
                  layers=4, dim=128, heads=4, seeds=3),
     "smoke": dict(steps=40, batch=8, ft_steps=8, val_windows=2, needle_trials=2,
                   layers=2, dim=64, heads=4, seeds=1),
@@ -165,7 +165,7 @@ def parse_args(argv):
     p.add_argument("--out", default="out/lm", help="output folder (default out/lm)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--long", action="store_true",
-                      help="the longer version (4x the steps at twice the batch)")
+                      help="the longer version (5x the steps at twice the batch)")
     size.add_argument("--smoke", action="store_true", help="the CI smoke size (seconds)")
     p.add_argument("--x16", action="store_true", help="evaluate to 16x the context (not 8x)")
     p.add_argument("--seeds", type=int, help="seeds per variant (default 3; smoke 1)")

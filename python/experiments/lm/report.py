@@ -217,6 +217,68 @@ def observations(groups, ctx):
     return "\n".join(lines)
 
 
+def assessment(groups, ctx):
+    """The paragraph: what was measured against what the paper reports, said plainly
+    (generated from the numbers, so it holds for any run size)."""
+    if not {"softmax", "ssmax"} <= set(groups):
+        return "Softmax or SSMax runs are missing: no comparison."
+
+    def final(v):
+        return mean_sd([r["curve"][-1][1] for r in groups[v]])
+
+    def last_bucket(v, rope="plain"):
+        lo, hi = buckets(ctx, len(groups[v][0]["position_loss"][rope]))[-1]
+        return mean_sd([bucket_mean(r["position_loss"][rope], lo, hi) for r in groups[v]])
+
+    def needle(v, n, rope="plain"):
+        return mean_sd([r["needle"][rope][str(n)]["loss"] for r in groups[v]])
+
+    def versus(a, b):
+        """'A against B (lower)': lower or higher only when the gap exceeds the seeds'
+        spread (and 0.005)."""
+        (ma, sa), (mb, sb) = a, b
+        gap = mb - ma
+        rel = ("no clear difference" if abs(gap) <= max(sa, sb, 0.005)
+               else "lower" if gap > 0 else "higher")
+        return f"{ma:.3f} against {mb:.3f} ({rel})"
+
+    lengths = groups["softmax"][0]["lengths"]
+    lo, hi = buckets(ctx, len(groups["softmax"][0]["position_loss"]["plain"]))[-1]
+    parts = ["The paper reports, for SSMax against Softmax, lower training loss, lower loss "
+             "and better needle retrieval past the training length, and part of that gain "
+             "for a Softmax model switched to SSMax after training. Here:",
+             f"final training loss, SSMax with learnable s against Softmax: "
+             f"{versus(final('ssmax'), final('softmax'))}."]
+    if "ssmax_b" in groups:
+        parts.append(f"With s and b: {versus(final('ssmax_b'), final('softmax'))}.")
+    parts.append(f"Validation loss past the training length (positions {lo}-{hi - 1}, RoPE "
+                 f"plain), SSMax against Softmax: "
+                 f"{versus(last_bucket('ssmax'), last_bucket('softmax'))}")
+    if "ssmax_b" in groups:
+        parts[-1] += f"; with s and b: {versus(last_bucket('ssmax_b'), last_bucket('softmax'))}"
+    parts[-1] += "."
+    if "switch" in groups:
+        parts.append(f"The trained Softmax model switched to SSMax (s = 1/log {ctx}), against "
+                     f"the same model with Softmax: "
+                     f"{versus(last_bucket('switch'), last_bucket('softmax'))}")
+        if "switch_ft" in groups:
+            parts[-1] += (f"; after the short fine-tune: "
+                          f"{versus(last_bucket('switch_ft'), last_bucket('softmax'))}")
+        parts[-1] += "."
+    n0, n1 = lengths[0], lengths[-1]
+    recall = needle("softmax", n0)[0] < math.log(26) - 0.5 or needle("ssmax", n0)[0] < math.log(26) - 0.5
+    if recall:
+        parts.append(f"Needle: loss on the recalled letters at L = {n0} is "
+                     f"{needle('softmax', n0)[0]:.2f} (Softmax) and {needle('ssmax', n0)[0]:.2f}"
+                     f" (SSMax); at L = {n1} it is {needle('softmax', n1)[0]:.2f} and "
+                     f"{needle('ssmax', n1)[0]:.2f}.")
+    else:
+        parts.append(f"Needle: no variant learned to recall the needle even within the training "
+                     f"context (loss at L = {n0} near ln 26 = 3.26), so this run's needle test "
+                     "says nothing about retrieval; train longer (--long).")
+    return " ".join(parts)
+
+
 def setup_text(meta):
     c = meta["corpus"]
     d = "16" if meta["eval_mult"] == 16 else "8"
@@ -278,7 +340,8 @@ def write(out, results, meta):
                      needle_table(groups, rope, "accuracy"),
                      f"\n![needle](needle_{rope}.png)\n"]
     sections += ["## Learned s and b\n", s_table(groups), "",
-                 "## Measured comparisons\n", observations(groups, ctx), ""]
+                 "## Measured comparisons\n", observations(groups, ctx), "",
+                 "## What this run shows\n", assessment(groups, ctx), ""]
     if notes:
         sections += ["## Notes\n", "\n".join(f"- {n}" for n in notes), ""]
     with open(os.path.join(out, "report.md"), "w") as f:
