@@ -155,10 +155,15 @@ def plot(out, groups, ctx):
             parts.append(f"'{path}' u 1:2 w lp lc {lt} pt {lt} ps 0.6 t '{LABELS[v]}'")
         return ", ".join(parts)
 
-    common = "set terminal pngcairo size 900,560 font ',10'; set grid; set key top right; "
+    common = ("set terminal pngcairo noenhanced size 900,560 font ',10'; set grid; "
+              "set key top right; ")
+    # Training-loss axis: from the lowest point to the loss a tenth of the way in.
+    curves = [r["curve"] for runs in groups.values() for r in runs if r["curve"]]
+    top = max(c[len(c) // 10][1] for c in curves) + 0.1
+    bottom = min(p[1] for c in curves for p in c) - 0.05
     scripts = {
         "train_loss.png": common + "set xlabel 'step'; set ylabel 'training loss (nats/byte)';"
-        " set title 'Training loss (mean ± sd over seeds)'; set logscale y; plot "
+        f" set title 'Training loss (mean ± sd over seeds)'; set yrange [{bottom:.2f}:{top:.2f}]; plot "
         + series("train", True),
     }
     for rope in ("plain", "scaled"):
@@ -282,6 +287,7 @@ def assessment(groups, ctx):
 def setup_text(meta):
     c = meta["corpus"]
     d = "16" if meta["eval_mult"] == 16 else "8"
+    cores = max(1, min(meta["jobs"], os.cpu_count() or 1))
     return f"""\
 - Corpus: {c['source']}, {c['documents']} fortunes (art files excluded), shuffled with a fixed
   seed; every 20th fortune is validation: {c['train_bytes']} training bytes,
@@ -310,9 +316,9 @@ def setup_text(meta):
   for a seed: one torch thread per run (the library's kernels then run single-threaded),
   torch.manual_seed(seed), seeded batch generator, fixed evaluation windows.
 - Run: preset `{meta['preset']}`, {meta['jobs']} runs at a time, wall time
-  {meta['wall_s'] / 60:.1f} min; the runs' CPU time {meta.get('cpu_s', 0) / 60:.1f} min in all
-  (so about {meta.get('cpu_s', 0) / 60 / meta['jobs']:.1f} min of wall time on {meta['jobs']} idle
-  cores); torch {meta['torch']}."""
+  {meta['wall_s'] / 60:.1f} min (on a machine shared with other work); the runs' CPU time
+  {meta.get('cpu_s', 0) / 60:.1f} min in all, so about {meta.get('cpu_s', 0) / 60 / cores:.1f} min
+  of wall time on {cores} idle cores; torch {meta['torch']}."""
 
 
 def write(out, results, meta):
@@ -354,8 +360,10 @@ def main(argv):
     for path in sorted(glob.glob(os.path.join(out, "runs", "*.json"))):
         with open(path) as f:
             results.append(json.load(f))
-    with open(os.path.join(out, "meta.json")) as f:
+    full = os.path.join(out, "results.json")  # written when the run completed
+    with open(full if os.path.exists(full) else os.path.join(out, "meta.json")) as f:
         meta = json.load(f)
+    meta = meta.get("meta", meta)
     meta.setdefault("wall_s", float("nan"))
     # A job's CPU time is on its last record (softmax's job ends with switch_ft).
     meta.setdefault("cpu_s", sum(r.get("cpu_s", 0.0) for r in results
