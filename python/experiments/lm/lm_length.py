@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""The paper's language-model result, small: byte-level transformers on the `fortunes` text,
+Softmax against Scalable-Softmax, trained at a short context and evaluated up to 8x (16x)
+beyond it. Writes runs/*.json, tables, plots and report.md under --out (see report.py).
+
+    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~8 min
+    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm --long   # longer training
+    ... --x16    evaluates to 16x the training context;  --smoke  the CI smoke size
+
+Variants: softmax; ssmax (learnable s per head); ssmax_b (learnable s and b, b unclamped);
+switch (the trained softmax model with SSMax, s = 1/log(n_train), no training);
+switch_ft (the same, then a short fine-tune with s learnable).
+
+Determinism: each (variant, seed) runs in its own process with one torch thread (so the
+library's kernels run single-threaded too), torch.manual_seed(seed) for the weights and a
+torch.Generator seeded from the seed for the batches; evaluation windows and needles are
+fixed and shared by every run. Runs with the same seed and sizes give identical numbers;
+--jobs only changes how many run at once.
+"""
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import corpus  # noqa: E402
+from model import ByteLM, parameter_groups, s_for_switch  # noqa: E402
+
+PRESETS = {
+    # steps, batch, fine-tune steps, validation windows, needle trials, layers, dim, heads
+    "default": dict(steps=400, batch=16, ft_steps=90, val_windows=16, needle_trials=16,
+                    layers=4, dim=128, heads=4, seeds=3),
+    "long": dict(steps=2000, batch=32, ft_steps=300, val_windows=32, needle_trials=32,
+                 layers=4, dim=128, heads=4, seeds=3),
+    "smoke": dict(steps=40, batch=8, ft_steps=8, val_windows=2, needle_trials=2,
+                  layers=2, dim=64, heads=4, seeds=1),
+}
+TRAINED = ("softmax", "ssmax", "ssmax_b")
+ALL_VARIANTS = ("softmax", "ssmax", "ssmax_b", "switch", "switch_ft")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def lr_at(step, steps, peak):
+    """Linear warm-up over 5% of the steps, then cosine decay to 10% of the peak."""
+    warm = max(1, steps // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(model, data, cfg, seed, steps, tag, offset=0):
+    """AdamW training; returns the loss curve [(step, mean loss over the last log_every)]."""
+    gen = torch.Generator().manual_seed(1000003 * seed + 17 + offset)
+    opt = torch.optim.AdamW(parameter_groups(model, 0.1), lr=cfg.lr, betas=(0.9, 0.95))
+    curve, window, t0 = [], [], time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, cfg.lr)
+        x = corpus.train_batch(data, cfg.batch, cfg.ctx, gen, cfg.needle_fraction)
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        window.append(loss.item())
+        recent = sum(window) / len(window)
+        if len(window) == cfg.log_every or step == steps - 1:
+            curve.append((offset + step + 1, sum(window) / len(window)))
+            window = []
+        if (step + 1) % max(1, steps // 5) == 0 or step == steps - 1:
+            log(f"lm: [{tag}] step {step + 1}/{steps} loss {recent:.3f} "
+                f"({time.time() - t0:.0f} s)")
+    return curve
+
+
+@torch.no_grad()
+def token_losses(model, x, rope, chunk=4):
+    """Per-token cross-entropy [count, length] and argmax hits for windows x [count, L+1]."""
+    losses, hits = [], []
+    for i in range(0, x.shape[0], chunk):
+        part = x[i:i + chunk]
+        logits = model(part[:, :-1], rope=rope)
+        target = part[:, 1:]
+        losses.append(F.cross_entropy(logits.transpose(1, 2), target, reduction="none"))
+        hits.append(logits.argmax(-1) == target)
+    return torch.cat(losses), torch.cat(hits)
+
+
+def evaluate(model, val, cfg):
+    """Validation loss per position (to cfg.eval_mult x ctx) and the needle test, for both
+    RoPE modes; plus the learned s and b."""
+    model.eval()
+    longest = cfg.ctx * cfg.eval_mult
+    lengths = [cfg.ctx * 2 ** i for i in range(int(math.log2(cfg.eval_mult)) + 1)]
+    windows = corpus.validation_windows(val, cfg.val_windows, longest)
+    result = {"lengths": lengths, "position_loss": {}, "needle": {}}
+    for rope in ("plain", "scaled"):
+        per_pos, _ = token_losses(model, windows, rope)
+        result["position_loss"][rope] = per_pos.mean(0).tolist()
+        needle = {}
+        for length in lengths:
+            x, sl = corpus.needle_windows(val, cfg.needle_trials, length, seed=7919 + length)
+            loss, hit = token_losses(model, x, rope)
+            needle[str(length)] = {"loss": loss[:, sl].mean().item(),
+                                   "accuracy": hit[:, sl].float().mean().item()}
+        result["needle"][rope] = needle
+    atts = model.attentions()
+    result["s"] = [a.s.tolist() if a.s is not None else None for a in atts]
+    result["b"] = [a.b.tolist() if a.b is not None else None for a in atts]
+    result["fold_calls"] = sum(a.fold_calls for a in atts)
+    model.train()
+    return result
+
+
+def new_model(cfg, kind):
+    return ByteLM(cfg.layers, cfg.dim, cfg.heads, kind, s_init=cfg.s_init, b_init=0.0,
+                  train_length=cfg.ctx)
+
+
+def run_job(args):
+    """One trained variant and seed (softmax also yields switch and switch_ft)."""
+    cfg, kind, seed = args
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    train_data, val, _ = corpus.load_corpus(cfg.corpus_dir)
+    torch.manual_seed(seed)
+    model = new_model(cfg, kind)
+    t0, cpu0 = time.time(), time.process_time()
+    curve = train(model, train_data, cfg, seed, cfg.steps, f"{kind} seed {seed}")
+    out = [dict(variant=kind, seed=seed, curve=curve, train_s=time.time() - t0,
+                **evaluate(model, val, cfg))]
+    if kind == "softmax":
+        for att in model.attentions():
+            att.set_kind("ssmax", s_for_switch(cfg.ctx), learn_s=False)
+        out.append(dict(variant="switch", seed=seed, curve=[], train_s=0.0,
+                        **evaluate(model, val, cfg)))
+        for att in model.attentions():
+            att.s.requires_grad_(True)
+        t1 = time.time()
+        ft = train(model, train_data, cfg, seed, cfg.ft_steps, f"switch_ft seed {seed}",
+                   offset=cfg.steps)
+        out.append(dict(variant="switch_ft", seed=seed, curve=ft, train_s=time.time() - t1,
+                        **evaluate(model, val, cfg)))
+    for r in out:
+        r["wall_s"], r["cpu_s"] = time.time() - t0, time.process_time() - cpu0
+    return out
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="out/lm", help="output folder (default out/lm)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--long", action="store_true",
+                      help="the longer version (5x the steps at twice the batch)")
+    size.add_argument("--smoke", action="store_true", help="the CI smoke size (seconds)")
+    p.add_argument("--x16", action="store_true", help="evaluate to 16x the context (not 8x)")
+    p.add_argument("--seeds", type=int, help="seeds per variant (default 3; smoke 1)")
+    p.add_argument("--steps", type=int, help="training steps (override the preset)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
+    p.add_argument("--ctx", type=int, default=128, help="training context (default 128)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--s-init", type=float, default=0.43, help="initial s of the ssmax variants")
+    p.add_argument("--needle-fraction", type=float, default=0.5,
+                   help="fraction of training windows carrying a needle pair")
+    p.add_argument("--corpus-dir", default=corpus.FORTUNE_DIR)
+    args = p.parse_args(argv)
+    preset = "long" if args.long else "smoke" if args.smoke else "default"
+    for key, value in PRESETS[preset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.preset, args.eval_mult = preset, 16 if args.x16 else 8
+    args.log_every = 5 if args.smoke else 10
+    return args
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
+    _, _, info = corpus.load_corpus(cfg.corpus_dir)
+    jobs = [(cfg, kind, seed) for seed in range(cfg.seeds) for kind in TRAINED]
+    log(f"lm: {cfg.preset}: {len(jobs)} training runs ({cfg.steps} steps, batch {cfg.batch}, "
+        f"context {cfg.ctx}), {cfg.jobs} at a time; corpus {info['train_bytes']} train / "
+        f"{info['validation_bytes']} validation bytes")
+    meta = {k: v for k, v in vars(cfg).items()}
+    meta.update(corpus=info, torch=torch.__version__)
+    with open(os.path.join(cfg.out, "meta.json"), "w") as f:
+        json.dump(meta, f)  # lets report.py report a partial run
+    t0, results, cpu = time.time(), [], 0.0
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(cfg.jobs, maxtasksperchild=1) as pool:
+        for done, out in enumerate(pool.imap_unordered(run_job, jobs), 1):
+            for r in out:
+                name = os.path.join(cfg.out, "runs", f"{r['variant']}-seed{r['seed']}.json")
+                with open(name, "w") as f:
+                    json.dump(r, f)
+            results.extend(out)
+            cpu += out[-1]["cpu_s"]
+            log(f"lm: {done}/{len(jobs)} runs done ({time.time() - t0:.0f} s)")
+    meta.update(wall_s=time.time() - t0, cpu_s=cpu)
+    import report  # noqa: E402  (after the runs: only the parent writes the report)
+    report.write(cfg.out, results, meta)
+    log(f"lm: wrote {os.path.join(cfg.out, 'report.md')} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""Tables, gnuplot plots and report.md from lm_length.py's runs (mean and spread over seeds).
+
+    /usr/bin/python3 python/experiments/lm/report.py out/lm    # re-make from out/lm/runs/*.json
+"""
+
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+VARIANTS = ("softmax", "ssmax", "ssmax_b", "switch", "switch_ft")
+LABELS = {
+    "softmax": "Softmax",
+    "ssmax": "SSMax, learnable s",
+    "ssmax_b": "SSMax, learnable s and b",
+    "switch": "Softmax -> SSMax (s = 1/log n_train), no training",
+    "switch_ft": "Softmax -> SSMax, short fine-tune",
+}
+
+
+def mean_sd(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt(values, digits=3):
+    m, sd = mean_sd(values)
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(m) else "n/a"
+
+
+def by_variant(results):
+    groups = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        groups.setdefault(r["variant"], []).append(r)
+    return {v: groups[v] for v in VARIANTS if v in groups}
+
+
+def buckets(ctx, longest):
+    """Position ranges [lo, hi): the training context, then each doubling."""
+    edges, hi = [(0, ctx)], ctx
+    while hi < longest:
+        edges.append((hi, 2 * hi))
+        hi *= 2
+    return edges
+
+
+def bucket_mean(curve, lo, hi):
+    part = curve[lo:hi]
+    return sum(part) / len(part)
+
+
+def training_table(groups, steps):
+    """Training loss at a quarter, half and the end (mean of the logged points there)."""
+    marks = [max(1, steps // 4), max(1, steps // 2), steps]
+    lines = ["| variant | " + " | ".join(f"loss @ step {m}" for m in marks) + " |",
+             "|---|" + "---|" * len(marks)]
+    for v, runs in groups.items():
+        if not runs[0]["curve"] or v == "switch_ft":
+            continue
+        cells = []
+        for m in marks:
+            vals = [min(r["curve"], key=lambda p: abs(p[0] - m))[1] for r in runs]
+            cells.append(fmt(vals))
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def position_table(groups, ctx, rope):
+    longest = len(next(iter(groups.values()))[0]["position_loss"][rope])
+    edges = buckets(ctx, longest)
+    head = " | ".join(f"{lo}-{hi - 1}" for lo, hi in edges)
+    lines = [f"| variant | {head} |", "|---|" + "---|" * len(edges)]
+    for v, runs in groups.items():
+        cells = [fmt([bucket_mean(r["position_loss"][rope], lo, hi) for r in runs])
+                 for lo, hi in edges]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def needle_table(groups, rope, key):
+    lengths = next(iter(groups.values()))[0]["lengths"]
+    lines = ["| variant | " + " | ".join(f"L = {n}" for n in lengths) + " |",
+             "|---|" + "---|" * len(lengths)]
+    for v, runs in groups.items():
+        cells = [fmt([r["needle"][rope][str(n)][key] for r in runs], 2) for n in lengths]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def s_table(groups):
+    lines = ["| variant | layer | s (mean ± sd over heads and seeds) | s range | b (mean ± sd) "
+             "| b range |", "|---|---|---|---|---|---|"]
+    for v, runs in groups.items():
+        if runs[0]["s"][0] is None:
+            continue
+        for layer in range(len(runs[0]["s"])):
+            s = [x for r in runs for x in r["s"][layer]]
+            b = [x for r in runs for x in (r["b"][layer] or [])]
+            b_cells = (f"{fmt(b)} | {min(b):.3f} .. {max(b):.3f}" if b else "- | -")
+            lines.append(f"| {LABELS[v]} | {layer} | {fmt(s)} | {min(s):.3f} .. {max(s):.3f} "
+                         f"| {b_cells} |")
+    return "\n".join(lines)
+
+
+def write_data(out, groups, ctx):
+    """Plot data files: one per figure, one column block per variant (mean, sd)."""
+    data = os.path.join(out, "data")
+    os.makedirs(data, exist_ok=True)
+    for v, runs in groups.items():
+        if runs[0]["curve"]:
+            with open(os.path.join(data, f"train_{v}.tsv"), "w") as f:
+                for i, (step, _) in enumerate(runs[0]["curve"]):
+                    m, sd = mean_sd([r["curve"][i][1] for r in runs])
+                    f.write(f"{step}\t{m:.5f}\t{sd:.5f}\n")
+        for rope in ("plain", "scaled"):
+            longest = len(runs[0]["position_loss"][rope])
+            with open(os.path.join(data, f"position_{rope}_{v}.tsv"), "w") as f:
+                width = max(1, ctx // 8)
+                for lo in range(0, longest, width):
+                    m, sd = mean_sd([bucket_mean(r["position_loss"][rope], lo, lo + width)
+                                     for r in runs])
+                    f.write(f"{lo + width / 2:.1f}\t{m:.5f}\t{sd:.5f}\n")
+            with open(os.path.join(data, f"needle_{rope}_{v}.tsv"), "w") as f:
+                for n in runs[0]["lengths"]:
+                    m, sd = mean_sd([r["needle"][rope][str(n)]["loss"] for r in runs])
+                    f.write(f"{n}\t{m:.5f}\t{sd:.5f}\n")
+    return data
+
+
+def plot(out, groups, ctx):
+    """PNG plots with gnuplot (skipped, with a note, when gnuplot is missing)."""
+    if shutil.which("gnuplot") is None:
+        return ["gnuplot not found: no plots (the tables hold the numbers)"]
+    data = write_data(out, groups, ctx)
+    styles = {"softmax": 1, "ssmax": 2, "ssmax_b": 3, "switch": 4, "switch_ft": 6}
+
+    def series(prefix, with_band):
+        parts = []
+        for v in groups:
+            path = os.path.join(data, f"{prefix}_{v}.tsv")
+            if not os.path.exists(path):
+                continue
+            lt = styles[v]
+            if with_band:
+                parts.append(f"'{path}' u 1:($2-$3):($2+$3) w filledcurves lc {lt} "
+                             "fs transparent solid 0.2 notitle")
+            parts.append(f"'{path}' u 1:2 w lp lc {lt} pt {lt} ps 0.6 t '{LABELS[v]}'")
+        return ", ".join(parts)
+
+    common = ("set terminal pngcairo noenhanced size 900,560 font ',10'; set grid; "
+              "set key top right; ")
+    # Training-loss axis: from the lowest point to the loss a tenth of the way in.
+    curves = [r["curve"] for runs in groups.values() for r in runs if r["curve"]]
+    top = max(c[len(c) // 10][1] for c in curves) + 0.1
+    bottom = min(p[1] for c in curves for p in c) - 0.05
+    scripts = {
+        "train_loss.png": common + "set xlabel 'step'; set ylabel 'training loss (nats/byte)';"
+        f" set title 'Training loss (mean ± sd over seeds)'; set yrange [{bottom:.2f}:{top:.2f}]; plot "
+        + series("train", True),
+    }
+    for rope in ("plain", "scaled"):
+        scripts[f"position_loss_{rope}.png"] = (
+            common + f"set logscale x 2; set xlabel 'position'; set ylabel 'validation loss "
+            f"(nats/byte)'; set arrow from {ctx},graph 0 to {ctx},graph 1 nohead dt 2; "
+            f"set title 'Validation loss by position, RoPE {rope} (trained at {ctx})'; "
+            "set yrange [*:4]; plot " + series(f"position_{rope}", False))
+        scripts[f"needle_{rope}.png"] = (
+            common + "set logscale x 2; set xlabel 'context length (needle at 5%, recall at "
+            f"the end)'; set ylabel 'loss on recalled needle letters (nats)'; set title "
+            f"'Needle recall, RoPE {rope} (ln 26 = 3.26: no recall)'; "
+            "plot " + series(f"needle_{rope}", True))
+    notes = []
+    for name, script in scripts.items():
+        full = f"set output '{os.path.join(out, name)}'; {script}"
+        run = subprocess.run(["gnuplot", "-e", full], capture_output=True, text=True)
+        if run.returncode != 0:
+            notes.append(f"gnuplot failed for {name}: {run.stderr.strip()[:300]}")
+    return notes
+
+
+def observations(groups, ctx):
+    """A few measured comparisons, stated plainly (the report's paragraph is separate)."""
+    lines = []
+
+    def final(v):
+        return mean_sd([r["curve"][-1][1] for r in groups[v]])[0]
+
+    def pos(v, rope, k):
+        lo, hi = buckets(ctx, len(groups[v][0]["position_loss"][rope]))[k]
+        return mean_sd([bucket_mean(r["position_loss"][rope], lo, hi) for r in groups[v]])[0]
+
+    def needle(v, rope, n):
+        return mean_sd([r["needle"][rope][str(n)]["loss"] for r in groups[v]])[0]
+
+    if "softmax" in groups:
+        for v in ("ssmax", "ssmax_b"):
+            if v in groups:
+                lines.append(f"- Final training loss, {LABELS[v]}: {final(v):.3f} against "
+                             f"Softmax {final('softmax'):.3f}.")
+        longest_k = len(buckets(ctx, len(groups["softmax"][0]["position_loss"]["plain"]))) - 1
+        lengths = groups["softmax"][0]["lengths"]
+        for rope in ("plain", "scaled"):
+            cells = ", ".join(f"{LABELS[v]} {pos(v, rope, longest_k):.3f}" for v in groups)
+            lines.append(f"- Validation loss in the last position bucket (RoPE {rope}): {cells}.")
+            cells = ", ".join(f"{LABELS[v]} {needle(v, rope, lengths[-1]):.2f}" for v in groups)
+            lines.append(f"- Needle loss at L = {lengths[-1]} (RoPE {rope}): {cells}.")
+    for v, runs in groups.items():
+        folds = sum(r["fold_calls"] for r in runs)
+        if folds:
+            lines.append(f"- {LABELS[v]}: a learned b (or s) went negative, which the "
+                         f"library's SSMax policy rejects today (it requires b >= 0); "
+                         f"{folds} attention calls computed m = s log n + b in torch and "
+                         "folded it into q (exact; library Softmax kernel).")
+    return "\n".join(lines)
+
+
+def assessment(groups, ctx):
+    """The paragraph: what was measured against what the paper reports, said plainly
+    (generated from the numbers, so it holds for any run size)."""
+    if not {"softmax", "ssmax"} <= set(groups):
+        return "Softmax or SSMax runs are missing: no comparison."
+
+    def final(v):
+        return mean_sd([r["curve"][-1][1] for r in groups[v]])
+
+    def last_bucket(v, rope="plain"):
+        lo, hi = buckets(ctx, len(groups[v][0]["position_loss"][rope]))[-1]
+        return mean_sd([bucket_mean(r["position_loss"][rope], lo, hi) for r in groups[v]])
+
+    def needle(v, n, rope="plain"):
+        return mean_sd([r["needle"][rope][str(n)]["loss"] for r in groups[v]])
+
+    def versus(a, b):
+        """'A against B (lower)': lower or higher only when the gap exceeds the seeds'
+        spread (and 0.005)."""
+        (ma, sa), (mb, sb) = a, b
+        gap = mb - ma
+        rel = ("no clear difference" if abs(gap) <= max(sa, sb, 0.005)
+               else "lower" if gap > 0 else "higher")
+        return f"{ma:.3f} against {mb:.3f} ({rel})"
+
+    lengths = groups["softmax"][0]["lengths"]
+    lo, hi = buckets(ctx, len(groups["softmax"][0]["position_loss"]["plain"]))[-1]
+    parts = ["The paper reports, for SSMax against Softmax, lower training loss, lower loss "
+             "and better needle retrieval past the training length, and part of that gain "
+             "for a Softmax model switched to SSMax after training. Here:",
+             f"final training loss, SSMax with learnable s against Softmax: "
+             f"{versus(final('ssmax'), final('softmax'))}."]
+    if "ssmax_b" in groups:
+        parts.append(f"With s and b: {versus(final('ssmax_b'), final('softmax'))}.")
+    parts.append(f"Validation loss past the training length (positions {lo}-{hi - 1}, RoPE "
+                 f"plain), SSMax against Softmax: "
+                 f"{versus(last_bucket('ssmax'), last_bucket('softmax'))}")
+    if "ssmax_b" in groups:
+        parts[-1] += f"; with s and b: {versus(last_bucket('ssmax_b'), last_bucket('softmax'))}"
+    parts[-1] += "."
+    if "switch" in groups:
+        parts.append(f"The trained Softmax model switched to SSMax (s = 1/log {ctx}), against "
+                     f"the same model with Softmax: "
+                     f"{versus(last_bucket('switch'), last_bucket('softmax'))}")
+        if "switch_ft" in groups:
+            parts[-1] += (f"; after the short fine-tune: "
+                          f"{versus(last_bucket('switch_ft'), last_bucket('softmax'))}")
+        parts[-1] += "."
+    n0, n1 = lengths[0], lengths[-1]
+    recall = needle("softmax", n0)[0] < math.log(26) - 0.5 or needle("ssmax", n0)[0] < math.log(26) - 0.5
+    if recall:
+        parts.append(f"Needle: loss on the recalled letters at L = {n0} is "
+                     f"{needle('softmax', n0)[0]:.2f} (Softmax) and {needle('ssmax', n0)[0]:.2f}"
+                     f" (SSMax); at L = {n1} it is {needle('softmax', n1)[0]:.2f} and "
+                     f"{needle('ssmax', n1)[0]:.2f}.")
+    else:
+        parts.append(f"Needle: no variant learned to recall the needle even within the training "
+                     f"context (loss at L = {n0} near ln 26 = 3.26), so this run's needle test "
+                     "says nothing about retrieval; train longer (--long).")
+    return " ".join(parts)
+
+
+def setup_text(meta):
+    c = meta["corpus"]
+    d = "16" if meta["eval_mult"] == 16 else "8"
+    cores = max(1, min(meta["jobs"], os.cpu_count() or 1))
+    return f"""\
+- Corpus: {c['source']}, {c['documents']} fortunes (art files excluded), shuffled with a fixed
+  seed; every 20th fortune is validation: {c['train_bytes']} training bytes,
+  {c['validation_bytes']} validation bytes. Tokens are bytes (vocabulary 256).
+- Model: {meta['layers']} layers, {meta['heads']} heads, d_model {meta['dim']}, pre-LN, 4x GELU MLP,
+  tied embeddings, no dropout; RoPE (base 10000) on q and k. Attention is
+  `ssmax_torch.attention` (the library's fused kernels, forward and backward), causal, n = p + 1.
+- Training: context {meta['ctx']}, batch {meta['batch']}, {meta['steps']} steps, AdamW (lr
+  {meta['lr']}, warm-up then cosine, weight decay 0.1 on matrices only, clip 1.0);
+  {int(100 * meta['needle_fraction'])}% of training windows carry a planted needle pair
+  ('#' + 5 random capitals + '#', twice) so that recall is learnable in this budget; the rest
+  is the text as it is. SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
+  learned with the other weights, neither clamped. The switch variants take each trained
+  Softmax model and set s = 1/log({meta['ctx']}) = {1 / math.log(meta['ctx']):.4f} in every head
+  (SSMax = Softmax at n = {meta['ctx']}); switch_ft then trains {meta['ft_steps']} more steps
+  with s learnable.
+- Evaluation, up to {d}x the training context: validation loss per position over
+  {meta['val_windows']} fixed windows of {meta['ctx'] * meta['eval_mult']} bytes; needle test:
+  {meta['needle_trials']} validation windows per length L with a needle at 5% depth and its
+  recall in the last 7 bytes; reported: loss on the 5 recalled letters (ln 26 = 3.26 nats
+  means no recall) and their argmax accuracy. Both RoPE modes: *plain* (rotations continue
+  past the training length) and *scaled* (base multiplied by r^(d/(d-2)), r = L / {meta['ctx']},
+  for forwards longer than the training context, in the spirit of the paper's larger base at
+  evaluation; same weights).
+- {meta['seeds']} seeds per variant; tables give mean ± sample sd over seeds. Deterministic
+  for a seed: one torch thread per run (the library's kernels then run single-threaded),
+  torch.manual_seed(seed), seeded batch generator, fixed evaluation windows.
+- Run: preset `{meta['preset']}`, {meta['jobs']} runs at a time, wall time
+  {meta['wall_s'] / 60:.1f} min (on a machine shared with other work); the runs' CPU time
+  {meta.get('cpu_s', 0) / 60:.1f} min in all, so about {meta.get('cpu_s', 0) / 60 / cores:.1f} min
+  of wall time on {cores} idle cores; torch {meta['torch']}."""
+
+
+def write(out, results, meta):
+    """Writes results.json, report.md and the plots under `out`."""
+    groups = by_variant(results)
+    ctx = meta["ctx"]
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "runs": results}, f)
+    notes = plot(out, groups, ctx)
+    sections = [
+        "# Scalable-Softmax in a small byte-level language model\n",
+        "Produced by `python/experiments/lm/lm_length.py` (see `scripts/lm_experiment.sh`).\n",
+        "## Setup\n", setup_text(meta), "",
+        "## Training loss (nats/byte; mean ± sd over seeds)\n", training_table(groups, meta["steps"]),
+        "\n![training loss](train_loss.png)\n",
+    ]
+    for rope in ("plain", "scaled"):
+        sections += [f"## Validation loss by position, RoPE {rope} (nats/byte)\n",
+                     position_table(groups, ctx, rope),
+                     f"\n![validation loss by position](position_loss_{rope}.png)\n"]
+    for rope in ("plain", "scaled"):
+        sections += [f"## Needle recall, RoPE {rope}: loss on the recalled letters (nats)\n",
+                     needle_table(groups, rope, "loss"),
+                     f"\nArgmax accuracy on the recalled letters:\n",
+                     needle_table(groups, rope, "accuracy"),
+                     f"\n![needle](needle_{rope}.png)\n"]
+    sections += ["## Learned s and b\n", s_table(groups), "",
+                 "## Measured comparisons\n", observations(groups, ctx), "",
+                 "## What this run shows\n", assessment(groups, ctx), ""]
+    if notes:
+        sections += ["## Notes\n", "\n".join(f"- {n}" for n in notes), ""]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(sections) + "\n")
+
+
+def main(argv):
+    out = argv[1] if len(argv) > 1 else "out/lm"
+    results = []
+    for path in sorted(glob.glob(os.path.join(out, "runs", "*.json"))):
+        with open(path) as f:
+            results.append(json.load(f))
+    full = os.path.join(out, "results.json")  # written when the run completed
+    with open(full if os.path.exists(full) else os.path.join(out, "meta.json")) as f:
+        meta = json.load(f)
+    meta = meta.get("meta", meta)
+    meta.setdefault("wall_s", float("nan"))
+    # A job's CPU time is on its last record (softmax's job ends with switch_ft).
+    meta.setdefault("cpu_s", sum(r.get("cpu_s", 0.0) for r in results
+                                 if r["variant"] in ("ssmax", "ssmax_b", "switch_ft")))
+    meta["seeds"] = len({r["seed"] for r in results})
+    write(out, results, meta)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
