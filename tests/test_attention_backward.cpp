@@ -512,6 +512,11 @@ TEST(AttentionBackwardApi, RejectsBadArguments) {
     g.policy = &wrong;
     expect_rejects([&] { attention_backward(Q, K, V, O, G, lse.data(), g); }, "grads.policy");
   }
+  for (float* aliased : {lse.data(), dout.data(), q.data()}) {  // d_multiplier over an input
+    auto g = grads();
+    g.d_multiplier = reinterpret_cast<double*>(aliased);
+    expect_rejects([&] { attention_backward(Q, K, V, O, G, lse.data(), g); }, "grads.d_multiplier");
+  }
   attention_options<ssmax_policy> bad;
   bad.policy = ssmax_policy(-1.0);
   expect_rejects([&] { attention_backward(Q, K, V, O, G, lse.data(), grads(), bad); }, "policy.s");

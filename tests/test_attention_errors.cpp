@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <Eigen/Core>
 #include <ssmax/attention.hpp>
 #include <vector>
 
@@ -161,6 +162,23 @@ TEST(AttentionErrors, Options) {
   expect_bad("options.scale", [](call& c) { c.options.scale = -1.0; });
   expect_bad("options.threads", [](call& c) { c.options.threads = -2; });
   expect_bad("extras.weights", [](call& c) { c.options.path = attention_path::fused; });
+}
+
+// bshd_view of an Eigen matrix whose rows are not contiguous: a one-row block of a
+// column-major matrix (it passes the row-major check) and a row-major Map with an inner
+// stride. Before the inner-stride check both were read as contiguous: a silent wrong
+// answer, and writes through out landed outside the block.
+TEST(AttentionErrors, EigenViewsWithInnerStridesRefused) {
+  Eigen::MatrixXf col_major = Eigen::MatrixXf::Zero(3, 8);
+  auto one_row = col_major.block(0, 0, 1, 8);
+  expect_rejects([&] { bshd_view(one_row, 1, 2); }, "m");
+  std::vector<float> data(64, 0.0f);
+  Eigen::Map<Eigen::Matrix<float, 2, 8, Eigen::RowMajor>, 0, Eigen::Stride<Eigen::Dynamic, 2>>
+      strided(data.data(), Eigen::Stride<Eigen::Dynamic, 2>(16, 2));
+  expect_rejects([&] { bshd_view(strided, 1, 2); }, "m");
+  Eigen::Matrix<float, 2, 8, Eigen::RowMajor> plain =
+      Eigen::Matrix<float, 2, 8, Eigen::RowMajor>::Zero();
+  EXPECT_EQ(bshd_view(plain, 1, 2).dim, 4);
 }
 
 }  // namespace

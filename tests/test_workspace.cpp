@@ -25,8 +25,9 @@ namespace {
 struct hooked_policy {
   std::function<void()>* hook = nullptr;
   bool* fired = nullptr;
+  const attention_workspace* ws = nullptr;  ///< fire only while a call holds it (the kernel)
   double multiplier(const row_position&) const {
-    if (hook != nullptr && !*fired) {
+    if (hook != nullptr && !*fired && ws->in_use()) {
       *fired = true;
       (*hook)();
     }
@@ -99,6 +100,7 @@ TEST(Workspace, SecondCallerThrowsWhileFirstHoldsIt) {
     attention_options<hooked_policy> o;
     o.policy.hook = &hook;
     o.policy.fired = &fired;
+    o.policy.ws = &ws;
     o.path = path;
     o.threads = 1;
     std::vector<float> out_a, expected;
@@ -124,6 +126,36 @@ TEST(Workspace, SecondCallerThrowsWhileFirstHoldsIt) {
     attention(a.qv(), a.kv(), a.vv(), a.out(expected), plain);
     EXPECT_EQ(std::memcmp(out_a.data(), expected.data(), out_a.size() * sizeof(float)), 0)
         << "the first call's result changed";
+  }
+}
+
+// A second call made from inside a multi-threaded kernel (a policy's callback on an
+// OpenMP thread) throws argument_error naming 'workspace', and the first call passes the
+// exception on instead of letting it escape the parallel region (std::terminate).
+TEST(Workspace, ReentrantCallFromAThreadedKernelThrows) {
+  for (const attention_path path : {attention_path::fused, attention_path::materialised}) {
+    const problem a(16, 64, 2, 8, 3);
+    attention_workspace ws;
+    std::vector<float> out_a, out_b;
+    std::function<void()> hook = [&] {
+      attention(a.qv(), a.kv(), a.vv(), a.out(out_b), attention_options<>{}, {}, &ws);
+    };
+    bool fired = false;
+    attention_options<hooked_policy> o;
+    o.policy.hook = &hook;
+    o.policy.fired = &fired;
+    o.policy.ws = &ws;
+    o.path = path;
+    o.threads = 2;
+    std::string error;
+    try {
+      attention(a.qv(), a.kv(), a.vv(), a.out(out_a), o, {}, &ws);
+    } catch (const argument_error& e) {
+      error = e.argument();
+    }
+    EXPECT_TRUE(fired);
+    EXPECT_EQ(error, "workspace");
+    EXPECT_FALSE(ws.in_use()) << "the lease outlived the call";
   }
 }
 

@@ -73,10 +73,18 @@ inline void check_gradient_views(const char* fn, const attention_gradients<T>& g
           !overlaps(outs[a]->data, count, outs[other]->data, last_offset(*outs[other]) + 1), fn,
           names[a], [&] { return std::string("overlaps '") + names[other] + "'"; });
   }
-  if (grads.d_multiplier != nullptr)
+  if (grads.d_multiplier != nullptr) {
     for (int a = 0; a < 3; ++a)
       require(!overlaps(grads.d_multiplier, rows, outs[a]->data, last_offset(*outs[a]) + 1), fn,
               "grads.d_multiplier", "overlaps another gradient output");
+    for (int in = 0; in < 5; ++in)
+      require_lazy(
+          !overlaps(grads.d_multiplier, rows, inputs[in]->data, last_offset(*inputs[in]) + 1), fn,
+          "grads.d_multiplier",
+          [&] { return std::string("overlaps input '") + input_names[in] + "'"; });
+    require(!overlaps(grads.d_multiplier, rows, lse, rows), fn, "grads.d_multiplier",
+            "overlaps input 'lse'");
+  }
   if (grads.policy != nullptr)
     require_lazy(grads.policy->heads() == q.heads, fn, "grads.policy", [&] {
       return "has " + std::to_string(grads.policy->heads()) + " heads, q has " +

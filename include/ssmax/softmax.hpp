@@ -13,7 +13,8 @@
 //   log-sum-exp -inf;
 // - +inf entries share the weight equally, the others get 0 (the limit of softmax);
 // - any NaN in the row makes every output NaN (and the log-sum-exp NaN);
-// - a multiplier of 0 gives equal weights over the entries that are not -inf;
+// - a multiplier of 0 gives equal weights over the entries that are not -inf (in a row
+//   holding +inf the +inf rule wins: 0 * inf has no limit);
 // - each weight is within a few ulp of the exact one, relative to itself (the bound is
 //   stated in kernels/row_softmax.hpp and tested on every architecture); weights that
 //   would be below n * min_normal are flushed to exactly 0, so no output is subnormal;

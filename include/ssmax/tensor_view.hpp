@@ -135,9 +135,12 @@ auto bshd_view(Matrix& m, index_t batch, index_t heads) {
   detail::require(heads >= 1 && m.cols() % heads == 0, "bshd_view", "heads",
                   "must be >= 1 and divide the matrix's columns");
   detail::require(Matrix::IsRowMajor || m.rows() == 1, "bshd_view", "m", "must be row-major");
-  const index_t seq = m.rows() / batch, dim = m.cols() / heads;
-  return tensor_view<T>{m.data(),        batch, seq, heads, dim, seq * m.outerStride(),
-                        m.outerStride(), dim};
+  // Consecutive elements of a row must be adjacent: a strided Map, or a one-row block of a
+  // column-major matrix (which passes the check above), is not.
+  detail::require(m.colStride() == 1, "bshd_view", "m",
+                  "must have contiguous rows (column stride 1)");
+  const index_t seq = m.rows() / batch, dim = m.cols() / heads, row = m.rowStride();
+  return tensor_view<T>{m.data(), batch, seq, heads, dim, seq * row, row, dim};
 }
 
 }  // namespace ssmax

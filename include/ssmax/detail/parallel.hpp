@@ -4,6 +4,8 @@
 // bitwise identical for any thread count.
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 
 #include "../error.hpp"
 
@@ -37,15 +39,30 @@ inline int threads_for(int threads, index_t work) {
 }
 
 /// Runs body(item, thread) for item in [0, count) on `threads` threads (thread in
-/// [0, threads_for(threads, count))), items handed out one at a time in order. body must
-/// not throw.
+/// [0, threads_for(threads, count))), items handed out one at a time in order. An exception
+/// thrown by body (a user policy's multiplier() is called inside the kernels) never
+/// escapes a parallel region, which would terminate the program: the first one is kept,
+/// the items not yet started are skipped, and it is rethrown here once every thread has
+/// stopped (outputs may then be partly written).
 template <class Body>  // callable as body(index item, int thread)
 void parallel_for(index_t count, int threads, Body&& body) {
   threads = threads_for(threads, count);
 #ifdef _OPENMP
   if (threads > 1 && count > 1) {
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (index_t item = 0; item < count; ++item) body(item, omp_get_thread_num());
+    for (index_t item = 0; item < count; ++item) {
+      if (failed.load(std::memory_order_relaxed)) continue;
+      try {
+        body(item, omp_get_thread_num());
+      } catch (...) {
+#pragma omp critical(ssmax_parallel_for_error)
+        if (!error) error = std::current_exception();
+        failed.store(true, std::memory_order_relaxed);
+      }
+    }
+    if (error) std::rethrow_exception(error);
     return;
   }
 #else

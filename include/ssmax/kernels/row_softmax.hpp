@@ -167,7 +167,8 @@ row_state<T> uniform_row(const T* x, T* y, index_t n, bool over_infinite) {
 /// Contract: no overflow for any finite x and m (the max is subtracted before exp);
 /// x_i = -inf has weight 0; a row of only -inf gives zeros and the empty state;
 /// m = 0 gives equal weights over the entries that are not -inf; +inf entries share the
-/// weight equally (state max = +inf); any NaN makes the whole row NaN.
+/// weight equally (state max = +inf), also when m = 0 (0 * inf has no limit: the +inf
+/// rule wins); any NaN makes the whole row NaN.
 /// Error: |y_i - exact_i| <= eps exact_i (exp_ulp + 4 + sum_ulp + 2 E|t| + 2 |t_i|)
 /// + 2 n min_normal, with t_i = m (x_i - max), E|t| = sum_i exact_i |t_i|, exp_ulp = 2
 /// (tests/test_exp.cpp), sum_ulp = kLanesPerBlock + log2(4 W) + 2; the last term covers the
