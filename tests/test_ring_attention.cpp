@@ -367,6 +367,50 @@ void bad_input() {
     });
   }
   if (g_ranks > 1) {
+    // Found by a new-user pass: these differed on one rank without any check, giving a
+    // crash (MPI_ERR_TRUNCATE: float against double), a hang (grads.policy on some ranks:
+    // only they all-reduce ds and db) or silently mixed rows (scale, policy type).
+    expect_same_error("element type differs", "q", [&] {
+      if (!mine) return run(S, H, H_kv, d, out.data(), layout::contiguous);
+      std::vector<double> x(q.size(), 0.5), o(q.size(), 7.0), l(lse.size(), 7.0);
+      attention_options<softmax_policy> opt;
+      opt.mask.causal = true, opt.threads = 1;
+      const auto view = [&](double* at, index_t heads) { return bshd_view(at, B, S, heads, d); };
+      distributed::ring_attention(view(x.data(), H), view(x.data(), H_kv), view(x.data(), H_kv),
+                                  view(o.data(), H), opt, l.data(), distributed::ring_context{});
+    });
+    const auto forward_with = [&](auto opt) {
+      opt.mask.causal = true, opt.threads = 1;
+      distributed::ring_attention(
+          bshd_view(q.data(), B, S, H, d), bshd_view(k.data(), B, S, H_kv, d),
+          bshd_view(v.data(), B, S, H_kv, d), bshd_view(out.data(), B, S, H, d), opt, lse.data(),
+          distributed::ring_context{});
+    };
+    expect_same_error("scale differs", "options.scale", [&] {
+      attention_options<softmax_policy> opt;
+      if (mine) opt.scale = 2.0;
+      forward_with(opt);
+    });
+    expect_same_error("policy type differs", "options.policy", [&] {
+      if (mine) return forward_with(attention_options<ssmax_policy>{});
+      forward_with(attention_options<softmax_policy>{});
+    });
+    expect_same_error("grads.policy on some ranks", "grads.policy", [&] {
+      std::vector<float> dq(q.size()), dk(q.size()), dv(q.size()), dout(q.size(), 0.25f);
+      attention_options<ssmax_policy> opt;
+      opt.mask.causal = true, opt.threads = 1;
+      policy_gradient pg(H);
+      attention_gradients<float> g{
+          bshd_view(dq.data(), B, S, H, d), bshd_view(dk.data(), B, S, H_kv, d),
+          bshd_view(dv.data(), B, S, H_kv, d), nullptr, mine ? nullptr : &pg};
+      distributed::ring_attention_backward(
+          bshd_view(static_cast<const float*>(q.data()), B, S, H, d),
+          bshd_view(static_cast<const float*>(k.data()), B, S, H_kv, d),
+          bshd_view(static_cast<const float*>(v.data()), B, S, H_kv, d),
+          bshd_view(static_cast<const float*>(out.data()), B, S, H, d),
+          bshd_view(static_cast<const float*>(dout.data()), B, S, H, d), lse.data(), g, opt,
+          distributed::ring_context{});
+    });
     // The last rank holds a token too many: the sizes disagree with the layout's split of
     // their sum (the layout gives the extra token to rank 0).
     expect_same_error("slice sizes", "q",

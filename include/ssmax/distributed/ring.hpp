@@ -59,6 +59,10 @@ enum field : int {
   f_n_override,   ///< options.mask.n_override
   f_lengths,      ///< FNV-1a hash of options.mask.key_lengths (0: none)
   f_lengths_max,  ///< largest key length (-1: none)
+  f_element,      ///< sizeof(T): ring messages are sized by it
+  f_policy,       ///< FNV-1a hash of the policy's type name (its values are not compared)
+  f_scale,        ///< options.scale's bits (-1: default 1/sqrt(d))
+  f_policy_grad,  ///< backward: 1 when grads.policy is set (the ranks then all-reduce it)
   f_count
 };
 using record = std::array<std::int64_t, f_count>;
@@ -72,6 +76,16 @@ inline std::int64_t hash_lengths(const index_t* lengths, index_t batch) {
     h *= 1099511628211ull;
   }
   return static_cast<std::int64_t>(h | 1u);  // never 0
+}
+
+/// FNV-1a hash of a string (the policy's type name), never 0.
+inline std::int64_t hash_text(const char* text) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (; *text != '\0'; ++text) {
+    h ^= static_cast<unsigned char>(*text);
+    h *= 1099511628211ull;
+  }
+  return static_cast<std::int64_t>(h | 1u);
 }
 
 /// The problem text of an argument_error thrown by `fn` (what() without its prefix).
@@ -143,6 +157,10 @@ inline index_t check_ring(const std::vector<record>& all, const char* fn,
   require_same(all, f_window, fn, "options.mask.window", "value");
   require_same(all, f_n_override, fn, "options.mask.n_override", "value");
   require_same(all, f_lengths, fn, "options.mask.key_lengths", "hash");
+  require_same(all, f_element, fn, "q", "element size (float against double)");
+  require_same(all, f_policy, fn, "options.policy", "type hash");
+  require_same(all, f_scale, fn, "options.scale", "bits (-1: default)");
+  require_same(all, f_policy_grad, fn, "grads.policy", "presence (1: set)");
   const int ranks = static_cast<int>(all.size());
   index_t total = 0, longest = 0;
   for (const record& r : all) total += r[f_q_seq], longest = std::max<index_t>(longest, r[f_q_seq]);

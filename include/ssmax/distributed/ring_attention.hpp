@@ -28,16 +28,17 @@
 // output by at most 2 e max|v|. So per output element |out_ring - out_one| is within
 // twice attention.hpp's bound plus 2 eps (2 (d + 2) Z + |lse| + n + 64) max|v|.
 //
-// Arguments: every rank calls with the same communicator, batch, heads, d, options (policy
-// values are not compared: pass the same), and the slice layout.hpp assigns it of the N
-// tokens all ranks hold together; q and k have the same rows (self-attention: key i and
-// query i are the same token). Supported masks: none, causal, causal window, key padding
-// (global lengths), n_override; not boolean masks or packed sequences. Every rank checks its
-// own arguments, then all agree (one MPI_Allgather) BEFORE any ring message: a bad argument
-// on any rank throws the same ssmax::argument_error on every rank, naming the rank, and
-// nothing is written.
+// Arguments: every rank calls with the same communicator, batch, heads, d, options (the policy's
+// type is compared, its values are not: pass the same), and the slice layout.hpp assigns it of the
+// N tokens all ranks hold together; q and k have the same rows (self-attention: key i and query i
+// are the same token). Supported masks: none, causal, causal window, key padding (global lengths),
+// n_override; not boolean masks or packed sequences. Every rank checks its own arguments, then all
+// agree (one MPI_Allgather) BEFORE any ring message: a bad argument on any rank throws the same
+// ssmax::argument_error on every rank, naming the rank, and nothing is written.
 
 #include <algorithm>
+#include <cstring>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -76,10 +77,17 @@ inline void check_ring_mask(const char* fn, const attention_mask& m, index_t bat
 }
 
 /// This rank's record for the agreement (ring.hpp).
-template <class T>  // element type
+template <class T, class Policy>  // element type; a length policy
 record make_record(const tensor_view<const T>& q, const tensor_view<const T>& k,
-                   const attention_mask& m, layout kind) {
+                   const attention_options<Policy>& options, layout kind, bool policy_grad) {
+  const attention_mask& m = options.mask;
   record r{};
+  r[f_element] = static_cast<std::int64_t>(sizeof(T));
+  r[f_policy] = hash_text(typeid(Policy).name());
+  std::int64_t scale_bits = -1;
+  if (options.scale) std::memcpy(&scale_bits, &*options.scale, sizeof(scale_bits));
+  r[f_scale] = scale_bits;
+  r[f_policy_grad] = policy_grad ? 1 : 0;
   r[f_ok] = 1;
   r[f_batch] = q.batch, r[f_heads] = q.heads, r[f_kv_heads] = k.heads, r[f_dim] = q.dim;
   r[f_q_seq] = q.seq, r[f_k_seq] = k.seq;
@@ -148,12 +156,14 @@ template <class T, class Policy, class LocalCheck>  // element type; policy; () 
 ring_call<T, Policy> start_call(const char* fn, const tensor_view<const T>& q,
                                 const tensor_view<const T>& k,
                                 const attention_options<Policy>& options, const ring_context& ctx,
-                                index_t bytes_per_token, LocalCheck&& local_check) {
+                                index_t bytes_per_token, bool policy_grad,
+                                LocalCheck&& local_check) {
   ring_call<T, Policy> c;
   c.fn = fn;
   MPI_Comm_rank(ctx.comm, &c.rank);
   MPI_Comm_size(ctx.comm, &c.ranks);
-  const auto all = agree(fn, ctx.comm, make_record(q, k, options.mask, ctx.kind), local_check);
+  const auto all =
+      agree(fn, ctx.comm, make_record(q, k, options, ctx.kind, policy_grad), local_check);
   c.total = check_ring(all, fn, bytes_per_token);
   c.options = options;
   c.options.mask.query_offset = -1;
@@ -366,9 +376,9 @@ void ring_attention(ssmax::detail::identity_t<tensor_view<const T>> q,
                     attention_workspace* workspace = nullptr) {
   const char* fn = "distributed::ring_attention";
   detail::call_clock clock(ctx);
-  const auto c = detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), [&] {
-    detail::check_local_forward(fn, q, k, v, out, options, lse);
-  });
+  const auto c =
+      detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), false,
+                         [&] { detail::check_local_forward(fn, q, k, v, out, options, lse); });
   attention_workspace local_ws;
   attention_workspace& ws = workspace != nullptr ? *workspace : local_ws;
   detail::running_result<T> result(q);
@@ -478,9 +488,9 @@ void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
   const char* fn = "distributed::ring_attention_backward";
   detail::call_clock clock(ctx);
   ring_stats& stats = clock.stats();
-  const auto c = detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), [&] {
-    detail::check_local_backward(fn, q, k, v, out, dout, lse, grads, options);
-  });
+  const auto c = detail::start_call(
+      fn, q, k, options, ctx, detail::bytes_per_token(q, k), grads.policy != nullptr,
+      [&] { detail::check_local_backward(fn, q, k, v, out, dout, lse, grads, options); });
   const index_t S = q.seq, H = q.heads, d = q.dim, B = q.batch, bytes = sizeof(T);
   attention_workspace local_ws;
   attention_workspace& ws = workspace != nullptr ? *workspace : local_ws;
