@@ -1,0 +1,279 @@
+#pragma once
+// Conversions between the storage types and their compute types (storage.hpp): 16-bit
+// values widened to float (exact), floats narrowed to 16 bits (rounded to nearest, ties to
+// even), one value at a time or a whole vector of simd<Arch, float> in registers.
+//
+// Contract, scalar and vector alike (tests/test_storage.cpp checks every 16-bit pattern
+// against an independent formula, and vector against scalar on every architecture):
+// - widening is exact: bfloat16 is the top half of a float, bit for bit (a NaN keeps its
+//   bits); half denormals are exact floats, +-inf stay +-inf, a half NaN stays NaN, made
+//   quiet (as F16C does), its payload kept;
+// - narrowing rounds to nearest, ties to even, also into half's denormals; values past
+//   the largest finite (by half an ULP or more) give +-inf; NaN gives a quiet NaN (sign
+//   and top payload bits kept, as the CPUs' conversion instructions do).
+// float and double convert to themselves (no instruction at all).
+//
+// Vector paths, chosen at compile time from the Arch tag and the compiler's target macros:
+//   half:     AVX-512F _mm512_cvtph_ps / _mm512_cvtps_ph, F16C _mm256_cvtph_ps /
+//             _mm256_cvtps_ph (AVX, AVX2) and _mm_cvtph_ps / _mm_cvtps_ph (SSE);
+//   bfloat16: a zero-extend and shift to load (AVX-512F, AVX2, SSE2), rounding bit
+//             operations to store (AVX-512F, AVX2). AVX512-BF16's _mm512_cvtneps_pbh is
+//             not used: it flushes float denormals to zero (measured on Zen 5: 0x007fffff
+//             gives 0x0000, not 0x0080), which breaks round-to-nearest; the store runs once
+//             per output element, so the bit operations cost nothing measurable;
+//   other architectures (NEON, scalar_arch, SSE without F16C): the scalar conversion, lane
+//   by lane.
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../detail/simd.hpp"
+#include "../storage.hpp"
+
+namespace ssmax::kernels {
+
+/// The raw bits of a 16-bit value.
+template <class S>  // Eigen::bfloat16 or Eigen::half
+inline std::uint16_t bits_of(S x) {
+  static_assert(is_16bit_v<S>, "bits_of takes a 16-bit storage type");
+  std::uint16_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+/// The 16-bit value with the given bits.
+template <class S>  // Eigen::bfloat16 or Eigen::half
+inline S from_bits(std::uint16_t b) {
+  static_assert(is_16bit_v<S>, "from_bits makes a 16-bit storage type");
+  S x;
+  std::memcpy(static_cast<void*>(&x), &b, sizeof b);
+  return x;
+}
+
+namespace detail {
+
+inline std::uint32_t float_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+inline float bits_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/// bfloat16 bits to float: the top half, bit for bit (a NaN keeps its bits).
+inline float bf16_to_float(std::uint16_t b) {
+  return bits_float(static_cast<std::uint32_t>(b) << 16);
+}
+
+/// float to bfloat16 bits, round to nearest even; NaN: quiet, top payload bits kept.
+inline std::uint16_t float_to_bf16(float f) {
+  const std::uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/// half bits to float, exact (denormals included; NaN made quiet).
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0x1f) return bits_float(sign | 0x7f800000u | (m << 13) | (m != 0 ? 0x00400000u : 0u));
+  if (e == 0) {  // zero or denormal: m * 2^-24, exact in float
+    const float mag = static_cast<float>(m) * 5.9604644775390625e-8f;
+    return sign != 0 ? -mag : mag;
+  }
+  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+/// float to half bits, round to nearest even (denormals included); NaN: quiet, top
+/// payload bits kept; |f| >= 65520 (the largest half plus half an ULP) gives inf.
+inline std::uint16_t float_to_half(float f) {
+  const std::uint32_t u = float_bits(f), a = u & 0x7fffffffu;
+  const auto sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+  if (a > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);
+  std::uint32_t q = 0, rem = 0, half = 0;
+  if (a >= 0x38800000u) {  // normal half: rebias the exponent, keep 10 mantissa bits
+    q = (a >> 13) - (112u << 10), rem = a & 0x1fffu, half = 0x1000u;
+  } else {  // denormal half (or 0): the significand shifted to units of 2^-24
+    const std::uint32_t e = a >> 23;
+    if (e < 102) return sign;  // below 2^-25: rounds to 0
+    const std::uint32_t mant = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
+    q = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  }
+  if (rem > half || (rem == half && (q & 1u) != 0)) ++q;  // ties to even; carries are right
+  return static_cast<std::uint16_t>(sign | q);
+}
+
+}  // namespace detail
+
+/// A storage value in its compute type (exact).
+inline float to_compute(float x) { return x; }
+inline double to_compute(double x) { return x; }
+inline float to_compute(Eigen::bfloat16 x) { return detail::bf16_to_float(bits_of(x)); }
+inline float to_compute(Eigen::half x) { return detail::half_to_float(bits_of(x)); }
+
+/// A compute value stored as S, rounded to nearest even for the 16-bit types.
+template <class S>  // a storage type (storage.hpp)
+inline S from_compute(compute_t<S> x) {
+  if constexpr (std::is_same<S, Eigen::bfloat16>::value)
+    return from_bits<S>(detail::float_to_bf16(x));
+  else if constexpr (std::is_same<S, Eigen::half>::value)
+    return from_bits<S>(detail::float_to_half(x));
+  else
+    return x;
+}
+
+namespace detail {
+
+template <class Arch, class S>
+using compute_vec = typename ssmax::detail::simd<Arch, compute_t<S>>::vec;
+
+/// The 16-bit vector load in registers where the architecture has one; `done` false
+/// (and the result unspecified) where it has none.
+template <class Arch, class S>  // xsimd architecture tag; a 16-bit storage type
+inline compute_vec<Arch, S> load_16bit(const S* p, bool& done) {
+  done = true;
+  using V = compute_vec<Arch, S>;
+  constexpr bool bf16 = std::is_same<S, Eigen::bfloat16>::value;
+  [[maybe_unused]] const void* raw = p;
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(raw));
+    if constexpr (bf16)
+      return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    else
+      return V(_mm512_cvtph_ps(h));
+  }
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value &&
+                !std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(raw));
+#if XSIMD_WITH_AVX2
+    if constexpr (bf16 && std::is_base_of<xsimd::avx2, Arch>::value)
+      return V(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+#endif
+#if defined(__F16C__)
+    if constexpr (!bf16) return V(_mm256_cvtph_ps(h));
+#endif
+  }
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value &&
+                !std::is_base_of<xsimd::avx, Arch>::value) {
+    const __m128i h = _mm_loadl_epi64(static_cast<const __m128i*>(raw));
+    if constexpr (bf16) return V(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+#if defined(__F16C__)
+    if constexpr (!bf16) return V(_mm_cvtph_ps(h));
+#endif
+  }
+#endif
+  done = false;
+  return V();
+}
+
+/// The 16-bit vector store in registers where the architecture has one (see load_16bit).
+template <class Arch, class S>  // xsimd architecture tag; a 16-bit storage type
+inline bool store_16bit(S* p, const compute_vec<Arch, S>& v) {
+  constexpr bool bf16 = std::is_same<S, Eigen::bfloat16>::value;
+  [[maybe_unused]] void* raw = p;
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m512 f = v;
+    if constexpr (bf16) {
+      const __m512i u = _mm512_castps_si512(f);
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      const __m512i rounded = _mm512_srli_epi32(
+          _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
+      const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+      const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+      _mm256_storeu_si256(static_cast<__m256i*>(raw),
+                          _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet)));
+    } else {
+      _mm256_storeu_si256(static_cast<__m256i*>(raw),
+                          _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return true;
+  }
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value &&
+                !std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m256 f = v;
+#if XSIMD_WITH_AVX2
+    if constexpr (bf16 && std::is_base_of<xsimd::avx2, Arch>::value) {
+      const __m256i u = _mm256_castps_si256(f);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      const __m256i rounded = _mm256_srli_epi32(
+          _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+      const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+      const __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);  // lanes < 2^16: packs exactly
+      _mm_storeu_si128(static_cast<__m128i*>(raw),
+                       _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+      return true;
+    }
+#endif
+#if defined(__F16C__)
+    if constexpr (!bf16) {
+      _mm_storeu_si128(static_cast<__m128i*>(raw), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT));
+      return true;
+    }
+#endif
+  }
+#endif
+#if XSIMD_WITH_SSE2 && defined(__F16C__)
+  if constexpr (!bf16 && std::is_base_of<xsimd::sse2, Arch>::value &&
+                !std::is_base_of<xsimd::avx, Arch>::value) {
+    _mm_storel_epi64(static_cast<__m128i*>(raw), _mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    return true;
+  }
+#endif
+  (void)v;
+  return false;
+}
+
+}  // namespace detail
+
+/// W = simd<Arch, compute_t<S>>::width storage values from p[0, W) as one compute vector
+/// (exact; see the top of this header).
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class S>     // a storage type (storage.hpp)
+inline detail::compute_vec<Arch, S> load_compute(const S* p) {
+  using Simd = ssmax::detail::simd<Arch, compute_t<S>>;
+  if constexpr (!is_16bit_v<S>) {
+    return Simd::load(p);
+  } else if constexpr (std::is_same<Arch, scalar_arch>::value) {
+    return to_compute(*p);
+  } else {
+    bool done = false;
+    const auto v = detail::load_16bit<Arch>(p, done);
+    if (done) return v;
+    float lanes[Simd::width];
+    for (index_t i = 0; i < Simd::width; ++i) lanes[i] = to_compute(p[i]);
+    return Simd::load(lanes);
+  }
+}
+
+/// Stores a compute vector to p[0, W) as S, rounded to nearest even for 16 bits.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class S>     // a storage type (storage.hpp)
+inline void store_storage(S* p, const detail::compute_vec<Arch, S>& v) {
+  using Simd = ssmax::detail::simd<Arch, compute_t<S>>;
+  if constexpr (!is_16bit_v<S>) {
+    Simd::store(p, v);
+  } else if constexpr (std::is_same<Arch, scalar_arch>::value) {
+    *p = from_compute<S>(v);
+  } else {
+    if (detail::store_16bit<Arch>(p, v)) return;
+    float lanes[Simd::width];
+    Simd::store(lanes, v);
+    for (index_t i = 0; i < Simd::width; ++i) p[i] = from_compute<S>(lanes[i]);
+  }
+}
+
+}  // namespace ssmax::kernels

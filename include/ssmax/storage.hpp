@@ -1,0 +1,118 @@
+#pragma once
+// Element types: how tensors are stored, and the type the kernels compute in for each.
+//
+//   storage type       compute type   notes
+//   float              float
+//   double             double         an all-double call stays all-double
+//   Eigen::bfloat16    float          the top 16 bits of a float (8-bit exponent)
+//   Eigen::half        float          IEEE binary16 (5-bit exponent, denormals)
+//
+// This is the one place that says "16-bit computes in float": every kernel takes its
+// compute type from compute_t<S>. The two 16-bit types are Eigen 3.4's (users already have
+// them); a buffer of raw uint16_t bits is viewed as them with as_bfloat16 / as_half.
+//
+// One attention call reads q, k and v and writes out. The supported combinations
+// (attention_storage below):
+//   q and out in {float, bfloat16, half}, k and v in {float, bfloat16, half} with k and v
+//   the same type: compute in float;
+//   q, k, v and out all double: compute in double.
+// 16-bit values are exact inputs (widened exactly to float); only the final store to a
+// 16-bit out rounds (to nearest, ties to even: kernels/convert.hpp).
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <type_traits>
+
+namespace ssmax {
+
+/// What the library knows about a storage type; `known` is false for anything else.
+template <class S>  // a candidate element type (cv-unqualified)
+struct storage_traits {
+  static constexpr bool known = false;
+};
+template <>
+struct storage_traits<float> {
+  static constexpr bool known = true;
+  using compute = float;  ///< the type kernels compute in
+  static constexpr const char* name = "float";
+};
+template <>
+struct storage_traits<double> {
+  static constexpr bool known = true;
+  using compute = double;
+  static constexpr const char* name = "double";
+};
+template <>
+struct storage_traits<Eigen::bfloat16> {
+  static constexpr bool known = true;
+  using compute = float;
+  static constexpr const char* name = "bfloat16";
+};
+template <>
+struct storage_traits<Eigen::half> {
+  static constexpr bool known = true;
+  using compute = float;
+  static constexpr const char* name = "half";
+};
+
+/// True for the element types the library stores (float, double, bfloat16, half), const
+/// or not.
+template <class S>  // any type
+inline constexpr bool is_storage_type_v = storage_traits<std::remove_const_t<S>>::known;
+
+/// True for the two 16-bit storage types (const or not).
+template <class S>  // any type
+inline constexpr bool is_16bit_v = std::is_same<std::remove_const_t<S>, Eigen::bfloat16>::value ||
+                                   std::is_same<std::remove_const_t<S>, Eigen::half>::value;
+
+/// The compute type of a storage type (const ignored): float for float and both 16-bit
+/// types, double for double.
+template <class S>  // a storage type (is_storage_type_v)
+using compute_t = typename storage_traits<std::remove_const_t<S>>::compute;
+
+/// Whether one attention call may read q (Q), k (K) and v (V) and write out (O): see the
+/// table at the top. `compute` is the type of the call's arithmetic and of its lse and
+/// weights outputs (float for every 16-bit call), or void when unsupported. Each of the
+/// `*_ok` flags names the argument at fault first, for the static_assert that reports it.
+template <class Q,  // element type of q (const or not)
+          class K,  // element type of k
+          class V,  // element type of v
+          class O>  // element type of out (must not be const)
+struct attention_storage {
+  using q_type = std::remove_const_t<Q>;
+  using k_type = std::remove_const_t<K>;
+  using v_type = std::remove_const_t<V>;
+  static constexpr bool all_double =
+      std::is_same<q_type, double>::value && std::is_same<k_type, double>::value &&
+      std::is_same<v_type, double>::value && std::is_same<O, double>::value;
+  static constexpr bool q_ok =
+      is_storage_type_v<Q> && (all_double || !std::is_same<q_type, double>::value);
+  static constexpr bool k_ok =
+      is_storage_type_v<K> && (all_double || !std::is_same<k_type, double>::value);
+  static constexpr bool v_ok = std::is_same<k_type, v_type>::value;
+  static constexpr bool out_ok = !std::is_const<O>::value && is_storage_type_v<O> &&
+                                 (all_double || !std::is_same<O, double>::value);
+  static constexpr bool supported = q_ok && k_ok && v_ok && out_ok;
+  using compute =
+      std::conditional_t<!supported, void, std::conditional_t<all_double, double, float>>;
+};
+
+/// Raw 16-bit buffers (bits as another framework stores them) viewed as the library's
+/// 16-bit types, without a copy: both are standard-layout structs of one uint16_t.
+inline const Eigen::bfloat16* as_bfloat16(const std::uint16_t* bits) {
+  return reinterpret_cast<const Eigen::bfloat16*>(bits);
+}
+inline Eigen::bfloat16* as_bfloat16(std::uint16_t* bits) {
+  return reinterpret_cast<Eigen::bfloat16*>(bits);
+}
+inline const Eigen::half* as_half(const std::uint16_t* bits) {
+  return reinterpret_cast<const Eigen::half*>(bits);
+}
+inline Eigen::half* as_half(std::uint16_t* bits) { return reinterpret_cast<Eigen::half*>(bits); }
+
+static_assert(sizeof(Eigen::bfloat16) == 2 && sizeof(Eigen::half) == 2 &&
+                  std::is_trivially_copyable<Eigen::bfloat16>::value &&
+                  std::is_trivially_copyable<Eigen::half>::value,
+              "ssmax views Eigen's 16-bit types as their raw bits");
+
+}  // namespace ssmax
