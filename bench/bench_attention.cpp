@@ -12,6 +12,11 @@
 //   GBs        decode: bytes of K and V read per second
 //   of_copy    GBs / the copy bandwidth (bytes read + written per second, STREAM's convention)
 //   extra_MB   memory the call needs beyond inputs and outputs (workspace, or Eigen's scores)
+// 16-bit storage (q, k, v and out all bf16 or all f16, computed in float) adds "/bf16" or
+// "/f16" after the policy: prefill causal d = 64 and 128, n = 4096; decode n_k = 32768,
+// d = 128, MHA and GQA 8:2; their GBs count the 16-bit bytes of K and V actually read.
+// The bf16 / f32 decode ratio: compare decode/fused/softmax/bf16/d:128/n:32768/threads:1
+// with decode/fused/softmax/d:128/n:32768/threads:1 of the same run.
 // Typical run (the table of the README):
 //   bench_attention --benchmark_filter='peak|copy|d:128/n:4096/|decode/.*n:32768'
 //   --benchmark_min_time=1
@@ -22,6 +27,7 @@
 #include <cmath>
 #include <random>
 #include <ssmax/attention.hpp>
+#include <ssmax/kernels/convert.hpp>
 #include <string>
 #include <vector>
 
@@ -129,6 +135,81 @@ void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index_t 
                static_cast<double>(t.n_q * t.n_k) * sizeof(float));
 }
 
+/// ssmax's operator with q, k, v and out stored as S (Eigen::bfloat16 or Eigen::half):
+/// as run_ssmax, the GBs counter counting the bytes of S read for K and V.
+template <class S, class Policy>  // a 16-bit storage type; a length policy
+void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int threads,
+                index_t kv_heads) {
+  tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
+  auto stored = [](const std::vector<float>& x) {
+    std::vector<S> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = ssmax::kernels::from_compute<S>(x[i]);
+    return y;
+  };
+  const std::vector<S> q = stored(t.q), k = stored(t.k), v = stored(t.v);
+  std::vector<S> out(q.size());
+  const auto qv = ssmax::bshd_view(q.data(), 1, t.n_q, kHeads, d);
+  const auto kv = ssmax::bshd_view(k.data(), 1, n, kv_heads, d);
+  const auto vv = ssmax::bshd_view(v.data(), 1, n, kv_heads, d);
+  const auto ov = ssmax::bshd_view(out.data(), 1, t.n_q, kHeads, d);
+  ssmax::attention_options<Policy> o;
+  o.mask = ssmax::attention_mask::causal_mask();
+  o.threads = threads;
+  o.path = ssmax::attention_path::fused;
+  ssmax::attention_workspace ws;
+  const std::size_t extra = ssmax::attention_workspace_bytes(qv, kv, vv, ov, o);
+  ssmax::attention(qv, kv, vv, ov, o, {}, &ws);  // warm-up: the workspace grows once
+  for (auto _ : state) {
+    ssmax::attention(qv, kv, vv, ov, o, {}, &ws);
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double pairs =
+      decode ? static_cast<double>(n) : 0.5 * static_cast<double>(n) * static_cast<double>(n);
+  const double kv_bytes = decode ? 2.0 * static_cast<double>(n * kv_heads * d) * sizeof(S) : 0.0;
+  set_counters(state, 4.0 * pairs * static_cast<double>(d) * kHeads, kv_bytes, threads,
+               static_cast<double>(extra));
+}
+
+/// The 16-bit cases (see the top of the file), Softmax and SSMax.
+void register_16bit() {
+  struct shape {
+    bool decode;
+    index_t n, d, kv_heads;
+  };
+  const shape shapes[] = {{false, 4096, 64, kHeads},
+                          {false, 4096, 128, kHeads},
+                          {true, 32768, 128, kHeads},
+                          {true, 32768, 128, 2}};
+  for (const shape& sh : shapes)
+    for (int threads : {1, 2})
+      for (bool bf : {true, false})
+        for (bool ss : {false, true}) {
+          const std::string name =
+              std::string(sh.decode ? "decode" : "prefill") + "/fused/" +
+              (ss ? "ssmax" : "softmax") + (bf ? "/bf16" : "/f16") +
+              (sh.kv_heads != kHeads ? "/kv:" + std::to_string(sh.kv_heads) : "") +
+              "/d:" + std::to_string(sh.d) + "/n:" + std::to_string(sh.n) +
+              "/threads:" + std::to_string(threads);
+          benchmark::RegisterBenchmark(name.c_str(),
+                                       [=](benchmark::State& s) {
+                                         if (bf && ss)
+                                           run_stored<Eigen::bfloat16, ssmax::ssmax_policy>(
+                                               s, sh.decode, sh.n, sh.d, threads, sh.kv_heads);
+                                         else if (bf)
+                                           run_stored<Eigen::bfloat16, ssmax::softmax_policy>(
+                                               s, sh.decode, sh.n, sh.d, threads, sh.kv_heads);
+                                         else if (ss)
+                                           run_stored<Eigen::half, ssmax::ssmax_policy>(
+                                               s, sh.decode, sh.n, sh.d, threads, sh.kv_heads);
+                                         else
+                                           run_stored<Eigen::half, ssmax::softmax_policy>(
+                                               s, sh.decode, sh.n, sh.d, threads, sh.kv_heads);
+                                       })
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
+}
+
 void register_all() {
   ssmax::bench::register_fma_peak();
   ssmax::bench::register_memory_copy();
@@ -188,6 +269,7 @@ void register_all() {
 
 int main(int argc, char** argv) {
   register_all();
+  register_16bit();
   using reporter = ssmax::bench::fraction_reporter<benchmark::ConsoleReporter>;
   return ssmax::bench::run_with<reporter>(argc, argv);
 }

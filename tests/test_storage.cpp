@@ -12,10 +12,14 @@
 #include <limits>
 #include <random>
 #include <ssmax/kernels/convert.hpp>
+#include <ssmax/reference/softmax.hpp>
+#include <ssmax/softmax.hpp>
 #include <ssmax/storage.hpp>
 #include <vector>
 
 #include "support/architectures.hpp"
+#include "support/expect_error.hpp"
+#include "support/row_bound.hpp"
 
 namespace ssmax {
 namespace {
@@ -241,6 +245,61 @@ TYPED_TEST(VectorConvert, BFloat16MatchesScalar) {
 }
 TYPED_TEST(VectorConvert, HalfMatchesScalar) {
   expect_vector_matches_scalar<typename TypeParam::arch, Eigen::half>();
+}
+
+/// The row API on 16-bit rows: computed in float on the exact values, y rounded once.
+template <class Arch, class S>
+void expect_rows_match() {
+  constexpr index_t W = ssmax::detail::simd<Arch, float>::width;
+  const double unit =
+      std::is_same<S, Eigen::half>::value ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+  const double tiny = std::is_same<S, Eigen::half>::value ? std::ldexp(1.0, -25) : 0.0;
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<float> u(-6.0f, 6.0f);
+  for (index_t n : {1, 7, 100, 3000}) {
+    std::vector<S> x(static_cast<size_t>(n)), y(x.size());
+    std::vector<float> exact(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = from_compute<S>(u(gen)), exact[i] = to_compute(x[i]);
+    const double m = ssmax_policy(0.4, 0.1).multiplier({n, n - 1, 0});
+    const auto r = reference::scaled_softmax(exact.data(), n, m);
+    const auto state = scalable_softmax<Arch>(x.data(), y.data(), n, 0.4, 0.1);
+    static_assert(std::is_same<decltype(state), const row_state<float>>::value, "float state");
+    const testing::row_bound<float> bound_of(exact.data(), n, m, r, W);
+    for (index_t i = 0; i < n; ++i) {
+      const double b = bound_of(i), want = r[static_cast<size_t>(i)];
+      EXPECT_LE(std::abs(static_cast<double>(to_compute(y[static_cast<size_t>(i)])) - want),
+                b + unit * (want + b) + tiny)
+          << "n = " << n << ", i = " << i;
+    }
+    EXPECT_NEAR(state.log_sum_exp(), reference::log_sum_exp(exact.data(), n, m),
+                1e-5 * (1 + std::abs(reference::log_sum_exp(exact.data(), n, m))));
+    // In place gives the same bits; softmax is the multiplier-1 case.
+    std::vector<S> in_place = x;
+    scalable_softmax<Arch>(in_place.data(), in_place.data(), n, 0.4, 0.1);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(bits_of(in_place[i]), bits_of(y[i]));
+    softmax<Arch>(x.data(), y.data(), n);
+    const auto r1 = reference::scaled_softmax(exact.data(), n, 1.0);
+    for (size_t i = 0; i < x.size(); ++i)
+      EXPECT_NEAR(to_compute(y[i]), r1[i], 1e-5 * r1[i] + unit * r1[i] + tiny + 1e-37);
+  }
+}
+
+TYPED_TEST(VectorConvert, RowApiOnBFloat16Rows) {
+  expect_rows_match<typename TypeParam::arch, Eigen::bfloat16>();
+}
+TYPED_TEST(VectorConvert, RowApiOnHalfRows) {
+  expect_rows_match<typename TypeParam::arch, Eigen::half>();
+}
+
+TEST(RowApi16, BadArgumentsAreNamedAndNothingIsWritten) {
+  using bf = Eigen::bfloat16;
+  std::vector<bf> x(8, from_compute<bf>(1.0f)), y(8, from_compute<bf>(-42.0f));
+  testing::expect_rejects([&] { softmax(static_cast<const bf*>(nullptr), y.data(), 8); }, "x");
+  testing::expect_rejects([&] { softmax(x.data(), x.data() + 1, 4); }, "y");
+  testing::expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, -1.0); }, "s");
+  testing::expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, -1.0f); }, "multiplier");
+  for (bf e : y) EXPECT_EQ(to_compute(e), -42.0f);
 }
 
 }  // namespace

@@ -34,6 +34,18 @@
 //   Z = max_j sum_c |m scale q_c k_jc|,
 // eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
 // eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
+//
+// Storage types (storage.hpp): q and out each float, Eigen::bfloat16 or Eigen::half, k and
+// v one of them too (the same for both), computed in float; or all double. 16-bit inputs
+// are exact values, widened to float as they are read (K^T and V while packing, q into
+// its scaled float copy, K and V of decode in registers): q, the scores, the weights and
+// the running output are never rounded to 16 bits. So the bound above holds with eps the
+// float epsilon and q, k, v the exact values of the 16-bit inputs, and the only further
+// error is the final store to a 16-bit out, rounded to nearest even: half an ULP, i.e.
+//   |out - exact| <= B + u (|exact| + B) + t,
+// B the float bound above, u = 2^-8 (bfloat16) or 2^-11 (half), t = 2^-25 (half's
+// denormals; 0 for bfloat16). lse and weights are written in the compute type (float for
+// every call with a 16-bit tensor, attention_extras<float>) within the float bounds.
 // Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
 // NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
 
@@ -53,6 +65,7 @@
 #include "kernels/attention_materialised.hpp"
 #include "length_policy.hpp"
 #include "mask.hpp"
+#include "storage.hpp"
 #include "tensor_view.hpp"
 #include "workspace.hpp"
 
@@ -76,8 +89,9 @@ struct attention_options {
   attention_path path = attention_path::automatic;
 };
 
-/// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j).
-template <class T>  // float or double
+/// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j). They are
+/// in the call's compute type (storage.hpp): float for every call with a 16-bit tensor.
+template <class T>  // float or double: compute_t of the call's element types
 struct attention_extras {
   T* lse = nullptr;      ///< [B, H, n_q] per-row log-sum-exp of the scaled logits, or null
   T* weights = nullptr;  ///< [B, H, n_q, n_k] attention weights (materialised path), or null
@@ -139,16 +153,14 @@ inline void check_view(const tensor_view<T>& t, const char* fn, const char* name
 }
 
 /// Throws argument_error naming `argument` when [p, p + count) overlaps q, k or v.
-template <class T, class U>
+template <class Q, class KV, class U>  // element types of q, of k and v, of p
 inline void require_disjoint_from_inputs(const U* p, index_t count, const char* fn,
-                                         const char* argument, const tensor_view<const T>& q,
-                                         const tensor_view<const T>& k,
-                                         const tensor_view<const T>& v) {
-  const tensor_view<const T>* inputs[] = {&q, &k, &v};
-  const char* names[] = {"overlaps input 'q'", "overlaps input 'k'", "overlaps input 'v'"};
-  for (int i = 0; i < 3; ++i)
-    require(!overlaps(p, count, inputs[i]->data, last_offset(*inputs[i]) + 1), fn, argument,
-            names[i]);
+                                         const char* argument, const tensor_view<const Q>& q,
+                                         const tensor_view<const KV>& k,
+                                         const tensor_view<const KV>& v) {
+  require(!overlaps(p, count, q.data, last_offset(q) + 1), fn, argument, "overlaps input 'q'");
+  require(!overlaps(p, count, k.data, last_offset(k) + 1), fn, argument, "overlaps input 'k'");
+  require(!overlaps(p, count, v.data, last_offset(v) + 1), fn, argument, "overlaps input 'v'");
 }
 
 /// "[B, S, H, d]" of a view, for messages.
@@ -160,10 +172,10 @@ inline std::string shape_of(const tensor_view<T>& t) {
 
 /// Step 1 of check_attention: each view, the shapes against each other, and out (read
 /// here, never written) neither sharing memory between its elements nor with an input.
-template <class T>
-inline void check_shapes(const char* fn, const tensor_view<const T>& q,
-                         const tensor_view<const T>& k, const tensor_view<const T>& v,
-                         const tensor_view<const T>& out) {
+template <class Q, class KV, class O>  // element types of q, of k and v, of out
+inline void check_shapes(const char* fn, const tensor_view<const Q>& q,
+                         const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                         const tensor_view<const O>& out) {
   check_view(q, fn, "q");
   check_view(k, fn, "k");
   check_view(v, fn, "v");
@@ -216,9 +228,9 @@ inline void check_packed_offsets(const char* fn, const attention_mask& m, index_
 }
 
 /// Step 2: the mask against the tensors (q: n_q and batch; k: n_k).
-template <class T>
-inline void check_mask(const char* fn, const attention_mask& m, const tensor_view<const T>& q,
-                       const tensor_view<const T>& k) {
+template <class Q, class KV>  // element types of q, of k
+inline void check_mask(const char* fn, const attention_mask& m, const tensor_view<const Q>& q,
+                       const tensor_view<const KV>& k) {
   require(m.window >= 0, fn, "options.mask.window", "must be >= 0");
   require(m.window == 0 || m.causal, fn, "options.mask.window", "needs options.mask.causal");
   require(m.query_offset >= -1, fn, "options.mask.query_offset", "must be >= 0, or -1 (auto)");
@@ -258,9 +270,9 @@ inline void check_mask(const char* fn, const attention_mask& m, const tensor_vie
 /// Step 3b: every row's multiplier m, times the scale, is finite in T (the row API's
 /// check, policy_row_multiplier, for every row the mask lets see a key). Policies whose
 /// multiplier is the same for every row (softmax_policy) are checked once.
-template <class T, class Policy>
+template <class T, class Policy, class Q, class KV>  // compute type; policy; q's, k's types
 inline void check_row_multipliers(const char* fn, const Policy& policy, const attention_mask& m,
-                                  const tensor_view<const T>& q, const tensor_view<const T>& k,
+                                  const tensor_view<const Q>& q, const tensor_view<const KV>& k,
                                   double scale) {
   auto require_row = [&](const row_position& row) {
     require_multiplier_fits<T>(fn, policy.multiplier(row), scale, row);
@@ -280,26 +292,26 @@ inline void check_row_multipliers(const char* fn, const Policy& policy, const at
 }
 
 /// Step 3: the options: the policy, the threads, the scale. Returns the resolved scale.
-template <class T, class Policy>
+template <class T, class Policy, class Q, class KV>  // compute type; policy; q's, k's types
 inline double check_options(const char* fn, const attention_options<Policy>& o,
-                            const tensor_view<const T>& q, const tensor_view<const T>& k) {
+                            const tensor_view<const Q>& q, const tensor_view<const KV>& k) {
   check_policy(o.policy, q.heads, fn);
   require(o.threads >= 0, fn, "options.threads", "must be >= 0 (0: all available)");
   require_lazy(o.threads <= kMaxThreads, fn, "options.threads",
                [&] { return "must be <= " + std::to_string(kMaxThreads); });
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));
   require(std::isfinite(scale) && scale >= 0.0, fn, "options.scale", "must be finite and >= 0");
-  check_row_multipliers(fn, o.policy, o.mask, q, k, scale);
+  check_row_multipliers<T>(fn, o.policy, o.mask, q, k, scale);
   return scale;
 }
 
 /// Step 4: the optional outputs (or, for the backward, lse as an input): [B, H, n_q] lse
 /// and [B, H, n_q, n_k] weights, each disjoint from out, each other and the inputs.
-template <class T, class Policy>
+template <class T, class Policy, class Q, class KV, class O>  // compute; policy; view types
 inline void check_extras(const char* fn, const attention_options<Policy>& o, const T* lse,
-                         const T* weights, const tensor_view<const T>& q,
-                         const tensor_view<const T>& k, const tensor_view<const T>& v,
-                         const tensor_view<const T>& out) {
+                         const T* weights, const tensor_view<const Q>& q,
+                         const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                         const tensor_view<const O>& out) {
   const index_t rows = q.batch * q.heads * q.seq, out_count = last_offset(out) + 1;
   if (weights != nullptr) {
     require(o.path != attention_path::fused, fn, "extras.weights",
@@ -319,24 +331,38 @@ inline void check_extras(const char* fn, const attention_options<Policy>& o, con
 
 /// Checks every argument of an attention call (out only read: its shape and where it
 /// lies); throws argument_error naming the first bad one. Returns the resolved scale.
-template <class T, class Policy>
-inline double check_attention(const char* fn, const tensor_view<const T>& q,
-                              const tensor_view<const T>& k, const tensor_view<const T>& v,
-                              const tensor_view<const T>& out, const attention_options<Policy>& o,
-                              const T* lse, const T* weights) {
+/// Q, KV, O: the element types of q, of k and v, of out (a supported attention_storage);
+/// lse and weights are in their compute type.
+template <class Q, class KV, class O, class Policy>
+inline double check_attention_views(const char* fn, const tensor_view<const Q>& q,
+                                    const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                                    const tensor_view<const O>& out,
+                                    const attention_options<Policy>& o, const compute_t<O>* lse,
+                                    const compute_t<O>* weights) {
   check_shapes(fn, q, k, v, out);
   check_mask(fn, o.mask, q, k);
-  const double scale = check_options(fn, o, q, k);
+  const double scale = check_options<compute_t<O>>(fn, o, q, k);
   check_extras(fn, o, lse, weights, q, k, v, out);
   return scale;
 }
 
+/// check_attention_views for a call whose tensors share one element type T.
 template <class T, class Policy>
-inline kernels::attention_problem<T, Policy> make_problem(
-    const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
-    const tensor_view<T>& out, const attention_options<Policy>& o, const attention_extras<T>& x,
-    double scale) {
-  kernels::attention_problem<T, Policy> p;
+inline double check_attention(const char* fn, const tensor_view<const T>& q,
+                              const tensor_view<const T>& k, const tensor_view<const T>& v,
+                              const tensor_view<const T>& out, const attention_options<Policy>& o,
+                              const compute_t<T>* lse, const compute_t<T>* weights) {
+  return check_attention_views(fn, q, k, v, out, o, lse, weights);
+}
+
+/// The kernels' problem: compute type compute_t<O>, the storage types of the views.
+template <class Q, class KV, class O, class Policy>  // view element types; a length policy
+inline kernels::attention_problem<compute_t<O>, Policy, kernels::storage_set<Q, KV, O>>
+make_problem(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
+             const tensor_view<const KV>& v, const tensor_view<O>& out,
+             const attention_options<Policy>& o, const attention_extras<compute_t<O>>& x,
+             double scale) {
+  kernels::attention_problem<compute_t<O>, Policy, kernels::storage_set<Q, KV, O>> p;
   p.q = q, p.k = k, p.v = v, p.out = out;
   p.policy = &o.policy;
   p.mask = o.mask;
@@ -353,51 +379,40 @@ inline bool use_materialised(const attention_options<Policy>& o, const attention
          (o.path == attention_path::automatic && x.weights != nullptr);
 }
 
-}  // namespace detail
-
-/// Workspace bytes an attention call with these arguments needs (what `attention` will
-/// reserve in the workspace it is given). Validates like `attention`.
-template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
-          class T,                        // float or double
-          class Policy = softmax_policy>  // a length policy
-std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q,
-                                      detail::identity_t<tensor_view<const T>> k,
-                                      detail::identity_t<tensor_view<const T>> v,
-                                      tensor_view<T> out,
-                                      const attention_options<Policy>& options = {},
-                                      attention_extras<T> extras = {}) {
-  const double scale = detail::check_attention<T>("attention_workspace_bytes", q, k, v, out,
-                                                  options, extras.lse, extras.weights);
-  const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
-  return detail::use_materialised(options, extras) ? kernels::materialised_workspace_bytes<Arch>(p)
-                                                   : kernels::fused_workspace_bytes<Arch>(p);
+/// Validates a call and builds its problem (steps shared by attention and
+/// attention_workspace_bytes). Q, KV, O: element types of q, of k and v, of out.
+template <class Q, class KV, class O, class Policy>
+inline auto checked_problem(const char* fn, const tensor_view<const Q>& q,
+                            const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                            const tensor_view<O>& out, const attention_options<Policy>& options,
+                            const attention_extras<compute_t<O>>& extras) {
+  const double scale = check_attention_views(fn, q, k, v, tensor_view<const O>(out), options,
+                                             extras.lse, extras.weights);
+  return make_problem(q, k, v, out, options, extras, scale);
 }
 
-/// Multi-head attention over strided views (see the top of this header for the formula).
-///   q [B, n_q, H, d], k and v [B, n_k, H_kv, d] with H_kv dividing H, out [B, n_q, H, d]
-///   (any strides with a contiguous head dimension: bshd_view, bhsd_view, Eigen helpers).
-/// extras.lse, when set, receives the per-row log-sum-exp [B, H, n_q]; extras.weights
-/// the attention weights [B, H, n_q, n_k] (materialised path). workspace: reuse one
-/// across calls to allocate nothing after the first; null allocates a temporary one. One
-/// call at a time per workspace: a call given a workspace that another call holds throws
-/// argument_error naming 'workspace' (keep one workspace per calling thread).
-/// Throws argument_error (naming the argument, nothing written) on any bad argument.
-template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
-          class T,                        // float or double
-          class Policy = softmax_policy,  // a length policy
-          std::enable_if_t<!std::is_const<T>::value, int> = 0>  // out writable (see below)
-void attention(detail::identity_t<tensor_view<const T>> q,
-               detail::identity_t<tensor_view<const T>> k,
-               detail::identity_t<tensor_view<const T>> v, tensor_view<T> out,
-               const attention_options<Policy>& options = {}, attention_extras<T> extras = {},
-               attention_workspace* workspace = nullptr) {
-  const double scale =
-      detail::check_attention<T>("attention", q, k, v, out, options, extras.lse, extras.weights);
-  const auto p = detail::make_problem(q, k, v, out, options, extras, scale);
+/// attention_workspace_bytes for any supported element types.
+template <class Arch, class Q, class KV, class O, class Policy>
+std::size_t workspace_bytes_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
+                               const tensor_view<const KV>& v, const tensor_view<O>& out,
+                               const attention_options<Policy>& options,
+                               const attention_extras<compute_t<O>>& extras) {
+  const auto p = checked_problem("attention_workspace_bytes", q, k, v, out, options, extras);
+  return use_materialised(options, extras) ? kernels::materialised_workspace_bytes<Arch>(p)
+                                           : kernels::fused_workspace_bytes<Arch>(p);
+}
+
+/// attention for any supported element types.
+template <class Arch, class Q, class KV, class O, class Policy>
+void attention_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
+                  const tensor_view<const KV>& v, const tensor_view<O>& out,
+                  const attention_options<Policy>& options,
+                  const attention_extras<compute_t<O>>& extras, attention_workspace* workspace) {
+  const auto p = checked_problem("attention", q, k, v, out, options, extras);
   attention_workspace local;
   attention_workspace& ws = workspace != nullptr ? *workspace : local;
-  const detail::workspace_lease lease(ws, "attention");
-  if (detail::use_materialised(options, extras)) {
+  const workspace_lease lease(ws, "attention");
+  if (use_materialised(options, extras)) {
     ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
     kernels::attention_materialised<Arch>(p, ws);
   } else {
@@ -406,19 +421,113 @@ void attention(detail::identity_t<tensor_view<const T>> q,
   }
 }
 
-/// Views whose element types disagree (float q with double out, a const out, ...): one
-/// readable compile error instead of a failed match against every overload above.
+/// True when the four views' element types differ (after const) but form a supported
+/// combination: the mixed-storage overloads below.
+template <class Q, class K, class V, class O>
+inline constexpr bool mixed_storage_v =
+    attention_storage<Q, K, V, O>::supported && !views_agree<Q, K, V, O>::value;
+
+}  // namespace detail
+
+/// Workspace bytes an attention call with these arguments needs (what `attention` will
+/// reserve in the workspace it is given). Validates like `attention`.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class T,                        // float, double, Eigen::bfloat16 or Eigen::half
+          class Policy = softmax_policy>  // a length policy
+std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q,
+                                      detail::identity_t<tensor_view<const T>> k,
+                                      detail::identity_t<tensor_view<const T>> v,
+                                      tensor_view<T> out,
+                                      const attention_options<Policy>& options = {},
+                                      attention_extras<compute_t<T>> extras = {}) {
+  return detail::workspace_bytes_of<Arch>(q, k, v, out, options, extras);
+}
+
+/// attention_workspace_bytes for views of different element types (storage.hpp).
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class Q,                        // element type of q (const or not)
+          class K,                        // element type of k
+          class V,                        // element type of v (k's)
+          class O,                        // element type of out
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<detail::mixed_storage_v<Q, K, V, O>, int> = 0>
+std::size_t attention_workspace_bytes(const tensor_view<Q>& q, const tensor_view<K>& k,
+                                      const tensor_view<V>& v, const tensor_view<O>& out,
+                                      const attention_options<Policy>& options = {},
+                                      attention_extras<compute_t<O>> extras = {}) {
+  using KV = std::remove_const_t<K>;
+  return detail::workspace_bytes_of<Arch>(tensor_view<const std::remove_const_t<Q>>(q),
+                                          tensor_view<const KV>(k), tensor_view<const KV>(v), out,
+                                          options, extras);
+}
+
+/// Multi-head attention over strided views (see the top of this header for the formula).
+///   q [B, n_q, H, d], k and v [B, n_k, H_kv, d] with H_kv dividing H, out [B, n_q, H, d]
+///   (any strides with a contiguous head dimension: bshd_view, bhsd_view, Eigen helpers).
+/// Element types (storage.hpp): all float, all double, or any mix of float,
+/// Eigen::bfloat16 and Eigen::half (k and v the same) computed in float; this overload
+/// takes one type T for all four, the next one a mix.
+/// extras.lse, when set, receives the per-row log-sum-exp [B, H, n_q]; extras.weights
+/// the attention weights [B, H, n_q, n_k] (materialised path); both in the compute type
+/// (float for 16-bit calls). workspace: reuse one
+/// across calls to allocate nothing after the first; null allocates a temporary one. One
+/// call at a time per workspace: a call given a workspace that another call holds throws
+/// argument_error naming 'workspace' (keep one workspace per calling thread).
+/// Throws argument_error (naming the argument, nothing written) on any bad argument.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class T,                        // float, double, Eigen::bfloat16 or Eigen::half
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<!std::is_const<T>::value, int> = 0>  // out writable (see below)
+void attention(detail::identity_t<tensor_view<const T>> q,
+               detail::identity_t<tensor_view<const T>> k,
+               detail::identity_t<tensor_view<const T>> v, tensor_view<T> out,
+               const attention_options<Policy>& options = {},
+               attention_extras<compute_t<T>> extras = {},
+               attention_workspace* workspace = nullptr) {
+  detail::attention_of<Arch>(q, k, v, out, options, extras, workspace);
+}
+
+/// Multi-head attention over views of different element types: q and out each float,
+/// Eigen::bfloat16 or Eigen::half, k and v one of them too (storage.hpp), computed in
+/// float; otherwise as the overload above.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class Q,                        // element type of q (const or not)
+          class K,                        // element type of k
+          class V,                        // element type of v (k's)
+          class O,                        // element type of out
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<detail::mixed_storage_v<Q, K, V, O>, int> = 0>
+void attention(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>& v,
+               const tensor_view<O>& out, const attention_options<Policy>& options = {},
+               attention_extras<compute_t<O>> extras = {},
+               attention_workspace* workspace = nullptr) {
+  using KV = std::remove_const_t<K>;
+  detail::attention_of<Arch>(tensor_view<const std::remove_const_t<Q>>(q), tensor_view<const KV>(k),
+                             tensor_view<const KV>(v), out, options, extras, workspace);
+}
+
+/// Views whose element types no call supports (a double q with a float out, k and v of
+/// different types, a const out, ...): one readable compile error naming the argument
+/// instead of a failed match against every overload above.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class Q, class K, class V,  // the element types of q, k, v (should be const O)
-          class O,                    // the element type of out (should be float or double)
+          class Q, class K, class V,  // the element types of q, k, v
+          class O,                    // the element type of out
           class... Rest,              // options, extras, workspace
-          std::enable_if_t<!detail::views_agree<Q, K, V, O>::value, int> = 0>
+          std::enable_if_t<!attention_storage<Q, K, V, O>::supported, int> = 0>
 void attention(const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V>&,
                const tensor_view<O>&, const Rest&...) {
-  static_assert(detail::views_agree<Q, K, V, O>::value,
-                "ssmax::attention: q, k and v must be tensor_view<const T> (or tensor_view<T>) "
-                "with out's element type T, and out a writable tensor_view<T>: check for a "
-                "float view passed with a double one, or a const out");
+  using A = attention_storage<Q, K, V, O>;
+  static_assert(A::q_ok,
+                "ssmax::attention: argument 'q' must view float, Eigen::bfloat16 or Eigen::half, "
+                "or double when k, v and out are double too");
+  static_assert(!A::q_ok || A::k_ok,
+                "ssmax::attention: argument 'k' must view float, Eigen::bfloat16 or Eigen::half, "
+                "or double when q, v and out are double too");
+  static_assert(!A::q_ok || !A::k_ok || A::v_ok,
+                "ssmax::attention: argument 'v' must have k's element type");
+  static_assert(!A::q_ok || !A::k_ok || !A::v_ok || A::out_ok,
+                "ssmax::attention: argument 'out' must be a writable view (not const) of float, "
+                "Eigen::bfloat16 or Eigen::half, or of double when q, k and v are double");
 }
 
 /// One head: q [n_q, d], k and v [n_k, d], out [n_q, d], as row-major Eigen matrices
@@ -441,6 +550,28 @@ void attention(const const_matrix_ref<double>& q, const const_matrix_ref<double>
                attention_workspace* workspace = nullptr) {
   attention<Arch, double>(head_view(q), head_view(k), head_view(v), head_view(out), options, extras,
                           workspace);
+}
+/// One head, 16 bits (storage.hpp): q, k, v and out all Eigen::bfloat16 (computed in
+/// float; lse and weights float).
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class Policy = softmax_policy>  // a length policy
+void attention(const const_matrix_ref<Eigen::bfloat16>& q,
+               const const_matrix_ref<Eigen::bfloat16>& k,
+               const const_matrix_ref<Eigen::bfloat16>& v, matrix_ref<Eigen::bfloat16> out,
+               const attention_options<Policy>& options = {}, attention_extras<float> extras = {},
+               attention_workspace* workspace = nullptr) {
+  attention<Arch, Eigen::bfloat16>(head_view(q), head_view(k), head_view(v), head_view(out),
+                                   options, extras, workspace);
+}
+/// One head, all Eigen::half (as the bfloat16 overload).
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class Policy = softmax_policy>  // a length policy
+void attention(const const_matrix_ref<Eigen::half>& q, const const_matrix_ref<Eigen::half>& k,
+               const const_matrix_ref<Eigen::half>& v, matrix_ref<Eigen::half> out,
+               const attention_options<Policy>& options = {}, attention_extras<float> extras = {},
+               attention_workspace* workspace = nullptr) {
+  attention<Arch, Eigen::half>(head_view(q), head_view(k), head_view(v), head_view(out), options,
+                               extras, workspace);
 }
 
 }  // namespace ssmax

@@ -7,6 +7,11 @@
 // defaults to the widest one this translation unit is compiled for. Pass
 // ssmax::scalar_arch or any xsimd architecture tag to choose another.
 //
+// Rows may be float, double, Eigen::bfloat16 or Eigen::half (storage.hpp). A 16-bit row is
+// computed in float: widened exactly into a float copy of n values (allocated per call),
+// the state and multiplier are float, and y is stored rounded to nearest even, so each
+// weight is within the float bound below plus half an ULP of the 16-bit type.
+//
 // Numerical contract (shared by every function here; see kernels/row_softmax.hpp):
 // - no overflow for any finite input: the row maximum is subtracted before exp;
 // - x_i = -inf gets weight exactly 0; a row of only -inf gives all zeros (never NaN),
@@ -22,9 +27,11 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "detail/simd.hpp"
 #include "error.hpp"
+#include "kernels/convert.hpp"
 #include "kernels/row_softmax.hpp"
 #include "length_policy.hpp"
 #include "row_state.hpp"
@@ -80,30 +87,49 @@ T scalable_row_multiplier(const char* function, double s, double b, index_t n) {
   return static_cast<T>(m);
 }
 
+/// softmax(m * x) of one row stored as S (kernels::scaled_softmax_row): float and double
+/// rows run in place; 16-bit rows are widened (exactly) into a float copy, computed in
+/// float, and y (when not null) stored rounded to nearest even. Pre: as the kernel's.
+template <class Arch, class S>  // architecture tag; a storage type (storage.hpp)
+row_state<compute_t<S>> row_kernel(const S* x, S* y, index_t n, compute_t<S> m) {
+  if constexpr (!is_16bit_v<S>) {
+    return kernels::scaled_softmax_row<Arch>(x, y, n, m);
+  } else {
+    std::vector<float> row(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) row[static_cast<std::size_t>(i)] = kernels::to_compute(x[i]);
+    const row_state<float> state =
+        kernels::scaled_softmax_row<Arch>(row.data(), y != nullptr ? row.data() : nullptr, n, m);
+    if (y != nullptr)
+      for (index_t i = 0; i < n; ++i)
+        y[i] = kernels::from_compute<S>(row[static_cast<std::size_t>(i)]);
+    return state;
+  }
+}
+
 }  // namespace detail
 
 /// y = softmax(multiplier * x) over x[0, n); returns the row's streaming state.
 /// Pre (checked): x, y not null; n >= 1; y == x or no overlap; multiplier finite, >= 0.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class T>                    // float or double
-row_state<T> scaled_softmax(const T* x, T* y, index_t n, T multiplier) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+row_state<compute_t<T>> scaled_softmax(const T* x, T* y, index_t n, compute_t<T> multiplier) {
   detail::check_row("scaled_softmax", x, y, n);
   detail::check_multiplier("scaled_softmax", static_cast<double>(multiplier));
-  return kernels::scaled_softmax_row<Arch>(x, y, n, multiplier);
+  return detail::row_kernel<Arch>(x, y, n, multiplier);
 }
 
 /// y = softmax(x) over x[0, n); y may be x (in place). Returns the streaming state.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class T>                    // float or double
-row_state<T> softmax(const T* x, T* y, index_t n) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+row_state<compute_t<T>> softmax(const T* x, T* y, index_t n) {
   detail::check_row("softmax", x, y, n);
-  return kernels::scaled_softmax_row<Arch>(x, y, n, T(1));
+  return detail::row_kernel<Arch>(x, y, n, compute_t<T>(1));
 }
 
 /// In-place softmax of x[0, n).
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class T>                    // float or double
-row_state<T> softmax(T* x, index_t n) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+row_state<compute_t<T>> softmax(T* x, index_t n) {
   return softmax<Arch>(static_cast<const T*>(x), x, n);
 }
 
@@ -117,14 +143,14 @@ row_state<T> softmax(T* x, index_t n) {
 /// can exceed the largest float, or even double, for huge s or b).
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class Policy,               // a length policy (length_policy.hpp)
-          class T>                    // float or double
-row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index_t n,
-                            row_position where = {-1, -1, 0}) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+row_state<compute_t<T>> policy_softmax(const Policy& policy, const T* x, T* y, index_t n,
+                                       row_position where = {-1, -1, 0}) {
   constexpr const char* fn = "policy_softmax";
   detail::require_length_policy<Policy>();
   detail::check_row(fn, x, y, n);
-  const T m = detail::policy_row_multiplier<T>(fn, policy, where, n);
-  return kernels::scaled_softmax_row<Arch>(x, y, n, m);
+  const auto m = detail::policy_row_multiplier<compute_t<T>>(fn, policy, where, n);
+  return detail::row_kernel<Arch>(x, y, n, m);
 }
 
 /// Scalable-Softmax of one row that sees all of its n entries:
@@ -132,29 +158,30 @@ row_state<T> policy_softmax(const Policy& policy, const T* x, T* y, index_t n,
 /// Pre (checked, errors name 's' and 'b'): as scaled_softmax; s and b finite and >= 0;
 /// s log n + b finite in T.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class T>                    // float or double
-row_state<T> scalable_softmax(const T* x, T* y, index_t n, double s, double b = 0.0) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+row_state<compute_t<T>> scalable_softmax(const T* x, T* y, index_t n, double s, double b = 0.0) {
   constexpr const char* fn = "scalable_softmax";
   detail::check_row(fn, x, y, n);
-  const T m = detail::scalable_row_multiplier<T>(fn, s, b, n);
-  return kernels::scaled_softmax_row<Arch>(x, y, n, m);
+  const auto m = detail::scalable_row_multiplier<compute_t<T>>(fn, s, b, n);
+  return detail::row_kernel<Arch>(x, y, n, m);
 }
 
 /// The streaming state of softmax(multiplier * x) without writing any output.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class T>                    // float or double
-row_state<T> row_state_of(const T* x, index_t n, T multiplier = T(1)) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+row_state<compute_t<T>> row_state_of(const T* x, index_t n,
+                                     compute_t<T> multiplier = compute_t<T>(1)) {
   detail::require(x != nullptr, "row_state_of", "x", "must not be null");
   detail::require(n >= 1, "row_state_of", "n", "must be >= 1");
   detail::check_multiplier("row_state_of", static_cast<double>(multiplier));
-  return kernels::scaled_softmax_row<Arch>(x, static_cast<T*>(nullptr), n, multiplier);
+  return detail::row_kernel<Arch>(x, static_cast<T*>(nullptr), n, multiplier);
 }
 
 /// log(sum_i exp(multiplier * x_i)) without overflow: -inf for a row of only -inf,
 /// +inf when an entry is +inf, NaN when one is NaN.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
-          class T>                    // float or double
-T log_sum_exp(const T* x, index_t n, T multiplier = T(1)) {
+          class T>                    // float, double, Eigen::bfloat16 or Eigen::half
+compute_t<T> log_sum_exp(const T* x, index_t n, compute_t<T> multiplier = compute_t<T>(1)) {
   return row_state_of<Arch>(x, n, multiplier).log_sum_exp();
 }
 

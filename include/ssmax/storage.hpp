@@ -72,8 +72,9 @@ using compute_t = typename storage_traits<std::remove_const_t<S>>::compute;
 
 /// Whether one attention call may read q (Q), k (K) and v (V) and write out (O): see the
 /// table at the top. `compute` is the type of the call's arithmetic and of its lse and
-/// weights outputs (float for every 16-bit call), or void when unsupported. Each of the
-/// `*_ok` flags names the argument at fault first, for the static_assert that reports it.
+/// weights outputs (float for every 16-bit call), or void when unsupported. The `*_ok`
+/// flags say which argument is at fault (the first false one, in the order q, k, v, out),
+/// for the one static_assert that reports it.
 template <class Q,  // element type of q (const or not)
           class K,  // element type of k
           class V,  // element type of v
@@ -82,19 +83,16 @@ struct attention_storage {
   using q_type = std::remove_const_t<Q>;
   using k_type = std::remove_const_t<K>;
   using v_type = std::remove_const_t<V>;
-  static constexpr bool all_double =
-      std::is_same<q_type, double>::value && std::is_same<k_type, double>::value &&
-      std::is_same<v_type, double>::value && std::is_same<O, double>::value;
-  static constexpr bool q_ok =
-      is_storage_type_v<Q> && (all_double || !std::is_same<q_type, double>::value);
-  static constexpr bool k_ok =
-      is_storage_type_v<K> && (all_double || !std::is_same<k_type, double>::value);
+  static constexpr bool q_double = std::is_same<q_type, double>::value;
+  static constexpr bool k_double = std::is_same<k_type, double>::value;
+  static constexpr bool out_double = std::is_same<std::remove_const_t<O>, double>::value;
+  static constexpr bool q_ok = is_storage_type_v<Q> && (!q_double || k_double);
+  static constexpr bool k_ok = is_storage_type_v<K> && k_double == q_double;
   static constexpr bool v_ok = std::is_same<k_type, v_type>::value;
-  static constexpr bool out_ok = !std::is_const<O>::value && is_storage_type_v<O> &&
-                                 (all_double || !std::is_same<O, double>::value);
+  static constexpr bool out_ok =
+      !std::is_const<O>::value && is_storage_type_v<O> && out_double == q_double;
   static constexpr bool supported = q_ok && k_ok && v_ok && out_ok;
-  using compute =
-      std::conditional_t<!supported, void, std::conditional_t<all_double, double, float>>;
+  using compute = std::conditional_t<!supported, void, std::conditional_t<q_double, double, float>>;
 };
 
 /// Raw 16-bit buffers (bits as another framework stores them) viewed as the library's

@@ -25,7 +25,7 @@
 namespace ssmax {
 
 /// Row-major dynamic Eigen matrix: one head's [seq, d] slice.
-template <class T>  // float or double
+template <class T>  // float, double, Eigen::bfloat16 or Eigen::half
 using row_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 /// Reference to a row-major matrix with any row stride (Map, Matrix, block of either).
@@ -123,6 +123,29 @@ inline tensor_view<float> head_view(matrix_ref<float> m) {
 inline tensor_view<double> head_view(matrix_ref<double> m) {
   return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
           m.outerStride(), m.cols()};
+}
+
+namespace detail {
+/// head_view of any row-major Ref (the 16-bit overloads below).
+template <class T, class Ref>  // the view's element type (const for inputs); an Eigen Ref
+tensor_view<T> head_view_of(Ref& m) {
+  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
+          m.outerStride(), m.cols()};
+}
+}  // namespace detail
+
+/// head_view of 16-bit matrices (storage.hpp).
+inline tensor_view<const Eigen::bfloat16> head_view(const const_matrix_ref<Eigen::bfloat16>& m) {
+  return detail::head_view_of<const Eigen::bfloat16>(m);
+}
+inline tensor_view<const Eigen::half> head_view(const const_matrix_ref<Eigen::half>& m) {
+  return detail::head_view_of<const Eigen::half>(m);
+}
+inline tensor_view<Eigen::bfloat16> head_view(matrix_ref<Eigen::bfloat16> m) {
+  return detail::head_view_of<Eigen::bfloat16>(m);
+}
+inline tensor_view<Eigen::half> head_view(matrix_ref<Eigen::half> m) {
+  return detail::head_view_of<Eigen::half>(m);
 }
 
 /// A row-major [B*S, H*d] activation matrix as a [B, S, H, d] view. Throws

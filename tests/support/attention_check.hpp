@@ -106,10 +106,17 @@ attention_run<T> run_attention(const attention_data<T>& data, attention_options<
 }
 
 /// Expects `run` to match the reference within the bound above. `what` names the case.
-template <class T, class Policy>  // float or double; policy
+/// A call in another storage type (a 16-bit one) passes its inputs' exact values as data
+/// (double), its outputs widened exactly to the compute type C, and out's rounding: each
+/// out element may further differ by out_unit relative (half an ULP of out's type) plus
+/// out_tiny absolute (half its smallest denormal).
+template <class T,       // float or double: the element type of data
+          class Policy,  // policy
+          class C>       // the compute type of the call (its eps bounds the error)
 void expect_matches_reference(const attention_data<T>& data, const attention_options<Policy>& o,
-                              const attention_run<T>& run, const std::string& what) {
-  const double eps = std::numeric_limits<T>::epsilon();
+                              const attention_run<C>& run, const std::string& what,
+                              double out_unit = 0.0, double out_tiny = 0.0) {
+  const double eps = std::numeric_limits<C>::epsilon();
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
   const auto ref = reference::attention(data.qv(), data.kv(), data.vv(), o.policy, o.mask, scale);
   const auto q = data.qv(), k = data.kv(), v = data.vv();
@@ -138,13 +145,14 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
         const double dz = 2.0 * (static_cast<double>(data.d) + 2.0) * z;
         const double out_bound = 2 * eps * vmax * (dz + n + 64) +
                                  (n + static_cast<double>(data.d)) *
-                                     static_cast<double>(std::numeric_limits<T>::denorm_min());
+                                     static_cast<double>(std::numeric_limits<C>::denorm_min());
         for (index_t c = 0; c < data.d; ++c) {
           const size_t at = static_cast<size_t>(((b * data.n_q + i) * data.H + h) * data.d + c);
           const double got = run.out[at], want = ref.out[at];
-          if (!(std::abs(got - want) <= out_bound) && failures++ < 5)
+          const double bound = out_bound + out_unit * (std::abs(want) + out_bound) + out_tiny;
+          if (!(std::abs(got - want) <= bound) && failures++ < 5)
             ADD_FAILURE() << what << ": out(b=" << b << ", i=" << i << ", h=" << h << ", c=" << c
-                          << ") = " << got << ", reference " << want << ", bound " << out_bound;
+                          << ") = " << got << ", reference " << want << ", bound " << bound;
         }
         const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
         if (!run.lse.empty()) {
@@ -161,7 +169,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
             const size_t at = row_at * static_cast<size_t>(data.n_k) + static_cast<size_t>(j);
             const double got = run.weights[at], want = ref.weights[at];
             const double bound = 2 * eps * want * (2 * dz + 80) +
-                                 (n + 16) * static_cast<double>(std::numeric_limits<T>::min());
+                                 (n + 16) * static_cast<double>(std::numeric_limits<C>::min());
             const bool ok = want == 0.0 ? got == 0.0 : std::abs(got - want) <= bound;
             if (!ok && failures++ < 5)
               ADD_FAILURE() << what << ": weight(b=" << b << ", h=" << h << ", i=" << i

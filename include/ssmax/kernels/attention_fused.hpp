@@ -91,7 +91,10 @@ struct fused_scratch {
 /// The fused kernel's plan and buffers, carved from an arena (sizes only when its base is
 /// null). K^T and V are packed once per (sequence, kv head, key block) and shared by every query
 /// block and every head of the group, when some task is large enough to use the GEMM.
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
+template <class Arch,                      // architecture tag
+          class T,                         // compute type: float or double
+          class Policy,                    // a length policy
+          class S = storage_set<T, T, T>>  // storage types of q, k/v, out (plan.hpp)
 struct fused_plan {
   index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
   bool gemm = false;  ///< some task has more than kDotMaxRows rows: K^T is packed
@@ -107,17 +110,17 @@ struct fused_plan {
   int threads = 1;  ///< threads that run the items: p.threads, at most one per item or task
 
   /// Packed K^T of grid block blk of sequence s, kv head g: [d, ldk].
-  T* kt_block(const attention_problem<T, Policy>& p, index_t s, index_t g, index_t blk) const {
+  T* kt_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g, index_t blk) const {
     return kt + ((first_block[s] + blk) * p.k.heads + g) * p.q.dim * ldk;
   }
 
   /// Packed V of grid block blk of sequence s, kv head g: [kKeyBlock, dp].
-  T* v_block(const attention_problem<T, Policy>& p, index_t s, index_t g, index_t blk) const {
+  T* v_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g, index_t blk) const {
     return vpk + ((first_block[s] + blk) * p.k.heads + g) * kKeyBlock * dp;
   }
 
   /// Counts the tasks, items, partial rows and grid blocks (the first pass).
-  void count(const attention_problem<T, Policy>& p) {
+  void count(const attention_problem<T, Policy, S>& p) {
     n_tasks = n_items = n_partial = n_blocks = 0;
     gemm = false;
     for_each_task(
@@ -135,7 +138,7 @@ struct fused_plan {
   /// with [B, S, H, d] layouts the pages (and TLB entries) a chunk touches serve every head
   /// instead of being walked once per head. The order changes no result: items are
   /// independent.
-  void fill(const attention_problem<T, Policy>& p) const {
+  void fill(const attention_problem<T, Policy, S>& p) const {
     index_t task = 0, item = 0, partial = 0, blocks = 0;
     for_each_task(
         p, [&](index_t s, index_t seq_blocks) { first_block[s] = blocks, blocks += seq_blocks; },
@@ -159,7 +162,7 @@ struct fused_plan {
 
   /// Counts (counting arena) or carves everything. Per-thread scratch only for the
   /// threads that can get work (threads()).
-  void carve(const attention_problem<T, Policy>& p, arena& a) {
+  void carve(const attention_problem<T, Policy, S>& p, arena& a) {
     constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
     const index_t d = p.q.dim;
     dp = round_up(d, W);
@@ -191,7 +194,7 @@ struct fused_plan {
   /// Calls on_sequence(s, blocks) for each sequence s with its grid's key block count,
   /// then on_task(task) for each of its tasks (task.partial left 0), in task order.
   template <class OnSequence, class OnTask>  // callables as above
-  static void for_each_task(const attention_problem<T, Policy>& p, OnSequence&& on_sequence,
+  static void for_each_task(const attention_problem<T, Policy, S>& p, OnSequence&& on_sequence,
                             OnTask&& on_task) {
     for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
@@ -221,17 +224,19 @@ struct fused_plan {
 
 /// Streams the key blocks [blk_lo, blk_hi) of task t through its query rows, leaving the
 /// unnormalised accumulator in sc.o ([t.scratch_rows(), dp]) and the running state in
-/// sc.state. Uses the plan's packed K^T and V when the task has more than kDotMaxRows rows.
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
-void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T, Policy>& plan,
-                 const fused_task& t, index_t blk_lo, index_t blk_hi, const fused_scratch<T>& sc) {
+/// sc.state. Uses the plan's packed K^T and V when the task has more than kDotMaxRows rows;
+/// otherwise reads K and V in place in their storage type (widened in registers).
+template <class Arch, class T, class Policy, class S>  // tag; compute type; policy; storage_set
+void fused_range(const attention_problem<T, Policy, S>& p,
+                 const fused_plan<Arch, T, Policy, S>& plan, const fused_task& t, index_t blk_lo,
+                 index_t blk_hi, const fused_scratch<T>& sc) {
   const sequence_span seq = p.span(t.seq);
   const index_t d = p.q.dim, b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
   const index_t rows = t.rows, all_rows = t.scratch_rows();
   constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
   // The scratch rows of each kv head the task reads (consecutive heads share one); the
   // rows' key and value pointers are set per block.
-  head_rows<T> keys[kFusedQueryBlock], values[kFusedQueryBlock];
+  head_rows<typename S::kv> keys[kFusedQueryBlock], values[kFusedQueryBlock];
   index_t kv_of[kFusedQueryBlock];
   index_t groups = 0;
   for (index_t hh = 0; hh < t.heads; ++hh) {
@@ -288,8 +293,8 @@ void fused_range(const attention_problem<T, Policy>& p, const fused_plan<Arch, T
 
 /// Writes scratch row r of task t (query row t.q0 + r % t.rows of head t.head + r /
 /// t.rows): out = o / sum, and the log-sum-exp.
-template <class T, class Policy>  // float or double; a length policy
-void finish_task_row(const attention_problem<T, Policy>& p, const fused_task& t, index_t r,
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r,
                      const T* o, const row_state<double>& state) {
   finish_row(p, p.span(t.seq).tensor_batch, t.q0 + r % t.rows, t.head + r / t.rows, o, state);
 }
@@ -299,10 +304,11 @@ void finish_task_row(const attention_problem<T, Policy>& p, const fused_task& t,
 /// Runs the fused kernel. Pre: p validated (attention.hpp), p.weights == null, and `ws`
 /// reserved with at least fused_workspace_bytes<Arch>(p) bytes.
 template <class Arch,    // xsimd architecture tag or scalar_arch
-          class T,       // float or double
-          class Policy>  // a length policy (length_policy.hpp)
-void attention_fused(const attention_problem<T, Policy>& p, attention_workspace& ws) {
-  const auto plan = detail::carve_plan<detail::fused_plan<Arch, T, Policy>>(ws, p);
+          class T,       // compute type: float or double
+          class Policy,  // a length policy (length_policy.hpp)
+          class S>       // storage types of q, k/v and out (plan.hpp, storage_set)
+void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspace& ws) {
+  const auto plan = detail::carve_plan<detail::fused_plan<Arch, T, Policy, S>>(ws, p);
   const index_t dp = plan.dp;
 
   // Pack K^T and V once per (sequence, kv head, key block).
@@ -365,9 +371,9 @@ void attention_fused(const attention_problem<T, Policy>& p, attention_workspace&
 }
 
 /// Workspace bytes attention_fused<Arch>(p, ...) needs.
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
-std::size_t fused_workspace_bytes(const attention_problem<T, Policy>& p) {
-  return detail::plan_bytes<detail::fused_plan<Arch, T, Policy>>(p);
+template <class Arch, class T, class Policy, class S>  // tag; compute type; policy; storage_set
+std::size_t fused_workspace_bytes(const attention_problem<T, Policy, S>& p) {
+  return detail::plan_bytes<detail::fused_plan<Arch, T, Policy, S>>(p);
 }
 
 }  // namespace ssmax::kernels

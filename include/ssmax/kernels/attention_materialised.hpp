@@ -38,7 +38,10 @@ struct materialised_scratch {
   row_keys* info;  ///< [kMaterialisedQueryBlock]
 };
 
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
+template <class Arch,                      // architecture tag
+          class T,                         // compute type: float or double
+          class Policy,                    // a length policy
+          class S = storage_set<T, T, T>>  // storage types of q, k/v, out (plan.hpp)
 struct materialised_plan {
   index_t n_tasks = 0, width = 0, dp = 0;
   int threads = 1;  ///< threads that run the tasks: p.threads, at most one per task
@@ -48,7 +51,7 @@ struct materialised_plan {
   /// Counts or carves everything: the tasks and the score width counted in a first
   /// pass, the tasks filled in a second. Per-thread scratch only for the threads that
   /// can get a task.
-  void carve(const attention_problem<T, Policy>& p, arena& a) {
+  void carve(const attention_problem<T, Policy, S>& p, arena& a) {
     constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
     const index_t d = p.q.dim;
     dp = round_up(d, W);
@@ -79,7 +82,7 @@ struct materialised_plan {
  private:
   /// Calls on_task(task) for every task in order.
   template <class OnTask>  // callable (const materialised_task&)
-  static void for_each_task(const attention_problem<T, Policy>& p, OnTask&& on_task) {
+  static void for_each_task(const attention_problem<T, Policy, S>& p, OnTask&& on_task) {
     for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
       for (index_t h = 0; h < p.q.heads; ++h)
@@ -99,10 +102,12 @@ struct materialised_plan {
 /// Runs the materialised kernel. Pre: p validated (attention.hpp) and `ws` reserved with
 /// at least materialised_workspace_bytes<Arch>(p) bytes.
 template <class Arch,    // xsimd architecture tag or scalar_arch
-          class T,       // float or double
-          class Policy>  // a length policy (length_policy.hpp)
-void attention_materialised(const attention_problem<T, Policy>& p, attention_workspace& ws) {
-  const auto plan = detail::carve_plan<detail::materialised_plan<Arch, T, Policy>>(ws, p);
+          class T,       // compute type: float or double
+          class Policy,  // a length policy (length_policy.hpp)
+          class S>       // storage types of q, k/v and out (plan.hpp, storage_set)
+void attention_materialised(const attention_problem<T, Policy, S>& p, attention_workspace& ws) {
+  using O = typename S::out;
+  const auto plan = detail::carve_plan<detail::materialised_plan<Arch, T, Policy, S>>(ws, p);
   const index_t d = p.q.dim, dp = plan.dp, lds = plan.width;
 
   ssmax::detail::parallel_for(plan.n_tasks, plan.threads, [&](index_t ti, int thread) {
@@ -130,7 +135,7 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
           // +inf or NaN scores: recompute them without overflow (online_softmax.hpp,
           // safe_score), then the row kernel's contract for +inf and NaN applies.
           const double factor = detail::row_multiplier(p, rk, t.head) * p.scale;
-          const T* qi = p.q.row(b, t.q0 + r, t.head);
+          const auto* qi = p.q.row(b, t.q0 + r, t.head);
           for (index_t j = lo; j < hi; ++j)
             sr[j] = detail::safe_score(qi, p.k.row(b, t.k_lo + j, g), d, factor);
           detail::mask_row(sr, t.k_lo, L, rk);
@@ -156,16 +161,16 @@ void attention_materialised(const attention_problem<T, Policy>& p, attention_wor
       detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, p.v.row(b, kb, g), p.v.stride_s,
                                  std::min(kKeyBlock, t.k_hi - kb), d, dp, sc.o, sc.vp);
     for (index_t r = 0; r < t.rows; ++r) {
-      T* dst = p.out.row(b, t.q0 + r, t.head);
-      std::copy(sc.o + r * dp, sc.o + r * dp + d, dst);
+      O* dst = p.out.row(b, t.q0 + r, t.head);  // rounded to nearest even when 16-bit
+      std::transform(sc.o + r * dp, sc.o + r * dp + d, dst, [](T x) { return from_compute<O>(x); });
     }
   });
 }
 
 /// Workspace bytes attention_materialised<Arch>(p, ...) needs.
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
-std::size_t materialised_workspace_bytes(const attention_problem<T, Policy>& p) {
-  return detail::plan_bytes<detail::materialised_plan<Arch, T, Policy>>(p);
+template <class Arch, class T, class Policy, class S>  // tag; compute type; policy; storage_set
+std::size_t materialised_workspace_bytes(const attention_problem<T, Policy, S>& p) {
+  return detail::plan_bytes<detail::materialised_plan<Arch, T, Policy, S>>(p);
 }
 
 }  // namespace ssmax::kernels

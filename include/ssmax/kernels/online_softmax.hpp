@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "../row_state.hpp"
+#include "convert.hpp"
 #include "plan.hpp"
 #include "row_softmax.hpp"
 
@@ -75,20 +76,24 @@ inline bool online_row(T* s, index_t nk, row_state<double>& state, T* o, index_t
 /// scaled by powers of two into [-1, 1] (exact) and summed in double, then scaled back:
 /// the value of the exact product rounded to T, +-inf (the exact sign) where it
 /// overflows T, NaN where q or k holds NaN or inf. The rare path of rows whose dot
-/// products overflow (the kernels' scores are the plain dot products otherwise).
-template <class T>  // float or double
-inline T safe_score(const T* q, const T* k, index_t d, double factor) {
+/// products overflow (the kernels' scores are the plain dot products otherwise). q and k
+/// are read in their storage types (16-bit values widened exactly).
+template <class Q,                 // storage type of q (storage.hpp)
+          class K,                 // storage type of k
+          class T = compute_t<K>>  // the compute type of the result
+inline T safe_score(const Q* q, const K* k, index_t d, double factor) {
   double mq = 0.0, mk = 0.0;
   for (index_t c = 0; c < d; ++c) {
-    if (!std::isfinite(q[c]) || !std::isfinite(k[c])) return std::numeric_limits<T>::quiet_NaN();
-    mq = std::max(mq, std::abs(double(q[c]))), mk = std::max(mk, std::abs(double(k[c])));
+    const double qc = to_compute(q[c]), kc = to_compute(k[c]);
+    if (!std::isfinite(qc) || !std::isfinite(kc)) return std::numeric_limits<T>::quiet_NaN();
+    mq = std::max(mq, std::abs(qc)), mk = std::max(mk, std::abs(kc));
   }
   int eq = 0, ek = 0;
   std::frexp(mq, &eq);
   std::frexp(mk, &ek);
   double acc = 0.0;
   for (index_t c = 0; c < d; ++c)
-    acc += std::ldexp(double(q[c]), -eq) * std::ldexp(double(k[c]), -ek);
+    acc += std::ldexp(double(to_compute(q[c])), -eq) * std::ldexp(double(to_compute(k[c])), -ek);
   return static_cast<T>(std::ldexp(acc * factor, eq + ek));
 }
 
@@ -100,8 +105,11 @@ inline T safe_score(const T* q, const T* k, index_t d, double factor) {
 ///   equally: o restarts from 0 unless the row is already at +inf, state {+inf, count},
 ///   s = 1 on the +inf keys and 0 elsewhere (the caller's P V adds their values);
 /// - otherwise (a NaN that cancelling overflows made): online_row on the fixed scores.
-template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
-inline void online_row_nonfinite(T* s, index_t nk, const T* q, const T* k0, index_t kstride,
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T,     // compute type: float or double
+          class Q,     // storage type of q (storage.hpp) whose compute type is T
+          class K>     // storage type of the keys whose compute type is T
+inline void online_row_nonfinite(T* s, index_t nk, const Q* q, const K* k0, index_t kstride,
                                  index_t d, double factor, index_t kb, const row_keys& row,
                                  row_state<double>& state, T* o, index_t dp, T flush_below) {
   const T inf = std::numeric_limits<T>::infinity();
@@ -127,31 +135,32 @@ inline void online_row_nonfinite(T* s, index_t nk, const T* q, const T* k0, inde
 }
 
 /// The policy's multiplier m of a row of head h (0 for a row that sees no key).
-template <class T, class Policy>  // float or double; a length policy
-inline double row_multiplier(const attention_problem<T, Policy>& p, const row_keys& row,
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline double row_multiplier(const attention_problem<T, Policy, S>& p, const row_keys& row,
                              index_t h) {
   return row.visible > 0 ? p.policy->multiplier({row.n, row.position, h}) : 0.0;
 }
 
 /// Per-row setup of a block of query rows q0..q0+rows-1 of head h: which keys each row
 /// sees (info), and the scaled queries qs[r*d, +d) = (m_r * scale) * q_r, with m_r the
-/// policy's multiplier computed once per row in double (0 for rows that see no key).
-template <class T, class Policy>  // float or double; a length policy
-inline void setup_rows(const attention_problem<T, Policy>& p, const sequence_span& seq, index_t h,
-                       index_t q0, index_t rows, row_keys* info, T* qs) {
+/// policy's multiplier computed once per row in double (0 for rows that see no key). q
+/// stored in 16 bits is widened exactly; qs is never rounded back to 16 bits.
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline void setup_rows(const attention_problem<T, Policy, S>& p, const sequence_span& seq,
+                       index_t h, index_t q0, index_t rows, row_keys* info, T* qs) {
   const index_t d = p.q.dim;
   for (index_t r = 0; r < rows; ++r) {
     info[r] = visible_keys(p.mask, seq, h, q0 + r);
     const T f = static_cast<T>(row_multiplier(p, info[r], h) * p.scale);
-    const T* qr = p.q.row(seq.tensor_batch, q0 + r, h);
-    for (index_t c = 0; c < d; ++c) qs[r * d + c] = f * qr[c];
+    const auto* qr = p.q.row(seq.tensor_batch, q0 + r, h);
+    for (index_t c = 0; c < d; ++c) qs[r * d + c] = f * to_compute(qr[c]);
   }
 }
 
 /// Key range [lo, hi) covering every row of a block, the same for every head: it ignores
 /// the boolean mask (the only constraint that may differ between heads).
-template <class T, class Policy>  // float or double; a length policy
-inline void block_key_range(const attention_problem<T, Policy>& p, const sequence_span& seq,
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline void block_key_range(const attention_problem<T, Policy, S>& p, const sequence_span& seq,
                             index_t q0, index_t rows, index_t& lo, index_t& hi) {
   lo = std::numeric_limits<index_t>::max();
   hi = std::numeric_limits<index_t>::min();
@@ -162,17 +171,19 @@ inline void block_key_range(const attention_problem<T, Policy>& p, const sequenc
   if (lo >= hi) lo = hi = seq.k_begin;
 }
 
-/// Writes one finished row: out = o / sum (zeros when the state is empty), lse.
-template <class T, class Policy>  // float or double; a length policy
-inline void finish_row(const attention_problem<T, Policy>& p, index_t b, index_t i, index_t h,
+/// Writes one finished row: out = o / sum (zeros when the state is empty), lse (in T).
+/// The one rounding to a 16-bit out happens here: o / sum in T, then to nearest even.
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, index_t i, index_t h,
                        const T* o, const row_state<double>& state) {
-  T* dst = p.out.row(b, i, h);
+  using O = typename S::out;
+  O* dst = p.out.row(b, i, h);
   const index_t d = p.q.dim;
   if (state.empty()) {
-    std::fill(dst, dst + d, T(0));
+    std::fill(dst, dst + d, from_compute<O>(T(0)));
   } else {
     const T inv = static_cast<T>(1.0 / state.sum);
-    for (index_t c = 0; c < d; ++c) dst[c] = o[c] * inv;
+    for (index_t c = 0; c < d; ++c) dst[c] = from_compute<O>(o[c] * inv);
   }
   if (p.lse != nullptr) p.lse[p.row_index(b, h, i)] = static_cast<T>(state.log_sum_exp());
 }

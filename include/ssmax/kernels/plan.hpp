@@ -31,19 +31,33 @@ inline constexpr index_t kSplitMaxRows = 16;
 /// Blocks with at most this many rows use dot products instead of the packed GEMM.
 inline constexpr index_t kDotMaxRows = 3;
 
+/// The storage types of one call's tensors (storage.hpp, attention_storage): q, k and v
+/// (one type), out. The kernels compute in the problem's T and convert on the way in
+/// (kernels/convert.hpp) and on the final store to out.
+template <class Q,   // element type of q
+          class KV,  // element type of k and v
+          class O>   // element type of out
+struct storage_set {
+  using q = Q;
+  using kv = KV;
+  using out = O;
+};
+
 /// A validated attention call, as the kernels receive it.
-template <class T,       // float or double
-          class Policy>  // a length policy (length_policy.hpp)
+template <class T,                         // compute type: float or double (compute_t)
+          class Policy,                    // a length policy (length_policy.hpp)
+          class S = storage_set<T, T, T>>  // storage types of q, k/v and out
 struct attention_problem {
-  tensor_view<const T> q;  ///< [B, n_q, H, d]
-  tensor_view<const T> k;  ///< [B, n_k, H_kv, d]
-  tensor_view<const T> v;  ///< [B, n_k, H_kv, d]
-  tensor_view<T> out;      ///< [B, n_q, H, d]
+  using storage = S;
+  tensor_view<const typename S::q> q;   ///< [B, n_q, H, d]
+  tensor_view<const typename S::kv> k;  ///< [B, n_k, H_kv, d]
+  tensor_view<const typename S::kv> v;  ///< [B, n_k, H_kv, d]
+  tensor_view<typename S::out> out;     ///< [B, n_q, H, d]
   const Policy* policy = nullptr;
   attention_mask mask;
   double scale = 1.0;    ///< logit scale (1/sqrt(d) by default)
-  T* lse = nullptr;      ///< [B, H, n_q] or null
-  T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only)
+  T* lse = nullptr;      ///< [B, H, n_q] or null (compute type)
+  T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only; compute type)
   int threads = 1;       ///< threads to use (>= 1)
 
   index_t sequences() const { return sequence_count(mask, q.batch); }
