@@ -1,253 +1,36 @@
-// The attention operator with 16-bit storage (storage.hpp): q, k/v and out each float,
-// Eigen::bfloat16 or Eigen::half, against the double reference run on the exact values
-// of the 16-bit inputs, within the bound attention.hpp states (the float bound, plus half
-// an ULP of out's type). Both paths, decode (1 to 3 query rows: dot products reading K and
-// V in place) and prefill (packed, widened K^T and V), every mask kind, Softmax, SSMax and
-// SSMax with a per-head bias, GQA, on every architecture the binary is compiled for and
-// the CPU has: all 27 combinations on the widest, the 9 that cover every pair of (q, k/v,
-// out) types on the others. Bad input: named errors, nothing written.
+// The attention operator with 16-bit storage (storage.hpp) on the widest architecture
+// this binary is compiled for: all 27 combinations of q, k/v and out in float,
+// Eigen::bfloat16 and Eigen::half, both paths, decode (1 to 3 query rows: dot products
+// reading K and V in place) and prefill (K^T and V widened while packing), every mask
+// kind, Softmax, SSMax and SSMax with a per-head bias, GQA, against the double reference
+// on the exact input values within the bound attention.hpp states
+// (support/stored_attention.hpp); the Eigen one-head overloads; bad input (named errors,
+// nothing written). tests/test_attention_16bit_archs.cpp covers the other architectures.
 
 #include <gtest/gtest.h>
 
-#include <memory>
-#include <ssmax/attention.hpp>
-#include <ssmax/kernels/convert.hpp>
-#include <tuple>
-
-#include "support/attention_check.hpp"
 #include "support/expect_error.hpp"
+#include "support/stored_attention.hpp"
 
 namespace {
 
 using namespace ssmax;
 using namespace ssmax::testing;
 using ssmax::index_t;
-using bf16 = Eigen::bfloat16;
-using f16 = Eigen::half;
-
-/// One storage combination: q, k and v, out.
-template <class Q, class KV, class O>
-struct combo {
-  using q = Q;
-  using kv = KV;
-  using out = O;
-};
-
-/// Half an ULP of out's type, relative (0 for float: the float bound holds it), and half
-/// its smallest denormal: what the final rounded store may add.
-template <class O>
-double out_unit() {
-  if (std::is_same<O, bf16>::value) return std::ldexp(1.0, -8);
-  if (std::is_same<O, f16>::value) return std::ldexp(1.0, -11);
-  return 0.0;
-}
-template <class O>
-double out_tiny() {
-  if (std::is_same<O, bf16>::value) return std::ldexp(1.0, -134);
-  if (std::is_same<O, f16>::value) return std::ldexp(1.0, -25);
-  return 0.0;
-}
-
-const char* type_name(float) { return "f32"; }
-const char* type_name(bf16) { return "bf16"; }
-const char* type_name(f16) { return "f16"; }
-
-/// Random inputs stored in q's and k/v's types, and their exact values (the reference's
-/// inputs) in an attention_data<double> of the same shape.
-template <class C>  // combo<Q, KV, O>
-struct stored_data {
-  using Q = typename C::q;
-  using KV = typename C::kv;
-  attention_data<double> exact;
-  std::vector<Q> q;
-  std::vector<KV> k, v;
-
-  stored_data(index_t B, index_t n_q, index_t n_k, index_t H, index_t H_kv, index_t d,
-              unsigned seed)
-      : exact(B, n_q, n_k, H, H_kv, d, seed) {
-    store(exact.q, q);
-    store(exact.k, k);
-    store(exact.v, v);
-  }
-  template <class S>
-  static void store(std::vector<double>& values, std::vector<S>& stored) {
-    stored.resize(values.size());
-    for (size_t i = 0; i < values.size(); ++i) {
-      stored[i] = kernels::from_compute<S>(static_cast<float>(values[i]));
-      values[i] = kernels::to_compute(stored[i]);  // exact
-    }
-  }
-};
-
-/// Runs attention on the stored data; out widened (exactly) to float.
-template <class Arch, class C, class Policy>
-attention_run<float> run_stored(const stored_data<C>& data, attention_options<Policy> o,
-                                attention_path path) {
-  using O = typename C::out;
-  const attention_data<double>& x = data.exact;
-  std::vector<O> out(x.q.size(), kernels::from_compute<O>(-7.0f));
-  attention_run<float> r;
-  r.lse.assign(static_cast<size_t>(x.B * x.H * x.n_q), -7.0f);
-  attention_extras<float> extras;
-  extras.lse = r.lse.data();
-  if (path == attention_path::materialised) {
-    r.weights.assign(static_cast<size_t>(x.B * x.H * x.n_q * x.n_k), -7.0f);
-    extras.weights = r.weights.data();
-  }
-  o.path = path;
-  attention<Arch>(bshd_view(data.q.data(), x.B, x.n_q, x.H, x.d),
-                  bshd_view(data.k.data(), x.B, x.n_k, x.H_kv, x.d),
-                  bshd_view(data.v.data(), x.B, x.n_k, x.H_kv, x.d),
-                  bshd_view(out.data(), x.B, x.n_q, x.H, x.d), o, extras);
-  for (O e : out) r.out.push_back(kernels::to_compute(e));
-  return r;
-}
-
-/// Both paths against the reference on the exact inputs.
-template <class Arch, class C, class Policy>
-void check_stored(const stored_data<C>& data, const attention_options<Policy>& o,
-                  const std::string& what) {
-  using O = typename C::out;
-  const std::string types = std::string(" [q ") + type_name(typename C::q{}) + ", kv " +
-                            type_name(typename C::kv{}) + ", out " + type_name(O{}) + "]";
-  for (auto path : {attention_path::fused, attention_path::materialised}) {
-    const auto run = run_stored<Arch>(data, o, path);
-    expect_matches_reference(
-        data.exact, o, run,
-        what + types + (path == attention_path::fused ? " fused" : " materialised"), out_unit<O>(),
-        out_tiny<O>());
-  }
-}
-
-/// A mask kind with the data it points to.
-struct mask_case {
-  std::string name;
-  attention_mask mask;
-  bool packed = false;  ///< the data must be [1, total, H, d]
-};
-
-/// Every mask kind x Softmax, SSMax and SSMax with bias, decode (1 to 3 rows, some over
-/// several key blocks) and prefill, GQA 4:2 and 4:4, for one combination.
-template <class Arch, class C>
-void check_combination() {
-  const index_t B = 2, H = 4;
-  const index_t n_k = 520;  // three key blocks, the last one partial
-  const index_t lengths[] = {517, 3};
-  const index_t cu_q[] = {0, 2, 2, 3};  // packed decode-sized sequences, one with no query
-  const index_t cu_k[] = {0, 260, 270, 520};
-  const index_t cu_q_prefill[] = {0, 12, 20};
-  const index_t cu_k_prefill[] = {0, 260, 520};
-  std::mt19937 gen(3);
-  std::unique_ptr<bool[]> allowed(new bool[static_cast<size_t>(B * H * 20 * n_k)]);
-  for (index_t e = 0; e < B * H * 20 * n_k; ++e) allowed[static_cast<size_t>(e)] = gen() % 3 != 0;
-  std::vector<double> s = {0.3, 0.4, 0.5, 0.6}, b = {0.0, 0.2, 0.4, 0.6};
-  int which = 0;
-  for (index_t n_q : {1, 3, 20}) {  // decode: dot products; prefill: the packed GEMM
-    std::vector<mask_case> masks;
-    masks.push_back({"none", attention_mask::none()});
-    masks.push_back({"causal", attention_mask::causal_mask()});
-    masks.push_back({"window", attention_mask::sliding_window(100)});
-    masks.push_back({"cache", attention_mask::cache(lengths)});
-    masks.push_back(
-        n_q <= 3 ? mask_case{"packed", attention_mask::varlen(cu_q, cu_k, 3), true}
-                 : mask_case{"packed-causal",
-                             attention_mask::varlen(cu_q_prefill, cu_k_prefill, 2, true), true});
-    masks.push_back(
-        {"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)});
-    for (const auto& mc : masks) {
-      if (mc.packed && n_q == 1) continue;  // cu_q holds 3 queries
-      const index_t H_kv = which % 2 == 0 ? 2 : 4, d = which % 3 == 0 ? 37 : 64;
-      const index_t rows = mc.packed ? (n_q <= 3 ? 3 : 20) : n_q;
-      stored_data<C> data(mc.packed ? 1 : B, rows, n_k, H, H_kv, d, static_cast<unsigned>(++which));
-      const std::string what = mc.name + " n_q=" + std::to_string(rows) +
-                               " H_kv=" + std::to_string(H_kv) + " d=" + std::to_string(d);
-      // Softmax as ssmax_policy(0, 1) (m = 1 on every row: the kernels do not tell the
-      // policy types apart; softmax_policy itself runs in LongDecodeSplitsAndGqa), SSMax,
-      // and SSMax with a per-head bias.
-      attention_options<ssmax_policy> o;
-      o.mask = mc.mask;
-      o.policy = ssmax_policy(0.0, 1.0);
-      check_stored<Arch>(data, o, what + " softmax");
-      o.policy = ssmax_policy(0.43);
-      check_stored<Arch>(data, o, what + " ssmax");
-      o.policy = ssmax_policy(s, b);
-      check_stored<Arch>(data, o, what + " ssmax-bias");
-    }
-  }
-}
-
-template <class Arch, class... Cs>
-void check_all(std::tuple<Cs...>) {
-  (check_combination<Arch, Cs>(), ...);
-}
-
-using f32 = float;
-/// Every (q, k/v, out) combination of float, bfloat16 and half.
-using every_combination = std::tuple<
-    combo<f32, f32, bf16>, combo<f32, f32, f16>, combo<f32, bf16, f32>, combo<f32, bf16, bf16>,
-    combo<f32, bf16, f16>, combo<f32, f16, f32>, combo<f32, f16, bf16>, combo<f32, f16, f16>,
-    combo<bf16, f32, f32>, combo<bf16, f32, bf16>, combo<bf16, f32, f16>, combo<bf16, bf16, f32>,
-    combo<bf16, bf16, bf16>, combo<bf16, bf16, f16>, combo<bf16, f16, f32>, combo<bf16, f16, bf16>,
-    combo<bf16, f16, f16>, combo<f16, f32, f32>, combo<f16, f32, bf16>, combo<f16, f32, f16>,
-    combo<f16, bf16, f32>, combo<f16, bf16, bf16>, combo<f16, bf16, f16>, combo<f16, f16, f32>,
-    combo<f16, f16, bf16>, combo<f16, f16, f16>>;
-/// Nine combinations holding every pair of types of every two of (q, k/v, out): a Latin
-/// square, so each conversion path meets each other one.
-using pairwise_combinations =
-    std::tuple<combo<f32, bf16, f16>, combo<f32, f16, bf16>, combo<bf16, f32, bf16>,
-               combo<bf16, bf16, f32>, combo<bf16, f16, f16>, combo<f16, f32, f16>,
-               combo<f16, bf16, bf16>, combo<f16, f16, f32>, combo<f32, f32, f32>>;
 
 template <class C>  // kernel_config<Arch, float>
 using Attention16 = kernel_test<C>;
-template <class Tuple>
-struct float_configs;
-template <class... Archs>
-struct float_configs<std::tuple<Archs...>> {
-  using type = ::testing::Types<kernel_config<Archs, float>...>;
-};
-TYPED_TEST_SUITE(Attention16, float_configs<attention_architectures>::type, config_name);
+TYPED_TEST_SUITE(Attention16, float_kernel_configs<std::tuple<widest_architecture>>, config_name);
 
-/// The widest architecture this binary has: every combination runs on it.
-using widest = std::tuple_element_t<(std::tuple_size<attention_architectures>::value > 1 ? 1 : 0),
-                                    attention_architectures>;
-
-TYPED_TEST(Attention16, EveryMaskPolicyAndPathAgainstTheReference) {
-  using Arch = typename TypeParam::arch;
-  if constexpr (std::is_same<Arch, widest>::value)
-    check_all<Arch>(every_combination{});
-  else
-    check_all<Arch>(pairwise_combinations{});
+TYPED_TEST(Attention16, EveryCombinationMaskPolicyAndPath) {
+  check_all<typename TypeParam::arch>(every_combination{});
 }
 
-TYPED_TEST(Attention16, LongDecodeSplitsAndGqa) {
-  using Arch = typename TypeParam::arch;
-  using C = combo<bf16, bf16, bf16>;
-  stored_data<C> data(1, 1, 5000, 8, 2, 128, 21);
-  attention_options<ssmax_policy> o;
-  o.mask = attention_mask::causal_mask(4999);
-  check_stored<Arch>(data, o, "decode n_k=5000 GQA 8:2");
-  stored_data<combo<f16, f16, f16>> half_data(1, 2, 4200, 4, 4, 128, 22);
-  attention_options<softmax_policy> plain;
-  plain.mask = attention_mask::causal_mask();
-  check_stored<Arch>(half_data, plain, "decode 2 rows n_k=4200 softmax");
-  stored_data<combo<bf16, f16, f32>> prefill(1, 300, 300, 2, 1, 128, 24);
-  check_stored<Arch>(prefill, plain, "prefill 300 causal softmax");
+TYPED_TEST(Attention16, LongDecodeAndPrefill) {
+  check_long_decode_and_prefill<typename TypeParam::arch>();
 }
 
-TYPED_TEST(Attention16, NonFiniteInputs) {
-  using Arch = typename TypeParam::arch;
-  using C = combo<bf16, f16, bf16>;
-  stored_data<C> data(1, 2, 40, 1, 1, 16, 23);
-  // A NaN key makes every row that sees it NaN; an infinite value too (inf * 0 weights).
-  data.k[5 * 16 + 3] = kernels::from_compute<f16>(std::numeric_limits<float>::quiet_NaN());
-  for (auto path : {attention_path::fused, attention_path::materialised}) {
-    attention_options<softmax_policy> o;
-    const auto run = run_stored<Arch>(data, o, path);
-    for (float x : run.out) EXPECT_TRUE(std::isnan(x));
-    for (float x : run.lse) EXPECT_TRUE(std::isnan(x));
-  }
-}
+TYPED_TEST(Attention16, NonFiniteInputs) { check_non_finite_inputs<typename TypeParam::arch>(); }
 
 TEST(Attention16Eigen, OneHeadOverloadsEqualTheViews) {
   stored_data<combo<bf16, bf16, bf16>> data(1, 5, 40, 1, 1, 16, 41);

@@ -188,13 +188,7 @@ TEST(StorageTraits, CombinationsAndComputeTypes) {
 // Vector conversions against the scalar ones, per architecture.
 template <class Config>  // kernel_config<Arch, float>
 class VectorConvert : public testing::kernel_test<Config> {};
-template <class Tuple>
-struct float_configs;
-template <class... Archs>
-struct float_configs<std::tuple<Archs...>> {
-  using type = ::testing::Types<testing::kernel_config<Archs, float>...>;
-};
-TYPED_TEST_SUITE(VectorConvert, float_configs<testing::tested_architectures>::type,
+TYPED_TEST_SUITE(VectorConvert, testing::float_kernel_configs<testing::tested_architectures>,
                  testing::config_name);
 
 template <class Arch, class S>

@@ -68,6 +68,12 @@ using tested_architectures =
 using kernel_configs = typename detail::to_gtest<
     typename detail::cross<tested_architectures, float, double>::type>::type;
 
+/// (Arch, float) for each architecture of a tuple, as gtest typed-test parameters: the
+/// tests of float-computing code (16-bit storage, conversions).
+template <class Archs>  // std::tuple of architecture tags
+using float_kernel_configs =
+    typename detail::to_gtest<typename detail::cross<Archs, float>::type>::type;
+
 /// Names typed tests "avx512f_float" rather than "7".
 struct config_name {
   template <class C>
