@@ -23,5 +23,6 @@
 #include "row_state.hpp"
 #include "softmax.hpp"
 #include "softmax_backward.hpp"
+#include "storage.hpp"
 #include "tensor_view.hpp"
 #include "version.hpp"
