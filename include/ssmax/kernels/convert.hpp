@@ -138,7 +138,7 @@ template <class Arch, class S>  // xsimd architecture tag; a 16-bit storage type
 inline compute_vec<Arch, S> load_16bit(const S* p, bool& done) {
   done = true;
   using V = compute_vec<Arch, S>;
-  constexpr bool bf16 = std::is_same<S, Eigen::bfloat16>::value;
+  [[maybe_unused]] constexpr bool bf16 = std::is_same<S, Eigen::bfloat16>::value;
   [[maybe_unused]] const void* raw = p;
 #if XSIMD_WITH_AVX512F
   if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
@@ -179,7 +179,7 @@ inline compute_vec<Arch, S> load_16bit(const S* p, bool& done) {
 /// The 16-bit vector store in registers where the architecture has one (see load_16bit).
 template <class Arch, class S>  // xsimd architecture tag; a 16-bit storage type
 inline bool store_16bit(S* p, const compute_vec<Arch, S>& v) {
-  constexpr bool bf16 = std::is_same<S, Eigen::bfloat16>::value;
+  [[maybe_unused]] constexpr bool bf16 = std::is_same<S, Eigen::bfloat16>::value;
   [[maybe_unused]] void* raw = p;
 #if XSIMD_WITH_AVX512F
   if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
