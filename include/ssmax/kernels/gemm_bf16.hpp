@@ -115,7 +115,9 @@ inline void gemm_bf16_rows(index_t mr, index_t kp, const std::uint32_t* a, index
 }
 
 /// Tile shape of the bf16 GEMM: the float GEMM's AVX-512 shape, 8 rows x 2 vectors (16
-/// accumulators of the 32 registers).
+/// accumulators of the 32 registers). Measured (Zen 5, bench_attention tile/gemm/bf16, a
+/// 64 x 256 score block, K^T packed): about 390 GFLOP/s at d = 64 and 128, 0.93 of the
+/// vdpbf16ps peak (peak/dpbf16/bf16) and 1.87 x the float FMA peak of the same run.
 inline constexpr int kBf16TileRows = 8, kBf16TileVectors = 2;
 
 /// C[m x n] = diag(f) A B: A [m x kp] packed q pairs (rows lda words apart), B [kp x n]
