@@ -25,17 +25,18 @@
 //
 // Deterministic: each score is one accumulation over the pairs in order.
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "gemm.hpp"
+
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #define SSMAX_HAVE_AVX512BF16 1
 
 #include <immintrin.h>
 
 #include <Eigen/Core>
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-
-#include "gemm.hpp"
 
 namespace ssmax::kernels::detail {
 
