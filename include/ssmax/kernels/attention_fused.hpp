@@ -9,7 +9,8 @@
 //
 // Two kinds of task:
 // - prefill: kFusedQueryBlock rows of one head, through a register-blocked GEMM on K^T
-//   and V packed once per (sequence, kv head, key block);
+//   and V packed once per (sequence, kv head, key block), kPrefillStrip rows at a time
+//   (prefill_strips.hpp: the strip's scores stay in L1; the score GEMM is chosen there);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
 //   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
 //   place, once per kv head for every query head sharing it, in kKeyStreams runs; with
