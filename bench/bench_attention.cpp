@@ -17,6 +17,9 @@
 // d = 128, MHA and GQA 8:2; their GBs count the 16-bit bytes of K and V actually read.
 // The bf16 / f32 decode ratio: compare decode/fused/softmax/bf16/d:128/n:32768/threads:1
 // with decode/fused/softmax/d:128/n:32768/threads:1 of the same run.
+//   of_bf16_peak  "bf16" runs: GFLOPs / the bf16 dot-product peak (peak/dpbf16/bf16)
+// The score GEMM tile alone: "tile/gemm/<float|bf16>/d:<d>" (register_tiles). After the
+// table, ratios of the same run: SSMax / Softmax time and the 2-thread speedup.
 // Typical run (the table of the README):
 //   bench_attention --benchmark_filter='peak|copy|d:128/n:4096/|decode/.*n:32768'
 //   --benchmark_min_time=1
@@ -25,13 +28,16 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <ssmax/attention.hpp>
 #include <ssmax/kernels/convert.hpp>
+#include <ssmax/kernels/gemm_bf16.hpp>
 #include <string>
 #include <vector>
 
 #include "support/machine_peaks.hpp"
+#include "support/ratio_reporter.hpp"
 #include "support/run.hpp"
 
 namespace {
@@ -208,11 +214,66 @@ void register_16bit() {
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }
+/// The score GEMM tile alone (L1/L2-resident operands): S[64 x 256] = Q' K^T of one query
+/// block and one key block, K^T packed once, as the fused prefill runs it per strip.
+/// "tile/gemm/float/d:<d>" (the float GEMM, gemm.hpp) and, with AVX512-BF16,
+/// "tile/gemm/bf16/d:<d>" (gemm_bf16.hpp; its of_bf16_peak is against peak/dpbf16/bf16).
+void run_tile(benchmark::State& state, bool bf16, index_t d) {
+  namespace k = ssmax::kernels;
+  // keys through a volatile: with every size a constant GCC 12 warns falsely on pack_kt.
+  volatile index_t block = k::kKeyBlock;
+  const index_t rows = k::kFusedQueryBlock, keys = block;
+  std::mt19937 gen(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> q(static_cast<size_t>(rows * d)), kv(static_cast<size_t>(keys * d));
+  for (auto* t : {&q, &kv})
+    for (auto& x : *t) x = u(gen);
+  const index_t lds = k::detail::score_stride(16);
+  std::vector<float> s(static_cast<size_t>(rows * lds));
+  if (!bf16) {
+    const index_t ldk = k::detail::kt_stride(keys, 16);
+    std::vector<float> kt(static_cast<size_t>(d * ldk));
+    k::detail::pack_kt(kv.data(), d, keys, d, keys, ldk, kt.data());
+    for (auto _ : state) {
+      k::detail::gemm<ssmax::default_arch>(rows, keys, d, q.data(), d, kt.data(), ldk, s.data(),
+                                           lds, false);
+      benchmark::DoNotOptimize(s.data());
+    }
+  } else {
+#ifdef SSMAX_HAVE_AVX512BF16
+    const index_t kp = k::detail::bf16_pairs(d), ldk = 2 * keys + 32;
+    std::vector<Eigen::bfloat16> qb(q.begin(), q.end()), kb(kv.begin(), kv.end());
+    std::vector<std::uint16_t> kt(static_cast<size_t>(kp * ldk));
+    std::vector<std::uint32_t> qp(static_cast<size_t>(rows * kp));
+    const std::vector<float> f(static_cast<size_t>(rows), 1.0f);
+    k::detail::pack_kt_bf16(kb.data(), d, keys, d, keys, ldk, kt.data());
+    for (index_t r = 0; r < rows; ++r) k::detail::pack_q_bf16(&qb[r * d], d, &qp[r * kp]);
+    for (auto _ : state) {
+      k::detail::gemm_bf16(rows, keys, kp, qp.data(), kp, kt.data(), ldk, f.data(), s.data(), lds);
+      benchmark::DoNotOptimize(s.data());
+    }
+#endif
+  }
+  set_counters(state, 2.0 * rows * keys * d, 0, 1, 0);
+}
+
+void register_tiles() {
+  for (index_t d : {64, 128}) {
+    const std::string tail = "/d:" + std::to_string(d);
+    benchmark::RegisterBenchmark(("tile/gemm/float" + tail).c_str(),
+                                 [=](benchmark::State& s) { run_tile(s, false, d); });
+#ifdef SSMAX_HAVE_AVX512BF16
+    benchmark::RegisterBenchmark(("tile/gemm/bf16" + tail).c_str(),
+                                 [=](benchmark::State& s) { run_tile(s, true, d); });
+#endif
+  }
 }
 
 void register_all() {
   ssmax::bench::register_fma_peak();
+  ssmax::bench::register_bf16_peak();
   ssmax::bench::register_memory_copy();
+  register_tiles();
   for (bool decode : {false, true})
     for (index_t d : {64, 128}) {
       const std::vector<index_t> sizes = decode ? std::vector<index_t>{4096, 32768, 131072}
@@ -272,4 +333,13 @@ int main(int argc, char** argv) {
   register_16bit();
   using reporter = ssmax::bench::fraction_reporter<benchmark::ConsoleReporter>;
   return ssmax::bench::run_with<reporter>(argc, argv);
+  // of_peak (and of_bf16_peak, of_copy) from the peak runs, then the ratio tables: SSMax
+  // against Softmax (time; target <= 1.02) and 2 threads against 1 (speedup; prefill
+  // target >= 1.8), medians with --benchmark_repetitions.
+  using reporter = ssmax::bench::fraction_reporter<ssmax::bench::ratio_reporter>;
+  return ssmax::bench::run_with<reporter>(
+      argc, argv,
+      std::vector<ssmax::bench::comparison>{
+          {2, "softmax", "ssmax / softmax (time)", false},
+          {5, "threads:1", "threads:2 / threads:1 (speedup)", true}});
 }

@@ -4,9 +4,12 @@
 //   peak/fma/float       the 1-thread FMA peak: a register-blocked xsimd FMA loop (GFLOPs)
 //   copy/memcpy/256MiB   a plain memory copy's bandwidth (GBs: bytes read + written per
 //                        second, STREAM's convention)
+//   peak/dpbf16/bf16     with AVX512-BF16 only: the 1-thread bf16 dot-product peak, a
+//                        register-blocked vdpbf16ps loop, 2 flops per bf16 product (GFLOPs)
 // and a reporter that adds, to every run with those counters,
-//   of_peak   GFLOPs / (threads x the 1-thread FMA peak)
-//   of_copy   GBs / the copy bandwidth
+//   of_peak       GFLOPs / (threads x the 1-thread FMA peak)
+//   of_bf16_peak  runs with a "bf16" name field: GFLOPs / (threads x the bf16 peak)
+//   of_copy       GBs / the copy bandwidth
 // (a column appears only when its limit was measured earlier in the same run).
 
 #include <benchmark/benchmark.h>
@@ -16,6 +19,10 @@
 #include <string>
 #include <vector>
 #include <xsimd/xsimd.hpp>
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 namespace ssmax::bench {
 
@@ -38,6 +45,40 @@ inline void fma_peak(benchmark::State& state) {
   const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
   state.counters["GFLOPs"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+#ifdef __AVX512BF16__
+/// The 1-thread bf16 dot-product peak: independent vdpbf16ps chains (latency x units, as
+/// fma_peak), each instruction 16 lanes x 2 products x 2 flops.
+inline void bf16_dot_peak(benchmark::State& state) {
+  constexpr int kAcc = 16;
+  __m512 acc[kAcc];
+  for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_set1_ps(1e-3f * static_cast<float>(a));
+  const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+  const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-7f), _mm512_set1_ps(-1e-7f));
+  const std::int64_t iters = 1 << 20;
+  for (auto _ : state) {
+    for (std::int64_t i = 0; i < iters; ++i)
+      for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_dpbf16_ps(acc[a], x, y);
+    for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
+  }
+  const double flops = 2.0 * 32 * kAcc * static_cast<double>(iters);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
+/// Registers bf16_dot_peak as "peak/dpbf16/bf16" where the binary targets AVX512-BF16
+/// (after register_fma_peak, before the runs it is a fraction of); elsewhere nothing.
+inline void register_bf16_peak() {
+#ifdef __AVX512BF16__
+  benchmark::RegisterBenchmark("peak/dpbf16/bf16", bf16_dot_peak)->Unit(benchmark::kMillisecond);
+#endif
+}
+
+/// True when one of name's '/'-separated fields is exactly field.
+inline bool has_field(const std::string& name, const std::string& field) {
+  return ("/" + name + "/").find("/" + field + "/") != std::string::npos;
 }
 
 /// The bandwidth of a 256 MiB memcpy, counting bytes read and written.
@@ -93,13 +134,20 @@ class fraction_reporter : public Base {
       auto gf = r.counters.find("GFLOPs");
       auto gb = r.counters.find("GBs");
       if (is_reference_row(r)) {
-        if (name.rfind("peak/", 0) == 0 && gf != r.counters.end()) peak_gflops_ = gf->second.value;
+        if (name.rfind("peak/fma/", 0) == 0 && gf != r.counters.end())
+          peak_gflops_ = gf->second.value;
+        if (name.rfind("peak/dpbf16/", 0) == 0 && gf != r.counters.end())
+          bf16_gflops_ = gf->second.value;
         if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) copy_gbs_ = gb->second.value;
       }
       if (!gets_fractions(r)) continue;
       auto th = r.counters.find("threads");
       if (gf != r.counters.end() && th != r.counters.end() && peak_gflops_ > 0) {
         r.counters["of_peak"] = gf->second.value / (peak_gflops_ * th->second.value);
+      }
+      if (gf != r.counters.end() && th != r.counters.end() && bf16_gflops_ > 0 &&
+          has_field(name, "bf16") && name.rfind("peak/", 0) != 0) {
+        r.counters["of_bf16_peak"] = gf->second.value / (bf16_gflops_ * th->second.value);
       }
       if (gb != r.counters.end() && name.rfind("copy/", 0) != 0 && copy_gbs_ > 0) {
         r.counters["of_copy"] = gb->second.value / copy_gbs_;
@@ -110,10 +158,12 @@ class fraction_reporter : public Base {
 
   double peak_gflops() const { return peak_gflops_; }  ///< the peak in use (for tests)
   double copy_gbs() const { return copy_gbs_; }        ///< the copy rate in use (for tests)
+  double bf16_gflops() const { return bf16_gflops_; }  ///< the bf16 peak in use (for tests)
 
  private:
   double peak_gflops_ = 0.0;  // 1-thread FMA peak, from the peak run
   double copy_gbs_ = 0.0;     // copy bandwidth (read + write), from the copy run
+  double bf16_gflops_ = 0.0;  // 1-thread bf16 dot-product peak, from its peak run
 };
 
 }  // namespace ssmax::bench

@@ -51,12 +51,16 @@ class ratio_reporter : public benchmark::ConsoleReporter {
 
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
-    for (const auto& run : runs)
-      if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
-        const std::string name = run.benchmark_name();
+    for (const auto& run : runs) {
+      if (run.error_occurred) continue;
+      const std::string name = run.run_name.str();
+      if (run.run_type == Run::RT_Iteration) {
+        if (times_.count(name) == 0) order_.push_back(name);
         times_[name] = run.GetAdjustedRealTime();
-        order_.push_back(name);
+      } else if (run.aggregate_name == "median") {  // with repetitions: the median, not the last
+        times_[name] = run.GetAdjustedRealTime();
       }
+    }
   }
 
   void Finalize() override {

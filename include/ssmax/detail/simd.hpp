@@ -97,6 +97,18 @@ struct simd<scalar_arch, T> {
   static T reduce_max(vec v) { return v; }
 };
 
+/// Prefetches the cache lines of [p, p + Bytes) into L1 for reading (a hint: no effect
+/// on results, none on compilers without __builtin_prefetch).
+template <std::size_t Bytes>  // bytes to prefetch from p
+inline void prefetch_rows(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (std::size_t at = 0; at < Bytes; at += 64)
+    __builtin_prefetch(static_cast<const char*>(p) + at, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 /// Vector registers of an architecture: 32 for AVX-512 and AArch64 (neon64), 16 for the
 /// other x86 levels (SSE to AVX2) and 32-bit NEON, 0 for scalar_arch. Register-blocked
 /// kernels size their tiles by it (kernels/gemm.hpp, tile_shape).

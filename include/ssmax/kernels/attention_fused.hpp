@@ -9,7 +9,8 @@
 //
 // Two kinds of task:
 // - prefill: kFusedQueryBlock rows of one head, through a register-blocked GEMM on K^T
-//   and V packed once per (sequence, kv head, key block);
+//   and V packed once per (sequence, kv head, key block), kPrefillStrip rows at a time
+//   (prefill_strips.hpp: the strip's scores stay in L1; the score GEMM is chosen there);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
 //   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
 //   place, once per kv head for every query head sharing it, in kKeyStreams runs; with
@@ -45,6 +46,7 @@
 #include "key_streams.hpp"
 #include "online_softmax.hpp"
 #include "plan.hpp"
+#include "prefill_strips.hpp"
 
 namespace ssmax::kernels {
 namespace detail {
@@ -233,7 +235,6 @@ void fused_range(const attention_problem<T, Policy, S>& p,
   const sequence_span seq = p.span(t.seq);
   const index_t d = p.q.dim, b = seq.tensor_batch, dp = plan.dp, skp = plan.skp;
   const index_t rows = t.rows, all_rows = t.scratch_rows();
-  constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
   // The scratch rows of each kv head the task reads (consecutive heads share one); the
   // rows' key and value pointers are set per block.
   head_rows<typename S::kv> keys[kFusedQueryBlock], values[kFusedQueryBlock];
@@ -253,24 +254,11 @@ void fused_range(const attention_problem<T, Policy, S>& p,
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
   std::fill(sc.o, sc.o + all_rows * dp, T(0));
   for (index_t r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
-  for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
-    const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
-    bool any = false;
-    for (index_t r = 0; r < all_rows; ++r)
-      any = any || (sc.info[r].visible > 0 && sc.info[r].begin < kb + nk && sc.info[r].end > kb);
-    if (!any) continue;
-    if (rows > kDotMaxRows) {  // one head: groups == 1
-      gemm<Arch>(rows, round_up(nk, W), d, sc.qs, d, plan.kt_block(p, t.seq, kv_of[0], blk),
-                 plan.ldk, sc.s, skp, false);
-    } else {
-      for (index_t i = 0; i < groups; ++i) {
-        keys[i].base = p.k.row(b, kb, kv_of[i]);
-        values[i].base = p.v.row(b, kb, kv_of[i]);
-      }
-      dot_scores<Arch>(sc.qs, d, keys, groups, p.k.stride_s, nk, keys_outer, sc.s, skp);
-    }
-    for (index_t r = 0; r < all_rows; ++r) {
-      T* sr = sc.s + r * skp;
+  // Masks and applies the online softmax to scratch rows [r0, r1) over keys [0, nk) of
+  // the block at kb, the scores of row r at s + (r - r0) * skp.
+  auto softmax = [&](index_t r0, index_t r1, index_t kb, index_t nk, T* s) {
+    for (index_t r = r0; r < r1; ++r) {
+      T* sr = s + (r - r0) * skp;
       const row_keys& rk = sc.info[r];
       if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
         std::fill(sr, sr + nk, T(0));
@@ -283,11 +271,28 @@ void fused_range(const attention_problem<T, Policy, S>& p,
                                  p.k.stride_s, d, row_multiplier(p, rk, h) * p.scale, kb, rk,
                                  sc.state[r], sc.o + r * dp, dp, flush);
     }
-    if (rows > kDotMaxRows)
-      gemm<Arch>(rows, dp, nk, sc.s, skp, plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.o, dp,
-                 true);
-    else
-      dot_values<Arch>(sc.s, skp, values, groups, p.v.stride_s, nk, d, values_outer, sc.o, dp);
+  };
+  for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
+    const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
+    if (rows > kDotMaxRows) {  // one head: groups == 1; strips of rows (prefill_strips.hpp)
+      // The per-block score GEMM: float on the packed K^T (a 16-bit dot-product GEMM
+      // on a pair-packed K^T, gemm_bf16.hpp, plugs in here).
+      const packed_scores<Arch, T> scores{sc.qs, plan.kt_block(p, t.seq, kv_of[0], blk), d,
+                                          plan.ldk};
+      prefill_strips<Arch>(
+          rows, sc.info, kb, nk, scores,
+          [&](index_t r0, index_t r1, index_t hi, T* s) { softmax(r0, r1, kb, hi, s); },
+          plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.s, skp, sc.o);
+      continue;
+    }
+    if (detail::strip_keys(sc.info, all_rows, kb, nk) == 0) continue;
+    for (index_t i = 0; i < groups; ++i) {
+      keys[i].base = p.k.row(b, kb, kv_of[i]);
+      values[i].base = p.v.row(b, kb, kv_of[i]);
+    }
+    dot_scores<Arch>(sc.qs, d, keys, groups, p.k.stride_s, nk, keys_outer, sc.s, skp);
+    softmax(0, all_rows, kb, nk, sc.s);
+    dot_values<Arch>(sc.s, skp, values, groups, p.v.stride_s, nk, d, values_outer, sc.o, dp);
   }
 }
 

@@ -1,0 +1,154 @@
+#pragma once
+// The bf16 score GEMM for CPUs with AVX512-BF16 (Zen 4/5, Sapphire Rapids): S = f Q K^T
+// with bf16 q and k, through vdpbf16ps (_mm512_dpbf16_ps: per float lane, two bf16
+// products added to a float accumulator), twice the multiply-adds of a float FMA per
+// instruction. Compiled only when the compiler targets AVX512-BF16 (__AVX512BF16__, e.g.
+// -march=native on such a CPU); everything else uses the float GEMM (gemm.hpp).
+//
+// Operands:
+// - K^T pair-interleaved (pack_kt_bf16): pair row c2 (dimensions 2 c2 and 2 c2 + 1) holds,
+//   for each key j, the two bf16 k_j[2 c2], k_j[2 c2 + 1] side by side, so that 32 bf16 of
+//   a pair row are one vector of 16 keys; an odd d is padded with a zero dimension;
+// - q rows as bf16 pairs (pack_q_bf16), one 32-bit word per pair, broadcast per step;
+// - the row factor f_r (m_r * scale) multiplies the float scores after the dot products:
+//   q itself is never scaled nor rounded.
+//
+// Numerical contract (q, k bf16 values, so every product q_c k_c is exact in float):
+//   |s_rj - f_r sum_c q_rc k_jc| <= |f_r| (gamma_{d+1} sum_c |q_rc k_jc|
+//                                          + 2^-126 d (max_c |q_rc| + max_c |k_jc| + 2))
+// with gamma_n = n u / (1 - n u), u = 2^-24: at most one rounding per addition of a product
+// (vdpbf16ps rounds to nearest even whatever MXCSR says) and one for the factor; the second
+// term is vdpbf16ps's denormal handling: bf16 inputs below 2^-126 in magnitude are read as
+// zero (each loses |q_c k_c| < 2^-126 max(|q_c|, |k_c|)) and float results below 2^-126
+// are flushed to zero (2^-126 per step). tests/test_gemm_bf16.cpp checks this bound
+// against a double reference on bf16 values, denormal inputs included.
+//
+// Deterministic: each score is one accumulation over the pairs in order.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "gemm.hpp"
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define SSMAX_HAVE_AVX512BF16 1
+
+#include <immintrin.h>
+
+#include <Eigen/Core>
+
+namespace ssmax::kernels::detail {
+
+/// Keys per vector of the bf16 GEMM (16 float lanes, each one key).
+inline constexpr index_t kBf16Lanes = 16;
+
+/// The raw bits of a bf16 value.
+inline std::uint16_t bf16_bits(Eigen::bfloat16 x) {
+  std::uint16_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return bits;
+}
+
+/// Pair rows of a head dimension d: ceil(d / 2).
+inline index_t bf16_pairs(index_t d) { return (d + 1) / 2; }
+
+/// Packs q[0, d) as bf16 pairs: qp[c2] holds q[2 c2] in its low half and q[2 c2 + 1] (0
+/// past d) in its high half.
+inline void pack_q_bf16(const Eigen::bfloat16* q, index_t d, std::uint32_t* qp) {
+  for (index_t c2 = 0; c2 < bf16_pairs(d); ++c2) {
+    const std::uint32_t lo = bf16_bits(q[2 * c2]);
+    const std::uint32_t hi = 2 * c2 + 1 < d ? bf16_bits(q[2 * c2 + 1]) : 0u;
+    qp[c2] = lo | (hi << 16);
+  }
+}
+
+/// Packs the keys k0 + j * kstride (j < nk, d bf16 each) pair-interleaved into kt: pair row
+/// c2 at kt + c2 * ldk holds (k_j[2 c2], k_j[2 c2 + 1]) at 2 j, 2 j + 1; keys nk..nkp-1 and
+/// the padding dimension of an odd d are zero. Pre: ldk >= 2 nkp.
+inline void pack_kt_bf16(const Eigen::bfloat16* k0, index_t kstride, index_t nk, index_t d,
+                         index_t nkp, index_t ldk, std::uint16_t* kt) {
+  for (index_t c2 = 0; c2 < bf16_pairs(d); ++c2) {
+    std::uint16_t* row = kt + c2 * ldk;
+    for (index_t j = 0; j < nk; ++j) {
+      const Eigen::bfloat16* k = k0 + j * kstride;
+      row[2 * j] = bf16_bits(k[2 * c2]);
+      row[2 * j + 1] = 2 * c2 + 1 < d ? bf16_bits(k[2 * c2 + 1]) : std::uint16_t(0);
+    }
+    std::fill(row + 2 * nk, row + 2 * nkp, std::uint16_t(0));
+  }
+}
+
+/// Register tile: C[MR x 16 NV] = f_r A B over kp pairs. A row r: kp packed pairs at
+/// a + r * lda; B pair rows ldb bf16 apart; C rows ldc floats apart; f[r] the row factors.
+template <int MR,  // rows of the tile
+          int NV>  // vectors of 16 keys per tile row (accumulators MR x NV <= 28)
+inline void gemm_bf16_tile(index_t kp, const std::uint32_t* a, index_t lda, const std::uint16_t* b,
+                           index_t ldb, const float* f, float* c, index_t ldc) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (index_t p = 0; p < kp; ++p) {
+    ssmax::detail::prefetch_rows<NV * 64>(b + (p + kPrefetchRows) * ldb);
+    __m512bh bv[NV];
+    for (int v = 0; v < NV; ++v)
+      bv[v] = (__m512bh)_mm512_loadu_si512(b + p * ldb + v * 2 * kBf16Lanes);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * lda + p]));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const __m512 fr = _mm512_set1_ps(f[r]);
+    for (int v = 0; v < NV; ++v)
+      _mm512_storeu_ps(c + r * ldc + v * kBf16Lanes, _mm512_mul_ps(acc[r][v], fr));
+  }
+}
+
+/// gemm_bf16_tile with a run-time row count mr in [1, 8].
+template <int NV>  // vectors of 16 keys per tile row
+inline void gemm_bf16_rows(index_t mr, index_t kp, const std::uint32_t* a, index_t lda,
+                           const std::uint16_t* b, index_t ldb, const float* f, float* c,
+                           index_t ldc) {
+  with_rows<1, 8>(mr, [&](auto rows) {
+    gemm_bf16_tile<decltype(rows)::value, NV>(kp, a, lda, b, ldb, f, c, ldc);
+  });
+}
+
+/// Tile shape of the bf16 GEMM: the float GEMM's AVX-512 shape, 8 rows x 2 vectors (16
+/// accumulators of the 32 registers). Measured (Zen 5, bench_attention tile/gemm/bf16, a
+/// 64 x 256 score block, K^T packed): about 390 GFLOP/s at d = 64 and 128, 0.93 of the
+/// vdpbf16ps peak (peak/dpbf16/bf16) and 1.87 x the float FMA peak of the same run.
+inline constexpr int kBf16TileRows = 8, kBf16TileVectors = 2;
+
+/// C[m x n] = diag(f) A B: A [m x kp] packed q pairs (rows lda words apart), B [kp x n]
+/// pair-interleaved K^T (pair rows ldb bf16 apart), n a multiple of 16, C rows ldc apart.
+inline void gemm_bf16(index_t m, index_t n, index_t kp, const std::uint32_t* a, index_t lda,
+                      const std::uint16_t* b, index_t ldb, const float* f, float* c, index_t ldc) {
+  constexpr index_t MR = kBf16TileRows, NV = kBf16TileVectors, L = kBf16Lanes;
+  index_t j = 0;
+  for (; j + NV * L <= n; j += NV * L)
+    for (index_t i = 0; i < m; i += MR)
+      gemm_bf16_rows<NV>(std::min(MR, m - i), kp, a + i * lda, lda, b + 2 * j, ldb, f + i,
+                         c + i * ldc + j, ldc);
+  for (; j < n; j += L)
+    for (index_t i = 0; i < m; i += MR)
+      gemm_bf16_rows<1>(std::min(MR, m - i), kp, a + i * lda, lda, b + 2 * j, ldb, f + i,
+                        c + i * ldc + j, ldc);
+}
+
+/// The score GEMM of the bf16 path for prefill_strips (prefill_strips.hpp): the scores of
+/// rows r0.. of a task from its packed q pairs and row factors and a block's packed K^T.
+struct bf16_scores {
+  const std::uint32_t* qp;  ///< [rows of the task, lda] q pairs
+  const float* f;           ///< [rows of the task] row factors m * scale
+  const std::uint16_t* kt;  ///< pair-interleaved K^T of the block, pair rows ldk apart
+  index_t kp, lda, ldk;     ///< pairs, q row stride (words), K^T pair-row stride (bf16)
+  void operator()(index_t r0, index_t rows, index_t cols, float* s, index_t lds) const {
+    gemm_bf16(rows, cols, kp, qp + r0 * lda, lda, kt, ldk, f + r0, s, lds);
+  }
+};
+
+}  // namespace ssmax::kernels::detail
+
+#endif  // __AVX512BF16__
