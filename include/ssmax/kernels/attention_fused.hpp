@@ -16,6 +16,10 @@
 //   place, once per kv head for every query head sharing it, in kKeyStreams runs; with
 //   heads adjacent in memory ([B, S, H, d]) each step reads every head of a key, so the
 //   cache streams the tensors in order.
+// Storage (plan.hpp storage_set, storage.hpp): everything is computed in T; q is widened
+// into the scaled copy (setup_rows), K^T and V are widened while packing (pack_kt,
+// pad_rows), decode reads 16-bit K and V in place and widens them in registers
+// (key_streams.hpp, convert.hpp), and only finish_row rounds, once, to a 16-bit out.
 // A task with at most kSplitMaxRows rows and more key blocks than one chunk (kDecodeChunk
 // keys of one head: kDecodeChunk / heads keys, whole blocks, for a group of heads)
 // splits its keys into chunks; chunks run in parallel and their (O, state) partials are
