@@ -158,7 +158,7 @@ TEST(AttentionErrors, SliceMaskFieldsAccepted) {
 TEST(AttentionErrors, Options) {
   static const std::vector<double> three{0.1, 0.2, 0.3};  // H = 4 heads
   expect_bad("policy", [](call& c) { c.options.policy = ssmax_policy(three); });
-  expect_bad("policy.s", [](call& c) { c.options.policy = ssmax_policy(-1.0); });
+  expect_bad("policy.s", [](call& c) { c.options.policy = ssmax_policy(std::nan("")); });
   expect_bad("options.scale", [](call& c) { c.options.scale = -1.0; });
   expect_bad("options.threads", [](call& c) { c.options.threads = -2; });
   expect_bad("extras.weights", [](call& c) { c.options.path = attention_path::fused; });
