@@ -53,6 +53,12 @@ void for_each_policy(index_t heads, F&& f) {
     s[static_cast<size_t>(h)] = 0.3 + 0.1 * h, b[static_cast<size_t>(h)] = 0.2 * h;
   f("ssmax-bias-per-head", ssmax_policy(s, b));
   f("ssmax-fixed-n", ssmax_policy(0.5, 0.0, 4096));
+  // As trained: b < 0 (m < 0 on short rows, m = b at n = 1) and one head with s < 0.
+  std::vector<double> s_trained(static_cast<size_t>(heads)), b_trained(s_trained.size());
+  for (index_t h = 0; h < heads; ++h)
+    s_trained[static_cast<size_t>(h)] = 0.35 - 0.15 * h,
+    b_trained[static_cast<size_t>(h)] = -1.0 + 0.2 * h;
+  f("ssmax-trained-negative", ssmax_policy(s_trained, b_trained));
   qwen_logn_policy qwen;
   qwen.train_length = 8;
   f("qwen", qwen);
@@ -344,6 +350,29 @@ TYPED_TEST(AttentionTest, ResultsDoNotDependOnTheThreadCount) {
         ASSERT_EQ(one.lse, many.lse) << "threads " << t;
         ASSERT_EQ(one.weights, many.weights) << "threads " << t;
       }
+    }
+}
+
+// Policies as trained: m < 0 on long rows (s < 0: split decode chunks, the GEMM path) and
+// on short ones (b < 0, n = 1 rows of a causal prefill), against the reference, and the
+// same bits for any thread count.
+TYPED_TEST(AttentionTest, NegativeMultipliersOnLongAndShortRows) {
+  using Arch = typename TypeParam::arch;
+  using T = typename TypeParam::value_type;
+  attention_data<T> prefill(1, 70, 300, 2, 1, 32, 71), decode(1, 2, 5000, 4, 2, 64, 72);
+  attention_options<ssmax_policy> o;
+  o.mask = attention_mask::causal_mask();
+  for (const auto& [data, policy] :
+       {std::pair{&prefill, ssmax_policy(0.3, -1.5)}, {&decode, ssmax_policy(-0.2, 0.5)}})
+    for (auto path : {attention_path::fused, attention_path::materialised}) {
+      o.policy = policy;
+      o.threads = 1;
+      const auto one = run_attention<Arch>(*data, o, path);
+      expect_matches_reference(*data, o, one, "negative m");
+      o.threads = 3;
+      const auto many = run_attention<Arch>(*data, o, path);
+      ASSERT_EQ(one.out, many.out);
+      ASSERT_EQ(one.lse, many.lse);
     }
 }
 

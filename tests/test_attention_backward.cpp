@@ -65,8 +65,10 @@ std::vector<mask_case> mask_cases() {
 template <class F>  // callable as f(name, policy, learnable)
 void for_each_policy(F&& f) {
   static const std::vector<double> s = {0.43, 0.7}, b = {0.0, 0.3};
+  static const std::vector<double> s_trained = {0.43, -0.2}, b_trained = {-1.0, -0.3};
   f("softmax", softmax_policy{}, false);
   f("ssmax-per-head", ssmax_policy(s, b), true);
+  f("ssmax-trained-negative", ssmax_policy(s_trained, b_trained), true);  // m < 0 rows
   f("ssmax-fixed-n", ssmax_policy(s, b, 32), true);
   qwen_logn_policy qwen;
   qwen.train_length = 2;
@@ -199,6 +201,10 @@ TEST(AttentionBackwardReference, MatchesFiniteDifferencesForEveryMaskAndPolicy) 
     check_by_differences(pr, ssmax_policy(s_view, b_view), &s, &b, mc.mask, mc.name + "/ssmax");
     check_by_differences(pr, ssmax_policy(s_view, b_view, 32), &s, &b, mc.mask,
                          mc.name + "/ssmax-fixed");
+    // As trained: b < 0 and one s < 0, so m < 0 on short rows (n = 1: m = b).
+    s = {0.43, -0.2}, b = {-1.0, -0.3};
+    check_by_differences(pr, ssmax_policy(s_view, b_view), &s, &b, mc.mask,
+                         mc.name + "/ssmax-negative");
     qwen_logn_policy qwen;
     qwen.train_length = 2;
     check_by_differences(pr, qwen, nullptr, nullptr, mc.mask, mc.name + "/qwen");
@@ -262,7 +268,7 @@ magnitudes magnitudes_of(const problem& pr, const Policy& policy, const attentio
         const row_keys row = visible_keys(mask, seq, h, i);
         if (row.visible == 0) continue;
         g.n = std::max(g.n, row.n);
-        const double m = policy.multiplier({row.n, row.position, h});
+        const double m = std::abs(policy.multiplier({row.n, row.position, h}));  // m < 0 too
         const index_t gk = h / group, at = (b * pr.H + h) * pr.n_q + i;
         double D = 0.0, zr = 0.0;
         for (index_t c = 0; c < d; ++c)
@@ -518,7 +524,7 @@ TEST(AttentionBackwardApi, RejectsBadArguments) {
     expect_rejects([&] { attention_backward(Q, K, V, O, G, lse.data(), g); }, "grads.d_multiplier");
   }
   attention_options<ssmax_policy> bad;
-  bad.policy = ssmax_policy(-1.0);
+  bad.policy = ssmax_policy(std::nan(""));
   expect_rejects([&] { attention_backward(Q, K, V, O, G, lse.data(), grads(), bad); }, "policy.s");
 }
 

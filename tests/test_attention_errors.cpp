@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
+#include <cmath>
 #include <ssmax/attention.hpp>
 #include <vector>
 
@@ -155,10 +156,41 @@ TEST(AttentionErrors, SliceMaskFieldsAccepted) {
   EXPECT_FALSE(c.untouched());
 }
 
+TEST(AttentionErrors, LogitAndLocalWindow) {
+  static const std::vector<float> bias(2 * 4 * 4 * 6, 0.0f), three(3, 0.1f), nan_sinks(4, NAN);
+  expect_bad("options.logit.bias", [](call& c) {
+    c.options.logit.bias = logit_bias::dense(bias.data(), 2, 4, 4, 5);  // n_k is 6
+  });
+  expect_bad("options.logit.bias", [](call& c) {
+    c.options.logit.bias = logit_bias::dense(bias.data(), 2, 2, 4, 6);  // H is 4
+  });
+  expect_bad("options.logit.bias", [](call& c) {
+    c.options.logit.bias = logit_bias::dense(bias.data(), 2, 4, 4, 6);
+    c.options.logit.bias.stride_q = -6;
+  });
+  expect_bad("options.logit.softcap", [](call& c) { c.options.logit.softcap = -1.0; });
+  expect_bad("options.logit.softcap", [](call& c) { c.options.logit.softcap = NAN; });
+  expect_bad("options.logit.sinks",
+             [](call& c) { c.options.logit.sinks = three.data(), c.options.logit.sink_heads = 3; });
+  expect_bad("options.logit.sinks", [](call& c) {
+    c.options.logit.sinks = nan_sinks.data(), c.options.logit.sink_heads = 4;
+  });
+  expect_bad("options.logit.alibi_slopes", [](call& c) {
+    c.options.logit.alibi_slopes = three.data(), c.options.logit.alibi_heads = 3;
+  });
+  expect_bad("options.mask.window_left",
+             [](call& c) { c.options.mask.local = true, c.options.mask.window_left = -1; });
+  expect_bad("options.mask.window_right",
+             [](call& c) { c.options.mask.local = true, c.options.mask.window_right = -2; });
+  expect_rejects([] { attention_mask::local_window(-1, 0); }, "left");
+  expect_rejects([] { attention_mask::local_window(0, -1); }, "right");
+  expect_rejects([] { alibi_slopes(0); }, "heads");
+}
+
 TEST(AttentionErrors, Options) {
   static const std::vector<double> three{0.1, 0.2, 0.3};  // H = 4 heads
   expect_bad("policy", [](call& c) { c.options.policy = ssmax_policy(three); });
-  expect_bad("policy.s", [](call& c) { c.options.policy = ssmax_policy(-1.0); });
+  expect_bad("policy.s", [](call& c) { c.options.policy = ssmax_policy(std::nan("")); });
   expect_bad("options.scale", [](call& c) { c.options.scale = -1.0; });
   expect_bad("options.threads", [](call& c) { c.options.threads = -2; });
   expect_bad("extras.weights", [](call& c) { c.options.path = attention_path::fused; });

@@ -66,15 +66,16 @@ TEST(SsmaxPolicy, ScaleMatchingSoftmaxGivesMultiplierOne) {
 }
 
 TEST(SsmaxPolicy, RejectsForbiddenParameters) {
-  for (double bad : {nan, inf, -inf, -0.1}) {
+  for (double bad : {nan, inf, -inf}) {  // any finite value, negative ones included, is valid
     expect_rejects([&] { ssmax_policy(bad).validate("t"); }, "policy.s");
     expect_rejects([&] { ssmax_policy(0.4, bad).validate("t"); }, "policy.b");
   }
   const std::vector<double> two{0.1, 0.2}, three{0.1, 0.2, 0.3}, none;
   expect_rejects([&] { ssmax_policy(two, three).validate("t"); }, "policy.b");
   expect_rejects([&] { ssmax_policy(none, 0.0).validate("t"); }, "policy.s");
-  const std::vector<double> negative{0.1, -0.2};
-  expect_rejects([&] { ssmax_policy(negative).validate("t"); }, "policy.s");
+  const std::vector<double> negative{0.1, -0.2}, not_finite{0.1, nan};
+  ssmax_policy(negative, -1.5).validate("t");  // trained parameters: any finite sign
+  expect_rejects([&] { ssmax_policy(not_finite).validate("t"); }, "policy.s");
   expect_rejects([] { ssmax_policy(0.4, 0.0, -5).validate("t"); }, "policy.fixed_length");
 }
 

@@ -27,7 +27,7 @@ TYPED_TEST_SUITE(RowApi, testing::element_types);
 TYPED_TEST(RowApi, BadArgumentsAreNamedAndNothingIsWritten) {
   using T = TypeParam;
   std::vector<T> x(8, T(1)), y(8, T(-42));
-  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
   expect_rejects([&] { softmax(static_cast<const T*>(nullptr), y.data(), 8); }, "x");
   expect_rejects([&] { softmax(x.data(), static_cast<T*>(nullptr), 8); }, "y");
   expect_rejects([&] { softmax(x.data(), y.data(), 0); }, "n");
@@ -36,9 +36,9 @@ TYPED_TEST(RowApi, BadArgumentsAreNamedAndNothingIsWritten) {
   volatile index_t negative = -3;
   expect_rejects([&] { softmax(x.data(), y.data(), negative); }, "n");
   expect_rejects([&] { softmax(x.data(), x.data() + 1, 4); }, "y");  // partial overlap
-  expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, T(-1)); }, "multiplier");
+  expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, -inf); }, "multiplier");
   expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, nan); }, "multiplier");
-  expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, -0.5); }, "s");
+  expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, -inf); }, "s");
   expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, 0.5, nan); }, "b");
   const std::vector<double> two_heads{0.1, 0.2};
   expect_rejects(

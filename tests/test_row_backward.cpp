@@ -13,6 +13,7 @@
 #include <ssmax/reference/softmax_backward.hpp>
 #include <ssmax/softmax.hpp>
 #include <ssmax/softmax_backward.hpp>
+#include <utility>
 #include <vector>
 
 #include "support/architectures.hpp"
@@ -105,7 +106,8 @@ void check_reference_by_differences(const std::vector<double>& z, const std::vec
       EXPECT_EQ(r.dz[k], 0.0) << what;
       continue;
     }
-    const auto d = central_difference(f, z[k], m * m * m * g_max / 4.0, f_err, r.dz[k], m);
+    const double am = std::abs(m);  // the bounds use |m|: m < 0 is a trained b < 0
+    const auto d = central_difference(f, z[k], am * am * am * g_max / 4.0, f_err, r.dz[k], am);
     EXPECT_NEAR(r.dz[k], d.value, d.tolerance) << what << ": dL/dz[" << k << "], n = " << n;
   }
   const double R = finite_range(z);
@@ -117,7 +119,7 @@ void check_reference_by_differences(const std::vector<double>& z, const std::vec
 
 TEST(RowBackwardReference, MatchesFiniteDifferences) {
   for (index_t n : {1, 2, 3, 8, 33}) {
-    for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)) + 0.1, 2.5, 0.0}) {
+    for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)) + 0.1, 2.5, 0.0, -0.7, -2.0}) {
       const auto z = normal_row(n, 0.5, 1.5, static_cast<unsigned>(n));
       const auto g = normal_row(n, 0.0, 1.0, static_cast<unsigned>(n + 100));
       check_reference_by_differences(z, g, m, "random");
@@ -131,6 +133,7 @@ TEST(RowBackwardReference, MaskedEntriesHaveZeroGradientAndNoNaN) {
     const auto g = normal_row(n, 0.0, 1.0, 4);
     for (index_t i = 0; i < n; i += 2) z[i] = -kInf;
     check_reference_by_differences(z, g, 1.3, "masked");
+    check_reference_by_differences(z, g, -1.3, "masked, m < 0");
     const auto r = reference::scaled_softmax_backward(z.data(), g.data(), n, 1.3);
     EXPECT_TRUE(std::isfinite(r.d_multiplier));
     std::vector<double> all(static_cast<size_t>(n), -kInf);
@@ -227,7 +230,7 @@ TYPED_TEST(RowBackwardKernel, RandomRowsEverySizeAroundTheWidth) {
   for (index_t n : {index_t(100), 65 * TestFixture::W + 1, index_t(1000), index_t(65537)})
     sizes.push_back(n);
   for (index_t n : sizes)
-    for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)), 2.5, 0.0}) {
+    for (double m : {1.0, 0.43 * std::log(static_cast<double>(n)), 2.5, 0.0, -0.8}) {
       const auto z = cast<T>(normal_row(n, 0.3, 2.0, static_cast<unsigned>(n)));
       const auto g = cast<T>(normal_row(n, 0.0, 1.0, static_cast<unsigned>(n + 7)));
       this->check(z, g, static_cast<T>(m), "random");
@@ -251,7 +254,7 @@ TYPED_TEST(RowBackwardKernel, MaskedEntriesGiveZeroNeverNaN) {
     auto z = cast<T>(normal_row(n, 0.0, 2.0, 11));
     const auto g = cast<T>(normal_row(n, 0.0, 1.0, 12));
     for (index_t i = 0; i < n; i += 3) z[i] = -TestFixture::inf;
-    for (T m : {T(1), T(0.7), T(0)}) {
+    for (T m : {T(1), T(0.7), T(0), T(-0.9)}) {
       if (n > 1) this->check(z, g, m, "some -inf");
       std::vector<T> y(z.size()), dz(z.size());
       kernels::scaled_softmax_row<typename TestFixture::arch>(z.data(), y.data(), n, m);
@@ -280,10 +283,16 @@ TEST(RowBackwardApi, SsmaxParameterGradientsMatchFiniteDifferences) {
   // L(s, b) = sum g_i ssmax(z; s, b)_i; dL/ds and dL/db by central differences in s and b,
   // each a 1-D function of m = s log n + b (so the m bound applies, scaled by log n or 1).
   const double eps = std::numeric_limits<double>::epsilon();
-  for (index_t n : {2, 9, 64}) {
+  // b < 0 (as trained): m < 0 at n = 2 and 9, > 0 at 64.
+  for (auto [n, b] : {std::pair<index_t, double>{2, 0.2},
+                      {9, 0.2},
+                      {64, 0.2},
+                      {2, -0.9},
+                      {9, -1.5},
+                      {64, -0.5}}) {
     const auto z = normal_row(n, 0.0, 1.0, 31);
     const auto g = normal_row(n, 0.0, 1.0, 32);
-    const double s = 0.43, b = 0.2, logn = std::log(static_cast<double>(n));
+    const double s = 0.43, logn = std::log(static_cast<double>(n));
     std::vector<double> y(z.size()), dz(z.size());
     ssmax::scalable_softmax(z.data(), y.data(), n, s, b);
     const auto grad = scalable_softmax_backward(z.data(), y.data(), g.data(), dz.data(), n, s, b);
@@ -365,7 +374,10 @@ TEST(RowBackwardApi, RejectsBadArguments) {
   expect_rejects([&] { scaled_softmax_backward(x.data(), y.data(), g.data(), x.data(), 8, 1.0f); },
                  "dx");
   expect_rejects(
-      [&] { scaled_softmax_backward(x.data(), y.data(), g.data(), dx.data(), 8, -1.0f); },
+      [&] {
+        scaled_softmax_backward(x.data(), y.data(), g.data(), dx.data(), 8,
+                                -std::numeric_limits<float>::infinity());
+      },
       "multiplier");
   expect_rejects(
       [&] {
@@ -376,7 +388,8 @@ TEST(RowBackwardApi, RejectsBadArguments) {
   expect_rejects([&] { scaled_softmax_backward_lse(x.data(), 1.0f, g.data(), g.data(), 8, 1.0f); },
                  "dx");
   expect_rejects(
-      [&] { scalable_softmax_backward(x.data(), y.data(), g.data(), dx.data(), 8, -0.5); }, "s");
+      [&] { scalable_softmax_backward(x.data(), y.data(), g.data(), dx.data(), 8, std::nan("")); },
+      "s");
   expect_rejects(
       [&] {
         const std::vector<double> two = {0.1, 0.2};

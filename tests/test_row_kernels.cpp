@@ -166,6 +166,34 @@ TYPED_TEST(RowKernel, ZeroMultiplierIsUniformOverVisible) {
   this->check(x, T(0), "m = 0");
 }
 
+// A negative multiplier (a trained SSMax b < 0 on short rows): softmax over m x of the
+// visible entries, the smallest weighing most; -inf entries stay masked, +inf entries weigh
+// 0, and a row whose visible entries are all +inf is empty, as the reference says.
+TYPED_TEST(RowKernel, NegativeMultiplierKeepsMaskedEntriesMasked) {
+  using T = typename TestFixture::value_type;
+  const T infinity = TestFixture::inf;
+  for (index_t n : {index_t(1), index_t(2), index_t(7), 4 * TestFixture::W + 1, index_t(1000)}) {
+    for (T m : {T(-0.3), T(-1), T(-2.5)}) {
+      auto x = this->random_row(n, 2.0, static_cast<unsigned>(n + 40));
+      this->check(x, m, "m < 0");
+      for (index_t i = 1; i < n; i += 3) x[i] = -infinity;
+      this->check(x, m, "m < 0, some -inf");
+      std::vector<T> y(x.size());
+      kernels::scaled_softmax_row<typename TestFixture::arch>(x.data(), y.data(), n, m);
+      for (index_t i = 1; i < n; i += 3) EXPECT_EQ(y[i], T(0)) << "masked entry " << i;
+      if (n > 2) {
+        x[2] = infinity;
+        this->check(x, m, "m < 0, +inf weighs 0");
+      }
+      std::vector<T> all(static_cast<size_t>(n), -infinity);
+      all[0] = infinity;
+      this->check(all, m, "m < 0, only +inf visible");
+      std::fill(all.begin(), all.end(), -infinity);
+      this->check(all, m, "m < 0, all -inf");
+    }
+  }
+}
+
 TYPED_TEST(RowKernel, SubnormalAndUnderflowingWeights) {
   using T = typename TestFixture::value_type;
   for (index_t n : {2, 19, 300}) {

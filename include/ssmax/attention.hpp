@@ -2,13 +2,20 @@
 // The multi-head attention operator: what model code calls.
 //
 //   out[b, i, h, :] = sum_j a[b, h, i, j] v[b, j, g(h), :]
-//   a[b, h, i, :]   = softmax over the keys row i sees of  m_i * scale * (q[b, i, h, :] . k[b, j,
-//   g(h), :])
+//   z_ij = softcap(scale q_i . k_j) + bias_ij,      softcap(x) = c tanh(x / c) when c > 0
+//   bias_ij = additive_ij - alibi_slope_h |key_pos_j - query_pos_i|
+//   a_ij = exp(m_i z_ij) / (sum over the keys j' row i sees of exp(m_i z_ij')
+//                           + [sinks] exp(m_i sink_h))
 //
-// with g(h) = h / (H / H_kv) (MHA, GQA, MQA), scale = 1/sqrt(d) unless given, and
-// m_i = policy.multiplier({n_i, p_i, h}) where n_i and p_i come from the mask
-// (mask.hpp: visible_keys is the one place that computes them). Rows that see no key
-// output zeros and log-sum-exp -inf.
+// with g(h) = h / (H / H_kv) (MHA, GQA, MQA), q_i = q[b, i, h, :], k_j = k[b, j, g(h), :],
+// scale = 1/sqrt(d) unless given, and m_i = policy.multiplier({n_i, p_i, h}) where n_i, the
+// keys row i sees (inside every mask constraint AND with a finite additive bias), and p_i
+// come from the mask (mask.hpp: visible_keys, and logit.hpp's overload for the bias). The
+// soft-cap c, the additive bias (float; -inf hides the key exactly as the boolean mask
+// does), the ALiBi slopes and the sinks are options.logit (logit.hpp); without them
+// z_ij = scale q_i . k_j. The sink is a per-head logit with a zero value: not a key, not
+// counted in n, it enters the log-sum-exp (lse_i = log of the denominator above). Rows that
+// see no key output zeros and log-sum-exp -inf (with or without a sink).
 //
 // KV cache and decode: keys and values live in a cache [B, capacity, H_kv, d] of which
 // sequence b holds lengths[b] tokens (the new ones appended first); each step calls
@@ -64,6 +71,7 @@
 #include "kernels/attention_fused.hpp"
 #include "kernels/attention_materialised.hpp"
 #include "length_policy.hpp"
+#include "logit.hpp"
 #include "mask.hpp"
 #include "storage.hpp"
 #include "tensor_view.hpp"
@@ -87,6 +95,7 @@ struct attention_options {
   std::optional<double> scale;  ///< logit scale; default 1/sqrt(d)
   int threads = 0;              ///< 0 = all; at most 4096; results do not depend on it
   attention_path path = attention_path::automatic;
+  logit_options logit{};  ///< additive bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
 };
 
 /// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j). They are
@@ -233,6 +242,8 @@ inline void check_mask(const char* fn, const attention_mask& m, const tensor_vie
                        const tensor_view<const KV>& k) {
   require(m.window >= 0, fn, "options.mask.window", "must be >= 0");
   require(m.window == 0 || m.causal, fn, "options.mask.window", "needs options.mask.causal");
+  require(!m.local || m.window_left >= 0, fn, "options.mask.window_left", "must be >= 0");
+  require(!m.local || m.window_right >= 0, fn, "options.mask.window_right", "must be >= 0");
   require(m.query_offset >= -1, fn, "options.mask.query_offset", "must be >= 0, or -1 (auto)");
   require_lazy(m.query_offset <= std::numeric_limits<index_t>::max() - q.seq, fn,
                "options.mask.query_offset", [&] {
@@ -272,8 +283,8 @@ inline void check_mask(const char* fn, const attention_mask& m, const tensor_vie
 /// multiplier is the same for every row (softmax_policy) are checked once.
 template <class T, class Policy, class Q, class KV>  // compute type; policy; q's, k's types
 inline void check_row_multipliers(const char* fn, const Policy& policy, const attention_mask& m,
-                                  const tensor_view<const Q>& q, const tensor_view<const KV>& k,
-                                  double scale) {
+                                  const logit_options& logit, const tensor_view<const Q>& q,
+                                  const tensor_view<const KV>& k, double scale) {
   auto require_row = [&](const row_position& row) {
     require_multiplier_fits<T>(fn, policy.multiplier(row), scale, row);
   };
@@ -284,7 +295,7 @@ inline void check_row_multipliers(const char* fn, const Policy& policy, const at
       const sequence_span span = sequence_of(m, s, q.seq, k.seq);
       for (index_t h = 0; h < q.heads; ++h)
         for (index_t i = span.q_begin; i < span.q_end; ++i) {
-          const row_keys r = visible_keys(m, span, h, i);
+          const row_keys r = visible_keys(m, logit, span, h, i);
           if (r.visible > 0) require_row({r.n, r.position, h});
         }
     }
@@ -301,7 +312,8 @@ inline double check_options(const char* fn, const attention_options<Policy>& o,
                [&] { return "must be <= " + std::to_string(kMaxThreads); });
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));
   require(std::isfinite(scale) && scale >= 0.0, fn, "options.scale", "must be finite and >= 0");
-  check_row_multipliers<T>(fn, o.policy, o.mask, q, k, scale);
+  check_logit(fn, o.logit, q.batch, q.heads, q.seq, k.seq);
+  check_row_multipliers<T>(fn, o.policy, o.mask, o.logit, q, k, scale);
   return scale;
 }
 
@@ -366,6 +378,7 @@ make_problem(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
   p.q = q, p.k = k, p.v = v, p.out = out;
   p.policy = &o.policy;
   p.mask = o.mask;
+  p.logit = o.logit;
   p.scale = scale;
   p.lse = x.lse;
   p.weights = x.weights;

@@ -16,6 +16,11 @@
 //   dk_j = m scale sum_i a_ij (u_ij - D_i) q_i,   dv_j = sum_i a_ij dout_i
 //   dL/dm_i = sum_j z_j a_j (u_j - D_i)
 // Rows that see no key contribute nothing.
+// With options.logit (logit.hpp): z_j = softcap(x_j) + bias_j with x_j = scale q_i . k_j;
+// dq and dk take m dy_j softcap'(x_j) (softcap'(x) = 1 - tanh^2(x / c)) where the plain
+// formula has m dy_j; the additive bias and the ALiBi slopes get no gradient; the sink is
+// one more logit with a zero value: dL/dm_i gains sink_h dy_sink with dy_sink = -a_sink D,
+// and d_sinks[h] = sum over the rows of head h of m dy_sink.
 //
 // Paths (options.path): fused (the default for automatic) recomputes the scores block by
 // block from q, k and lse and keeps memory O((n_q + n_k) d); materialised recomputes each
@@ -26,7 +31,7 @@
 #include <string>
 
 #include "attention.hpp"
-#include "kernels/attention_backward.hpp"
+#include "kernels/attention_backward_materialised.hpp"
 #include "policy_gradient.hpp"
 
 namespace ssmax {
@@ -40,6 +45,7 @@ struct attention_gradients {
   tensor_view<T> dv;                  ///< [B, n_k, H_kv, d], v's shape
   double* d_multiplier = nullptr;     ///< [B, H, n_q] dL/dm per row, or null
   policy_gradient* policy = nullptr;  ///< per-head ds, db (H entries), or null
+  double* d_sinks = nullptr;  ///< [H] dL/dsink_h, overwritten (options.logit.sinks), or null
 };
 
 namespace detail {
@@ -85,6 +91,17 @@ inline void check_gradient_views(const char* fn, const attention_gradients<T>& g
     require(!overlaps(grads.d_multiplier, rows, lse, rows), fn, "grads.d_multiplier",
             "overlaps input 'lse'");
   }
+  if (grads.d_sinks != nullptr) {
+    for (int a = 0; a < 3; ++a)
+      require(!overlaps(grads.d_sinks, q.heads, outs[a]->data, last_offset(*outs[a]) + 1), fn,
+              "grads.d_sinks", "overlaps another gradient output");
+    for (int in = 0; in < 5; ++in)
+      require(!overlaps(grads.d_sinks, q.heads, inputs[in]->data, last_offset(*inputs[in]) + 1), fn,
+              "grads.d_sinks", "overlaps an input");
+    require(!overlaps(grads.d_sinks, q.heads, grads.d_multiplier,
+                      grads.d_multiplier != nullptr ? rows : 0),
+            fn, "grads.d_sinks", "overlaps 'grads.d_multiplier'");
+  }
   if (grads.policy != nullptr)
     require_lazy(grads.policy->heads() == q.heads, fn, "grads.policy", [&] {
       return "has " + std::to_string(grads.policy->heads()) + " heads, q has " +
@@ -106,6 +123,8 @@ inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
           fn, "dout", "must have q's shape");
   const tensor_view<const T>* inputs[5] = {&q, &k, &v, &out, &dout};
   check_gradient_views(fn, grads, inputs, lse);
+  require(grads.d_sinks == nullptr || o.logit.has_sinks(), fn, "grads.d_sinks",
+          "needs options.logit.sinks (the sinks it is the gradient of)");
 
   kernels::attention_backward_problem<T, Policy> p;
   p.forward = make_problem(q, k, v, tensor_view<T>{}, o, attention_extras<T>{}, scale);
@@ -116,6 +135,7 @@ inline kernels::attention_backward_problem<T, Policy> check_attention_backward(
   p.dk = grads.dk;
   p.dv = grads.dv;
   p.d_multiplier = grads.d_multiplier;
+  p.d_sinks = grads.d_sinks;
   return p;
 }
 

@@ -4,7 +4,7 @@
 //
 // This header is the one place that answers "what is m for this row?". Every policy is a
 // small value type with
-//   double multiplier(const row_position& row) const;  // m, finite and >= 0
+//   double multiplier(const row_position& row) const;  // m, finite (any sign)
 //   index_t heads() const;   // 0 when its parameters serve any head count, else that count
 //   void validate(const char* function) const;  // throws argument_error on bad parameters
 // and is used as a template parameter by the row kernels and the attention operator, which
@@ -98,13 +98,13 @@ class per_head {
   /// True when the per-head values are borrowed (per_head::view), not owned.
   bool borrowed() const { return !shared_ && owned_ == nullptr; }
 
-  /// Throws argument_error naming `what` unless every value is finite and >= 0.
+  /// Throws argument_error naming `what` unless every value is finite (any sign: trained
+  /// parameters, b in particular, are often negative).
   void validate(const char* function, const char* what) const {
     detail::require(shared() || (values_ != nullptr && count_ >= 1), function, what,
                     "must hold one value or a non-empty array of per-head values");
     for (index_t h = 0; h < (shared() ? 1 : count_); ++h)
-      detail::require(std::isfinite((*this)[h]) && (*this)[h] >= 0.0, function, what,
-                      "must be finite and >= 0 (so that the multiplier is never negative)");
+      detail::require(std::isfinite((*this)[h]), function, what, "must be finite");
   }
 
  private:
@@ -128,10 +128,11 @@ class per_head {
 /// Scalable-Softmax: m = s_h log(n) + b_h, with n the row's visible keys, or the
 /// user's fixed_length when that is set (for example the training length).
 ///
-/// s and b are each one value shared by every head or one value per head. Both must be
-/// finite and >= 0: then m >= 0 for every n >= 1 (m = b at n = 1), which the kernels
-/// require (a negative multiplier would reward the least similar key and make -inf
-/// masking ambiguous). fixed_length is 0 (use n) or >= 1.
+/// s and b are each one value shared by every head or one value per head, any finite
+/// values: s and b are trained, and a learned b is often negative, which makes m negative
+/// on short rows (m = b at n = 1). A negative m rewards the least similar key; masked keys
+/// stay masked whatever the sign of m (the kernels hide them after scaling). fixed_length
+/// is 0 (use n) or >= 1.
 struct ssmax_policy {
   static constexpr bool learnable = true;  ///< s and b are trained (partials below)
   per_head s = 0.43;                       ///< scale; the paper's Figure 1 uses 0.43
@@ -307,15 +308,17 @@ constexpr bool require_gradient_policy() {
   return declares_learnable<Policy>::value && (!learnable || has_partials<Policy>::value);
 }
 
-/// Throws argument_error naming 'policy' unless a row's multiplier m is >= 0 and m * scale
-/// is finite in T (the kernels scale the logits by it in T). The one check of the row API
-/// (policy_softmax, scale 1) and of the attention operator (every row, its logit scale).
+/// Throws argument_error naming 'policy' unless a row's multiplier m is finite (any sign)
+/// and m * scale is finite in T (the kernels scale the logits by it in T). The one check of
+/// the row API (policy_softmax, scale 1) and of the attention operator (every row, its
+/// logit scale).
 template <class T>  // float or double: the element type the multiplier must fit
 inline void require_multiplier_fits(const char* function, double m, double scale,
                                     const row_position& row) {
   const double largest = static_cast<double>(std::numeric_limits<T>::max());
-  require_lazy(m >= 0.0 && m <= largest && m * scale <= largest, function, "policy", [&] {
-    return "must give every row a multiplier m >= 0 with m * scale finite in T, but gives m = " +
+  const double size = std::abs(m);
+  require_lazy(size <= largest && size * scale <= largest, function, "policy", [&] {
+    return "must give every row a finite multiplier m with m * scale finite in T, but gives m = " +
            std::to_string(m) + " (scale " + std::to_string(scale) +
            ") at n = " + std::to_string(row.visible) + ", position " +
            std::to_string(row.position) + ", head " + std::to_string(row.head);

@@ -6,6 +6,9 @@
 // A mask combines any of these constraints (all of them AND-ed):
 //   causal        key position <= query position;
 //   window w      (causal) key position > query position - w, so n = min(p + 1, w);
+//   local window  (left, right), no causality needed: key position in
+//                 [query position - left, query position + right] (encoders; FlashAttention's
+//                 window_size); AND-ed with the others like every constraint;
 //   key_lengths   per sequence: keys at positions >= key_lengths[b] are padding;
 //   varlen        packed sequences given by cumulative offsets cu_seqlens_q/k[0..B]
 //                 (FlashAttention's varlen convention: the tensors hold batch 1 and
@@ -57,6 +60,9 @@ struct attention_mask {
   index_t n_override = 0;          ///< when >= 1, the policy's n for every row
   index_t key_offset = 0;          ///< position of key 0 (a slice of a longer sequence)
   const index_t* row_n = nullptr;  ///< [B, n_q] per-row policy n when >= 1; null = none
+  bool local = false;              ///< bidirectional local window (window_left, window_right)
+  index_t window_left = 0;         ///< local: keys up to this many positions before the query
+  index_t window_right = 0;        ///< local: keys up to this many positions after the query
 
   /// No constraint: every row sees every key (n = n_k).
   static attention_mask none() { return {}; }
@@ -74,6 +80,19 @@ struct attention_mask {
                     "must be >= 1 (a window of 0 keys would mean no window: use causal_mask)");
     attention_mask m = causal_mask(offset);
     m.window = w;
+    return m;
+  }
+  /// Bidirectional local window: query at position p sees keys at positions
+  /// [p - left, p + right] (no causality; 0, 0 is the query's own position). Pre (checked,
+  /// throws argument_error naming 'left' or 'right'): left >= 0, right >= 0.
+  static attention_mask local_window(index_t left, index_t right, index_t offset = -1) {
+    detail::require(left >= 0, "attention_mask::local_window", "left", "must be >= 0");
+    detail::require(right >= 0, "attention_mask::local_window", "right", "must be >= 0");
+    attention_mask m;
+    m.local = true;
+    m.window_left = left;
+    m.window_right = right;
+    m.query_offset = offset;
     return m;
   }
   /// Key padding: sequence b has lengths[b] real keys, the rest are padding.
@@ -169,6 +188,18 @@ inline sequence_span sequence_of(const attention_mask& mask, index_t s, index_t 
   return span;
 }
 
+/// The policy's n of row i (tensor query row) of seq that sees `visible` keys: row_n's
+/// entry when >= 1, else n_override when >= 1, else visible.
+inline index_t policy_length(const attention_mask& mask, const sequence_span& seq, index_t i,
+                             index_t visible) {
+  index_t n = mask.n_override > 0 ? mask.n_override : visible;
+  if (mask.row_n != nullptr) {  // [B, n_q]: packed tensors have batch 1, q_end = n_q otherwise
+    const index_t given = mask.row_n[(mask.packed() ? 0 : seq.tensor_batch * seq.q_end) + i];
+    if (given > 0) n = given;
+  }
+  return n;
+}
+
 /// THE answer to "which keys does row i (tensor query row, inside seq) of head h see, and
 /// what is its n?". Cost O(1), plus O(end - begin) when a boolean mask is present and
 /// count_allowed holds (without it, visible and n ignore the boolean mask: an upper bound
@@ -182,6 +213,10 @@ inline row_keys visible_keys(const attention_mask& mask, const sequence_span& se
   if (mask.key_lengths != nullptr) hi = std::min(hi, mask.key_lengths[seq.sequence]);
   if (mask.causal) hi = std::min(hi, r.position + 1);
   if (mask.causal && mask.window > 0) lo = std::max(lo, r.position - mask.window + 1);
+  if (mask.local) {
+    lo = std::max(lo, r.position - mask.window_left);
+    if (mask.window_right < hi - r.position) hi = r.position + mask.window_right + 1;
+  }
   if (hi < lo) hi = lo;
   r.begin = seq.k_begin + (lo - k0);
   r.end = seq.k_begin + (hi - k0);
@@ -192,11 +227,7 @@ inline row_keys visible_keys(const attention_mask& mask, const sequence_span& se
     r.visible = 0;
     for (index_t j = r.begin; j < r.end; ++j) r.visible += r.allowed[j] ? 1 : 0;
   }
-  r.n = mask.n_override > 0 ? mask.n_override : r.visible;
-  if (mask.row_n != nullptr) {  // [B, n_q]: packed tensors have batch 1, q_end = n_q otherwise
-    const index_t given = mask.row_n[(mask.packed() ? 0 : seq.tensor_batch * seq.q_end) + i];
-    if (given > 0) r.n = given;
-  }
+  r.n = policy_length(mask, seq, i, r.visible);
   return r;
 }
 

@@ -20,6 +20,10 @@
 // - any NaN in the row makes every output NaN (and the log-sum-exp NaN);
 // - a multiplier of 0 gives equal weights over the entries that are not -inf (in a row
 //   holding +inf the +inf rule wins: 0 * inf has no limit);
+// - a negative multiplier m is softmax over m x_i of the entries that are not -inf: -inf
+//   entries stay masked (weight 0) whatever the sign of m, the smallest entry weighs most,
+//   +inf entries weigh 0 (m * inf = -inf), and a row whose visible entries are all +inf
+//   gives zeros and the empty state, as a row of only -inf does;
 // - each weight is within a few ulp of the exact one, relative to itself (the bound is
 //   stated in kernels/row_softmax.hpp and tested on every architecture); weights that
 //   would be below n * min_normal are flushed to exactly 0, so no output is subnormal;
@@ -49,12 +53,12 @@ inline void check_row(const char* function, const T* x, const T* y, index_t n) {
 }
 
 inline void check_multiplier(const char* function, double m) {
-  require(std::isfinite(m) && m >= 0.0, function, "multiplier", "must be finite and >= 0");
+  require(std::isfinite(m), function, "multiplier", "must be finite");
 }
 
 /// The row of a policy function (policy_softmax and its backward): fills where's defaults
 /// (visible = n and position = n - 1 where they are -1), checks the policy and where, and
-/// returns the row's multiplier policy.multiplier(where), checked finite and >= 0 in T.
+/// returns the row's multiplier policy.multiplier(where), checked finite in T (any sign).
 /// Pre: n >= 1 (checked by the caller).
 template <class T,       // float or double: the element type the multiplier must fit
           class Policy>  // a length policy (length_policy.hpp)
@@ -73,16 +77,16 @@ T policy_row_multiplier(const char* function, const Policy& policy, row_position
 }
 
 /// The multiplier s log n + b of scalable_softmax and its backward (a row that sees all n
-/// entries), checked with the caller's names: 's' and 'b' finite and >= 0, and the
+/// entries), checked with the caller's names: 's' and 'b' finite (any sign), and the
 /// multiplier finite in T ('b' when b alone is not, else 's'). Pre: n >= 1 (checked).
 template <class T>  // float or double: the element type the multiplier must fit
 T scalable_row_multiplier(const char* function, double s, double b, index_t n) {
-  require(std::isfinite(s) && s >= 0.0, function, "s", "must be finite and >= 0");
-  require(std::isfinite(b) && b >= 0.0, function, "b", "must be finite and >= 0");
+  require(std::isfinite(s), function, "s", "must be finite");
+  require(std::isfinite(b), function, "b", "must be finite");
   const double largest = static_cast<double>(std::numeric_limits<T>::max());
-  require(b <= largest, function, "b", "must be finite in T");
+  require(std::abs(b) <= largest, function, "b", "must be finite in T");
   const double m = ssmax_policy(s, b).multiplier({n, n - 1, 0});
-  require(m <= largest, function, "s",
+  require(std::abs(m) <= largest, function, "s",
           "gives a multiplier s log n + b beyond the largest value of T");
   return static_cast<T>(m);
 }
@@ -109,7 +113,8 @@ row_state<compute_t<S>> row_kernel(const S* x, S* y, index_t n, compute_t<S> m) 
 }  // namespace detail
 
 /// y = softmax(multiplier * x) over x[0, n); returns the row's streaming state.
-/// Pre (checked): x, y not null; n >= 1; y == x or no overlap; multiplier finite, >= 0.
+/// Pre (checked): x, y not null; n >= 1; y == x or no overlap; multiplier finite (a
+/// negative one weighs the smallest entries most; -inf entries still weigh 0).
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float, double, Eigen::bfloat16 or Eigen::half
 row_state<compute_t<T>> scaled_softmax(const T* x, T* y, index_t n, compute_t<T> multiplier) {
@@ -139,7 +144,7 @@ row_state<compute_t<T>> softmax(T* x, index_t n) {
 /// -1 takes that default.
 /// Pre (checked): as scaled_softmax; policy valid; where.visible >= 1;
 /// where.position >= 0; 0 <= where.head < policy.heads() when the policy is per head;
-/// the row's multiplier finite and >= 0 in T (argument 'policy' otherwise: s log n + b
+/// the row's multiplier finite in T, any sign (argument 'policy' otherwise: s log n + b
 /// can exceed the largest float, or even double, for huge s or b).
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class Policy,               // a length policy (length_policy.hpp)
@@ -155,8 +160,8 @@ row_state<compute_t<T>> policy_softmax(const Policy& policy, const T* x, T* y, i
 
 /// Scalable-Softmax of one row that sees all of its n entries:
 /// y_i = n^(s x_i) / sum_j n^(s x_j) = softmax((s log n + b) x)_i.
-/// Pre (checked, errors name 's' and 'b'): as scaled_softmax; s and b finite and >= 0;
-/// s log n + b finite in T.
+/// Pre (checked, errors name 's' and 'b'): as scaled_softmax; s and b finite (any sign:
+/// m < 0 on rows where s log n + b < 0); s log n + b finite in T.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class T>                    // float, double, Eigen::bfloat16 or Eigen::half
 row_state<compute_t<T>> scalable_softmax(const T* x, T* y, index_t n, double s, double b = 0.0) {

@@ -7,6 +7,7 @@
 //   row_state.hpp      the (max, sum) streaming state and its merge
 //   tensor_view.hpp    strided [B, seq, H, d] views (BSHD, BHSD, Eigen helpers)
 //   mask.hpp           attention masks and visible_keys(): which keys a row sees, its n
+//   logit.hpp          the logit's extras: additive bias, ALiBi, soft-cap, sinks
 //   attention.hpp      the multi-head attention operator (fused and materialised paths)
 //   analysis.hpp       attention diagnostics: largest weight, weight on a key, entropy
 //   softmax_backward.hpp    row backward: dL/dx and dL/dm (training a learnable SSMax s)
@@ -18,6 +19,7 @@
 #include "attention_backward.hpp"
 #include "error.hpp"
 #include "length_policy.hpp"
+#include "logit.hpp"
 #include "mask.hpp"
 #include "policy_gradient.hpp"
 #include "row_state.hpp"

@@ -77,9 +77,10 @@ def real(function, argument, value):
         fail(function, argument, f"is too large for a double, got {value}")
 
 
-def nonnegative(function, argument, value):
-    """real(), and also finite and >= 0 (SSMax's s and b where they are given as numbers)."""
+def finite(function, argument, value):
+    """real(), and also finite (SSMax's s and b where they are given as numbers: any sign,
+    a learned b is often negative)."""
     value = real(function, argument, value)
-    if not (math.isfinite(value) and value >= 0):
-        fail(function, argument, f"must be finite and >= 0, got {value}")
+    if not math.isfinite(value):
+        fail(function, argument, f"must be finite, got {value}")
     return value

@@ -8,7 +8,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .errors import fail, integer, nonnegative
+from .errors import fail, integer, finite
 from .functional import attention
 from .policies import SSMax, Softmax
 
@@ -19,8 +19,8 @@ class ScalableSoftmaxAttention(torch.nn.Module):
     x [B, S, embed_dim] -> [B, S, embed_dim]. num_kv_heads < num_heads gives grouped-query
     attention (it must divide num_heads). policy "ssmax": m = s_h log n + b_h with a
     learnable per-head s (initialised to s_init) and, when b_init is not None, a learnable
-    per-head b; "softmax": plain softmax (the same module as a baseline). s and b are
-    clamped at 0 in the forward (the kernels need m >= 0). bias: the projections' bias.
+    per-head b; "softmax": plain softmax (the same module as a baseline). s and b are used
+    as trained, any sign (a negative m on short rows is allowed). bias: the projections' bias.
     causal, window, scale: as ssmax_torch.attention. The computation runs in the
     parameters' dtype (float32 or float64) on the CPU.
     """
@@ -43,8 +43,8 @@ class ScalableSoftmaxAttention(torch.nn.Module):
         if policy not in ("ssmax", "softmax"):
             fail("ScalableSoftmaxAttention", "policy", f"must be 'ssmax' or 'softmax', got {policy!r}")
         if policy == "ssmax":
-            s_init = nonnegative(name, "s_init", s_init)
-            b_init = None if b_init is None else nonnegative(name, "b_init", b_init)
+            s_init = finite(name, "s_init", s_init)
+            b_init = None if b_init is None else finite(name, "b_init", b_init)
         kw = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -63,8 +63,7 @@ class ScalableSoftmaxAttention(torch.nn.Module):
         """The policy of the next forward (its s and b carry autograd)."""
         if self.policy == "softmax":
             return Softmax()
-        b = None if self.b is None else self.b.clamp(min=0.0)
-        return SSMax(self.s.clamp(min=0.0), b)
+        return SSMax(self.s, self.b)
 
     def forward(self, x, key_lengths=None, attn_mask=None):
         """x [B, S, embed_dim]; key_lengths [B] and attn_mask (bool, True = may attend) as in
@@ -126,8 +125,8 @@ class SSMaxMultiheadAttention(torch.nn.Module):
         heads = mha.num_heads
         make = torch.nn.Parameter if learnable else (lambda t: t)
         like = {"dtype": mha.out_proj.weight.dtype, "device": mha.out_proj.weight.device}
-        s = nonnegative("replace_softmax", "s", s)
-        b = None if b is None else nonnegative("replace_softmax", "b", b)
+        s = finite("replace_softmax", "s", s)
+        b = None if b is None else finite("replace_softmax", "b", b)
         s_t = make(torch.full((heads,), s, **like))
         b_t = None if b is None else make(torch.full((heads,), b, **like))
         if learnable:
@@ -162,9 +161,7 @@ class SSMaxMultiheadAttention(torch.nn.Module):
         k = F.linear(key, w_k, b_k).transpose(0, 1).reshape(batch, n_k, heads, head_dim)
         v = F.linear(value, w_v, b_v).transpose(0, 1).reshape(batch, n_k, heads, head_dim)
         allowed = _allowed_from_torch_masks(attn_mask, key_padding_mask, batch, heads, n_q, n_k)
-        s = self.s.clamp(min=0.0)
-        b = None if self.b is None else self.b.clamp(min=0.0)
-        out = attention(q, k, v, policy=SSMax(s, b), attn_mask=allowed)
+        out = attention(q, k, v, policy=SSMax(self.s, self.b), attn_mask=allowed)
         out = F.linear(out.reshape(batch, n_q, embed), mha.out_proj.weight, mha.out_proj.bias)
         out = out.transpose(0, 1)  # [L, N, E]
         if unbatched:
@@ -190,8 +187,8 @@ def replace_softmax(model, s=None, *, n_train=None, b=None, learnable=False):
         if n_train is None or n_train < 2:
             fail("replace_softmax", "s", "must be given, or n_train >= 2 (s = 1/log(n_train))")
         s = 1.0 / math.log(n_train)
-    s = nonnegative("replace_softmax", "s", s)
-    b = None if b is None else nonnegative("replace_softmax", "b", b)
+    s = finite("replace_softmax", "s", s)
+    b = None if b is None else finite("replace_softmax", "b", b)
     if isinstance(model, torch.nn.MultiheadAttention):
         return SSMaxMultiheadAttention(model, s, b, learnable)
     for name, child in list(model.named_children()):

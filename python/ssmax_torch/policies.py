@@ -67,8 +67,9 @@ class SSMax(Policy):
     """Scalable-Softmax: m = s_h log n + b_h, n the row's visible keys (or fixed_length).
 
     s, b: a number, or a tensor with one value per query head (or one value in all); either
-    may require grad, and attention's backward returns their gradients. Both must stay
-    finite and >= 0 (the kernels need m >= 0). b=None means 0 (the paper's default).
+    may require grad, and attention's backward returns their gradients. Both must be finite,
+    of any sign (a learned b is often negative: m < 0 on short rows, masked keys stay
+    masked). b=None means 0 (the paper's default).
     """
 
     kind = 1

@@ -35,8 +35,8 @@ def test_double_backward_raises():
         torch.autograd.grad(out.sum() + (g ** 2).sum(), q)
 
 
-@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
-def test_negative_or_nan_s_and_b_are_refused_at_construction(value):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_infinite_s_and_b_are_refused_at_construction(value):
     mha = torch.nn.MultiheadAttention(8, 2)
     for kwargs, argument in [(dict(s=value), "s"), (dict(s=0.5, b=value), "b")]:
         with pytest.raises(st.ArgumentError) as info:

@@ -105,6 +105,23 @@ attention_run<T> run_attention(const attention_data<T>& data, attention_options<
   return r;
 }
 
+/// |bias_ij| (additive and ALiBi) plus |sink_h| of row i, key j: the size of the logit's
+/// extras, which the bound adds to Z. Hidden (-inf) and absent terms count 0.
+inline double logit_magnitude(const logit_options& lo, const sequence_span& seq, index_t b,
+                              index_t h, index_t i, index_t j, index_t position,
+                              const attention_mask& mask) {
+  double size = 0.0;
+  if (lo.bias.data != nullptr) {
+    const double x = lo.bias.row(b, h, i)[j * lo.bias.stride_k];
+    if (std::isfinite(x)) size += std::abs(x);
+  }
+  if (lo.alibi_slopes != nullptr)
+    size += std::abs(static_cast<double>(lo.alibi_slopes[h])) *
+            std::abs(static_cast<double>(mask.key_offset + j - seq.k_begin - position));
+  if (lo.sinks != nullptr && std::isfinite(lo.sinks[h])) size += std::abs(lo.sinks[h]);
+  return size;
+}
+
 /// Expects `run` to match the reference within the bound above. `what` names the case.
 /// A call in another storage type (a 16-bit one) passes its inputs' exact values as data
 /// (double), its outputs widened exactly to the compute type C, and out's rounding: each
@@ -118,7 +135,8 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
                               double out_unit = 0.0, double out_tiny = 0.0) {
   const double eps = std::numeric_limits<C>::epsilon();
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
-  const auto ref = reference::attention(data.qv(), data.kv(), data.vv(), o.policy, o.mask, scale);
+  const auto ref =
+      reference::attention(data.qv(), data.kv(), data.vv(), o.policy, o.mask, scale, o.logit);
   const auto q = data.qv(), k = data.kv(), v = data.vv();
   const index_t group = data.H / data.H_kv;
   index_t failures = 0;
@@ -127,11 +145,11 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
     const index_t b = seq.tensor_batch;
     for (index_t h = 0; h < data.H; ++h)
       for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
-        const row_keys row = visible_keys(o.mask, seq, h, i);
+        const row_keys row = visible_keys(o.mask, o.logit, seq, h, i);
         const index_t g = h / group;
         double z = 0.0, vmax = 0.0;
-        const double m =
-            row.visible > 0 ? o.policy.multiplier({row.n, row.position, h}) * scale : 0.0;
+        const double m_row = row.visible > 0 ? o.policy.multiplier({row.n, row.position, h}) : 0.0;
+        const double m = m_row * scale;
         for (index_t j = row.begin; j < row.end; ++j) {
           if (row.allowed != nullptr && !row.allowed[j]) continue;
           double zj = 0.0;
@@ -139,6 +157,9 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
             zj += std::abs(m * q(b, i, h, c) * k(b, j, g, c));
             vmax = std::max(vmax, std::abs(static_cast<double>(v(b, j, g, c))));
           }
+          // The logit's extras (logit.hpp) add |m bias| (additive and ALiBi) and the sink
+          // |m sink| to what the roundings are relative to; the soft-cap only shrinks.
+          zj += std::abs(m_row) * logit_magnitude(o.logit, seq, b, h, i, j, row.position, o.mask);
           z = std::max(z, zj);
         }
         const double n = static_cast<double>(row.visible);

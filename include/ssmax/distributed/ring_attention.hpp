@@ -76,6 +76,16 @@ inline void check_ring_mask(const char* fn, const attention_mask& m, index_t bat
       require(m.key_lengths[b] >= 0, fn, "options.mask.key_lengths", "has a negative entry");
 }
 
+/// The logit's extras the ring supports (logit.hpp): the soft-cap and ALiBi (positions come
+/// from the mask); an additive bias [.., n_k] and sinks (which each pair would add again)
+/// are refused.
+inline void check_ring_logit(const char* fn, const logit_options& o) {
+  require(o.bias.data == nullptr, fn, "options.logit.bias",
+          "is not supported by the ring (each rank holds a slice of the keys)");
+  require(o.sinks == nullptr, fn, "options.logit.sinks",
+          "is not supported by the ring (every pair of ranks would add the sink)");
+}
+
 /// This rank's record for the agreement (ring.hpp).
 template <class T, class Policy>  // element type; a length policy
 record make_record(const tensor_view<const T>& q, const tensor_view<const T>& k,
@@ -196,6 +206,7 @@ void check_local_forward(const char* fn, const tensor_view<const T>& q,
   ssmax::detail::check_attention<T>(fn, q, k, v, out, local, lse, nullptr);
   require(k.seq == q.seq, fn, "k", "must have q's rows (the same tokens: self-attention)");
   check_ring_mask(fn, options.mask, q.batch);
+  check_ring_logit(fn, options.logit);
 }
 
 /// Copies a [B, S, H_kv, d] view into contiguous memory.
@@ -408,6 +419,7 @@ void check_local_backward(const char* fn, const tensor_view<const T>& q,
   require(grads.d_multiplier == nullptr, fn, "grads.d_multiplier",
           "is not supported by the ring (use grads.policy)");
   check_ring_mask(fn, options.mask, q.batch);
+  check_ring_logit(fn, options.logit);
 }
 
 /// dst[e] += src[e] for e < count.

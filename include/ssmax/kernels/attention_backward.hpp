@@ -23,6 +23,10 @@
 //                 range. It is the same in every call that sees part of the row's keys
 //                 (context parallelism: a slice's dy do not sum to 0, so a slice-local z_0,
 //                 such as its first visible logit, would change each slice's dL/dm).
+// With the logit's extras (logit.hpp) the scores are the raw x = scale q . k, turned into
+// z = softcap(x) + bias by the score epilogue at m = 1; dS takes the factor softcap'(x)
+// before the GEMMs; the sink is one more logit with a zero value (its dy_sink = -a_sink D
+// adds sink dy_sink to dL/dm and m dy_sink to d_sinks, summed per head in row order).
 // Rows whose scores hold +inf (kernels/online_softmax.hpp: overflowing products) have
 // weights that do not depend on q or k: they add nothing to dq, dk or dL/dm, and
 // dv_j += a_j dout_i with a_j = 1 / (their number of +inf keys) on those keys.
@@ -56,6 +60,7 @@ struct attention_backward_problem {
   tensor_view<T> dk;                     ///< [B, n_k, H_kv, d]
   tensor_view<T> dv;                     ///< [B, n_k, H_kv, d]
   double* d_multiplier = nullptr;        ///< [B, H, n_q] dL/dm per row, or null
+  double* d_sinks = nullptr;             ///< [H] dL/dsink_h, or null
 };
 
 namespace detail {
@@ -105,14 +110,15 @@ struct backward_plan {
     const index_t d = p.forward.q.dim, n_k = p.forward.k.seq;
     const int threads = ssmax::detail::threads_for(p.forward.threads, task_count(p));
     dp = round_up(d, W);
-    lds = full_rows ? round_up(n_k, W) : score_stride(W);
+    const bool sinks = p.forward.logit.has_sinks(), raw = p.forward.logit.transforms_scores();
+    lds = full_rows ? round_up(n_k + (sinks ? 1 : 0), W) : score_stride(W);  // + the sink
     scratch = a.take<backward_scratch<T>>(threads);
     for (int t = 0; t < threads; ++t) {
       backward_scratch<T> sc;
       sc.dk = a.take<T>(n_k * dp);
       sc.dv = a.take<T>(n_k * dp);
       if (full_rows) {
-        sc.s = a.take<T>(2 * lds);
+        sc.s = a.take<T>((raw ? 3 : 2) * lds);  // z, a (and the raw scores x)
         sc.ds = a.take<T>(lds);
       } else {
         sc.s = a.take<T>(kFusedQueryBlock * lds);
@@ -176,6 +182,43 @@ inline void record_multiplier(const attention_backward_problem<T, Policy>& p, po
     grad->add(h, gradient_of(*p.forward.policy, {row.n, row.position, h}, dm));
 }
 
+/// Per-row shares of d_sinks ([B, H, n_q], row_index order), summed per head in a fixed
+/// order at the end (finish_sinks): bitwise the same for any thread count.
+template <class T, class Policy>  // float or double; a length policy
+inline std::vector<double> sink_rows(const attention_backward_problem<T, Policy>& p) {
+  const auto& q = p.forward.q;
+  return std::vector<double>(
+      p.d_sinks != nullptr ? static_cast<size_t>(q.batch * q.heads * q.seq) : 0, 0.0);
+}
+
+/// d_sinks[h] = sum over (b, i) of the rows' shares m dy_sink. Nothing when not asked.
+template <class T, class Policy>  // float or double; a length policy
+inline void finish_sinks(const attention_backward_problem<T, Policy>& p,
+                         const std::vector<double>& rows) {
+  if (p.d_sinks == nullptr) return;
+  const auto& f = p.forward;
+  for (index_t h = 0; h < f.q.heads; ++h) {
+    double sum = 0.0;
+    for (index_t b = 0; b < f.q.batch; ++b)
+      for (index_t i = 0; i < f.q.seq; ++i) sum += rows[static_cast<size_t>(f.row_index(b, h, i))];
+    p.d_sinks[h] = sum;
+  }
+}
+
+/// The sink's share of a row (head h, multiplier m, log-sum-exp lse with the sink, D =
+/// dout . out): dy_sink = -exp(m sink_h - lse) D. Adds (sink - shift) dy_sink to dm and
+/// returns m dy_sink (dL/dsink); 0 without a sink or for a row that saw no key.
+template <class T, class Policy>  // float or double; a length policy
+inline double sink_share(const attention_problem<T, Policy>& f, index_t h, const row_keys& row,
+                         double m, double lse, double D, double shift, double& dm) {
+  if (!f.logit.has_sinks() || row.visible == 0 || !std::isfinite(lse)) return 0.0;
+  const double sink = static_cast<double>(f.logit.sinks[h]);
+  if (sink == -std::numeric_limits<double>::infinity()) return 0.0;
+  const double dy = -std::exp(m * sink - lse) * D;
+  dm += (sink - shift) * dy;
+  return m * dy;
+}
+
 /// Writes the task's accumulated dk, dv rows [k_begin, k_end) of kv head g.
 template <class T, class Policy>  // float or double; a length policy
 inline void write_key_gradients(const attention_backward_problem<T, Policy>& p,
@@ -228,75 +271,6 @@ std::size_t attention_backward_workspace_bytes(const attention_backward_problem<
   return detail::plan_bytes<detail::backward_plan<Arch, T>>(p, materialised);
 }
 
-/// Materialised backward. Pre: p validated; ws holds attention_backward_workspace_bytes.
-/// policy_grad (per-thread copies summed in task order) may be null.
-template <class Arch,    // xsimd architecture tag or scalar_arch
-          class T,       // float or double
-          class Policy>  // a length policy (length_policy.hpp)
-void attention_backward_materialised(const attention_backward_problem<T, Policy>& p,
-                                     attention_workspace& ws, policy_gradient* policy_grad) {
-  const auto& f = p.forward;
-  const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, true);
-  const index_t d = f.q.dim, dp = plan.dp, group = f.q.heads / f.k.heads;
-
-  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
-                        policy_gradient* grad) {
-    const index_t b = seq.tensor_batch;
-    const T ninf = -std::numeric_limits<T>::infinity();
-    const T scale = static_cast<T>(f.scale);
-    for (index_t h = g * group; h < (g + 1) * group; ++h)
-      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
-        const row_keys row = visible_keys(f.mask, seq, h, i);
-        T* dq = p.dq.row(b, i, h);
-        std::fill(dq, dq + d, T(0));
-        if (row.visible == 0) {
-          detail::record_multiplier(p, grad, b, h, i, row, 0.0);
-          continue;
-        }
-        const T m = static_cast<T>(detail::row_multiplier(f, row, h));
-        const index_t n = row.end - row.begin;
-        const T* qi = f.q.row(b, i, h);
-        const T* go = p.dout.row(b, i, h);
-        T* z = sc.s;             // scores z_j, then (below) the weights' gradient m dy_j in sc.ds
-        T* u = sc.ds;            // u_j = dout_i . v_j, overwritten in place by m dy_j
-        T* w = sc.s + plan.lds;  // weights a_j
-        for (index_t j = 0; j < n; ++j) {
-          const index_t key = row.begin + j;
-          T qk, dv;
-          detail::dot_pair<Arch>(qi, f.k.row(b, key, g), go, f.v.row(b, key, g), d, qk, dv);
-          const bool seen = row.allowed == nullptr || row.allowed[key];
-          z[j] = seen ? scale * qk : ninf;
-          u[j] = seen ? dv : T(0);
-        }
-        const T inf = std::numeric_limits<T>::infinity();
-        row_state<T> st = scaled_softmax_row<Arch>(z, w, n, m);
-        if (!(st.max < inf) || std::isnan(st.sum)) {  // +inf or NaN: recompute without overflow
-          for (index_t j = 0; j < n; ++j)
-            if (z[j] != ninf)
-              z[j] = detail::safe_score(qi, f.k.row(b, row.begin + j, g), d, f.scale);
-          st = scaled_softmax_row<Arch>(z, w, n, m);
-        }
-        if (st.max == inf) {  // +inf keys share the weight: only dv = a dout
-          detail::record_multiplier(p, grad, b, h, i, row, 0.0);
-          for (index_t j = 0; j < n; ++j)
-            if (w[j] != T(0))
-              detail::axpy<Arch>(sc.dv + (row.begin + j - seq.k_begin) * dp, w[j], go, d);
-          continue;
-        }
-        const double dm = scaled_softmax_row_backward<Arch>(z, w, u, u, n, m);
-        detail::record_multiplier(p, grad, b, h, i, row, dm);
-        for (index_t j = 0; j < n; ++j) {
-          if (w[j] == T(0)) continue;
-          const index_t key = row.begin + j, at = (key - seq.k_begin) * dp;
-          detail::axpy<Arch>(dq, scale * u[j], f.k.row(b, key, g), d);
-          detail::axpy<Arch>(sc.dk + at, scale * u[j], qi, d);
-          detail::axpy<Arch>(sc.dv + at, w[j], go, d);
-        }
-      }
-  };
-  detail::for_each_key_task(p, plan, policy_grad, task);
-}
-
 namespace detail {
 
 /// Per-row constants of a block of query rows in the fused backward.
@@ -308,8 +282,10 @@ struct backward_rows {
   T flush[kFusedQueryBlock];  ///< flush_threshold of the row's visible count
   /// Rows whose forward lse is +inf (+inf scores): 1 / the number of +inf keys; else 0.
   T inv_top[kFusedQueryBlock];
-  const T* q[kFusedQueryBlock];     ///< the row's query
-  double factor[kFusedQueryBlock];  ///< m * scale: the forward's score is factor q . k
+  const T* q[kFusedQueryBlock];       ///< the row's query
+  double factor[kFusedQueryBlock];    ///< m * scale: the forward's score is factor q . k
+  bool raw = false;                   ///< the scores go through the epilogue (logit.hpp)
+  row_logit logit[kFusedQueryBlock];  ///< the row's epilogue at m = 1 (when raw)
 };
 
 /// The number of keys of `row` (kv head g) whose score factor * q . k is +inf
@@ -338,15 +314,17 @@ void setup_backward_rows(const attention_backward_problem<T, Policy>& p,
   const T scale = static_cast<T>(f.scale);
   for (index_t r = 0; r < rows; ++r) {
     const index_t i = q0 + r;
-    sc.info[r] = visible_keys(f.mask, seq, h, i);
+    sc.info[r] = f.keys_of(seq, h, i);
     rw.m[r] = static_cast<T>(row_multiplier(f, sc.info[r], h));
+    rw.raw = f.logit.transforms_scores();
+    if (rw.raw) rw.logit[r] = row_logit_of(f, seq, h, i, sc.info[r]), rw.logit[r].m = 1.0;
     rw.lse[r] = p.lse[f.row_index(b, h, i)];
     rw.flush[r] = flush_threshold<T>(std::max<index_t>(1, sc.info[r].visible));
     const T* qi = f.q.row(b, i, h);
     rw.q[r] = qi;
     rw.factor[r] = double(rw.m[r]) * f.scale;
     rw.inv_top[r] = T(0);
-    if (rw.lse[r] == std::numeric_limits<T>::infinity()) {
+    if (rw.lse[r] == std::numeric_limits<T>::infinity() && !rw.raw) {
       const index_t top = infinite_keys(f, seq, sc.info[r], f.kv_head(h), qi, rw.factor[r]);
       if (top > 0) rw.inv_top[r] = T(1) / static_cast<T>(top);
     }
@@ -399,6 +377,11 @@ void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T
     T* sr = sc.s + r * lds;
     T* dr = sc.ds + r * lds;
     const row_keys& rk = sc.info[r];
+    T* x = sc.t;  // the raw scores of this row, while sc.t is free (logit.hpp)
+    if (rw.raw && rk.visible > 0) {
+      std::copy(sr, sr + nk, x);
+      score_epilogue(sr, kb, nk, rw.logit[r]);
+    }
     if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
       std::fill(sr, sr + nk, T(0));
       std::fill(dr, dr + nk, T(0));
@@ -415,6 +398,9 @@ void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T
     }
     sc.dm[r] += backward_row_block<Arch>(sr, dr, nk, rw.m[r], rw.lse[r], rw.D[r], rw.flush[r],
                                          static_cast<T>(sc.shift[r]));
+    if (rw.raw && rw.logit[r].cap > 0.0)  // dL/dx = dL/dz softcap'(x)
+      for (index_t j = 0; j < nk; ++j)
+        dr[j] = static_cast<T>(dr[j] * softcap_slope(x[j], rw.logit[r].cap));
   }
 }
 
@@ -446,6 +432,7 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
   const auto& f = p.forward;
   const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, false);
   const index_t d = f.q.dim, dp = plan.dp, lds = plan.lds, group = f.q.heads / f.k.heads;
+  std::vector<double> sinks = detail::sink_rows(p);
 
   const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
                         policy_gradient* grad) {
@@ -473,11 +460,16 @@ void attention_backward_fused(const attention_backward_problem<T, Policy>& p,
         for (index_t r = 0; r < rows; ++r) {
           T* dq = p.dq.row(b, q0 + r, h);
           for (index_t c = 0; c < d; ++c) dq[c] = scale * sc.dq[r * dp + c];
+          const double d_sink =
+              detail::sink_share(f, h, sc.info[r], double(rw.m[r]), double(rw.lse[r]),
+                                 double(rw.D[r]), double(static_cast<T>(sc.shift[r])), sc.dm[r]);
+          if (!sinks.empty()) sinks[static_cast<size_t>(f.row_index(b, h, q0 + r))] = d_sink;
           detail::record_multiplier(p, grad, b, h, q0 + r, sc.info[r], sc.dm[r]);
         }
       }
   };
   detail::for_each_key_task(p, plan, policy_grad, task);
+  detail::finish_sinks(p, sinks);
 }
 
 }  // namespace ssmax::kernels

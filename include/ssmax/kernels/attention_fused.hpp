@@ -264,16 +264,22 @@ void fused_range(const attention_problem<T, Policy, S>& p,
     for (index_t r = r0; r < r1; ++r) {
       T* sr = s + (r - r0) * skp;
       const row_keys& rk = sc.info[r];
+      const index_t h = t.head + r / rows, i = t.q0 + r % rows;
+      row_logit logit;
+      if (p.logit.transforms_scores() && rk.visible > 0) {  // before the mask: m z, -inf kept
+        logit = row_logit_of(p, seq, h, i, rk);
+        score_epilogue(sr, kb, nk, logit);
+      }
       if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
         std::fill(sr, sr + nk, T(0));
         continue;
       }
       const T flush = flush_threshold<T>(rk.visible);
       if (online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp, flush)) continue;
-      const index_t h = t.head + r / rows, i = t.q0 + r % rows;  // scores +inf or NaN
       online_row_nonfinite<Arch>(sr, nk, p.q.row(b, i, h), p.k.row(b, kb, p.kv_head(h)),
-                                 p.k.stride_s, d, row_multiplier(p, rk, h) * p.scale, kb, rk,
-                                 sc.state[r], sc.o + r * dp, dp, flush);
+                                 p.k.stride_s, d, query_factor(p, rk, h), kb, rk, sc.state[r],
+                                 sc.o + r * dp, dp, flush,
+                                 p.logit.transforms_scores() ? &logit : nullptr);
     }
   };
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
@@ -301,11 +307,15 @@ void fused_range(const attention_problem<T, Policy, S>& p,
 }
 
 /// Writes scratch row r of task t (query row t.q0 + r % t.rows of head t.head + r /
-/// t.rows): out = o / sum, and the log-sum-exp.
+/// t.rows): the head's sink added (add_sink, which may rescale o), out = o / sum, and the
+/// log-sum-exp.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r,
-                     const T* o, const row_state<double>& state) {
-  finish_row(p, p.span(t.seq).tensor_batch, t.q0 + r % t.rows, t.head + r / t.rows, o, state);
+                     T* o, row_state<double> state) {
+  const sequence_span seq = p.span(t.seq);
+  const index_t i = t.q0 + r % t.rows, h = t.head + r / t.rows;
+  add_sink(p, seq, h, i, o, p.q.dim, state);
+  finish_row(p, seq.tensor_batch, i, h, o, state);
 }
 
 }  // namespace detail

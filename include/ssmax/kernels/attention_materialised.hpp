@@ -127,6 +127,12 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
     for (index_t r = 0; r < t.rows; ++r) {
       T* sr = sc.s + r * lds;
       const row_keys& rk = sc.info[r];
+      const bool transforms = p.logit.transforms_scores() && rk.visible > 0;
+      row_logit logit;
+      if (transforms) {  // before the mask: m z, -inf bias kept -inf (logit.hpp)
+        logit = detail::row_logit_of(p, seq, t.head, t.q0 + r, rk);
+        score_epilogue(sr, t.k_lo, L, logit);
+      }
       row_state<T> state;
       if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
         const index_t lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
@@ -134,10 +140,11 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
         if (!(state.max < std::numeric_limits<T>::infinity()) || std::isnan(state.sum)) {
           // +inf or NaN scores: recompute them without overflow (online_softmax.hpp,
           // safe_score), then the row kernel's contract for +inf and NaN applies.
-          const double factor = detail::row_multiplier(p, rk, t.head) * p.scale;
+          const double factor = detail::query_factor(p, rk, t.head);
           const auto* qi = p.q.row(b, t.q0 + r, t.head);
           for (index_t j = lo; j < hi; ++j)
             sr[j] = detail::safe_score(qi, p.k.row(b, t.k_lo + j, g), d, factor);
+          if (transforms) score_epilogue(sr + lo, t.k_lo + lo, hi - lo, logit);
           detail::mask_row(sr, t.k_lo, L, rk);
           state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         }
@@ -147,7 +154,8 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
         std::fill(sr, sr + L, T(0));
       }
       const index_t i = t.q0 + r;
-      if (p.lse != nullptr) p.lse[p.row_index(b, t.head, i)] = state.log_sum_exp();
+      const T lse = detail::sink_weights(p, seq, t.head, i, sr, L, state);
+      if (p.lse != nullptr) p.lse[p.row_index(b, t.head, i)] = lse;
       if (p.weights != nullptr) {
         T* w = p.weights + p.row_index(b, t.head, i) * p.k.seq;
         std::fill(w, w + p.k.seq, T(0));

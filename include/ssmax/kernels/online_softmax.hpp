@@ -105,15 +105,19 @@ inline T safe_score(const Q* q, const K* k, index_t d, double factor) {
 ///   equally: o restarts from 0 unless the row is already at +inf, state {+inf, count},
 ///   s = 1 on the +inf keys and 0 elsewhere (the caller's P V adds their values);
 /// - otherwise (a NaN that cancelling overflows made): online_row on the fixed scores.
+/// With logit (the row's score epilogue, logit.hpp; factor is then the scale alone) the
+/// recomputed raw scores go through score_epilogue before the mask.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Q,     // storage type of q (storage.hpp) whose compute type is T
           class K>     // storage type of the keys whose compute type is T
 inline void online_row_nonfinite(T* s, index_t nk, const Q* q, const K* k0, index_t kstride,
                                  index_t d, double factor, index_t kb, const row_keys& row,
-                                 row_state<double>& state, T* o, index_t dp, T flush_below) {
+                                 row_state<double>& state, T* o, index_t dp, T flush_below,
+                                 const row_logit* logit = nullptr) {
   const T inf = std::numeric_limits<T>::infinity();
   for (index_t j = 0; j < nk; ++j) s[j] = safe_score(q, k0 + j * kstride, d, factor);
+  if (logit != nullptr) score_epilogue(s, kb, nk, *logit);
   mask_row(s, kb, nk, row);
   if (std::any_of(s, s + nk, [](T x) { return x != x; })) {
     state = {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
@@ -141,8 +145,57 @@ inline double row_multiplier(const attention_problem<T, Policy, S>& p, const row
   return row.visible > 0 ? p.policy->multiplier({row.n, row.position, h}) : 0.0;
 }
 
+/// The factor the kernels fold into a row's query: m * scale, or scale alone when the
+/// scores go through the score epilogue (logit.hpp), which applies m after the transform.
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline double query_factor(const attention_problem<T, Policy, S>& p, const row_keys& row, index_t h) {
+  return p.logit.transforms_scores() ? p.scale : row_multiplier(p, row, h) * p.scale;
+}
+
+/// The score epilogue of row i of head h in seq (logit.hpp), row = p.keys_of(seq, h, i).
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline row_logit row_logit_of(const attention_problem<T, Policy, S>& p, const sequence_span& seq,
+                              index_t h, index_t i, const row_keys& row) {
+  return logit_of_row(p.logit, p.mask, seq, h, i, row, row_multiplier(p, row, h));
+}
+
+/// Adds head h's sink (logit.hpp) to the finished state of row i of seq and rescales its
+/// unnormalised output o[0, d) to the merged maximum: the sink is one more logit m sink_h
+/// with a zero value. Nothing without sinks, for a row that saw no key, or a -inf sink.
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline void add_sink(const attention_problem<T, Policy, S>& p, const sequence_span& seq, index_t h,
+                     index_t i, T* o, index_t d, row_state<double>& state) {
+  if (!p.logit.has_sinks() || state.empty()) return;
+  const double sink = static_cast<double>(p.logit.sinks[h]);
+  if (sink == -std::numeric_limits<double>::infinity()) return;
+  const double m = row_multiplier(p, p.keys_of(seq, h, i), h);
+  const row_state<double> merged = merge(state, row_state<double>{m * sink, 1.0});
+  if (merged.max != state.max) {
+    const T shrink = static_cast<T>(std::exp(state.max - merged.max));
+    for (index_t c = 0; c < d; ++c) o[c] *= shrink;
+  }
+  state = merged;
+}
+
+/// The materialised rows' sink (logit.hpp): rescales the normalised weights w[0, n) of row
+/// i of head h, whose softmax state is `state`, by S e^M / (S e^M + e^(m sink_h)), and
+/// returns the row's log-sum-exp with the sink (without sinks, state.log_sum_exp()).
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline T sink_weights(const attention_problem<T, Policy, S>& p, const sequence_span& seq, index_t h,
+                      index_t i, T* w, index_t n, const row_state<T>& state) {
+  row_state<double> merged{static_cast<double>(state.max), static_cast<double>(state.sum)};
+  T one = T(1);  // add_sink's "output": the factor the weights take
+  add_sink(p, seq, h, i, &one, 1, merged);
+  // No sink, a -inf one, or a row that saw no key: the plain rows' bits.
+  if (merged.max == static_cast<double>(state.max) && merged.sum == static_cast<double>(state.sum))
+    return state.log_sum_exp();
+  const T factor = static_cast<T>(static_cast<double>(one) * state.sum / merged.sum);
+  for (index_t j = 0; j < n; ++j) w[j] *= factor;
+  return static_cast<T>(merged.log_sum_exp());
+}
+
 /// Per-row setup of a block of query rows q0..q0+rows-1 of head h: which keys each row
-/// sees (info), and the scaled queries qs[r*d, +d) = (m_r * scale) * q_r, with m_r the
+/// sees (info), and the scaled queries qs[r*d, +d) = query_factor * q_r, with m_r the
 /// policy's multiplier computed once per row in double (0 for rows that see no key). q
 /// stored in 16 bits is widened exactly; qs is never rounded back to 16 bits.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
@@ -150,8 +203,8 @@ inline void setup_rows(const attention_problem<T, Policy, S>& p, const sequence_
                        index_t h, index_t q0, index_t rows, row_keys* info, T* qs) {
   const index_t d = p.q.dim;
   for (index_t r = 0; r < rows; ++r) {
-    info[r] = visible_keys(p.mask, seq, h, q0 + r);
-    const T f = static_cast<T>(row_multiplier(p, info[r], h) * p.scale);
+    info[r] = p.keys_of(seq, h, q0 + r);
+    const T f = static_cast<T>(query_factor(p, info[r], h));
     const auto* qr = p.q.row(seq.tensor_batch, q0 + r, h);
     for (index_t c = 0; c < d; ++c) qs[r * d + c] = f * to_compute(qr[c]);
   }

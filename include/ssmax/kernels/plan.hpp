@@ -10,6 +10,7 @@
 
 #include "../detail/sanitizer.hpp"
 #include "../length_policy.hpp"
+#include "../logit.hpp"
 #include "../mask.hpp"
 #include "../tensor_view.hpp"
 #include "../workspace.hpp"
@@ -55,6 +56,7 @@ struct attention_problem {
   tensor_view<typename S::out> out;     ///< [B, n_q, H, d]
   const Policy* policy = nullptr;
   attention_mask mask;
+  logit_options logit;   ///< bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
   double scale = 1.0;    ///< logit scale (1/sqrt(d) by default)
   T* lse = nullptr;      ///< [B, H, n_q] or null (compute type)
   T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only; compute type)
@@ -63,6 +65,10 @@ struct attention_problem {
   index_t sequences() const { return sequence_count(mask, q.batch); }
   sequence_span span(index_t s) const { return sequence_of(mask, s, q.seq, k.seq); }
   index_t kv_head(index_t h) const { return h / (q.heads / k.heads); }  ///< g(h)
+  /// Which keys query row i of head h in seq sees, and its n (mask and bias: logit.hpp).
+  row_keys keys_of(const sequence_span& seq, index_t h, index_t i) const {
+    return visible_keys(mask, logit, seq, h, i);
+  }
   /// Index of query row i of head h in batch b in the per-row outputs [B, H, n_q] (lse,
   /// dL/dm); the weights' row starts at row_index(b, h, i) * n_k.
   index_t row_index(index_t b, index_t h, index_t i) const { return (b * q.heads + h) * q.seq + i; }

@@ -138,7 +138,8 @@ double scaled_softmax_row_backward(const T* z, const T* p, const T* g, T* dz, in
 /// normalisation costs one more sum in pass 1 and makes the result insensitive to an
 /// error in lse (a common factor on every u_i), and keeps dL/dm free of the second-order
 /// term (sum p - 1)^2 zbar c that unnormalised weights leave. Returns dL/dm.
-/// Pre: n >= 1; z, g, dz not null; dz overlaps neither z nor g; m finite and >= 0;
+/// Pre: n >= 1; z, g, dz not null; dz overlaps neither z nor g; m finite (any sign: -inf
+/// entries weigh 0 whatever it is);
 /// every z_i finite or -inf; lse finite, or -inf for a row of only -inf (then dz = 0 and
 /// dL/dm = 0). With m = 0 the weights are uniform over the entries that are not -inf.
 /// Error: as scaled_softmax_row_backward, with each p_i carrying in addition a relative

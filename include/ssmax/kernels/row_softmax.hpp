@@ -68,14 +68,18 @@ inline typename S::vec flushed_exp(const typename S::vec& t, const typename S::v
 }
 
 /// Pass 2: y_i = exp(m (x_i - pivot)) for i in [0, n), returning sum_i y_i.
-/// Pre: m > 0 and finite; pivot finite and >= every x_i. x_i = -inf gives y_i = 0, and so
+/// Pre: m > 0 and finite, pivot finite and >= every x_i (HideNegInf: m < 0 and finite, pivot
+/// finite and <= every x_i that is not -inf). x_i = -inf gives y_i = 0, and so
 /// does every m (x_i - pivot) < flush_below (see flush_threshold).
 /// y may equal x (in place) or be nullptr (sum only). NaN in x makes the sum NaN.
 /// Error: each y_i carries the exp's error (simd<Arch,T>::exp) plus (1 + |m (x_i - pivot)|)
 /// half-ulps from forming the argument; the sum adds at most about
 /// (kLanesPerBlock + log2(4 W) + 1) ulp relative, independent of n.
-template <class Arch,  // xsimd architecture tag or scalar_arch
-          class T>     // float or double
+/// With HideNegInf (the negative multipliers' pass, m < 0 and pivot the smallest entry
+/// that is not -inf): x_i = -inf still gives y_i = 0, although m (x_i - pivot) is +inf.
+template <class Arch,               // xsimd architecture tag or scalar_arch
+          class T,                  // float or double
+          bool HideNegInf = false>  // m < 0: weigh -inf entries 0 explicitly
 double exp_and_sum(const T* x, T* y, index_t n, T m, T pivot, T flush_below) {
   using S = ssmax::detail::simd<Arch, T>;
   using V = typename S::vec;
@@ -83,9 +87,15 @@ double exp_and_sum(const T* x, T* y, index_t n, T m, T pivot, T flush_below) {
   constexpr index_t kBlock = kLanesPerBlock * 4 * W;
   const V vm = S::splat(m), vp = S::splat(pivot);
   const V lowest = S::splat(flush_below);
-  auto weight = [&](const V& t) { return flushed_exp<S>(t, lowest); };
+  auto weight = [&](const V& xv) {
+    const V e = flushed_exp<S>(vm * (xv - vp), lowest);
+    if constexpr (HideNegInf)
+      return S::select(xv == S::splat(-std::numeric_limits<T>::infinity()), S::splat(T(0)), e);
+    else
+      return e;
+  };
   auto term = [&](index_t at) {
-    const V e = weight(vm * (S::load(x + at) - vp));
+    const V e = weight(S::load(x + at));
     if (y != nullptr) S::store(y + at, e);
     return e;
   };
@@ -111,7 +121,7 @@ double exp_and_sum(const T* x, T* y, index_t n, T m, T pivot, T flush_below) {
     const index_t rest = n - i;
     std::fill(in, in + W, -std::numeric_limits<T>::infinity());
     std::copy(x + i, x + n, in);
-    const V e = weight(vm * (S::load(in) - vp));
+    const V e = weight(S::load(in));
     S::store(out, e);
     if (y != nullptr) std::copy(out, out + rest, y + i);
     total.add(static_cast<double>(S::reduce_add(e)));
@@ -159,9 +169,36 @@ row_state<T> uniform_row(const T* x, T* y, index_t n, bool over_infinite) {
   return {over_infinite ? inf : T(0), static_cast<T>(count)};
 }
 
+/// softmax(m * x) of one row for m < 0 (scaled_softmax_row's branch): softmax over
+/// m x_i of the entries that are not -inf, pivot M = m * min_i {x_i : x_i > -inf}. The -inf
+/// entries (masked) weigh 0 whatever the sign of m; +inf entries weigh 0 (m * inf = -inf);
+/// a row with no finite visible entry and no NaN gives zeros and the empty state; any NaN
+/// makes the row NaN (pass 2's sum). Same error bound as the m > 0 rows with |m|.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+row_state<T> negative_softmax_row(const T* x, T* y, index_t n, T m, index_t visible) {
+  const T inf = std::numeric_limits<T>::infinity();
+  T x_min = inf;  // smallest entry that is not -inf (a scalar pass: m < 0 is rare)
+  bool has_nan = false;
+  for (index_t i = 0; i < n; ++i) {
+    if (x[i] > -inf && x[i] < x_min) x_min = x[i];
+    has_nan = has_nan || std::isnan(x[i]);
+  }
+  if (!(x_min < inf)) {  // every entry -inf, +inf or NaN: zeros or NaN
+    const T fill = has_nan ? std::numeric_limits<T>::quiet_NaN() : T(0);
+    if (y != nullptr) std::fill(y, y + n, fill);
+    return has_nan ? row_state<T>{fill, fill} : row_state<T>{};
+  }
+  const double sum =
+      exp_and_sum<Arch, T, true>(x, y, n, m, x_min, flush_threshold<T>(visible > 0 ? visible : n));
+  if (y != nullptr) scale_row<Arch>(y, n, static_cast<T>(1.0 / sum));
+  return {m * x_min, static_cast<T>(sum)};
+}
+
 /// softmax(m * x) of one row, written to y (or, with y == nullptr, only the state).
 ///   y_i = exp(m x_i - M) / sum_j exp(m x_j - M),  M = max_j m x_j.
-/// Pre: n >= 1; m finite and >= 0; y == x or y does not overlap x; visible, when > 0, is
+/// Pre: n >= 1; m finite (m < 0: negative_softmax_row); y == x or y does not overlap x;
+/// visible, when > 0, is
 /// the number of entries that are not -inf (masked), and sets the flush threshold as the
 /// row's n would (attention rows whose masked keys sit among the visible ones pass it).
 /// Contract: no overflow for any finite x and m (the max is subtracted before exp);
@@ -180,6 +217,7 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
           class T>     // float or double
 row_state<T> scaled_softmax_row(const T* x, T* y, index_t n, T m, index_t visible = 0) {
   const T inf = std::numeric_limits<T>::infinity();
+  if (m < T(0)) return negative_softmax_row<Arch>(x, y, n, m, visible);
   const T x_max = row_max<Arch>(x, n);
   // row_max may miss a NaN; one that it misses still reaches pass 2's sum, except in the
   // rows that uniform_row takes, and it scans for NaN itself.

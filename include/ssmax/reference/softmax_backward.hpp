@@ -55,7 +55,7 @@ row_backward_result softmax_backward_from_weights(const P* p, const T* z, const 
 
 /// Backward of p = softmax(m z) with p recomputed in double from z (reference::
 /// scaled_softmax: -inf entries weigh 0, a row of only -inf gives zeros).
-/// Pre: n >= 1, m finite and >= 0, z finite or -inf.
+/// Pre: n >= 1, m finite (any sign), z finite or -inf.
 template <class T>  // element type of z and g (float or double), widened exactly
 row_backward_result scaled_softmax_backward(const T* z, const T* g, index_t n, double m) {
   const std::vector<double> p = scaled_softmax(z, n, m);

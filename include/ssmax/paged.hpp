@@ -1,0 +1,122 @@
+#pragma once
+// Attention over a paged KV cache, the FlashAttention / vLLM convention:
+//   k_pool, v_pool   [num_blocks, block_size, H_kv, d], contiguous
+//   block_table      [B, max_blocks]: sequence b's token t lives in pool block
+//                    block_table[b * max_blocks + t / block_size], row t % block_size
+//   cache_lengths    [B]: sequence b holds cache_lengths[b] tokens (the new ones included)
+// The n_q >= 1 queries of each sequence sit at the end of its own cache (decode: n_q = 1;
+// chunked prefill: n_q > 1), positions cache_lengths[b] - n_q + i, as attention_mask::
+// cache does; options.mask's other constraints (causal, windows, ...) apply as given, and
+// its key_lengths must be null (the cache lengths take its place).
+//
+// This first version gathers each sequence's blocks into a contiguous [B, max_len, H_kv, d]
+// copy (max_len the longest cache) and runs ssmax::attention on it: results are those of
+// the contiguous call on the same tokens, bit for bit, for every policy, GQA and path; the
+// copy costs 2 B max_len H_kv d elements (allocated per call). Reading the pool in place
+// inside the kernels is future work.
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "attention.hpp"
+
+namespace ssmax {
+
+/// A paged KV cache (see the top of this header). Pointers are borrowed for the call.
+template <class T>  // float or double
+struct paged_kv_cache {
+  const T* k_pool = nullptr;               ///< [num_blocks, block_size, H_kv, d]
+  const T* v_pool = nullptr;               ///< [num_blocks, block_size, H_kv, d]
+  index_t num_blocks = 0;                  ///< blocks in each pool
+  index_t block_size = 0;                  ///< tokens per block
+  index_t kv_heads = 0;                    ///< H_kv
+  index_t dim = 0;                         ///< d
+  const index_t* block_table = nullptr;    ///< [B, max_blocks] pool block of each logical block
+  index_t max_blocks = 0;                  ///< entries per row of block_table
+  const index_t* cache_lengths = nullptr;  ///< [B] tokens per sequence
+};
+
+namespace detail {
+
+/// Checks a paged cache for queries q [B, n_q, H, d]; throws argument_error naming the bad
+/// field ("cache.<field>"), before anything is written.
+template <class T>
+inline void check_paged(const char* fn, const tensor_view<const T>& q, const paged_kv_cache<T>& c) {
+  require(c.k_pool != nullptr, fn, "cache.k_pool", "must not be null");
+  require(c.v_pool != nullptr, fn, "cache.v_pool", "must not be null");
+  require(c.num_blocks >= 1, fn, "cache.num_blocks", "must be >= 1");
+  require(c.block_size >= 1, fn, "cache.block_size", "must be >= 1");
+  require(c.kv_heads >= 1 && q.heads % c.kv_heads == 0, fn, "cache.kv_heads",
+          "must be >= 1 and divide q's heads");
+  require(c.dim == q.dim, fn, "cache.dim", "must equal q's head dimension");
+  require(c.block_table != nullptr && c.max_blocks >= 1, fn, "cache.block_table",
+          "must not be null, with max_blocks >= 1");
+  require(c.cache_lengths != nullptr, fn, "cache.cache_lengths", "must not be null");
+  for (index_t b = 0; b < q.batch; ++b) {
+    const index_t len = c.cache_lengths[b];
+    require_lazy(len >= 0 && len <= c.max_blocks * c.block_size, fn, "cache.cache_lengths", [&] {
+      return "entry " + std::to_string(b) + " is " + std::to_string(len) + ", outside [0, " +
+             std::to_string(c.max_blocks * c.block_size) + "] (the block table's reach)";
+    });
+    for (index_t blk = 0; blk * c.block_size < len; ++blk) {
+      const index_t at = c.block_table[b * c.max_blocks + blk];
+      require_lazy(at >= 0 && at < c.num_blocks, fn, "cache.block_table", [&] {
+        return "entry [" + std::to_string(b) + ", " + std::to_string(blk) + "] is " +
+               std::to_string(at) + ", outside the pool [0, " + std::to_string(c.num_blocks) + ")";
+      });
+    }
+  }
+}
+
+/// Copies sequence b's tokens of one pool into dst [max_len, H_kv, d] (rows past its
+/// length zero).
+template <class T>
+inline void gather_sequence(const paged_kv_cache<T>& c, const T* pool, index_t b, index_t max_len,
+                            T* dst) {
+  const index_t row = c.kv_heads * c.dim, len = c.cache_lengths[b];
+  for (index_t t = 0; t < len; ++t) {
+    const index_t blk = c.block_table[b * c.max_blocks + t / c.block_size];
+    const T* src = pool + (blk * c.block_size + t % c.block_size) * row;
+    std::copy(src, src + row, dst + t * row);
+  }
+  std::fill(dst + len * row, dst + max_len * row, T(0));
+}
+
+}  // namespace detail
+
+/// Attention of q [B, n_q, H, d] over the paged cache (see the top of this header), into
+/// out [B, n_q, H, d]; options, extras and workspace as ssmax::attention (options.mask's
+/// key_lengths must be null). Throws argument_error naming the bad argument, nothing
+/// written.
+template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
+          class T,                        // float or double
+          class Policy = softmax_policy>  // a length policy
+void paged_attention(detail::identity_t<tensor_view<const T>> q, const paged_kv_cache<T>& cache,
+                     tensor_view<T> out, const attention_options<Policy>& options = {},
+                     attention_extras<T> extras = {}, attention_workspace* workspace = nullptr) {
+  constexpr const char* fn = "paged_attention";
+  detail::check_view(q, fn, "q");
+  detail::check_paged(fn, q, cache);
+  detail::require(options.mask.key_lengths == nullptr, fn, "options.mask.key_lengths",
+                  "must be null: the cache lengths take its place");
+  detail::require(!options.mask.packed(), fn, "options.mask.cu_seqlens_q",
+                  "is not supported with a paged cache (one sequence per batch entry)");
+  index_t max_len = 1;  // the views need one key row even when every cache is empty
+  for (index_t b = 0; b < q.batch; ++b) max_len = std::max(max_len, cache.cache_lengths[b]);
+  const index_t row = cache.kv_heads * cache.dim;
+  std::vector<T> k(static_cast<size_t>(q.batch * max_len * row));
+  std::vector<T> v(k.size());
+  for (index_t b = 0; b < q.batch; ++b) {
+    detail::gather_sequence(cache, cache.k_pool, b, max_len, k.data() + b * max_len * row);
+    detail::gather_sequence(cache, cache.v_pool, b, max_len, v.data() + b * max_len * row);
+  }
+  attention_options<Policy> local = options;
+  local.mask.key_lengths = cache.cache_lengths;
+  attention<Arch, T, Policy>(
+      q, bshd_view(static_cast<const T*>(k.data()), q.batch, max_len, cache.kv_heads, cache.dim),
+      bshd_view(static_cast<const T*>(v.data()), q.batch, max_len, cache.kv_heads, cache.dim), out,
+      local, extras, workspace);
+}
+
+}  // namespace ssmax

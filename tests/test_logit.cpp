@@ -1,0 +1,264 @@
+// The logit's extras (logit.hpp: additive bias, ALiBi, soft-cap, sinks), the bidirectional
+// local window and per-row n (mask.hpp), against the double reference, which computes the
+// logit from attention.hpp's formula: every feature x policy x mask kind, both paths, one
+// and several threads (bitwise the same), float and double; then the properties the
+// formula implies (c -> infinity is no cap, a -inf sink is none, zero slopes and a zero bias
+// are none, a -inf bias is the boolean mask with the same n).
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <random>
+#include <ssmax/attention.hpp>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "support/attention_check.hpp"
+
+namespace ssmax::testing {
+namespace {
+
+// The default architecture only: the features live outside the SIMD inner loops, whose
+// every width test_attention covers (and keeps this file's compile time short).
+template <class T>  // float or double
+class LogitTest : public ::testing::Test {};
+using element_types_here = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(LogitTest, element_types_here);
+
+constexpr index_t B = 2, n_q = 9, n_k = 21, H = 4;
+const float kNegInf = -std::numeric_limits<float>::infinity();
+
+/// The inputs every case shares: a bias with some -inf entries (one row hidden entirely),
+/// per-head sinks (one of them -inf), ALiBi slopes.
+struct logit_inputs {
+  std::vector<float> bias, slopes, sinks{0.5f, -1.0f, 2.0f, kNegInf};
+  logit_inputs() : bias(static_cast<size_t>(B * H * n_q * n_k)), slopes(alibi_slopes(H)) {
+    std::mt19937 gen(3);
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    for (auto& x : bias) x = gen() % 5 == 0 ? kNegInf : u(gen);
+    for (index_t j = 0; j < n_k; ++j) bias[static_cast<size_t>(2 * n_k + j)] = kNegInf;
+  }
+  /// The feature named `which` (or all of them), set on o.
+  void set(const std::string& which, logit_options& o) const {
+    const bool all = which == "all";
+    if (all || which == "bias") o.bias = logit_bias::dense(bias.data(), B, H, n_q, n_k);
+    if (which == "bias-shared") o.bias = logit_bias::shared(bias.data(), B, H, n_q, n_k);
+    if (all || which == "alibi") o.alibi_slopes = slopes.data(), o.alibi_heads = H;
+    if (all || which == "softcap") o.softcap = 1.5;
+    if (all || which == "sinks") o.sinks = sinks.data(), o.sink_heads = H;
+  }
+};
+
+template <class F>  // callable as f(name, policy)
+void for_each_policy(F&& f) {
+  static const std::vector<double> s = {0.3, 0.5, 0.7, 0.4}, b = {0.0, 0.3, 0.1, 0.2};
+  static const std::vector<double> s_neg = {0.4, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.2, 0.5, -2.0};
+  f("softmax", softmax_policy{});
+  f("ssmax", ssmax_policy(s, b));
+  f("ssmax-negative", ssmax_policy(s_neg, b_neg));  // m < 0 rows, n = 1 rows
+  llama4_temperature_policy llama;
+  llama.floor_scale = 4;
+  llama.attn_scale = 0.5;
+  f("llama4", llama);
+}
+
+struct named_mask {
+  std::string name;
+  attention_mask mask;
+  bool packed = false;
+};
+
+std::vector<named_mask> masks() {
+  static const index_t lengths[] = {15, 4};
+  static const index_t cu_q[] = {0, 4, 9}, cu_k[] = {0, 10, 21};
+  static const index_t row_n[] = {1, 0, 50, 3, 7, 0, 2, 9, 100, 0, 0, 4, 5, 6, 1, 2, 3, 8};
+  static std::unique_ptr<bool[]> allowed(new bool[static_cast<size_t>(B * H * n_q * n_k)]);
+  for (index_t e = 0; e < B * H * n_q * n_k; ++e) allowed[static_cast<size_t>(e)] = e % 4 != 1;
+  std::vector<named_mask> m;
+  m.push_back({"none", attention_mask::none()});
+  m.push_back({"causal", attention_mask::causal_mask()});
+  m.push_back({"window3", attention_mask::sliding_window(3)});
+  m.push_back({"local2-3", attention_mask::local_window(2, 3)});
+  m.push_back({"local0-0", attention_mask::local_window(0, 0, 0)});
+  attention_mask local_causal = attention_mask::causal_mask();
+  local_causal.local = true, local_causal.window_left = 4;  // AND-ed with causality
+  m.push_back({"local-causal", local_causal});
+  m.push_back({"padding", attention_mask::key_padding(lengths)});
+  m.push_back({"varlen-causal", attention_mask::varlen(cu_q, cu_k, 2, true), true});
+  m.push_back({"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)});
+  attention_mask per_row = attention_mask::causal_mask();
+  per_row.row_n = row_n;
+  m.push_back({"row-n", per_row});
+  return m;
+}
+
+/// Runs both paths with 1 and 3 threads: each against the reference, the two thread counts
+/// bitwise equal.
+template <class T, class Policy>  // float or double; a length policy
+void check_case(const attention_data<T>& data, attention_options<Policy> o,
+                const std::string& what) {
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    o.threads = 1;
+    const auto one = run_attention<default_arch>(data, o, path);
+    const std::string w = what + (path == attention_path::fused ? " [fused]" : " [materialised]");
+    expect_matches_reference(data, o, one, w);
+    o.threads = 3;
+    const auto three = run_attention<default_arch>(data, o, path);
+    EXPECT_EQ(one.out, three.out) << w << " threads";
+    EXPECT_EQ(one.lse, three.lse) << w << " threads";
+  }
+}
+
+TYPED_TEST(LogitTest, EveryFeatureTimesPolicyTimesMask) {
+  using T = TypeParam;
+  const logit_inputs in;
+  unsigned seed = 0;
+  for (const auto& mc : masks())
+    for (const char* feature : {"bias", "bias-shared", "alibi", "softcap", "sinks", "all"})
+      for_each_policy([&](const char* pname, const auto& policy) {
+        const std::string f = feature;  // packed tensors take a [1, ...] bias (below)
+        if (mc.packed && (f.rfind("bias", 0) == 0 || f == "all")) return;
+        attention_data<T> data(mc.packed ? 1 : B, n_q, n_k, H, 2, 8, ++seed);
+        attention_options<std::decay_t<decltype(policy)>> o;
+        o.policy = policy;
+        o.mask = mc.mask;
+        in.set(feature, o.logit);
+        check_case(data, o, mc.name + " x " + feature + " x " + pname);
+      });
+}
+
+TYPED_TEST(LogitTest, PackedSequencesTakeAPackedBias) {
+  using T = TypeParam;
+  static const index_t cu_q[] = {0, 4, 9}, cu_k[] = {0, 10, 21};
+  const logit_inputs in;  // its first H * n_q * n_k entries: a [1, H, total_q, total_k] bias
+  attention_data<T> data(1, n_q, n_k, H, 1, 16, 5);
+  attention_options<ssmax_policy> o;
+  o.mask = attention_mask::varlen(cu_q, cu_k, 2, true);
+  o.logit.bias = logit_bias::dense(in.bias.data(), 1, H, n_q, n_k);
+  o.logit.softcap = 2.0;
+  check_case(data, o, "varlen + bias");
+}
+
+TYPED_TEST(LogitTest, LongRowsCrossKeyBlocksAndDecodeChunks) {
+  using T = TypeParam;
+  std::vector<float> slopes = alibi_slopes(3), sinks = {1.0f, -0.5f, 3.0f};
+  attention_data<T> prefill(1, 70, 600, 3, 1, 32, 8), decode(1, 1, 5000, 3, 3, 32, 9);
+  for (const auto* data : {&prefill, &decode}) {
+    attention_options<ssmax_policy> o;
+    o.policy = ssmax_policy(0.43, -0.5);
+    o.mask = attention_mask::causal_mask();
+    o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = 3;
+    o.logit.softcap = 3.0;
+    o.logit.sinks = sinks.data(), o.logit.sink_heads = 3;
+    check_case(*data, o, "long rows n_k=" + std::to_string(data->n_k));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Properties of the formula.
+
+/// Expects the call with `with` to match the reference of `without` (the same function).
+template <class T, class Policy>  // float or double; a length policy
+void expect_same_function(const attention_data<T>& data, attention_options<Policy> with,
+                          const attention_options<Policy>& without, const std::string& what) {
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    const auto run = run_attention<default_arch>(data, with, path);
+    expect_matches_reference(data, without, run,
+                             what + (path == attention_path::fused ? " [fused]" : " [mat]"));
+  }
+}
+
+TYPED_TEST(LogitTest, LimitsThatAreTheFeatureAbsent) {
+  using T = TypeParam;
+  attention_data<T> data(B, n_q, n_k, H, 2, 16, 21);
+  attention_options<ssmax_policy> plain;
+  plain.policy = ssmax_policy(0.5, -0.3);
+  plain.mask = attention_mask::causal_mask();
+
+  auto capped = plain;  // c -> infinity: c tanh(x / c) = x (1 - x^2 / 3c^2 ...)
+  capped.logit.softcap = 1e9;
+  expect_same_function(data, capped, plain, "softcap 1e9");
+
+  const std::vector<float> zero_slopes(H, 0.0f), zero_bias(B * H * n_q * n_k, 0.0f);
+  auto alibi = plain;
+  alibi.logit.alibi_slopes = zero_slopes.data(), alibi.logit.alibi_heads = H;
+  expect_same_function(data, alibi, plain, "zero slopes");
+  auto biased = plain;
+  biased.logit.bias = logit_bias::dense(zero_bias.data(), B, H, n_q, n_k);
+  expect_same_function(data, biased, plain, "zero bias");
+
+  // A -inf sink is no sink: the same path, bit for bit.
+  const std::vector<float> no_sinks(H, kNegInf);
+  auto sunk = plain;
+  sunk.logit.sinks = no_sinks.data(), sunk.logit.sink_heads = H;
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    const auto a = run_attention<default_arch>(data, sunk, path);
+    const auto b = run_attention<default_arch>(data, plain, path);
+    EXPECT_EQ(a.out, b.out);
+    EXPECT_EQ(a.lse, b.lse);
+    EXPECT_EQ(a.weights, b.weights);
+  }
+}
+
+TYPED_TEST(LogitTest, MinusInfinityBiasIsTheBooleanMask) {
+  using T = TypeParam;
+  attention_data<T> data(B, n_q, n_k, H, 1, 8, 31);
+  std::unique_ptr<bool[]> allowed(new bool[static_cast<size_t>(B * H * n_q * n_k)]);
+  std::vector<float> bias(static_cast<size_t>(B * H * n_q * n_k));
+  std::mt19937 gen(4);
+  for (size_t e = 0; e < bias.size(); ++e) {
+    allowed[e] = gen() % 3 != 0;
+    bias[e] = allowed[e] ? 0.0f : kNegInf;
+  }
+  for (index_t j = 0; j < n_k; ++j) allowed[static_cast<size_t>(j)] = false, bias[j] = kNegInf;
+  attention_options<ssmax_policy> boolean, additive;
+  boolean.policy = additive.policy = ssmax_policy(0.6, -0.4);  // n decides m, and its sign
+  boolean.mask = attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k);
+  additive.logit.bias = logit_bias::dense(bias.data(), B, H, n_q, n_k);
+  // The same n for every row.
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h)
+      for (index_t i = 0; i < n_q; ++i) {
+        const sequence_span seq = sequence_of(boolean.mask, b, n_q, n_k);
+        const row_keys x = visible_keys(boolean.mask, seq, h, i);
+        const row_keys y = visible_keys(additive.mask, additive.logit, seq, h, i);
+        ASSERT_EQ(x.visible, y.visible);
+        ASSERT_EQ(x.n, y.n);
+      }
+  expect_same_function(data, additive, boolean, "-inf bias");
+  // A row the bias hides entirely outputs zeros and lse -inf, as the boolean mask's does.
+  const auto run = run_attention<default_arch>(data, additive, attention_path::fused);
+  EXPECT_EQ(run.lse[0], -std::numeric_limits<T>::infinity());
+}
+
+TEST(Logit, AlibiSlopesAreTheStandardGeometricSequence) {
+  const auto eight = alibi_slopes(8);
+  ASSERT_EQ(eight.size(), 8u);
+  for (index_t h = 0; h < 8; ++h) EXPECT_EQ(eight[h], std::exp2(-static_cast<float>(h + 1)));
+  // 12 heads: the 8 slopes of P = 8, then the even-indexed slopes of 16 (2^-0.5, 2^-1.5, ...).
+  const auto twelve = alibi_slopes(12);
+  ASSERT_EQ(twelve.size(), 12u);
+  for (index_t h = 0; h < 8; ++h) EXPECT_EQ(twelve[h], eight[h]);
+  for (index_t e = 0; e < 4; ++e)
+    EXPECT_FLOAT_EQ(twelve[8 + e], static_cast<float>(std::exp2(-0.5 - 1.0 * e)));
+}
+
+TEST(Logit, PerRowNReplacesTheVisibleCount) {
+  static const index_t row_n[] = {5, 0, 7, 1};  // [B = 2, n_q = 2]
+  attention_mask m = attention_mask::causal_mask();
+  m.row_n = row_n;
+  m.n_override = 3;
+  for (index_t b = 0; b < 2; ++b) {
+    const sequence_span seq = sequence_of(m, b, 2, 4);
+    for (index_t i = 0; i < 2; ++i) {
+      const index_t given = row_n[b * 2 + i];
+      EXPECT_EQ(visible_keys(m, seq, 0, i).n, given > 0 ? given : 3);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ssmax::testing
