@@ -3,7 +3,7 @@
 Softmax against Scalable-Softmax, trained at a short context and evaluated up to 8x (16x)
 beyond it. Writes runs/*.json, tables, plots and report.md under --out (see report.py).
 
-    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~8 min
+    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~11-12 min
     /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm --long   # longer training
     ... --x16    evaluates to 16x the training context;  --smoke  the CI smoke size
 

@@ -399,7 +399,7 @@ def setup_text(meta):
   {meta['lr']}, warm-up then cosine, weight decay 0.1 on matrices only, clip 1.0);
   {int(100 * meta['needle_fraction'])}% of training windows carry {meta['needle_pairs']} planted
   needle pair(s) (each '#' + 5 random capitals + '#', twice, the first copy in the window's
-  first half) so that recall is learnable in this budget; the rest is the text as it is. SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
+  first half) as a training signal for recall; the rest is the text as it is. SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
   learned with the other weights, neither clamped. The switch variants take each trained
   Softmax model and set s = 1/log({meta['ctx']}) = {1 / math.log(meta['ctx']):.4f} in every head
   (SSMax = Softmax at n = {meta['ctx']}); switch_ft then trains {meta['ft_steps']} more steps
