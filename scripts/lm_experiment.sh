@@ -3,8 +3,8 @@
 # Debian's `fortunes`, Softmax against Scalable-Softmax, trained at context 128 and
 # evaluated to 8x (16x) beyond it. Writes out/lm/: report.md, results.json, runs/, PNG plots.
 #
-#   bash scripts/lm_experiment.sh            # default: 3 seeds, ~8 min on 2 idle cores
-#   bash scripts/lm_experiment.sh --long     # longer training (10x the tokens, ~1.5 h)
+#   bash scripts/lm_experiment.sh            # default: 3 seeds, ~11-12 min on 2 idle cores
+#   bash scripts/lm_experiment.sh --long     # longer training (8x the tokens; not timed)
 #   bash scripts/lm_experiment.sh --x16      # evaluate to 16x the training context
 #   bash scripts/lm_experiment.sh --docs     # also copy report and plots to docs/lm/
 # Other arguments go to python/experiments/lm/lm_length.py (--seeds N, --jobs N, --steps N).

@@ -35,7 +35,7 @@ def test_smoke_run_trains_and_evaluates_every_length(tmp_path):
         results = json.load(f)
     meta, runs = results["meta"], results["runs"]
     variants = {r["variant"] for r in runs}
-    assert variants == {"softmax", "ssmax", "ssmax_b", "switch", "switch_ft"}
+    assert variants == {"softmax", "ssmax", "ssmax_b", "softmax_ft", "switch", "switch_ft"}
     ctx, mult = meta["ctx"], meta["eval_mult"]
     lengths = [ctx * 2 ** i for i in range(int(math.log2(mult)) + 1)]
     for r in runs:
@@ -48,7 +48,10 @@ def test_smoke_run_trains_and_evaluates_every_length(tmp_path):
             assert len(per_pos) == ctx * mult  # every position up to 8x
             assert all(math.isfinite(x) for x in per_pos)
             assert sorted(int(n) for n in r["needle"][rope]) == lengths
-            assert all(math.isfinite(v["loss"]) for v in r["needle"][rope].values())
+            for v in r["needle"][rope].values():
+                assert math.isfinite(v["loss"])
+                assert len(v["attention"]) == meta["layers"]
+                assert all(0.0 <= a <= 1.0 for a in v["attention"])
     report = (out / "report.md").read_text()
     for heading in ("## Training loss", "## Validation loss by position", "## Needle recall",
                     "## Learned s and b"):
@@ -58,8 +61,9 @@ def test_smoke_run_trains_and_evaluates_every_length(tmp_path):
 def _attention_pair(kind):
     torch.manual_seed(3)
     att = lm_model.Attention(32, 4, kind, s_init=0.4, b_init=0.3).double()
-    with torch.no_grad():
-        att.s.copy_(torch.tensor([0.2, 0.4, 0.6, 0.8]))
+    if att.s is not None:
+        with torch.no_grad():
+            att.s.copy_(torch.tensor([0.2, 0.4, 0.6, 0.8]))
     q, k, v = (torch.randn(2, 40, 4, 8, dtype=torch.float64, requires_grad=True)
                for _ in range(3))
     return att, q, k, v
@@ -83,6 +87,30 @@ def test_folded_ssmax_equals_the_library_policy():
     assert att.fold_calls == 1
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "ssmax", "ssmax_b"])
+def test_attention_weights_reproduce_the_library_output(kind):
+    """Attention.weights (plain torch, for the needle test) is the function the library
+    computes: its weights times v equal the library's output row for row, a negative b
+    (the folded path) included."""
+    att, q, k, v = _attention_pair(kind)
+    if kind == "ssmax_b":
+        with torch.no_grad():
+            att.b[1] = -0.5
+    rows = torch.tensor([0, 7, 21, 39])
+    x = torch.randn(2, 40, 32, dtype=torch.float64)
+    cos, sin = lm_model.rope_tables(40, 8, 10000.0)
+    cos, sin = cos.double(), sin.double()
+    with torch.no_grad():
+        q, k, v = att.project(x, cos, sin)
+        library = att.attend(q, k, v.contiguous())[:, rows]
+        w = att.weights(x, cos, sin, rows)
+    assert w.shape == (2, 4, len(rows), 40)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, len(rows), dtype=torch.float64))
+    assert w[:, :, 0, 1:].abs().max() == 0  # causal: row 0 sees key 0 only
+    torch.testing.assert_close(torch.einsum("bhqk,bkhd->bqhd", w, v), library,
+                               rtol=1e-9, atol=1e-11)
 
 
 def test_switch_scale_equals_softmax_at_the_training_length():

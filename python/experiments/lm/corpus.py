@@ -70,30 +70,46 @@ def load_corpus(directory=FORTUNE_DIR):
     return train_t, val_t, info
 
 
-def random_needle(gen):
-    """A needle '#XXXXX#' with NEEDLE_CODE random capitals, as a uint8 tensor."""
-    idx = torch.randint(len(NEEDLE_LETTERS), (NEEDLE_CODE,), generator=gen)
+def random_needle(gen, code=NEEDLE_CODE):
+    """A needle '#XXXXX#' with `code` random capitals, as a uint8 tensor."""
+    idx = torch.randint(len(NEEDLE_LETTERS), (code,), generator=gen)
     code = bytes(NEEDLE_LETTERS[i] for i in idx.tolist())
     return torch.tensor(list(b"#" + code + b"#"), dtype=torch.uint8)
 
 
 def plant_pair(seq, first, second, needle):
     """Writes `needle` into seq (1-D) at `first` and again at `second` (the recall)."""
-    seq[first:first + NEEDLE_LEN] = needle
-    seq[second:second + NEEDLE_LEN] = needle
+    seq[first:first + needle.numel()] = needle
+    seq[second:second + needle.numel()] = needle
 
 
-def train_batch(data, batch, ctx, gen, needle_fraction):
+def train_batch(data, batch, ctx, gen, needle_fraction, needle_pairs=1, code_max=NEEDLE_CODE):
     """`batch` random windows of ctx + 1 bytes ([batch, ctx + 1], int64). A fraction of them
-    carry a needle pair at random places inside the window (training signal for recall)."""
+    carry `needle_pairs` needle pairs (different codes, not overlapping), each at random
+    places inside the window, the first copy in the window's first half (training signal
+    for recall)."""
     starts = torch.randint(data.numel() - ctx - 1, (batch,), generator=gen)
     x = torch.stack([data[s:s + ctx + 1] for s in starts.tolist()]).clone()
     planted = torch.rand(batch, generator=gen) < needle_fraction
     for row in torch.nonzero(planted).flatten().tolist():
-        first = int(torch.randint(0, ctx // 2 - NEEDLE_LEN, (1,), generator=gen))
-        lo = first + NEEDLE_LEN + 4
-        second = int(torch.randint(lo, ctx + 1 - NEEDLE_LEN, (1,), generator=gen))
-        plant_pair(x[row], first, second, random_needle(gen))
+        taken = torch.zeros(ctx + 1, dtype=torch.bool)
+        for _ in range(needle_pairs):
+            code = NEEDLE_CODE
+            if code_max > NEEDLE_CODE:
+                code = int(torch.randint(NEEDLE_CODE, code_max + 1, (1,), generator=gen))
+            size = code + 2
+            for _attempt in range(20):  # a few tries for a free place, else one pair fewer
+                first = int(torch.randint(0, ctx // 2 - size, (1,), generator=gen))
+                lo = first + size + 4
+                second = int(torch.randint(lo, ctx + 1 - size, (1,), generator=gen))
+                spans = (slice(first, first + size), slice(second, second + size))
+                if not any(taken[sp].any() for sp in spans):
+                    break
+            else:
+                continue
+            for sp in spans:
+                taken[sp] = True
+            plant_pair(x[row], first, second, random_needle(gen, code))
     return x.long()
 
 
@@ -109,8 +125,9 @@ def validation_windows(data, count, length):
 def needle_windows(data, count, length, seed):
     """The needle test at one context length: `count` validation windows of length + 1
     bytes, each with a needle at 5% depth and its recall at the very end. Returns the
-    windows [count, length + 1] and the slice of target positions that hold the recalled
-    code letters (targets[t] = window[t + 1])."""
+    windows [count, length + 1], the slice of target positions that hold the recalled
+    code letters (targets[t] = window[t + 1]; the query at t predicts them) and the slice of
+    positions that hold the first needle."""
     gen = torch.Generator().manual_seed(seed)
     x = validation_windows(data, count, length).clone()
     first = max(1, length // 20)
@@ -118,4 +135,4 @@ def needle_windows(data, count, length, seed):
     for row in range(count):
         plant_pair(x[row], first, second, random_needle(gen))
     # Recalled code letters are bytes second+1 .. second+NEEDLE_CODE: targets at t = byte - 1.
-    return x, slice(second, second + NEEDLE_CODE)
+    return x, slice(second, second + NEEDLE_CODE), slice(first, first + NEEDLE_LEN)

@@ -3,13 +3,15 @@
 Softmax against Scalable-Softmax, trained at a short context and evaluated up to 8x (16x)
 beyond it. Writes runs/*.json, tables, plots and report.md under --out (see report.py).
 
-    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~8 min
+    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~11-12 min
     /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm --long   # longer training
     ... --x16    evaluates to 16x the training context;  --smoke  the CI smoke size
 
 Variants: softmax; ssmax (learnable s per head); ssmax_b (learnable s and b, b unclamped);
 switch (the trained softmax model with SSMax, s = 1/log(n_train), no training);
-switch_ft (the same, then a short fine-tune with s learnable).
+switch_ft (the same, then a short fine-tune with s learnable); softmax_ft (the control
+for switch_ft: the trained softmax model fine-tuned the same steps on the same batches,
+staying Softmax).
 
 Determinism: each (variant, seed) runs in its own process with one torch thread (so the
 library's kernels run single-threaded too), torch.manual_seed(seed) for the weights and a
@@ -19,6 +21,7 @@ fixed and shared by every run. Runs with the same seed and sizes give identical 
 """
 
 import argparse
+import copy
 import json
 import math
 import multiprocessing
@@ -36,16 +39,20 @@ import corpus  # noqa: E402
 from model import ByteLM, parameter_groups, s_for_switch  # noqa: E402
 
 PRESETS = {
-    # steps, batch, fine-tune steps, validation windows, needle trials, layers, dim, heads
-    "default": dict(steps=400, batch=16, ft_steps=90, val_windows=16, needle_trials=16,
-                    layers=4, dim=128, heads=4, seeds=3),
+    # steps, batch, fine-tune steps, validation windows, needle trials, layers, dim, heads,
+    # seeds; training needles: fraction of windows, pairs per window, most capitals per code
+    "default": dict(steps=500, batch=16, ft_steps=90, val_windows=16, needle_trials=16,
+                    layers=4, dim=128, heads=4, seeds=3, needle_fraction=0.5, needle_pairs=1,
+                    needle_code_max=5),
     "long": dict(steps=2000, batch=32, ft_steps=300, val_windows=32, needle_trials=32,
-                 layers=4, dim=128, heads=4, seeds=3),
+                 layers=4, dim=128, heads=4, seeds=3, needle_fraction=0.5, needle_pairs=1,
+                 needle_code_max=5),
     "smoke": dict(steps=40, batch=8, ft_steps=8, val_windows=2, needle_trials=2,
-                  layers=2, dim=64, heads=4, seeds=1),
+                  layers=2, dim=64, heads=4, seeds=1, needle_fraction=0.5, needle_pairs=2,
+                  needle_code_max=8),
 }
 TRAINED = ("softmax", "ssmax", "ssmax_b")
-ALL_VARIANTS = ("softmax", "ssmax", "ssmax_b", "switch", "switch_ft")
+ALL_VARIANTS = ("softmax", "ssmax", "ssmax_b", "softmax_ft", "switch", "switch_ft")
 
 
 def log(msg):
@@ -69,7 +76,8 @@ def train(model, data, cfg, seed, steps, tag, offset=0):
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, cfg.lr)
-        x = corpus.train_batch(data, cfg.batch, cfg.ctx, gen, cfg.needle_fraction)
+        x = corpus.train_batch(data, cfg.batch, cfg.ctx, gen, cfg.needle_fraction,
+                               cfg.needle_pairs, cfg.needle_code_max)
         logits = model(x[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -88,16 +96,23 @@ def train(model, data, cfg, seed, steps, tag, offset=0):
 
 
 @torch.no_grad()
-def token_losses(model, x, rope, chunk=4):
-    """Per-token cross-entropy [count, length] and argmax hits for windows x [count, L+1]."""
-    losses, hits = [], []
+def token_losses(model, x, rope, chunk=4, rows=None, span=None):
+    """Per-token cross-entropy [count, length] and argmax hits for windows x [count, L+1].
+    With query positions `rows` and a key slice `span`, also the attention weight each
+    layer's heads put on the span from those queries: [count, layers, heads, len(rows)]."""
+    losses, hits, on_span = [], [], []
     for i in range(0, x.shape[0], chunk):
         part = x[i:i + chunk]
-        logits = model(part[:, :-1], rope=rope)
+        logits = model(part[:, :-1], rope=rope, rows=rows)
+        if rows is not None:
+            logits, maps = logits
+            on_span.append(torch.stack([w[..., span].sum(-1) for w in maps], 1))
         target = part[:, 1:]
         losses.append(F.cross_entropy(logits.transpose(1, 2), target, reduction="none"))
         hits.append(logits.argmax(-1) == target)
-    return torch.cat(losses), torch.cat(hits)
+    if rows is None:
+        return torch.cat(losses), torch.cat(hits)
+    return torch.cat(losses), torch.cat(hits), torch.cat(on_span)
 
 
 def evaluate(model, val, cfg):
@@ -113,10 +128,18 @@ def evaluate(model, val, cfg):
         result["position_loss"][rope] = per_pos.mean(0).tolist()
         needle = {}
         for length in lengths:
-            x, sl = corpus.needle_windows(val, cfg.needle_trials, length, seed=7919 + length)
-            loss, hit = token_losses(model, x, rope)
+            x, sl, span = corpus.needle_windows(val, cfg.needle_trials, length,
+                                                seed=7919 + length)
+            rows = torch.arange(sl.start, sl.stop)
+            loss, hit, on_span = token_losses(model, x, rope, rows=rows, span=span)
+            # Attention on the first needle from the queries that predict the recalled
+            # letters: per layer, the largest weight any head puts on it (mean over the
+            # queries and trials); uniform attention would put NEEDLE_LEN / n there.
+            per_layer = on_span.amax(2).mean((0, 2))
             needle[str(length)] = {"loss": loss[:, sl].mean().item(),
-                                   "accuracy": hit[:, sl].float().mean().item()}
+                                   "accuracy": hit[:, sl].float().mean().item(),
+                                   "attention": per_layer.tolist(),
+                                   "uniform": (corpus.NEEDLE_LEN / (rows + 1.0)).mean().item()}
         result["needle"][rope] = needle
     atts = model.attentions()
     result["s"] = [a.s.tolist() if a.s is not None else None for a in atts]
@@ -144,6 +167,14 @@ def run_job(args):
     out = [dict(variant=kind, seed=seed, curve=curve, train_s=time.time() - t0,
                 **evaluate(model, val, cfg))]
     if kind == "softmax":
+        # The control for switch_ft: the same extra steps on the same batches, still Softmax.
+        control = copy.deepcopy(model)
+        t1 = time.time()
+        ft = train(control, train_data, cfg, seed, cfg.ft_steps, f"softmax_ft seed {seed}",
+                   offset=cfg.steps)
+        out.append(dict(variant="softmax_ft", seed=seed, curve=ft, train_s=time.time() - t1,
+                        **evaluate(control, val, cfg)))
+        del control
         for att in model.attentions():
             att.set_kind("ssmax", s_for_switch(cfg.ctx), learn_s=False)
         out.append(dict(variant="switch", seed=seed, curve=[], train_s=0.0,
@@ -165,7 +196,7 @@ def parse_args(argv):
     p.add_argument("--out", default="out/lm", help="output folder (default out/lm)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--long", action="store_true",
-                      help="the longer version (5x the steps at twice the batch)")
+                      help="the longer version (4x the steps at twice the batch)")
     size.add_argument("--smoke", action="store_true", help="the CI smoke size (seconds)")
     p.add_argument("--x16", action="store_true", help="evaluate to 16x the context (not 8x)")
     p.add_argument("--seeds", type=int, help="seeds per variant (default 3; smoke 1)")
@@ -174,8 +205,11 @@ def parse_args(argv):
     p.add_argument("--ctx", type=int, default=128, help="training context (default 128)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--s-init", type=float, default=0.43, help="initial s of the ssmax variants")
-    p.add_argument("--needle-fraction", type=float, default=0.5,
-                   help="fraction of training windows carrying a needle pair")
+    p.add_argument("--needle-fraction", type=float,
+                   help="fraction of training windows carrying needle pairs")
+    p.add_argument("--needle-pairs", type=int, help="needle pairs in such a window")
+    p.add_argument("--needle-code-max", type=int,
+                   help="training needles carry 5 .. this many capitals (the test: 5)")
     p.add_argument("--corpus-dir", default=corpus.FORTUNE_DIR)
     args = p.parse_args(argv)
     preset = "long" if args.long else "smoke" if args.smoke else "default"

@@ -65,6 +65,11 @@ class Attention(torch.nn.Module):
         if kind == "ssmax_b":
             self.b = torch.nn.Parameter(torch.full((self.heads,), float(b_init)))
 
+    def multiplier(self, n):
+        """m = s log n (+ b) per head for the query rows that see n keys: [len(n), heads]."""
+        m = n.log()[:, None] * self.s[None, :]
+        return m + self.b[None, :] if self.b is not None else m
+
     def attend(self, q, k, v):
         if self.kind == "softmax":
             return ssmax_torch.attention(q, k, v, policy=ssmax_torch.Softmax(), causal=True)
@@ -73,17 +78,31 @@ class Attention(torch.nn.Module):
             policy = ssmax_torch.SSMax(self.s, self.b)
             return ssmax_torch.attention(q, k, v, policy=policy, causal=True)
         self.fold_calls += 1
-        n = torch.arange(1, q.shape[1] + 1, dtype=q.dtype)
-        m = n.log()[:, None] * self.s[None, :].to(q.dtype)
-        if self.b is not None:
-            m = m + self.b[None, :].to(q.dtype)
+        m = self.multiplier(torch.arange(1, q.shape[1] + 1, dtype=q.dtype)).to(q.dtype)
         q = q * m[None, :, :, None]
         return ssmax_torch.attention(q, k, v, policy=ssmax_torch.Softmax(), causal=True)
 
-    def forward(self, x, cos, sin):
+    def project(self, x, cos, sin):
         batch, seq, dim = x.shape
         q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).unbind(2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def weights(self, x, cos, sin, rows):
+        """The attention weights [B, heads, len(rows), S] of the queries at positions `rows`
+        (1-D int64), in plain torch from q and k: softmax over the causal keys of
+        m * q.k / sqrt(d), m as in attend(). The same function the library computes; used to
+        read where the model looks (the needle test), not to train."""
+        q, k, _ = self.project(x, cos, sin)
+        logits = torch.einsum("bqhd,bkhd->bhqk", q[:, rows], k) / math.sqrt(self.head_dim)
+        if self.kind != "softmax":
+            m = self.multiplier((rows + 1).to(q.dtype)).to(q.dtype)  # n = p + 1 keys
+            logits = logits * m.T[None, :, :, None]
+        future = torch.arange(k.shape[1])[None, :] > rows[:, None]
+        return logits.masked_fill(future, float("-inf")).softmax(-1)
+
+    def forward(self, x, cos, sin):
+        batch, seq, dim = x.shape
+        q, k, v = self.project(x, cos, sin)
         return self.out(self.attend(q, k, v.contiguous()).reshape(batch, seq, dim))
 
 
@@ -95,8 +114,13 @@ class Block(torch.nn.Module):
         self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(),
                                        torch.nn.Linear(4 * dim, dim))
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.ln1(x), cos, sin)
+    def forward(self, x, cos, sin, rows=None, maps=None):
+        """rows, maps: when rows (query positions) is given, appends this layer's attention
+        weights for those queries to the list `maps` (see Attention.weights)."""
+        h = self.ln1(x)
+        if rows is not None:
+            maps.append(self.attn.weights(h, cos, sin, rows))
+        x = x + self.attn(h, cos, sin)
         return x + self.mlp(self.ln2(x))
 
 
@@ -123,13 +147,16 @@ class ByteLM(torch.nn.Module):
         d = self.head_dim
         return self.rope_base * (length / self.train_length) ** (d / (d - 2))
 
-    def forward(self, tokens, rope="plain"):
+    def forward(self, tokens, rope="plain", rows=None):
+        """Logits; with `rows` (query positions, 1-D int64) also every layer's attention
+        weights for those queries: (logits, [[B, heads, len(rows), S] per layer])."""
         seq = tokens.shape[1]
         cos, sin = rope_tables(seq, self.head_dim, self.rope_base_for(seq, rope))
-        x = self.embed(tokens)
+        x, maps = self.embed(tokens), []
         for blk in self.blocks:
-            x = blk(x, cos, sin)
-        return F.linear(self.ln(x), self.embed.weight)
+            x = blk(x, cos, sin, rows, maps)
+        logits = F.linear(self.ln(x), self.embed.weight)
+        return logits if rows is None else (logits, maps)
 
 
 def parameter_groups(model, weight_decay):

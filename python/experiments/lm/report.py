@@ -11,13 +11,18 @@ import shutil
 import subprocess
 import sys
 
-VARIANTS = ("softmax", "ssmax", "ssmax_b", "switch", "switch_ft")
+from corpus import NEEDLE_LETTERS
+
+VARIANTS = ("softmax", "ssmax", "ssmax_b", "softmax_ft", "switch", "switch_ft")
+FINE_TUNED = ("softmax_ft", "switch_ft")
+TRAINED = ("softmax", "ssmax", "ssmax_b")
 LABELS = {
     "softmax": "Softmax",
     "ssmax": "SSMax, learnable s",
     "ssmax_b": "SSMax, learnable s and b",
     "switch": "Softmax -> SSMax (s = 1/log n_train), no training",
     "switch_ft": "Softmax -> SSMax, short fine-tune",
+    "softmax_ft": "Softmax, same short fine-tune (control)",
 }
 
 
@@ -57,13 +62,15 @@ def bucket_mean(curve, lo, hi):
     return sum(part) / len(part)
 
 
-def training_table(groups, steps):
-    """Training loss at a quarter, half and the end (mean of the logged points there)."""
-    marks = [max(1, steps // 4), max(1, steps // 2), steps]
+def training_table(groups, steps, start=0, fine_tune=False):
+    """Training loss a quarter, half and all the way through `steps` steps after `start`
+    (mean of the logged points there): of the trained variants, or (fine_tune) of the
+    fine-tunes, whose step count continues the training's."""
+    marks = [start + max(1, steps // 4), start + max(1, steps // 2), start + steps]
     lines = ["| variant | " + " | ".join(f"loss @ step {m}" for m in marks) + " |",
              "|---|" + "---|" * len(marks)]
     for v, runs in groups.items():
-        if not runs[0]["curve"] or v == "switch_ft":
+        if not runs[0]["curve"] or (v in FINE_TUNED) != fine_tune:
             continue
         cells = []
         for m in marks:
@@ -91,6 +98,73 @@ def needle_table(groups, rope, key):
              "|---|" + "---|" * len(lengths)]
     for v, runs in groups.items():
         cells = [fmt([r["needle"][rope][str(n)][key] for r in runs], 2) for n in lengths]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attention_table(groups, rope, layer=-1):
+    """The needle test's attention measure: the largest weight any head of `layer` puts on
+    the first needle from the queries that predict the recalled letters, by length."""
+    lengths = next(iter(groups.values()))[0]["lengths"]
+    lines = ["| variant | " + " | ".join(f"L = {n}" for n in lengths) + " |",
+             "|---|" + "---|" * len(lengths)]
+    for v, runs in groups.items():
+        cells = [fmt([r["needle"][rope][str(n)]["attention"][layer] for r in runs], 3)
+                 for n in lengths]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    runs = next(iter(groups.values()))
+    cells = [f"{runs[0]['needle'][rope][str(n)]['uniform']:.3f}" for n in lengths]
+    lines.append("| (uniform attention) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attention_layer_table(groups, rope, length):
+    """The same measure for every layer at one length."""
+    runs0 = next(iter(groups.values()))
+    layers = len(runs0[0]["needle"][rope][str(length)]["attention"])
+    lines = ["| variant | " + " | ".join(f"layer {i}" for i in range(layers)) + " |",
+             "|---|" + "---|" * layers]
+    for v, runs in groups.items():
+        cells = [fmt([r["needle"][rope][str(length)]["attention"][i] for r in runs], 3)
+                 for i in range(layers)]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def uniform_text(results):
+    """The needle attention that uniform attention would give, at the shortest and longest L."""
+    r = results[0]
+    return ", ".join(f"{r['needle']['plain'][str(n)]['uniform']:.3f} at L = {n}"
+                     for n in (r["lengths"][0], r["lengths"][-1]))
+
+
+def summary_table(groups, meta):
+    """One line per variant: the headline numbers (the README's table)."""
+    ctx, steps = meta["ctx"], meta["steps"]
+    lengths = next(iter(groups.values()))[0]["lengths"]
+    longest = len(next(iter(groups.values()))[0]["position_loss"]["plain"])
+    lo, hi = buckets(ctx, longest)[-1]
+    n0, n1 = lengths[0], lengths[-1]
+    head = (f"| variant | train loss @{steps // 4} | train loss @{steps} (fine-tunes: "
+            f"@{steps + meta['ft_steps']}) | val 0-{ctx - 1} | val {lo}-{hi - 1} (RoPE plain) "
+            f"| val {lo}-{hi - 1} (RoPE scaled) | needle loss L={n0} | needle loss L={n1} "
+            f"| needle attention L={n0} | needle attention L={n1} |")
+    lines = [head, "|---|" + "---|" * 9]
+
+    def at(r, step):
+        return min(r["curve"], key=lambda p: abs(p[0] - step))[1] if r["curve"] else None
+
+    for v, runs in groups.items():
+        early = fmt([at(r, steps // 4) for r in runs]) if v in TRAINED else "-"
+        last = fmt([r["curve"][-1][1] for r in runs]) if runs[0]["curve"] else "-"
+        cells = [early, last,
+                 fmt([bucket_mean(r["position_loss"]["plain"], 0, ctx) for r in runs]),
+                 fmt([bucket_mean(r["position_loss"]["plain"], lo, hi) for r in runs]),
+                 fmt([bucket_mean(r["position_loss"]["scaled"], lo, hi) for r in runs]),
+                 fmt([r["needle"]["plain"][str(n0)]["loss"] for r in runs], 2),
+                 fmt([r["needle"]["plain"][str(n1)]["loss"] for r in runs], 2),
+                 fmt([r["needle"]["plain"][str(n0)]["attention"][-1] for r in runs], 3),
+                 fmt([r["needle"]["plain"][str(n1)]["attention"][-1] for r in runs], 3)]
         lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -132,6 +206,14 @@ def write_data(out, groups, ctx):
                 for n in runs[0]["lengths"]:
                     m, sd = mean_sd([r["needle"][rope][str(n)]["loss"] for r in runs])
                     f.write(f"{n}\t{m:.5f}\t{sd:.5f}\n")
+            with open(os.path.join(data, f"needleatt_{rope}_{v}.tsv"), "w") as f:
+                for n in runs[0]["lengths"]:
+                    m, sd = mean_sd([r["needle"][rope][str(n)]["attention"][-1] for r in runs])
+                    f.write(f"{n}\t{m:.5f}\t{sd:.5f}\n")
+    runs = next(iter(groups.values()))
+    with open(os.path.join(data, "needleatt_uniform.tsv"), "w") as f:
+        for n in runs[0]["lengths"]:
+            f.write(f"{n}\t{runs[0]['needle']['plain'][str(n)]['uniform']:.5f}\n")
     return data
 
 
@@ -140,7 +222,8 @@ def plot(out, groups, ctx):
     if shutil.which("gnuplot") is None:
         return ["gnuplot not found: no plots (the tables hold the numbers)"]
     data = write_data(out, groups, ctx)
-    styles = {"softmax": 1, "ssmax": 2, "ssmax_b": 3, "switch": 4, "switch_ft": 6}
+    styles = {"softmax": 1, "ssmax": 2, "ssmax_b": 3, "switch": 4, "softmax_ft": 7,
+              "switch_ft": 6}
 
     def series(prefix, with_band):
         parts = []
@@ -177,6 +260,12 @@ def plot(out, groups, ctx):
             f"the end)'; set ylabel 'loss on recalled needle letters (nats)'; set title "
             f"'Needle recall, RoPE {rope} (ln 26 = 3.26: no recall)'; "
             "plot " + series(f"needle_{rope}", True))
+        scripts[f"needle_attention_{rope}.png"] = (
+            common + "set logscale x 2; set logscale y; set xlabel 'context length'; "
+            "set ylabel 'weight on the first needle (max over last-layer heads)'; set title "
+            f"'Attention on the needle when recalling it, RoPE {rope}'; "
+            "plot " + series(f"needleatt_{rope}", True) + f", '{data}/needleatt_uniform.tsv' "
+            "u 1:2 w l dt 2 lc 8 t 'uniform attention'")
     notes = []
     for name, script in scripts.items():
         full = f"set output '{os.path.join(out, name)}'; {script}"
@@ -238,6 +327,9 @@ def assessment(groups, ctx):
     def needle(v, n, rope="plain"):
         return mean_sd([r["needle"][rope][str(n)]["loss"] for r in groups[v]])
 
+    def first_bucket(v, rope="plain"):
+        return mean_sd([bucket_mean(r["position_loss"][rope], 0, ctx) for r in groups[v]])
+
     def versus(a, b):
         """'A against B (lower)': lower or higher only when the gap exceeds the seeds'
         spread (and 0.005)."""
@@ -270,17 +362,25 @@ def assessment(groups, ctx):
             parts[-1] += (f"; after the short fine-tune: "
                           f"{versus(last_bucket('switch_ft'), last_bucket('softmax'))}")
         parts[-1] += "."
+    if {"switch_ft", "softmax_ft"} <= set(groups):
+        parts.append(f"Against its control (the same fine-tune staying Softmax), the switched "
+                     f"and fine-tuned model's loss past the training length is "
+                     f"{versus(last_bucket('switch_ft'), last_bucket('softmax_ft'))}; inside "
+                     f"the training context "
+                     f"{versus(first_bucket('switch_ft'), first_bucket('softmax_ft'))}.")
     n0, n1 = lengths[0], lengths[-1]
-    recall = needle("softmax", n0)[0] < math.log(26) - 0.5 or needle("ssmax", n0)[0] < math.log(26) - 0.5
-    if recall:
-        parts.append(f"Needle: loss on the recalled letters at L = {n0} is "
-                     f"{needle('softmax', n0)[0]:.2f} (Softmax) and {needle('ssmax', n0)[0]:.2f}"
-                     f" (SSMax); at L = {n1} it is {needle('softmax', n1)[0]:.2f} and "
-                     f"{needle('ssmax', n1)[0]:.2f}.")
+    chance = math.log(len(NEEDLE_LETTERS))
+    recalled = [v for v in groups if needle(v, n0)[0] < chance - 0.5]
+    if recalled:
+        cells = "; ".join(f"{LABELS[v]} {needle(v, n0)[0]:.2f} at L = {n0}, "
+                          f"{needle(v, n1)[0]:.2f} at L = {n1}" for v in groups)
+        parts.append(f"Needle (loss on the recalled letters, chance ln 26 = {chance:.2f}): "
+                     f"{cells}.")
     else:
-        parts.append(f"Needle: no variant learned to recall the needle even within the training "
-                     f"context (loss at L = {n0} near ln 26 = 3.26), so this run's needle test "
-                     "says nothing about retrieval; train longer (--long).")
+        parts.append(f"Needle: no variant recalls the needle even within the training context "
+                     f"(loss at L = {n0} near ln 26 = {chance:.2f}), so the loss-based needle "
+                     "test says nothing about retrieval in this run (see the attention "
+                     "measure).")
     return " ".join(parts)
 
 
@@ -297,18 +397,20 @@ def setup_text(meta):
   `ssmax_torch.attention` (the library's fused kernels, forward and backward), causal, n = p + 1.
 - Training: context {meta['ctx']}, batch {meta['batch']}, {meta['steps']} steps, AdamW (lr
   {meta['lr']}, warm-up then cosine, weight decay 0.1 on matrices only, clip 1.0);
-  {int(100 * meta['needle_fraction'])}% of training windows carry a planted needle pair
-  ('#' + 5 random capitals + '#', twice) so that recall is learnable in this budget; the rest
-  is the text as it is. SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
+  {int(100 * meta['needle_fraction'])}% of training windows carry {meta['needle_pairs']} planted
+  needle pair(s) (each '#' + 5 random capitals + '#', twice, the first copy in the window's
+  first half) as a training signal for recall; the rest is the text as it is. SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
   learned with the other weights, neither clamped. The switch variants take each trained
   Softmax model and set s = 1/log({meta['ctx']}) = {1 / math.log(meta['ctx']):.4f} in every head
   (SSMax = Softmax at n = {meta['ctx']}); switch_ft then trains {meta['ft_steps']} more steps
-  with s learnable.
+  with s learnable; softmax_ft, its control, trains the same Softmax model the same
+  {meta['ft_steps']} steps on the same batches with the same schedule, staying Softmax.
 - Evaluation, up to {d}x the training context: validation loss per position over
   {meta['val_windows']} fixed windows of {meta['ctx'] * meta['eval_mult']} bytes; needle test:
   {meta['needle_trials']} validation windows per length L with a needle at 5% depth and its
   recall in the last 7 bytes; reported: loss on the 5 recalled letters (ln 26 = 3.26 nats
-  means no recall) and their argmax accuracy. Both RoPE modes: *plain* (rotations continue
+  means no recall), their argmax accuracy (chance 1/26 = 0.04) and the attention on the first
+  needle from the queries that predict them (computed in plain torch from q and k). Both RoPE modes: *plain* (rotations continue
   past the training length) and *scaled* (base multiplied by r^(d/(d-2)), r = L / {meta['ctx']},
   for forwards longer than the training context, in the spirit of the paper's larger base at
   evaluation; same weights).
@@ -332,7 +434,16 @@ def write(out, results, meta):
         "# Scalable-Softmax in a small byte-level language model\n",
         "Produced by `python/experiments/lm/lm_length.py` (see `scripts/lm_experiment.sh`).\n",
         "## Setup\n", setup_text(meta), "",
+        "## Summary (mean ± sd over seeds)\n",
+        "Losses in nats per byte; needle loss: on the 5 recalled letters (ln 26 = 3.26: no "
+        "recall); needle attention: the largest weight a last-layer head puts on the first "
+        f"needle when predicting them (RoPE plain; uniform attention: {uniform_text(results)}).\n",
+        summary_table(groups, meta), "",
         "## Training loss (nats/byte; mean ± sd over seeds)\n", training_table(groups, meta["steps"]),
+        f"\nThe fine-tunes ({meta['ft_steps']} more steps from the trained Softmax model, the "
+        "same batches for both; the switched model with s learnable, the control staying "
+        "Softmax):\n",
+        training_table(groups, meta["ft_steps"], meta["steps"], fine_tune=True),
         "\n![training loss](train_loss.png)\n",
     ]
     for rope in ("plain", "scaled"):
@@ -344,7 +455,16 @@ def write(out, results, meta):
                      needle_table(groups, rope, "loss"),
                      f"\nArgmax accuracy on the recalled letters:\n",
                      needle_table(groups, rope, "accuracy"),
-                     f"\n![needle](needle_{rope}.png)\n"]
+                     f"\n![needle](needle_{rope}.png)\n",
+                     f"Attention on the needle, RoPE {rope}: the largest weight any head of "
+                     "the last layer puts on the first needle's 7 bytes from the queries that "
+                     "predict the recalled letters (mean over those queries and the trials; "
+                     "the last row is what uniform attention over the causal keys would "
+                     "give):\n",
+                     attention_table(groups, rope),
+                     f"\n![needle attention](needle_attention_{rope}.png)\n"]
+    sections += [f"The same attention measure for every layer at L = {ctx} (RoPE plain):\n",
+                 attention_layer_table(groups, "plain", ctx), ""]
     sections += ["## Learned s and b\n", s_table(groups), "",
                  "## Measured comparisons\n", observations(groups, ctx), "",
                  "## What this run shows\n", assessment(groups, ctx), ""]
