@@ -187,6 +187,21 @@ TEST(AttentionErrors, LogitAndLocalWindow) {
   expect_rejects([] { alibi_slopes(0); }, "heads");
 }
 
+TEST(AttentionErrors, OutputsOverlappingTheLogitArrays) {
+  // The kernels read the bias, slopes and sinks while they write the outputs.
+  expect_bad("out",
+             [](call& c) { c.options.logit.bias = logit_bias::dense(c.out.data(), 2, 4, 4, 6); });
+  expect_bad("out", [](call& c) {
+    c.options.logit.sinks = c.out.data() + 100, c.options.logit.sink_heads = 4;
+  });
+  expect_bad("extras.weights", [](call& c) {
+    c.options.logit.alibi_slopes = c.weights.data() + 3, c.options.logit.alibi_heads = 4;
+  });
+  expect_bad("extras.lse", [](call& c) {
+    c.options.logit.sinks = c.lse.data() + 30, c.options.logit.sink_heads = 4;
+  });
+}
+
 TEST(AttentionErrors, Options) {
   static const std::vector<double> three{0.1, 0.2, 0.3};  // H = 4 heads
   expect_bad("policy", [](call& c) { c.options.policy = ssmax_policy(three); });

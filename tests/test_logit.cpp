@@ -234,6 +234,30 @@ TYPED_TEST(LogitTest, MinusInfinityBiasIsTheBooleanMask) {
   EXPECT_EQ(run.lse[0], -std::numeric_limits<T>::infinity());
 }
 
+TYPED_TEST(LogitTest, RowsWhoseKeysAllWeighZeroTakeTheSink) {
+  using T = TypeParam;
+  // Every key scores -inf (q > 0, k = -inf): the row sees 5 keys that all weigh 0. With a
+  // sink the whole weight is the sink's: out = 0 and lse = m sink, m = 0.5 log 5 + 0.2
+  // (the formula with every exp(m z) = 0); without one, zeros and lse -inf.
+  attention_data<T> data(1, 1, 5, 1, 1, 4, 5);
+  for (auto& x : data.q) x = std::abs(x) + T(0.1);
+  for (auto& x : data.k) x = -std::numeric_limits<T>::infinity();
+  const float sink = 0.7f;
+  attention_options<ssmax_policy> o;
+  o.policy = ssmax_policy(0.5, 0.2);
+  const double m = 0.5 * std::log(5.0) + 0.2;
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    o.logit = {};
+    const auto plain = run_attention<default_arch>(data, o, path);
+    for (T x : plain.out) EXPECT_EQ(x, T(0));
+    EXPECT_EQ(plain.lse[0], -std::numeric_limits<T>::infinity());
+    o.logit.sinks = &sink, o.logit.sink_heads = 1;
+    const auto with = run_attention<default_arch>(data, o, path);
+    for (T x : with.out) EXPECT_EQ(x, T(0));
+    EXPECT_NEAR(double(with.lse[0]), m * double(sink), 4 * std::numeric_limits<T>::epsilon());
+  }
+}
+
 TEST(Logit, AlibiSlopesAreTheStandardGeometricSequence) {
   const auto eight = alibi_slopes(8);
   ASSERT_EQ(eight.size(), 8u);

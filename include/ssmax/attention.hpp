@@ -12,10 +12,14 @@
 // keys row i sees (inside every mask constraint AND with a finite additive bias), and p_i
 // come from the mask (mask.hpp: visible_keys, and logit.hpp's overload for the bias). The
 // soft-cap c, the additive bias (float; -inf hides the key exactly as the boolean mask
-// does), the ALiBi slopes and the sinks are options.logit (logit.hpp); without them
-// z_ij = scale q_i . k_j. The sink is a per-head logit with a zero value: not a key, not
-// counted in n, it enters the log-sum-exp (lse_i = log of the denominator above). Rows that
-// see no key output zeros and log-sum-exp -inf (with or without a sink).
+// does: the same n and zero weight, though not the same bits, since m is then applied to
+// the scores instead of being folded into q), the ALiBi slopes and the sinks are
+// options.logit (logit.hpp); without them z_ij = scale q_i . k_j. The sink is a per-head
+// logit with a zero value: not a key, not counted in n, it enters the log-sum-exp (lse_i =
+// log of the denominator above). Rows that see no key output zeros and log-sum-exp -inf
+// (with or without a sink). A logit m_i z_ij that is -inf in the compute type (a -inf
+// score, or a finite bias such as -3e38 times m overflowing) weighs 0 like a hidden key;
+// a row whose keys all weigh 0 outputs zeros with lse -inf, or lse m_i sink_h with a sink.
 //
 // KV cache and decode: keys and values live in a cache [B, capacity, H_kv, d] of which
 // sequence b holds lengths[b] tokens (the new ones appended first); each step calls
@@ -50,9 +54,10 @@
 // float epsilon and q, k, v the exact values of the 16-bit inputs, and the only further
 // error is the final store to a 16-bit out, rounded to nearest even: half an ULP, i.e.
 //   |out - exact| <= B + u (|exact| + B) + t,
-// B the float bound above, u = 2^-8 (bfloat16) or 2^-11 (half), t = 2^-25 (half's
-// denormals; 0 for bfloat16). lse and weights are written in the compute type (float for
-// every call with a 16-bit tensor, attention_extras<float>) within the float bounds.
+// B the float bound above, u = 2^-8 (bfloat16) or 2^-11 (half), t half the smallest
+// denormal: 2^-134 (bfloat16) or 2^-25 (half). A result beyond the 16-bit range (65504 for
+// half) is stored as inf, as IEEE rounding gives. lse and weights are written in the compute type
+// (float for every call with a 16-bit tensor, attention_extras<float>) within the float bounds.
 // Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
 // NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
 
@@ -318,19 +323,22 @@ inline double check_options(const char* fn, const attention_options<Policy>& o,
 }
 
 /// Step 4: the optional outputs (or, for the backward, lse as an input): [B, H, n_q] lse
-/// and [B, H, n_q, n_k] weights, each disjoint from out, each other and the inputs.
+/// and [B, H, n_q, n_k] weights, each disjoint from out, each other, the inputs and the
+/// logit's arrays (bias, ALiBi slopes, sinks); out disjoint from the logit's arrays too.
 template <class T, class Policy, class Q, class KV, class O>  // compute; policy; view types
 inline void check_extras(const char* fn, const attention_options<Policy>& o, const T* lse,
                          const T* weights, const tensor_view<const Q>& q,
                          const tensor_view<const KV>& k, const tensor_view<const KV>& v,
                          const tensor_view<const O>& out) {
   const index_t rows = q.batch * q.heads * q.seq, out_count = last_offset(out) + 1;
+  require_disjoint_from_logit(out.data, out_count, fn, "out", o.logit);
   if (weights != nullptr) {
     require(o.path != attention_path::fused, fn, "extras.weights",
             "needs the materialised path (the fused path never forms them)");
     const index_t count = rows * k.seq;
     require(!overlaps(weights, count, out.data, out_count), fn, "extras.weights", "overlaps 'out'");
     require_disjoint_from_inputs(weights, count, fn, "extras.weights", q, k, v);
+    require_disjoint_from_logit(weights, count, fn, "extras.weights", o.logit);
   }
   if (lse != nullptr) {
     require(!overlaps(lse, rows, out.data, out_count), fn, "extras.lse", "overlaps 'out'");
@@ -338,6 +346,7 @@ inline void check_extras(const char* fn, const attention_options<Policy>& o, con
       require(!overlaps(lse, rows, weights, rows * k.seq), fn, "extras.lse",
               "overlaps 'extras.weights'");
     require_disjoint_from_inputs(lse, rows, fn, "extras.lse", q, k, v);
+    require_disjoint_from_logit(lse, rows, fn, "extras.lse", o.logit);
   }
 }
 

@@ -127,6 +127,26 @@ inline void check_logit(const char* fn, const logit_options& o, index_t B, index
   }
 }
 
+/// Throws argument_error naming `argument` when the output [p, p + count) overlaps one of
+/// o's arrays (the bias's extent, the ALiBi slopes, the sinks): the kernels read those
+/// while they write the outputs.
+template <class U>  // element type of the output
+inline void require_disjoint_from_logit(const U* p, index_t count, const char* fn,
+                                        const char* argument, const logit_options& o) {
+  const logit_bias& b = o.bias;
+  if (b.data != nullptr) {
+    const index_t extent = (b.batch - 1) * b.stride_b + (b.heads - 1) * b.stride_h +
+                           (b.rows - 1) * b.stride_q + (b.keys - 1) * b.stride_k + 1;
+    require(!overlaps(p, count, b.data, extent), fn, argument, "overlaps 'options.logit.bias'");
+  }
+  if (o.alibi_slopes != nullptr)
+    require(!overlaps(p, count, o.alibi_slopes, o.alibi_heads), fn, argument,
+            "overlaps 'options.logit.alibi_slopes'");
+  if (o.sinks != nullptr)
+    require(!overlaps(p, count, o.sinks, o.sink_heads), fn, argument,
+            "overlaps 'options.logit.sinks'");
+}
+
 }  // namespace detail
 
 /// visible_keys (mask.hpp) with the bias's hidden keys: which keys row i (tensor query

@@ -310,8 +310,8 @@ void fused_range(const attention_problem<T, Policy, S>& p,
 /// t.rows): the head's sink added (add_sink, which may rescale o), out = o / sum, and the
 /// log-sum-exp.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
-void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r,
-                     T* o, row_state<double> state) {
+void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r, T* o,
+                     row_state<double> state) {
   const sequence_span seq = p.span(t.seq);
   const index_t i = t.q0 + r % t.rows, h = t.head + r / t.rows;
   add_sink(p, seq, h, i, o, p.q.dim, state);

@@ -148,7 +148,8 @@ inline double row_multiplier(const attention_problem<T, Policy, S>& p, const row
 /// The factor the kernels fold into a row's query: m * scale, or scale alone when the
 /// scores go through the score epilogue (logit.hpp), which applies m after the transform.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
-inline double query_factor(const attention_problem<T, Policy, S>& p, const row_keys& row, index_t h) {
+inline double query_factor(const attention_problem<T, Policy, S>& p, const row_keys& row,
+                           index_t h) {
   return p.logit.transforms_scores() ? p.scale : row_multiplier(p, row, h) * p.scale;
 }
 
@@ -161,14 +162,18 @@ inline row_logit row_logit_of(const attention_problem<T, Policy, S>& p, const se
 
 /// Adds head h's sink (logit.hpp) to the finished state of row i of seq and rescales its
 /// unnormalised output o[0, d) to the merged maximum: the sink is one more logit m sink_h
-/// with a zero value. Nothing without sinks, for a row that saw no key, or a -inf sink.
+/// with a zero value. Nothing without sinks, for a row that saw no key, or a -inf sink; a
+/// row whose keys all weighed 0 gets state {m sink_h, 1} (out 0, lse m sink_h).
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 inline void add_sink(const attention_problem<T, Policy, S>& p, const sequence_span& seq, index_t h,
                      index_t i, T* o, index_t d, row_state<double>& state) {
-  if (!p.logit.has_sinks() || state.empty()) return;
+  if (!p.logit.has_sinks()) return;
   const double sink = static_cast<double>(p.logit.sinks[h]);
-  if (sink == -std::numeric_limits<double>::infinity()) return;
-  const double m = row_multiplier(p, p.keys_of(seq, h, i), h);
+  const row_keys row = p.keys_of(seq, h, i);
+  if (sink == -std::numeric_limits<double>::infinity() || row.visible == 0) return;
+  const double m = row_multiplier(p, row, h);
+  if (m * sink == -std::numeric_limits<double>::infinity()) return;
+  // A row whose keys all weigh 0 (empty state, o = 0) keeps o = 0 and gets lse = m sink.
   const row_state<double> merged = merge(state, row_state<double>{m * sink, 1.0});
   if (merged.max != state.max) {
     const T shrink = static_cast<T>(std::exp(state.max - merged.max));
