@@ -17,7 +17,9 @@
 //   the same type: compute in float;
 //   q, k, v and out all double: compute in double.
 // 16-bit values are exact inputs (widened exactly to float); only the final store to a
-// 16-bit out rounds (to nearest, ties to even: kernels/convert.hpp).
+// 16-bit out rounds (to nearest, ties to even: kernels/convert.hpp). The backward
+// (attention_backward_storage) also reads out and dout and writes dq, dk, dv, each of
+// them float, bfloat16 or half in a float call (the gradients rounded once, on the store).
 
 #include <Eigen/Core>
 #include <cstdint>
@@ -92,6 +94,33 @@ struct attention_storage {
   static constexpr bool out_ok =
       !std::is_const<O>::value && is_storage_type_v<O> && out_double == q_double;
   static constexpr bool supported = q_ok && k_ok && v_ok && out_ok;
+  using compute = std::conditional_t<!supported, void, std::conditional_t<q_double, double, float>>;
+};
+
+/// Whether one attention_backward call may read q (Q), k (K), v (V), out (O) and dout (D)
+/// and write the gradients dq, dk, dv (G, one type for the three): q, k, v and out as the
+/// forward (attention_storage, out read here), dout and the gradients in {float, bfloat16,
+/// half}, computed and accumulated in float; or all six double. `compute` (float or double;
+/// void when unsupported) is lse's type. The `*_ok` flags name the first argument at fault,
+/// in the order q, k, v, out, dout, grads.
+template <class Q,  // element type of q (const or not)
+          class K,  // element type of k
+          class V,  // element type of v
+          class O,  // element type of out (an input here)
+          class D,  // element type of dout
+          class G>  // element type of the gradients (must not be const)
+struct attention_backward_storage {
+  using forward = attention_storage<Q, K, V, std::remove_const_t<O>>;
+  static constexpr bool q_double = forward::q_double;
+  static constexpr bool q_ok = forward::q_ok;
+  static constexpr bool k_ok = forward::k_ok;
+  static constexpr bool v_ok = forward::v_ok;
+  static constexpr bool out_ok = forward::out_ok;
+  static constexpr bool dout_ok =
+      is_storage_type_v<D> && std::is_same<std::remove_const_t<D>, double>::value == q_double;
+  static constexpr bool grads_ok = !std::is_const<G>::value && is_storage_type_v<G> &&
+                                   std::is_same<std::remove_const_t<G>, double>::value == q_double;
+  static constexpr bool supported = q_ok && k_ok && v_ok && out_ok && dout_ok && grads_ok;
   using compute = std::conditional_t<!supported, void, std::conditional_t<q_double, double, float>>;
 };
 

@@ -3,7 +3,9 @@
 // formulas, the work split and the fused path): one query row at a time, its full score
 // row over the keys it can see, a = softmax(m z) recomputed by the row kernel (the sink one
 // more entry with u = 0), then the row backward kernel gives m dy and dL/dm; memory O(n_k)
-// per thread beyond the accumulators.
+// per thread beyond the accumulators. Storage as the fused path: q, k, v and dout widened
+// as they are read (in registers), dq accumulated in a T row and each gradient rounded
+// once, on its store; out is not read (D = sum_j a_j u_j comes from the recomputed row).
 
 #include <algorithm>
 #include <cmath>
@@ -16,8 +18,31 @@ namespace ssmax::kernels {
 
 namespace detail {
 
+/// Two dot products at once: r0 = a0 . b0, r1 = a1 . b1 over [0, d), each operand widened
+/// to T in registers when stored in 16 bits.
+template <class Arch,                              // xsimd architecture tag or scalar_arch
+          class T,                                 // compute type: float or double
+          class A0, class B0, class A1, class B1>  // storage types whose compute type is T
+inline void dot_pair(const A0* a0, const B0* b0, const A1* a1, const B1* b1, index_t d, T& r0,
+                     T& r1) {
+  using S = ssmax::detail::simd<Arch, T>;
+  constexpr index_t W = S::width;
+  auto s0 = S::splat(T(0)), s1 = s0;
+  index_t c = 0;
+  for (; c + W <= d; c += W) {
+    s0 = S::fma(load_compute<Arch>(a0 + c), load_compute<Arch>(b0 + c), s0);
+    s1 = S::fma(load_compute<Arch>(a1 + c), load_compute<Arch>(b1 + c), s1);
+  }
+  r0 = S::reduce_add(s0);
+  r1 = S::reduce_add(s1);
+  for (; c < d; ++c) {  // tail: never read past d
+    r0 += to_compute(a0[c]) * to_compute(b0[c]);
+    r1 += to_compute(a1[c]) * to_compute(b1[c]);
+  }
+}
+
 /// One row's buffers in the materialised backward (slices of the thread's scratch).
-template <class T>  // float or double
+template <class T>  // compute type: float or double
 struct materialised_row_buffers {
   T* z;  ///< [n + 1] logits z_j (-inf where hidden), the sink last
   T* w;  ///< [n + 1] weights a_j
@@ -29,8 +54,8 @@ struct materialised_row_buffers {
 /// when rb.x is set), then the logits z = softcap(x) + bias (the epilogue at m = 1; hidden
 /// keys stay -inf) and the sink z[n]. recompute: the scores without overflow (safe_score).
 /// Returns the entries of the row's softmax: n, or n + 1 with the sink.
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
-index_t materialised_logits(const attention_backward_problem<T, Policy>& p,
+template <class Arch, class T, class Policy, class S>  // arch; compute type; policy; storage
+index_t materialised_logits(const attention_backward_problem<T, Policy, S>& p,
                             const sequence_span& seq, index_t h, index_t i, const row_keys& row,
                             const materialised_row_buffers<T>& rb, bool recompute) {
   const auto& f = p.forward;
@@ -45,8 +70,8 @@ index_t materialised_logits(const attention_backward_problem<T, Policy>& p,
       continue;
     }
     T qk, dv;
-    dot_pair<Arch>(f.q.row(b, i, h), f.k.row(b, key, g), p.dout.row(b, i, h), f.v.row(b, key, g), d,
-                   qk, dv);
+    dot_pair<Arch, T>(f.q.row(b, i, h), f.k.row(b, key, g), p.dout.row(b, i, h), f.v.row(b, key, g),
+                      d, qk, dv);
     const bool seen = row.allowed == nullptr || row.allowed[key];
     scores[j] = seen ? static_cast<T>(f.scale) * qk : ninf;
     rb.u[j] = seen ? dv : T(0);
@@ -65,10 +90,10 @@ index_t materialised_logits(const attention_backward_problem<T, Policy>& p,
   return n + 1;
 }
 
-/// One row of the materialised backward: its dq row, and dk, dv into the task's
+/// One row of the materialised backward: its dq row into sc.dq, and dk, dv into the task's
 /// accumulators sc.dk, sc.dv; returns dL/dm and, in d_sink, m dy_sink (0 without a sink).
-template <class Arch, class T, class Policy>  // architecture tag; float or double; policy
-double materialised_row(const attention_backward_problem<T, Policy>& p,
+template <class Arch, class T, class Policy, class S>  // arch; compute type; policy; storage
+double materialised_row(const attention_backward_problem<T, Policy, S>& p,
                         const backward_scratch<T>& sc, const materialised_row_buffers<T>& rb,
                         const sequence_span& seq, index_t h, index_t i, const row_keys& row,
                         index_t dp, double& d_sink) {
@@ -76,7 +101,7 @@ double materialised_row(const attention_backward_problem<T, Policy>& p,
   const index_t b = seq.tensor_batch, g = f.kv_head(h), d = f.q.dim, n = row.end - row.begin;
   const T m = static_cast<T>(row_multiplier(f, row, h)), scale = static_cast<T>(f.scale);
   const T inf = std::numeric_limits<T>::infinity();
-  const T* go = p.dout.row(b, i, h);
+  const auto* go = p.dout.row(b, i, h);
   const index_t n_all = materialised_logits<Arch>(p, seq, h, i, row, rb, false);
   row_state<T> st = scaled_softmax_row<Arch>(rb.z, rb.w, n_all, m);
   if (!(st.max < inf) || std::isnan(st.sum)) {  // +inf or NaN: recompute without overflow
@@ -91,7 +116,7 @@ double materialised_row(const attention_backward_problem<T, Policy>& p,
   }
   const double dm = scaled_softmax_row_backward<Arch>(rb.z, rb.w, rb.u, rb.u, n_all, m);
   if (n_all > n) d_sink = static_cast<double>(rb.u[n]);
-  T* dq = p.dq.row(b, i, h);
+  T* dq = sc.dq;
   const double cap = f.logit.softcap;
   for (index_t j = 0; j < n; ++j) {
     if (rb.w[j] == T(0)) continue;
@@ -111,9 +136,10 @@ double materialised_row(const attention_backward_problem<T, Policy>& p,
 /// Materialised backward. Pre: p validated; ws holds attention_backward_workspace_bytes.
 /// policy_grad (per-thread copies summed in task order) may be null.
 template <class Arch,    // xsimd architecture tag or scalar_arch
-          class T,       // float or double
-          class Policy>  // a length policy (length_policy.hpp)
-void attention_backward_materialised(const attention_backward_problem<T, Policy>& p,
+          class T,       // compute type: float or double
+          class Policy,  // a length policy (length_policy.hpp)
+          class S>       // storage types (backward_storage_set)
+void attention_backward_materialised(const attention_backward_problem<T, Policy, S>& p,
                                      attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
   const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, true);
@@ -128,11 +154,11 @@ void attention_backward_materialised(const attention_backward_problem<T, Policy>
     for (index_t h = g * group; h < (g + 1) * group; ++h)
       for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = f.keys_of(seq, h, i);
-        T* dq = p.dq.row(b, i, h);
-        std::fill(dq, dq + d, T(0));
+        std::fill(sc.dq, sc.dq + d, T(0));
         double dm = 0.0, d_sink = 0.0;
         if (row.visible > 0)
           dm = detail::materialised_row<Arch>(p, sc, rb, seq, h, i, row, plan.dp, d_sink);
+        detail::store_gradient(p.dq.row(b, i, h), sc.dq, d);
         detail::record_multiplier(p, grad, b, h, i, row, dm);
         if (!sinks.empty()) sinks[static_cast<size_t>(f.row_index(b, h, i))] = d_sink;
       }
