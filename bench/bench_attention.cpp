@@ -214,6 +214,8 @@ void register_16bit() {
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }
+}
+
 /// The score GEMM tile alone (L1/L2-resident operands): S[64 x 256] = Q' K^T of one query
 /// block and one key block, K^T packed once, as the fused prefill runs it per strip.
 /// "tile/gemm/float/d:<d>" (the float GEMM, gemm.hpp) and, with AVX512-BF16,
@@ -233,7 +235,7 @@ void run_tile(benchmark::State& state, bool bf16, index_t d) {
   if (!bf16) {
     const index_t ldk = k::detail::kt_stride(keys, 16);
     std::vector<float> kt(static_cast<size_t>(d * ldk));
-    k::detail::pack_kt(kv.data(), d, keys, d, keys, ldk, kt.data());
+    k::detail::pack_kt<ssmax::default_arch>(kv.data(), d, keys, d, keys, ldk, kt.data());
     for (auto _ : state) {
       k::detail::gemm<ssmax::default_arch>(rows, keys, d, q.data(), d, kt.data(), ldk, s.data(),
                                            lds, false);
@@ -331,8 +333,6 @@ void register_all() {
 int main(int argc, char** argv) {
   register_all();
   register_16bit();
-  using reporter = ssmax::bench::fraction_reporter<benchmark::ConsoleReporter>;
-  return ssmax::bench::run_with<reporter>(argc, argv);
   // of_peak (and of_bf16_peak, of_copy) from the peak runs, then the ratio tables: SSMax
   // against Softmax (time; target <= 1.02) and 2 threads against 1 (speedup; prefill
   // target >= 1.8), medians with --benchmark_repetitions.
