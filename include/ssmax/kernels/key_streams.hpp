@@ -136,65 +136,19 @@ inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, index
         tail(r, j, groups[g].base + j * stride);
 }
 
-/// Head dimensions up to which a step's kKeyStreams 16-bit rows are widened once into a
-/// float copy when several scratch rows read them (GQA groups, several query rows).
-inline constexpr index_t kWidenMaxDim = 256;
-
-/// The rows a step of walk_key_streams hands to every scratch row of a group: the stored
-/// rows themselves, or, for 16-bit rows read by more than one scratch row (share), their
-/// exact widening into `wide`, made once per step (the first row of the group to see it)
-/// instead of once per scratch row. The arithmetic on them is the same either way.
-template <class Arch,  // xsimd architecture tag or scalar_arch
-          class T,     // compute type: float or double
-          class X>     // storage type of the rows
-struct shared_rows {
-  bool share = false;
-  const X* last = nullptr;
-  T wide[kKeyStreams][is_16bit_v<X> ? kWidenMaxDim : 1];
-
-  /// share when X is 16 bits, d fits and some group has more than one scratch row.
-  shared_rows(const head_rows<X>* groups, index_t n_groups, index_t d) {
-    if constexpr (is_16bit_v<X>) {
-      for (index_t g = 0; g < n_groups; ++g) share = share || groups[g].count > 1;
-      share = share && d <= kWidenMaxDim;
-    }
-    (void)groups, (void)n_groups, (void)d;
-  }
-
-  /// Calls f(y0, y1, y2, y3) with the step's rows x[0..3] (of d elements), widened or not.
-  template <class F>  // callable (const R*, const R*, const R*, const R*), R = T or X
-  void with(const X* const* x, index_t d, F&& f) {
-    if constexpr (is_16bit_v<X>) {
-      if (share) {
-        if (x[0] != last) {
-          for (index_t u = 0; u < kKeyStreams; ++u) widen<Arch>(x[u], d, wide[u]);
-          last = x[0];
-        }
-        f(wide[0], wide[1], wide[2], wide[3]);
-        return;
-      }
-    }
-    f(x[0], x[1], x[2], x[3]);
-  }
-};
-
 /// Scores by dot products: s[r*lds + j] = qs[r*d, +d) . key(j) for every scratch row r of
-/// every group, j < nk, key(j) = group.base + j * kstride (read in place, any storage type;
-/// 16-bit keys shared by several rows widened once per step, shared_rows).
+/// every group, j < nk, key(j) = group.base + j * kstride (read in place, any storage type).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class K>     // storage type of the keys whose compute type is T
 inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index_t n_groups,
                        index_t kstride, index_t nk, bool keys_outer, T* s, index_t lds) {
   static_assert(kKeyStreams == 4, "dot4 reads one key of each run");
-  shared_rows<Arch, T, K> rows(groups, n_groups, d);
   walk_key_streams(
       groups, n_groups, kstride, nk, keys_outer,
       [&](index_t r, index_t t, index_t run, const K* const* k) {
         T out[kKeyStreams];
-        rows.with(k, d, [&](const auto* k0, const auto* k1, const auto* k2, const auto* k3) {
-          dot4<Arch>(qs + r * d, k0, k1, k2, k3, d, out);
-        });
+        dot4<Arch>(qs + r * d, k[0], k[1], k[2], k[3], d, out);
         for (index_t u = 0; u < kKeyStreams; ++u) s[r * lds + t + u * run] = out[u];
       },
       [&](index_t r, index_t j, const K* k) { s[r * lds + j] = dot<Arch>(qs + r * d, k, d); });
@@ -202,24 +156,20 @@ inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index
 
 /// Values by scaled sums: o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for every scratch
 /// row r of every group, j < nk, value(j) = group.base + j * vstride. Keys whose weights
-/// are all zero are skipped (masked or flushed keys cost no reads). Values read in place
-/// (16-bit values shared by several rows widened once per step, shared_rows).
+/// are all zero are skipped (masked or flushed keys cost no reads). Values read in place.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T
 inline void dot_values(const T* p, index_t ldp, const head_rows<Vs>* groups, index_t n_groups,
                        index_t vstride, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
   static_assert(kKeyStreams == 4, "axpy4 reads one value of each run");
-  shared_rows<Arch, T, Vs> rows(groups, n_groups, d);
   walk_key_streams(
       groups, n_groups, vstride, nk, keys_outer,
       [&](index_t r, index_t t, index_t run, const Vs* const* v) {
         const T* pr = p + r * ldp + t;
         const T w[kKeyStreams] = {pr[0], pr[run], pr[2 * run], pr[3 * run]};
         if (w[0] != T(0) || w[1] != T(0) || w[2] != T(0) || w[3] != T(0))
-          rows.with(v, d, [&](const auto* v0, const auto* v1, const auto* v2, const auto* v3) {
-            axpy4<Arch>(o + r * dp, w, v0, v1, v2, v3, d);
-          });
+          axpy4<Arch>(o + r * dp, w, v[0], v[1], v[2], v[3], d);
       },
       [&](index_t r, index_t j, const Vs* v) {
         const T w = p[r * ldp + j];
