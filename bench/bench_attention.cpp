@@ -235,7 +235,7 @@ void run_tile(benchmark::State& state, bool bf16, index_t d) {
   if (!bf16) {
     const index_t ldk = k::detail::kt_stride(keys, 16);
     std::vector<float> kt(static_cast<size_t>(d * ldk));
-    k::detail::pack_kt(kv.data(), d, keys, d, keys, ldk, kt.data());
+    k::detail::pack_kt<ssmax::default_arch>(kv.data(), d, keys, d, keys, ldk, kt.data());
     for (auto _ : state) {
       k::detail::gemm<ssmax::default_arch>(rows, keys, d, q.data(), d, kt.data(), ldk, s.data(),
                                            lds, false);

@@ -120,7 +120,9 @@ TYPED_TEST(AttentionTest, HeadDimensions) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
   for (index_t d : {1, 3, 63, 64, 65, 128, 256})
-    for (index_t n_q : {2, 9, 70}) {  // the dot-product path (<= 3 rows) and the GEMM path
+    // the dot-product path (<= 3 rows), the GEMM path, and a kPrefillQueryBlock GEMM task
+    // followed by a 3-row dot-product task
+    for (index_t n_q : {2, 9, 70, 131}) {
       attention_data<T> data(1, n_q, 75, 2, 1, d, static_cast<unsigned>(d + n_q));
       attention_options<ssmax_policy> o;
       o.mask = attention_mask::causal_mask();

@@ -69,4 +69,24 @@ TEST(FractionReporter, SingleRunsUseTheirOwnRow) {
   EXPECT_DOUBLE_EQ(reporter.rows.back().counters.at("of_peak").value, 0.5);
 }
 
+TEST(FractionReporter, TwoThreadPeakIsItsOwnReference) {
+  // Google Benchmark names a ->Threads(2)->UseRealTime() run "<name>/real_time/threads:2";
+  // its GFLOPs are both threads' together.
+  ssmax::bench::fraction_reporter<capture> reporter;
+  reporter.ReportRuns({row("peak/fma/float", "GFLOPs", 80.0, "")});
+  bench_run two = row("peak/fma/float/real_time/threads:2", "GFLOPs", 120.0, "");
+  two.counters["threads"] = 2.0;
+  reporter.ReportRuns({two});
+  EXPECT_EQ(reporter.peak_gflops(), 80.0);
+  EXPECT_EQ(reporter.peak2_gflops(), 120.0);
+  EXPECT_DOUBLE_EQ(reporter.rows.back().counters.at("of_peak").value, 0.75);  // 1.5x of 2x
+  bench_run kernel = row("prefill/fused/d:128/threads:2/real_time", "GFLOPs", 96.0, "");
+  kernel.counters["threads"] = 2.0;
+  reporter.ReportRuns({kernel});
+  EXPECT_DOUBLE_EQ(reporter.rows.back().counters.at("of_peak").value, 0.6);
+  EXPECT_DOUBLE_EQ(reporter.rows.back().counters.at("of_threads_peak").value, 0.8);
+  reporter.ReportRuns({row("prefill/fused/d:128/threads:1/real_time", "GFLOPs", 40.0, "")});
+  EXPECT_EQ(reporter.rows.back().counters.count("of_threads_peak"), 0u);
+}
+
 }  // namespace

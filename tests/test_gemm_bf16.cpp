@@ -8,24 +8,17 @@
 
 #include <cmath>
 #include <cstdint>
-#include <fstream>
 #include <random>
 #include <ssmax/kernels/gemm_bf16.hpp>
 #include <string>
 #include <vector>
 
+#include "support/cpu_features.hpp"
+
 namespace {
 
 using ssmax::index_t;
-
-/// True when /proc/cpuinfo lists avx512_bf16 (Linux; elsewhere false: the test skips).
-bool cpu_has_avx512_bf16() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string word;
-  while (in >> word)
-    if (word == "avx512_bf16") return true;
-  return false;
-}
+using ssmax::testing::cpu_has_avx512_bf16;
 
 #ifdef SSMAX_HAVE_AVX512BF16
 

@@ -2,12 +2,16 @@
 // The machine's own limits, measured in the same run as the kernels so that each kernel
 // also reads as a fraction of them:
 //   peak/fma/float       the 1-thread FMA peak: a register-blocked xsimd FMA loop (GFLOPs)
+//   peak/fma/float/threads:2  the same loop on 2 threads at once (GFLOPs of both): what
+//                        the machine's cores give together (its of_peak: 1.0 is 2x)
 //   copy/memcpy/256MiB   a plain memory copy's bandwidth (GBs: bytes read + written per
 //                        second, STREAM's convention)
 //   peak/dpbf16/bf16     with AVX512-BF16 only: the 1-thread bf16 dot-product peak, a
 //                        register-blocked vdpbf16ps loop, 2 flops per bf16 product (GFLOPs)
 // and a reporter that adds, to every run with those counters,
 //   of_peak       GFLOPs / (threads x the 1-thread FMA peak)
+//   of_threads_peak  runs with threads = 2: GFLOPs / the 2-thread FMA peak (how far a
+//                 2-thread kernel is from what the two cores give at all)
 //   of_bf16_peak  runs with a "bf16" name field: GFLOPs / (threads x the bf16 peak)
 //   of_copy       GBs / the copy bandwidth
 // (a column appears only when its limit was measured earlier in the same run).
@@ -15,6 +19,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -43,8 +48,10 @@ inline void fma_peak(benchmark::State& state) {
     for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
   }
   const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
+  // Counters are summed over the threads of a ->Threads(n) run: GFLOPs of all of them.
   state.counters["GFLOPs"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = state.thread_index() == 0 ? state.threads() : 0;
 }
 
 #ifdef __AVX512BF16__
@@ -93,10 +100,22 @@ inline void memory_copy(benchmark::State& state) {
       benchmark::Counter(2.0 * bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// Registers fma_peak as "peak/fma/float"; register it first, so that it runs before the
-/// runs it is a fraction of.
+/// Registers fma_peak as "peak/fma/float" and, on 2 threads at once (wall-clock time),
+/// "peak/fma/float/threads:2"; register them first, so that they run before the runs they
+/// are a fraction of.
 inline void register_fma_peak() {
   benchmark::RegisterBenchmark("peak/fma/float", fma_peak)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("peak/fma/float", fma_peak)
+      ->Unit(benchmark::kMillisecond)
+      ->Threads(2)
+      ->UseRealTime();
+}
+
+/// The thread count a name's "threads:<n>" field gives (Google Benchmark's ->Threads
+/// suffix and the runs' own), 1 without one.
+inline int name_threads(const std::string& name) {
+  const auto at = ("/" + name).rfind("/threads:");
+  return at == std::string::npos ? 1 : std::atoi(name.c_str() + at + 8);
 }
 
 /// Registers memory_copy as "copy/memcpy/256MiB" (after register_fma_peak, before the rest).
@@ -135,7 +154,7 @@ class fraction_reporter : public Base {
       auto gb = r.counters.find("GBs");
       if (is_reference_row(r)) {
         if (name.rfind("peak/fma/", 0) == 0 && gf != r.counters.end())
-          peak_gflops_ = gf->second.value;
+          (name_threads(name) == 2 ? peak2_gflops_ : peak_gflops_) = gf->second.value;
         if (name.rfind("peak/dpbf16/", 0) == 0 && gf != r.counters.end())
           bf16_gflops_ = gf->second.value;
         if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) copy_gbs_ = gb->second.value;
@@ -144,6 +163,10 @@ class fraction_reporter : public Base {
       auto th = r.counters.find("threads");
       if (gf != r.counters.end() && th != r.counters.end() && peak_gflops_ > 0) {
         r.counters["of_peak"] = gf->second.value / (peak_gflops_ * th->second.value);
+      }
+      if (gf != r.counters.end() && th != r.counters.end() && th->second.value == 2 &&
+          peak2_gflops_ > 0 && name.rfind("peak/", 0) != 0) {
+        r.counters["of_threads_peak"] = gf->second.value / peak2_gflops_;
       }
       if (gf != r.counters.end() && th != r.counters.end() && bf16_gflops_ > 0 &&
           has_field(name, "bf16") && name.rfind("peak/", 0) != 0) {
@@ -156,14 +179,16 @@ class fraction_reporter : public Base {
     Base::ReportRuns(copy);
   }
 
-  double peak_gflops() const { return peak_gflops_; }  ///< the peak in use (for tests)
-  double copy_gbs() const { return copy_gbs_; }        ///< the copy rate in use (for tests)
-  double bf16_gflops() const { return bf16_gflops_; }  ///< the bf16 peak in use (for tests)
+  double peak_gflops() const { return peak_gflops_; }    ///< the peak in use (for tests)
+  double peak2_gflops() const { return peak2_gflops_; }  ///< the 2-thread peak (for tests)
+  double copy_gbs() const { return copy_gbs_; }          ///< the copy rate in use (for tests)
+  double bf16_gflops() const { return bf16_gflops_; }    ///< the bf16 peak in use (for tests)
 
  private:
-  double peak_gflops_ = 0.0;  // 1-thread FMA peak, from the peak run
-  double copy_gbs_ = 0.0;     // copy bandwidth (read + write), from the copy run
-  double bf16_gflops_ = 0.0;  // 1-thread bf16 dot-product peak, from its peak run
+  double peak_gflops_ = 0.0;   // 1-thread FMA peak, from the peak run
+  double peak2_gflops_ = 0.0;  // 2-thread FMA peak (both threads' GFLOPs together)
+  double copy_gbs_ = 0.0;      // copy bandwidth (read + write), from the copy run
+  double bf16_gflops_ = 0.0;   // 1-thread bf16 dot-product peak, from its peak run
 };
 
 }  // namespace ssmax::bench

@@ -56,8 +56,16 @@
 //   |out - exact| <= B + u (|exact| + B) + t,
 // B the float bound above, u = 2^-8 (bfloat16) or 2^-11 (half), t half the smallest
 // denormal: 2^-134 (bfloat16) or 2^-25 (half). A result beyond the 16-bit range (65504 for
-// half) is stored as inf, as IEEE rounding gives. lse and weights are written in the compute type
-// (float for every call with a 16-bit tensor, attention_extras<float>) within the float bounds.
+// half) is stored as inf, as IEEE rounding gives. lse and weights are written in the
+// compute type (float for every call with a 16-bit tensor, attention_extras<float>) within
+// the float bounds.
+// bf16 q and k on AVX512-BF16 (a build for such a CPU, 16-lane architecture): the fused
+// prefill's scores are vdpbf16ps dot products of the stored values (the row's factor m
+// scale applied after them; kernels/prefill_bf16.hpp), whose accumulation stays within the
+// float bound, and whose denormal handling (bf16 inputs below 2^-126 read as zero, float
+// results below 2^-126 flushed) adds E = 2^-126 d |m scale| (max|q_i| + max|k_j| + 2) per
+// score: B grows by 4 E max|v| for out and by E for the log-sum-exp
+// (tests/test_attention_bf16_scores.cpp).
 // Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
 // NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
 

@@ -126,13 +126,17 @@ inline double logit_magnitude(const logit_options& lo, const sequence_span& seq,
 /// A call in another storage type (a 16-bit one) passes its inputs' exact values as data
 /// (double), its outputs widened exactly to the compute type C, and out's rounding: each
 /// out element may further differ by out_unit relative (half an ULP of out's type) plus
-/// out_tiny absolute (half its smallest denormal).
+/// out_tiny absolute (half its smallest denormal). flushed_dots: the scores came from
+/// vdpbf16ps (bf16 q and k on AVX512-BF16, attention.hpp), which adds to each score at most
+/// E = 2^-126 d |m scale| (max_c |q_c| + max_jc |k_jc| + 2) (its denormal flush): the bound
+/// adds 4 E max|v| to out (the weights move by at most e^(2E) - 1) and E to lse.
 template <class T,       // float or double: the element type of data
           class Policy,  // policy
           class C>       // the compute type of the call (its eps bounds the error)
 void expect_matches_reference(const attention_data<T>& data, const attention_options<Policy>& o,
                               const attention_run<C>& run, const std::string& what,
-                              double out_unit = 0.0, double out_tiny = 0.0) {
+                              double out_unit = 0.0, double out_tiny = 0.0,
+                              bool flushed_dots = false) {
   const double eps = std::numeric_limits<C>::epsilon();
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
   const auto ref =
@@ -147,7 +151,9 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
       for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = visible_keys(o.mask, o.logit, seq, h, i);
         const index_t g = h / group;
-        double z = 0.0, vmax = 0.0;
+        double z = 0.0, vmax = 0.0, qmax = 0.0, kmax = 0.0;
+        for (index_t c = 0; c < data.d; ++c)
+          qmax = std::max(qmax, std::abs(static_cast<double>(q(b, i, h, c))));
         const double m_row = row.visible > 0 ? o.policy.multiplier({row.n, row.position, h}) : 0.0;
         const double m = m_row * scale;
         for (index_t j = row.begin; j < row.end; ++j) {
@@ -156,6 +162,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
           for (index_t c = 0; c < data.d; ++c) {
             zj += std::abs(m * q(b, i, h, c) * k(b, j, g, c));
             vmax = std::max(vmax, std::abs(static_cast<double>(v(b, j, g, c))));
+            kmax = std::max(kmax, std::abs(static_cast<double>(k(b, j, g, c))));
           }
           // The logit's extras (logit.hpp) add |m bias| (additive and ALiBi) and the sink
           // |m sink| to what the roundings are relative to; the soft-cap only shrinks.
@@ -164,7 +171,10 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
         }
         const double n = static_cast<double>(row.visible);
         const double dz = 2.0 * (static_cast<double>(data.d) + 2.0) * z;
-        const double out_bound = 2 * eps * vmax * (dz + n + 64) +
+        const double flush = flushed_dots ? std::ldexp(1.0, -126) * static_cast<double>(data.d) *
+                                                std::abs(m) * (qmax + kmax + 2)
+                                          : 0.0;
+        const double out_bound = 2 * eps * vmax * (dz + n + 64) + 4 * flush * vmax +
                                  (n + static_cast<double>(data.d)) *
                                      static_cast<double>(std::numeric_limits<C>::denorm_min());
         for (index_t c = 0; c < data.d; ++c) {
@@ -178,9 +188,9 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
         const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
         if (!run.lse.empty()) {
           const double got = run.lse[row_at], want = ref.lse[row_at];
-          const bool ok = std::isinf(want)
-                              ? got == want
-                              : std::abs(got - want) <= 2 * eps * (dz + std::abs(want) + n + 64);
+          const bool ok = std::isinf(want) ? got == want
+                                           : std::abs(got - want) <=
+                                                 2 * eps * (dz + std::abs(want) + n + 64) + flush;
           if (!ok && failures++ < 5)
             ADD_FAILURE() << what << ": lse(b=" << b << ", h=" << h << ", i=" << i << ") = " << got
                           << ", reference " << want;

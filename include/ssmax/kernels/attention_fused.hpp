@@ -8,9 +8,10 @@
 // output accumulator), then O += P V.
 //
 // Two kinds of task:
-// - prefill: kFusedQueryBlock rows of one head, through a register-blocked GEMM on K^T
+// - prefill: kPrefillQueryBlock rows of one head, through a register-blocked GEMM on K^T
 //   and V packed once per (sequence, kv head, key block), kPrefillStrip rows at a time
-//   (prefill_strips.hpp: the strip's scores stay in L1; the score GEMM is chosen there);
+//   (prefill_strips.hpp: the strip's scores stay in L1); with bf16 q and k on AVX512-BF16
+//   the score GEMM is vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
 //   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
 //   place, once per kv head for every query head sharing it, in kKeyStreams runs; with
@@ -32,9 +33,9 @@
 // Memory beyond inputs and outputs: when some query block is large enough for the GEMM
 // (more than kDotMaxRows rows), K^T and V packed once per (sequence, kv head, key block)
 // and shared by every query block and head of the group: about 2 * B * H_kv * n_k * d
-// elements, the size of K and V; per thread O(kFusedQueryBlock * (kKeyBlock + d)); for
-// split tasks rows * heads * chunks * d partial accumulators. Never n_q x n_k. All of it
-// comes from the caller's attention_workspace. Decode packs nothing.
+// elements, the size of K and V; per thread O(kFusedScratchRows * d + kFusedQueryBlock *
+// kKeyBlock); for split tasks rows * heads * chunks * d partial accumulators. Never n_q x n_k. All
+// of it comes from the caller's attention_workspace. Decode packs nothing.
 //
 // Numerical contract: out = softmax(m scale q K^T over the visible keys) V; per element,
 // |error| <= eps * max|v| * (2 (d + 2) Z + n + 64) where Z = max_j sum_c |m scale q_c k_jc|
@@ -50,6 +51,7 @@
 #include "key_streams.hpp"
 #include "online_softmax.hpp"
 #include "plan.hpp"
+#include "prefill_bf16.hpp"
 #include "prefill_strips.hpp"
 
 namespace ssmax::kernels {
@@ -72,6 +74,12 @@ struct fused_item {
   index_t task = 0, chunk = 0;
 };
 
+/// Scratch rows per thread: a prefill task's rows or a decode task's rows of all its heads.
+inline constexpr index_t kFusedScratchRows = std::max(kPrefillQueryBlock, kFusedQueryBlock);
+/// Query rows of the task grid: the prefill block; a sequence's last piece of at most
+/// kDotMaxRows rows is a decode task (as is every piece of a sequence that short).
+inline constexpr index_t kFusedTaskRows = kPrefillQueryBlock;
+
 /// Key blocks per chunk of a task of one head.
 inline constexpr index_t kBlocksPerChunk = kDecodeChunk / kKeyBlock;
 static_assert(kDecodeChunk % kKeyBlock == 0, "chunks hold whole key blocks");
@@ -87,11 +95,13 @@ inline index_t decode_heads(index_t rows, index_t heads, index_t kv_heads) {
 /// Buffers of one thread.
 template <class T>  // float or double
 struct fused_scratch {
-  T* qs;                     ///< [kFusedQueryBlock, d] scaled queries
-  T* s;                      ///< [kFusedQueryBlock, skp] scores / P
-  T* o;                      ///< [kFusedQueryBlock, dp] output accumulator
-  row_state<double>* state;  ///< [kFusedQueryBlock]
-  row_keys* info;            ///< [kFusedQueryBlock]
+  T* qs;                     ///< [kFusedScratchRows, d] scaled queries
+  T* s;                      ///< [kFusedQueryBlock, skp] scores / P (prefill: a strip's)
+  T* o;                      ///< [kFusedScratchRows, dp] output accumulator
+  row_state<double>* state;  ///< [kFusedScratchRows]
+  row_keys* info;            ///< [kFusedScratchRows]
+  std::uint32_t* qp;         ///< bf16 prefill: [kPrefillQueryBlock, pairs] q pairs, else null
+  float* f;                  ///< bf16 prefill: [kPrefillQueryBlock] row factors, else null
 };
 
 /// The fused kernel's plan and buffers, carved from an arena (sizes only when its base is
@@ -106,10 +116,11 @@ struct fused_plan {
   bool gemm = false;  ///< some task has more than kDotMaxRows rows: K^T is packed
   fused_task* tasks = nullptr;
   fused_item* items = nullptr;
-  index_t* first_block = nullptr;              ///< [sequences + 1] grid blocks before each sequence
-  T* kt = nullptr;                             ///< [n_blocks, H_kv, d, ldk] packed K^T
-  T* vpk = nullptr;                            ///< [n_blocks, H_kv, kKeyBlock, dp] packed V
-  T* partial_o = nullptr;                      ///< [n_partial, dp]
+  index_t* first_block = nullptr;  ///< [sequences + 1] grid blocks before each sequence
+  T* kt = nullptr;                 ///< [n_blocks, H_kv, d, ldk] packed K^T
+  std::uint16_t* ktb = nullptr;    ///< bf16 prefill: [n_blocks, H_kv, pairs, kBf16KtStride] K^T
+  T* vpk = nullptr;                ///< [n_blocks, H_kv, kKeyBlock, dp] packed V
+  T* partial_o = nullptr;          ///< [n_partial, dp]
   row_state<double>* partial_state = nullptr;  ///< [n_partial]
   fused_scratch<T>* scratch = nullptr;         ///< [threads]
   index_t dp = 0, skp = 0, ldk = 0;
@@ -118,6 +129,12 @@ struct fused_plan {
   /// Packed K^T of grid block blk of sequence s, kv head g: [d, ldk].
   T* kt_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g, index_t blk) const {
     return kt + ((first_block[s] + blk) * p.k.heads + g) * p.q.dim * ldk;
+  }
+
+  /// Pair-interleaved bf16 K^T of grid block blk of sequence s, kv head g (bf16 prefill).
+  std::uint16_t* ktb_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g,
+                           index_t blk) const {
+    return ktb + ((first_block[s] + blk) * p.k.heads + g) * kt_pairs(p.q.dim) * kBf16KtStride;
   }
 
   /// Packed V of grid block blk of sequence s, kv head g: [kKeyBlock, dp].
@@ -179,18 +196,23 @@ struct fused_plan {
     tasks = a.take<fused_task>(n_tasks);
     items = a.take<fused_item>(n_items);
     first_block = a.take<index_t>(p.sequences() + 1);
-    kt = a.take<T>(gemm ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
+    constexpr bool bf16 = bf16_prefill<Arch, T, S>;
+    const index_t kp = kt_pairs(d);
+    kt = a.take<T>(gemm && !bf16 ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
+    ktb = a.take<std::uint16_t>(gemm && bf16 ? n_blocks * p.k.heads * kp * kBf16KtStride : 0);
     vpk = a.take<T>(gemm ? n_blocks * p.k.heads * padded_v_elements(d, W) : 0);
     partial_o = a.take<T>(n_partial * dp);
     partial_state = a.take<row_state<double>>(n_partial);
     scratch = a.take<fused_scratch<T>>(threads);
     for (int t = 0; t < threads; ++t) {
       fused_scratch<T> sc;
-      sc.qs = a.take<T>(kFusedQueryBlock * d);
-      sc.s = a.take<T>(kFusedQueryBlock * skp);
-      sc.o = a.take<T>(kFusedQueryBlock * dp);
-      sc.state = a.take<row_state<double>>(kFusedQueryBlock);
-      sc.info = a.take<row_keys>(kFusedQueryBlock);
+      sc.qs = a.take<T>(kFusedScratchRows * d);
+      sc.s = a.take<T>(std::max(kFusedQueryBlock, kPrefillStrip) * skp);
+      sc.o = a.take<T>(kFusedScratchRows * dp);
+      sc.state = a.take<row_state<double>>(kFusedScratchRows);
+      sc.info = a.take<row_keys>(kFusedScratchRows);
+      sc.qp = a.take<std::uint32_t>(gemm && bf16 ? kPrefillQueryBlock * kp : 0);
+      sc.f = a.take<float>(gemm && bf16 ? kPrefillQueryBlock : 0);
       if (!a.counting()) scratch[t] = sc;
     }
     if (!a.counting()) fill(p);
@@ -205,8 +227,8 @@ struct fused_plan {
     for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
       on_sequence(s, (seq.k_end - seq.k_begin + kKeyBlock - 1) / kKeyBlock);
-      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
-        const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
+      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedTaskRows) {
+        const index_t rows = std::min(kFusedTaskRows, seq.q_end - q0);
         const index_t step = rows <= kDotMaxRows ? decode_heads(rows, p.q.heads, p.k.heads) : 1;
         index_t lo = 0, hi = 0;  // the same for every head
         block_key_range(p, seq, q0, rows, lo, hi);
@@ -241,8 +263,8 @@ void fused_range(const attention_problem<T, Policy, S>& p,
   const index_t rows = t.rows, all_rows = t.scratch_rows();
   // The scratch rows of each kv head the task reads (consecutive heads share one); the
   // rows' key and value pointers are set per block.
-  head_rows<typename S::kv> keys[kFusedQueryBlock], values[kFusedQueryBlock];
-  index_t kv_of[kFusedQueryBlock];
+  head_rows<typename S::kv> keys[kFusedScratchRows], values[kFusedScratchRows];
+  index_t kv_of[kFusedScratchRows];
   index_t groups = 0;
   for (index_t hh = 0; hh < t.heads; ++hh) {
     const index_t h = t.head + hh;
@@ -255,6 +277,10 @@ void fused_range(const attention_problem<T, Policy, S>& p,
     }
   }
   std::copy(keys, keys + groups, values);
+#ifdef SSMAX_HAVE_AVX512BF16
+  if constexpr (bf16_prefill<Arch, T, S>)
+    if (rows > kDotMaxRows) pack_task_q_bf16(p, b, t.head, t.q0, rows, sc.info, sc.qp, sc.f);
+#endif
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
   std::fill(sc.o, sc.o + all_rows * dp, T(0));
   for (index_t r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
@@ -285,14 +311,21 @@ void fused_range(const attention_problem<T, Policy, S>& p,
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
     const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     if (rows > kDotMaxRows) {  // one head: groups == 1; strips of rows (prefill_strips.hpp)
-      // The per-block score GEMM: float on the packed K^T (a 16-bit dot-product GEMM
-      // on a pair-packed K^T, gemm_bf16.hpp, plugs in here).
-      const packed_scores<Arch, T> scores{sc.qs, plan.kt_block(p, t.seq, kv_of[0], blk), d,
-                                          plan.ldk};
-      prefill_strips<Arch>(
-          rows, sc.info, kb, nk, scores,
-          [&](index_t r0, index_t r1, index_t hi, T* s) { softmax(r0, r1, kb, hi, s); },
-          plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.s, skp, sc.o);
+      auto strips = [&](const auto& scores) {
+        prefill_strips<Arch>(
+            rows, sc.info, kb, nk, scores,
+            [&](index_t r0, index_t r1, index_t hi, T* s) { softmax(r0, r1, kb, hi, s); },
+            plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.s, skp, sc.o);
+      };
+      if constexpr (bf16_prefill<Arch, T, S>) {  // vdpbf16ps on the pair-packed K^T
+#ifdef SSMAX_HAVE_AVX512BF16
+        const index_t kp = kt_pairs(d);
+        strips(bf16_scores{sc.qp, sc.f, plan.ktb_block(p, t.seq, kv_of[0], blk), kp, kp,
+                           kBf16KtStride});
+#endif
+      } else {  // float on the packed K^T
+        strips(packed_scores<Arch, T>{sc.qs, plan.kt_block(p, t.seq, kv_of[0], blk), d, plan.ldk});
+      }
       continue;
     }
     if (detail::strip_keys(sc.info, all_rows, kb, nk) == 0) continue;
@@ -342,12 +375,20 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
       const sequence_span seq = p.span(s);
       const index_t blk = global - plan.first_block[s], kb = seq.k_begin + blk * kKeyBlock;
       const index_t nk = std::min(kKeyBlock, seq.k_end - kb);
-      detail::pack_kt(p.k.row(seq.tensor_batch, kb, g), p.k.stride_s, nk, p.q.dim,
-                      detail::round_up(nk, W), plan.ldk, plan.kt_block(p, s, g, blk));
+      if constexpr (detail::bf16_prefill<Arch, T, S>) {
+#ifdef SSMAX_HAVE_AVX512BF16
+        detail::pack_kt_bf16(p.k.row(seq.tensor_batch, kb, g), p.k.stride_s, nk, p.q.dim,
+                             detail::round_up(nk, W), detail::kBf16KtStride,
+                             plan.ktb_block(p, s, g, blk));
+#endif
+      } else {
+        detail::pack_kt<Arch>(p.k.row(seq.tensor_batch, kb, g), p.k.stride_s, nk, p.q.dim,
+                              detail::round_up(nk, W), plan.ldk, plan.kt_block(p, s, g, blk));
+      }
       // V rows contiguous and zero-padded to dp: with [B, S, H, d] layouts a head's rows
       // are H * d apart (4 KiB at H = 8, d = 128) and would all share one L1 set.
-      detail::pad_rows(p.v.row(seq.tensor_batch, kb, g), p.v.stride_s, nk, p.q.dim, dp,
-                       plan.v_block(p, s, g, blk));
+      detail::pad_rows<Arch>(p.v.row(seq.tensor_batch, kb, g), p.v.stride_s, nk, p.q.dim, dp,
+                             plan.v_block(p, s, g, blk));
     });
   }
 

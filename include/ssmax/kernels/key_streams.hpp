@@ -193,7 +193,7 @@ inline void block_scores(const T* qs, index_t rows, index_t d, const K* k0, inde
     return;
   }
   const index_t nkp = round_up(nk, W), ldk = kt_stride(nkp, W);
-  pack_kt(k0, kstride, nk, d, nkp, ldk, kt);
+  pack_kt<Arch>(k0, kstride, nk, d, nkp, ldk, kt);
   gemm<Arch>(rows, nkp, d, qs, d, kt, ldk, s, lds, false);
 }
 
@@ -218,7 +218,7 @@ inline void block_values(const T* p, index_t ldp, index_t rows, const Vs* v0, in
     ldb = vstride;
   }
   if (b == vp || d != dp) {
-    pad_rows(v0, vstride, nk, d, dp, vp);
+    pad_rows<Arch>(v0, vstride, nk, d, dp, vp);
     b = vp;
     ldb = dp;
   }

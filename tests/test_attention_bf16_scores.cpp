@@ -1,0 +1,150 @@
+// The fused prefill's bf16 score path (kernels/prefill_bf16.hpp: vdpbf16ps on a
+// pair-interleaved K^T, the row factor after the dot products) against the double reference
+// on the same bf16 values, within attention.hpp's bound plus vdpbf16ps's denormal flush:
+// every mask kind, Softmax, SSMax and SSMax with negative multipliers, each logit feature
+// (bias, ALiBi, soft-cap, sinks, all of them), odd d, a prefill block followed by a decode
+// task, denormal q and k, and scores that overflow (the non-finite path). Skipped where
+// the build or the CPU lacks AVX512-BF16 (the float GEMM then serves these calls, which
+// tests/test_attention_16bit.cpp covers).
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <random>
+#include <string>
+
+#include "support/cpu_features.hpp"
+#include "support/stored_attention.hpp"
+
+namespace {
+
+using namespace ssmax;
+using namespace ssmax::testing;
+using ssmax::index_t;
+using Arch = widest_architecture;
+using bf16_all = combo<bf16, bf16, bf16>;
+
+#define SKIP_WITHOUT_BF16_SCORES()                               \
+  if (!flushed_dots<Arch, bf16_all>() || !cpu_has_avx512_bf16()) \
+  GTEST_SKIP() << "no AVX512-BF16 score path in this build or on this CPU"
+
+constexpr index_t B = 2, H = 4, n_k = 300;
+
+template <class F>  // callable as f(name, options)
+void for_each_policy(F&& f) {
+  static const std::vector<double> s = {0.3, 0.5, 0.7, 0.4}, b = {0.0, 0.3, 0.1, 0.2};
+  static const std::vector<double> s_neg = {0.4, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.2, 0.5, -2.0};
+  f("softmax", ssmax_policy(0.0, 1.0));
+  f("ssmax", ssmax_policy(s, b));
+  f("ssmax-negative", ssmax_policy(s_neg, b_neg));
+}
+
+TEST(Bf16Scores, EveryMaskPolicyAndLogitFeature) {
+  SKIP_WITHOUT_BF16_SCORES();
+  const index_t n_q = 40;
+  const index_t lengths[] = {290, 37};
+  const index_t cu_q[] = {0, 15, 40}, cu_k[] = {0, 120, 300};
+  std::mt19937 gen(5);
+  std::vector<bool> allowed_v(static_cast<size_t>(B * H * n_q * n_k));
+  std::unique_ptr<bool[]> allowed(new bool[allowed_v.size()]);
+  for (size_t e = 0; e < allowed_v.size(); ++e) allowed[e] = gen() % 3 != 0;
+  std::vector<float> bias(static_cast<size_t>(B * H * n_q * n_k));
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (auto& x : bias) x = gen() % 7 == 0 ? -std::numeric_limits<float>::infinity() : u(gen);
+  const std::vector<float> slopes = alibi_slopes(H), sinks = {0.5f, -1.0f, 2.0f, -3.0f};
+  const mask_case masks[] = {
+      {"none", attention_mask::none()},
+      {"causal", attention_mask::causal_mask()},
+      {"window", attention_mask::sliding_window(50)},
+      {"cache", attention_mask::cache(lengths)},
+      {"packed-causal", attention_mask::varlen(cu_q, cu_k, 2, true), true},
+      {"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)}};
+  unsigned seed = 50;
+  for (const auto& mc : masks)
+    for (const char* feature : {"none", "bias", "alibi", "softcap", "sinks", "all"})
+      for_each_policy([&](const char* pname, const ssmax_policy& policy) {
+        const std::string f = feature;
+        const index_t batch = mc.packed ? 1 : B, d = seed % 2 ? 64 : 37;
+        stored_data<bf16_all> data(batch, n_q, n_k, H, 2, d, ++seed);
+        attention_options<ssmax_policy> o;
+        o.policy = policy;
+        o.mask = mc.mask;
+        if (f == "bias" || f == "all")
+          o.logit.bias = logit_bias::dense(bias.data(), batch, H, n_q, n_k);
+        if (f == "alibi" || f == "all")
+          o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = H;
+        if (f == "softcap" || f == "all") o.logit.softcap = 1.5;
+        if (f == "sinks" || f == "all") o.logit.sinks = sinks.data(), o.logit.sink_heads = H;
+        check_stored<Arch>(data, o,
+                           mc.name + " x " + f + " x " + pname + " d=" + std::to_string(d));
+      });
+}
+
+TEST(Bf16Scores, LongPrefillOutToFloatAndADecodeTail) {
+  SKIP_WITHOUT_BF16_SCORES();
+  // 130 rows: one kPrefillQueryBlock task (vdpbf16ps) then a 2-row decode task (dot
+  // products); d = 128 and 65 (an odd pair count), out in float.
+  for (index_t d : {128, 65}) {
+    stored_data<combo<bf16, bf16, f32>> data(1, 130, 700, 2, 1, d, static_cast<unsigned>(d));
+    attention_options<ssmax_policy> o;
+    o.policy = ssmax_policy(0.43);
+    o.mask = attention_mask::causal_mask();
+    check_stored<Arch>(data, o, "prefill 130 x 700 d=" + std::to_string(d));
+  }
+}
+
+TEST(Bf16Scores, DenormalInputsAreWithinTheFlushBound) {
+  SKIP_WITHOUT_BF16_SCORES();
+  // q and k hold bf16 denormals (below 2^-126), which vdpbf16ps reads as zero.
+  stored_data<bf16_all> data(1, 20, 64, 1, 1, 16, 61);
+  for (size_t e = 0; e < data.q.size(); e += 3) {
+    data.q[e] = kernels::from_compute<bf16>(std::ldexp(1.0f, -130));
+    data.exact.q[e] = kernels::to_compute(data.q[e]);
+  }
+  for (size_t e = 1; e < data.k.size(); e += 4) {
+    data.k[e] = kernels::from_compute<bf16>(-std::ldexp(1.0f, -128));
+    data.exact.k[e] = kernels::to_compute(data.k[e]);
+  }
+  attention_options<ssmax_policy> o;
+  o.mask = attention_mask::causal_mask();
+  check_stored<Arch>(data, o, "denormal q and k");
+}
+
+TEST(Bf16Scores, OverflowingScoresTakeTheNonFinitePath) {
+  SKIP_WITHOUT_BF16_SCORES();
+  // Key 5 is huge: its dot products overflow float, so the rows with q . k_5 > 0 put all
+  // their weight on it; the non-finite path recomputes from the stored bf16 values.
+  stored_data<bf16_all> data(1, 8, 40, 1, 1, 16, 62);
+  for (index_t c = 0; c < 16; ++c) {
+    data.k[static_cast<size_t>(5 * 16 + c)] = kernels::from_compute<bf16>(3e38f);
+    data.exact.k[static_cast<size_t>(5 * 16 + c)] = kernels::to_compute(data.k[5 * 16 + c]);
+  }
+  // q . k_5 = 3e38 sum_c q_c: rows 0-3 all positive (+inf, the overflow), rows 4-7 all
+  // negative (-inf: key 5 weighs 0).
+  for (size_t e = 0; e < data.q.size(); ++e) {
+    const float x = std::abs(kernels::to_compute(data.q[e])) * (e < 4 * 16 ? 1.0f : -1.0f);
+    data.q[e] = kernels::from_compute<bf16>(x);
+    data.exact.q[e] = kernels::to_compute(data.q[e]);
+  }
+  attention_options<softmax_policy> o;
+  o.scale = 1.0;
+  const auto bf = run_stored<Arch>(data, o, attention_path::fused);
+  const auto mat = run_stored<Arch>(data, o, attention_path::materialised);
+  int overflowing = 0;
+  for (index_t i = 0; i < 8; ++i) {
+    const bool inf_row = std::isinf(mat.lse[static_cast<size_t>(i)]);
+    overflowing += inf_row;
+    EXPECT_EQ(std::isinf(bf.lse[static_cast<size_t>(i)]), inf_row) << "row " << i;
+    for (index_t c = 0; c < 16; ++c) {
+      const float got = bf.out[static_cast<size_t>(i * 16 + c)];
+      const float want = mat.out[static_cast<size_t>(i * 16 + c)];
+      if (inf_row)  // all the weight on key 5: its value, exactly
+        EXPECT_EQ(got, want) << "row " << i;
+      else  // key 5 weighs 0: two roundings of out to bf16 apart at most
+        EXPECT_NEAR(got, want, std::ldexp(std::abs(want), -7) + 1e-6) << "row " << i;
+    }
+  }
+  EXPECT_EQ(overflowing, 4);
+}
+
+}  // namespace
