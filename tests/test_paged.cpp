@@ -1,7 +1,9 @@
 // Paged KV cache (paged.hpp): the identity block table and a shuffled one give the contiguous
 // call's results bit for bit (decode and chunked prefill, GQA, policies, both paths), which
 // test_attention checks against the reference; bad tables and lengths are refused naming
-// the field, nothing written.
+// the field, nothing written. bf16 pools (float q and out, the serving case) give the
+// contiguous bf16 call's results bit for bit and match the double reference on the pools'
+// exact values within attention.hpp's bound.
 
 #include <gtest/gtest.h>
 
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "support/expect_error.hpp"
+#include "support/stored_attention.hpp"
 
 namespace ssmax::testing {
 namespace {
@@ -97,6 +100,67 @@ TEST(Paged, DecodeAndChunkedPrefillEqualTheContiguousCall) {
   attention_options<softmax_policy> window;
   window.mask = attention_mask::sliding_window(9);
   expect_paged_equals_contiguous(3, window);
+}
+
+/// bf16 pools with float q and out: the identity and a shuffled table equal the contiguous
+/// bf16 call bitwise, and both match the double reference on the stored values.
+template <class Policy>
+void expect_bf16_pools_match(index_t n_q, const attention_options<Policy>& base, bool shuffled) {
+  const index_t L = *std::max_element(lengths, lengths + B), row = H_kv * d;
+  const stored_data<combo<f32, bf16, f32>> data(B, n_q, L, H, H_kv, d, 5);
+  // Rows past a sequence's length are zero in the contiguous copy too (the gather's).
+  std::vector<bf16> k = data.k, v = data.v;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t e = lengths[b] * row; e < L * row; ++e)
+      k[b * L * row + e] = v[b * L * row + e] = bf16(0.0f);
+  const index_t num_blocks = B * max_blocks + 3;
+  std::vector<index_t> order(static_cast<size_t>(num_blocks));
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937 rng(11);
+  if (shuffled) std::shuffle(order.begin(), order.end(), rng);
+  std::vector<bf16> k_pool(static_cast<size_t>(num_blocks * block * row), bf16(99.0f));
+  std::vector<bf16> v_pool(k_pool.size(), bf16(99.0f));
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = 0; t < lengths[b]; ++t) {
+      const index_t at = (order[b * max_blocks + t / block] * block + t % block) * row;
+      std::copy(&k[(b * L + t) * row], &k[(b * L + t) * row] + row, &k_pool[at]);
+      std::copy(&v[(b * L + t) * row], &v[(b * L + t) * row] + row, &v_pool[at]);
+    }
+  const paged_kv_cache<bf16> cache{k_pool.data(), v_pool.data(), num_blocks, block, H_kv, d,
+                                   order.data(),  max_blocks,    lengths};
+  const std::string what = std::string("bf16 pools, n_q ") + std::to_string(n_q) +
+                           (shuffled ? " shuffled" : " identity");
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    attention_options<Policy> o = base;
+    o.path = path;
+    attention_run<float> got, want;
+    got.out.assign(data.q.size(), -7.0f), want.out = got.out;
+    got.lse.assign(static_cast<size_t>(B * H * n_q), -7.0f), want.lse = got.lse;
+    const auto qv = bshd_view(data.q.data(), B, n_q, H, d);
+    paged_attention(qv, cache, bshd_view(got.out.data(), B, n_q, H, d), o,
+                    {got.lse.data(), nullptr});
+    attention_options<Policy> contiguous = o;
+    contiguous.mask.key_lengths = lengths;
+    attention(qv, bshd_view(static_cast<const bf16*>(k.data()), B, L, H_kv, d),
+              bshd_view(static_cast<const bf16*>(v.data()), B, L, H_kv, d),
+              bshd_view(want.out.data(), B, n_q, H, d), contiguous, {want.lse.data(), nullptr});
+    EXPECT_EQ(got.out, want.out) << what;
+    EXPECT_EQ(got.lse, want.lse) << what;
+    expect_matches_reference(data.exact, contiguous, got, what);
+  }
+}
+
+TEST(Paged, Bf16PoolsMatchTheContiguousCallAndTheReference) {
+  attention_options<ssmax_policy> o;
+  o.policy = ssmax_policy(0.43, -0.2);
+  o.mask = attention_mask::causal_mask();
+  attention_options<softmax_policy> window;
+  window.mask = attention_mask::sliding_window(9);
+  for (bool shuffled : {false, true}) {
+    expect_bf16_pools_match(1, o, shuffled);  // decode
+    expect_bf16_pools_match(5, o, shuffled);  // chunked prefill
+    expect_bf16_pools_match(3, window, shuffled);
+  }
 }
 
 TEST(Paged, BadTablesAndLengthsAreRefused) {

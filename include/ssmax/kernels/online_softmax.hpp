@@ -148,7 +148,8 @@ inline double row_multiplier(const attention_problem<T, Policy, S>& p, const row
 /// The factor the kernels fold into a row's query: m * scale, or scale alone when the
 /// scores go through the score epilogue (logit.hpp), which applies m after the transform.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
-inline double query_factor(const attention_problem<T, Policy, S>& p, const row_keys& row, index_t h) {
+inline double query_factor(const attention_problem<T, Policy, S>& p, const row_keys& row,
+                           index_t h) {
   return p.logit.transforms_scores() ? p.scale : row_multiplier(p, row, h) * p.scale;
 }
 
