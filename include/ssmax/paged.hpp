@@ -13,12 +13,19 @@
 // and out as ssmax::attention allows (storage.hpp; a bf16 pool with float q and out is the
 // usual serving case).
 //
-// This version gathers each sequence's blocks into a contiguous [B, max_len, H_kv, d]
-// copy (max_len the longest cache) and runs ssmax::attention on it: results are those of
-// the contiguous call on the same tokens, bit for bit, for every policy, GQA and path; the
-// copy costs 2 B max_len H_kv d elements (allocated per call, in the pools' storage type). Reading
-// the pool in place inside the kernels (a block-table row lookup in the kernels' K/V reads
-// and packing) is future work.
+// The fused path reads the pools in place: the kernels find key row j of sequence b through
+// the block table (kernels/plan.hpp kv_pages: one offset per key of the current key block),
+// in the dot-product (decode) path, in the K^T / V packing of the GEMM (prefill) path and in
+// the non-finite fallback. Keys are visited, and sums formed, in exactly the contiguous
+// call's order: results equal ssmax::attention's on the same tokens in a contiguous cache,
+// bit for bit, for any block size and table, every policy, GQA and storage type. Extra
+// memory: the fused path's workspace (whose packed K^T / V, for query blocks of more than
+// kDotMaxRows rows, spans the keys those blocks read) and one kKeyBlock offset array on the
+// stack; no copy of the cache for decode.
+// The materialised path (extras.weights, or options.path = materialised) gathers each
+// sequence's blocks into a contiguous [B, max_len, H_kv, d] copy (max_len the longest
+// cache, 2 B max_len H_kv d elements in the pools' storage type, allocated per call) and
+// runs ssmax::attention on it, with the same bitwise guarantee.
 
 #include <algorithm>
 #include <string>
@@ -91,12 +98,53 @@ inline void gather_sequence(const paged_kv_cache<T>& c, const T* pool, index_t b
 
 }  // namespace detail
 
+namespace detail {
+
+/// The fused path over the pools in place: validated like ssmax::attention on the pools
+/// (out, lse disjoint from them) and on the logical keys [B, max_len, H_kv, d] (the mask),
+/// then the kernels find each key block's rows through the block table (kernels/plan.hpp
+/// kv_pages). Q, KV, O: element types of q, of the pools, of out.
+template <class Arch, class Q, class KV, class O, class Policy>
+void paged_fused(const tensor_view<const Q>& q, const paged_kv_cache<KV>& cache,
+                 const tensor_view<O>& out, const attention_options<Policy>& options,
+                 const attention_extras<compute_t<O>>& extras, attention_workspace* workspace,
+                 index_t max_len) {
+  constexpr const char* fn = "paged_attention";
+  const index_t row = cache.kv_heads * cache.dim;
+  // The pools as views (rows stride row apart, heads dim apart, batch unused): exactly
+  // the pools' memory, for the overlap checks.
+  const auto pool = [&](const KV* data, index_t seq) {
+    return tensor_view<const KV>{data, q.batch, seq, cache.kv_heads, cache.dim, 0, row, cache.dim};
+  };
+  const index_t pool_rows = cache.num_blocks * cache.block_size;
+  attention_options<Policy> local = options;
+  local.mask.key_lengths = cache.cache_lengths;
+  check_shapes(fn, q, pool(cache.k_pool, pool_rows), pool(cache.v_pool, pool_rows),
+               tensor_view<const O>(out));
+  const tensor_view<const KV> k = pool(cache.k_pool, max_len), v = pool(cache.v_pool, max_len);
+  check_mask(fn, local.mask, q, k);
+  const double scale = check_options<compute_t<O>>(fn, local, q, k);
+  check_extras(fn, local, extras.lse, extras.weights, q, pool(cache.k_pool, pool_rows),
+               pool(cache.v_pool, pool_rows), tensor_view<const O>(out));
+  auto p = make_problem(q, k, v, out, local, extras, scale);
+  p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
+  attention_workspace scratch;
+  attention_workspace& ws = workspace != nullptr ? *workspace : scratch;
+  const workspace_lease lease(ws, fn);
+  ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
+  kernels::attention_fused<Arch>(p, ws);
+}
+
+}  // namespace detail
+
 /// Attention of q [B, n_q, H, d] over the paged cache (see the top of this header), into
 /// out [B, n_q, H, d]; options, extras and workspace as ssmax::attention (options.mask's
 /// key_lengths must be null). Element types as ssmax::attention's (storage.hpp): all float,
 /// all double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a
-/// bf16 pool with float queries and output, say); the pools stay in their storage type in
-/// the copy. Throws argument_error naming the bad argument, nothing written.
+/// bf16 pool with float queries and output, say). The fused path (the default unless
+/// extras.weights is set or options.path asks for the materialised one) reads the pools in
+/// place; the materialised path gathers first (see the top of this header). Throws
+/// argument_error naming the bad argument, nothing written.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class Q,                        // element type of q (const or not)
           class KV,                       // storage type of both pools
@@ -120,6 +168,10 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
                   "is not supported with a paged cache (one sequence per batch entry)");
   index_t max_len = 1;  // the views need one key row even when every cache is empty
   for (index_t b = 0; b < q.batch; ++b) max_len = std::max(max_len, cache.cache_lengths[b]);
+  if (!detail::use_materialised(options, extras)) {
+    detail::paged_fused<Arch>(qc, cache, out, options, extras, workspace, max_len);
+    return;
+  }
   const index_t row = cache.kv_heads * cache.dim;
   std::vector<KV> k(static_cast<size_t>(q.batch * max_len * row));
   std::vector<KV> v(k.size());
