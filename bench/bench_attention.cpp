@@ -18,6 +18,8 @@
 // The bf16 / f32 decode ratio: compare decode/fused/softmax/bf16/d:128/n:32768/threads:1
 // with decode/fused/softmax/d:128/n:32768/threads:1 of the same run.
 //   of_bf16_peak  "bf16" runs: GFLOPs / the bf16 dot-product peak (peak/dpbf16/bf16)
+// The logit soft-cap (c = 50, Gemma 2's): "prefill/fused/softmax/softcap/d:128/n:<n>" for
+// n = 1024 and 4096; its cost is its time over prefill/fused/softmax/d:128/n:<n> of the run.
 // The score GEMM tile alone: "tile/gemm/<float|bf16>/d:<d>" (register_tiles). After the
 // table, ratios of the same run: SSMax / Softmax time and the 2-thread speedup.
 // Typical run (the table of the README):
@@ -81,10 +83,11 @@ void set_counters(benchmark::State& state, double flops, double kv_bytes, int th
 /// query heads over kv_heads key/value heads.
 template <class Policy>
 void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path, index_t n,
-               index_t d, int threads, index_t kv_heads = kHeads) {
+               index_t d, int threads, index_t kv_heads = kHeads, double softcap = 0.0) {
   tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
   ssmax::attention_options<Policy> o;
   o.mask = ssmax::attention_mask::causal_mask();
+  o.logit.softcap = softcap;
   o.threads = threads;
   o.path = path;
   ssmax::attention_workspace ws;
@@ -310,6 +313,20 @@ void register_all() {
           }
         }
     }
+  // The logit soft-cap's cost (Gemma 2's c = 50): compare prefill/fused/softmax/softcap/...
+  // with prefill/fused/softmax/... of the same run.
+  for (index_t n : {1024, 4096})
+    for (int threads : {1, 2})
+      benchmark::RegisterBenchmark(("prefill/fused/softmax/softcap/d:128/n:" + std::to_string(n) +
+                                    "/threads:" + std::to_string(threads))
+                                       .c_str(),
+                                   [=](benchmark::State& s) {
+                                     run_ssmax<ssmax::softmax_policy>(
+                                         s, false, ssmax::attention_path::fused, n, 128, threads,
+                                         kHeads, 50.0);
+                                   })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
   // Grouped-query decode: 8 query heads over 2 key/value heads, each read once per group.
   for (int threads : {1, 2})
     for (bool ss : {false, true})

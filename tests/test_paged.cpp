@@ -1,7 +1,10 @@
-// Paged KV cache (paged.hpp): the identity block table and a shuffled one give the contiguous
-// call's results bit for bit (decode and chunked prefill, GQA, policies, both paths), which
-// test_attention checks against the reference; bad tables and lengths are refused naming
-// the field, nothing written.
+// Paged KV cache (paged.hpp). The fused path reads the pools in place through the block
+// table; the materialised path gathers. Both must give the contiguous call's results bit
+// for bit (the identity table and a shuffled one; pages smaller than, straddling and larger
+// than a key block; decode split into chunks; decode and chunked prefill, GQA, policies,
+// logit extras, threads), for float and bf16 pools (float q and out, the serving case), and
+// match the double reference on the pools' exact values within attention.hpp's bound. Bad
+// tables and lengths are refused naming the field, nothing written.
 
 #include <gtest/gtest.h>
 
@@ -9,115 +12,169 @@
 #include <numeric>
 #include <random>
 #include <ssmax/paged.hpp>
+#include <string>
 #include <vector>
 
 #include "support/expect_error.hpp"
+#include "support/stored_attention.hpp"
 
 namespace ssmax::testing {
 namespace {
 
-constexpr index_t B = 3, H = 4, H_kv = 2, d = 16, block = 8, max_blocks = 6;
-const index_t lengths[B] = {37, 8, 1};
+constexpr index_t H = 4, H_kv = 2, d = 16, row = H_kv * d;
 
-/// A contiguous cache [B, capacity, H_kv, d] and the same tokens in a pool of blocks.
-struct caches {
-  index_t capacity = max_blocks * block, num_blocks = B * max_blocks + 3;
-  std::vector<float> k, v, k_pool, v_pool;
+/// A cache's page size, table width and per-sequence lengths.
+struct geometry {
+  index_t block, max_blocks;
+  std::vector<index_t> lengths;
+  index_t batch() const { return static_cast<index_t>(lengths.size()); }
+  index_t longest() const { return *std::max_element(lengths.begin(), lengths.end()); }
+};
+const geometry small{8, 6, {37, 8, 1}};
+const geometry straddling{7, 100, {613, 300, 1}};      // pages cross key blocks (kKeyBlock 256)
+const geometry long_decode{16, 160, {2500, 17, 256}};  // decode split into kDecodeChunk chunks
+const geometry big_pages{512, 2, {700, 3, 512}};       // pages larger than a key block
+
+/// The tokens of `data` (k, v [B, L, H_kv, d], rows past each length zeroed) in a pool of
+/// blocks through the identity or a shuffled table, two spare blocks filled with 99.
+template <class KV>  // storage type of the pools
+struct pool {
+  index_t num_blocks;
+  std::vector<KV> k, v;
   std::vector<index_t> table;
 
-  explicit caches(bool shuffled) : table(static_cast<size_t>(B * max_blocks)) {
-    std::mt19937 rng(9);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    const index_t row = H_kv * d;
-    k.resize(static_cast<size_t>(B * capacity * row));
-    v.resize(k.size());
-    for (auto* x : {&k, &v})
-      for (auto& e : *x) e = dist(rng);
-    std::vector<index_t> order(static_cast<size_t>(num_blocks));
-    std::iota(order.begin(), order.end(), 0);
-    if (shuffled) std::shuffle(order.begin(), order.end(), rng);
-    std::copy(order.begin(), order.begin() + B * max_blocks, table.begin());
-    k_pool.assign(static_cast<size_t>(num_blocks * block * row), 99.0f);
-    v_pool.assign(k_pool.size(), 99.0f);
-    for (index_t b = 0; b < B; ++b)
-      for (index_t t = 0; t < capacity; ++t) {
-        const index_t at = (table[b * max_blocks + t / block] * block + t % block) * row;
-        const index_t from = (b * capacity + t) * row;
-        std::copy(&k[from], &k[from] + row, &k_pool[at]);
-        std::copy(&v[from], &v[from] + row, &v_pool[at]);
+  pool(const geometry& g, const std::vector<KV>& kc, const std::vector<KV>& vc, bool shuffled)
+      : num_blocks(g.batch() * g.max_blocks + 2) {
+    table.resize(static_cast<size_t>(num_blocks));
+    std::iota(table.begin(), table.end(), 0);
+    std::mt19937 rng(11);
+    if (shuffled) std::shuffle(table.begin(), table.end(), rng);
+    k.assign(static_cast<size_t>(num_blocks * g.block * row), KV(99.0f));
+    v.assign(k.size(), KV(99.0f));
+    const index_t L = g.longest();
+    for (index_t b = 0; b < g.batch(); ++b)
+      for (index_t t = 0; t < g.lengths[b]; ++t) {
+        const index_t at = (table[b * g.max_blocks + t / g.block] * g.block + t % g.block) * row;
+        std::copy(&kc[(b * L + t) * row], &kc[(b * L + t) * row] + row, &k[at]);
+        std::copy(&vc[(b * L + t) * row], &vc[(b * L + t) * row] + row, &v[at]);
       }
   }
-  paged_kv_cache<float> paged() const {
-    return {k_pool.data(), v_pool.data(), num_blocks, block, H_kv, d,
-            table.data(),  max_blocks,    lengths};
+  paged_kv_cache<KV> cache(const geometry& g) const {
+    return {k.data(), v.data(),     num_blocks,   g.block,         H_kv,
+            d,        table.data(), g.max_blocks, g.lengths.data()};
   }
 };
 
-template <class Policy>
-void expect_paged_equals_contiguous(index_t n_q, const attention_options<Policy>& base) {
-  std::mt19937 rng(3);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> q(static_cast<size_t>(B * n_q * H * d));
-  for (auto& e : q) e = dist(rng);
-  const auto qv = bshd_view(static_cast<const float*>(q.data()), B, n_q, H, d);
-  for (bool shuffled : {false, true})
-    for (auto path : {attention_path::fused, attention_path::materialised}) {
-      const caches c(shuffled);
-      attention_options<Policy> o = base;
-      o.path = path;
-      std::vector<float> want(q.size()), got(q.size()), lse_w(B * H * n_q), lse_g(lse_w.size());
-      // The contiguous call over the longest cache (what the paged call's copy holds).
-      const index_t L = *std::max_element(lengths, lengths + B);
-      std::vector<float> k(static_cast<size_t>(B * L * H_kv * d)), v(k.size());
-      for (index_t b = 0; b < B; ++b)
-        for (index_t t = 0; t < L; ++t)
-          for (index_t e = 0; e < H_kv * d; ++e) {
-            const bool real = t < lengths[b];
-            k[(b * L + t) * H_kv * d + e] = real ? c.k[(b * c.capacity + t) * H_kv * d + e] : 0.0f;
-            v[(b * L + t) * H_kv * d + e] = real ? c.v[(b * c.capacity + t) * H_kv * d + e] : 0.0f;
-          }
-      attention_options<Policy> contiguous = o;
-      contiguous.mask.key_lengths = lengths;
-      attention(qv, bshd_view(static_cast<const float*>(k.data()), B, L, H_kv, d),
-                bshd_view(static_cast<const float*>(v.data()), B, L, H_kv, d),
-                bshd_view(want.data(), B, n_q, H, d), contiguous, {lse_w.data(), nullptr});
-      paged_attention(qv, c.paged(), bshd_view(got.data(), B, n_q, H, d), o,
-                      {lse_g.data(), nullptr});
-      EXPECT_EQ(got, want) << "n_q " << n_q << (shuffled ? " shuffled" : " identity");
-      EXPECT_EQ(lse_g, lse_w);
-    }
+/// paged_attention against the contiguous call (bitwise) and the reference, for both
+/// tables, both paths and 1 or 2 threads.
+template <class KV, class Policy>
+void check_paged(const geometry& g, index_t n_q, const attention_options<Policy>& base,
+                 const std::string& name) {
+  const index_t B = g.batch(), L = g.longest();
+  const stored_data<combo<f32, KV, f32>> data(B, n_q, L, H, H_kv, d, 5);
+  std::vector<KV> k = data.k, v = data.v;  // rows past a length zero (the gather's)
+  for (index_t b = 0; b < B; ++b)
+    for (index_t e = g.lengths[b] * row; e < L * row; ++e)
+      k[b * L * row + e] = v[b * L * row + e] = KV(0.0f);
+  const auto qv = bshd_view(data.q.data(), B, n_q, H, d);
+  for (bool shuffled : {false, true}) {
+    const pool<KV> pl(g, k, v, shuffled);
+    for (auto path : {attention_path::fused, attention_path::materialised})
+      for (int threads : {1, 2}) {
+        const std::string what = name + " n_q " + std::to_string(n_q) +
+                                 (shuffled ? " shuffled" : " identity") +
+                                 (path == attention_path::fused ? " fused" : " materialised") +
+                                 " threads " + std::to_string(threads);
+        attention_options<Policy> o = base;
+        o.path = path;
+        o.threads = threads;
+        attention_run<float> got, want;
+        for (attention_run<float>* r : {&got, &want}) {
+          r->out.assign(data.q.size(), -7.0f);
+          r->lse.assign(static_cast<size_t>(B * H * n_q), -7.0f);
+        }
+        paged_attention(qv, pl.cache(g), bshd_view(got.out.data(), B, n_q, H, d), o,
+                        {got.lse.data(), nullptr});
+        attention_options<Policy> contiguous = o;
+        contiguous.mask.key_lengths = g.lengths.data();
+        attention(qv, bshd_view(static_cast<const KV*>(k.data()), B, L, H_kv, d),
+                  bshd_view(static_cast<const KV*>(v.data()), B, L, H_kv, d),
+                  bshd_view(want.out.data(), B, n_q, H, d), contiguous, {want.lse.data(), nullptr});
+        EXPECT_EQ(got.out, want.out) << what;
+        EXPECT_EQ(got.lse, want.lse) << what;
+        if (threads == 1) expect_matches_reference(data.exact, contiguous, got, what);
+      }
+  }
 }
 
-TEST(Paged, DecodeAndChunkedPrefillEqualTheContiguousCall) {
+/// Decode (n_q = 1), a decode block of 3 rows and chunked prefill (5 and 20 rows: the
+/// GEMM path) over every geometry, for one storage type.
+template <class KV>
+void check_every_geometry(const char* type) {
+  attention_options<ssmax_policy> ss;
+  ss.policy = ssmax_policy(0.43, -0.2);  // as trained: b < 0
+  ss.mask = attention_mask::causal_mask();
+  attention_options<softmax_policy> window;
+  window.mask = attention_mask::sliding_window(300);
+  attention_options<qwen_logn_policy> logn;
+  logn.policy.train_length = 64;
+  logn.mask = attention_mask::causal_mask();
+  const std::string t = type;
+  for (const geometry* g : {&small, &straddling, &long_decode, &big_pages}) {
+    const std::string name = t + " block " + std::to_string(g->block);
+    for (index_t n_q : {1, 3, 5, 20}) check_paged<KV>(*g, n_q, ss, name + " ssmax");
+    check_paged<KV>(*g, 1, window, name + " softmax window");
+    check_paged<KV>(*g, 5, logn, name + " qwen-logn");
+  }
+}
+
+TEST(Paged, FloatPoolsEqualTheContiguousCallAndMatchTheReference) {
+  check_every_geometry<float>("f32");
+}
+
+TEST(Paged, Bf16PoolsEqualTheContiguousCallAndMatchTheReference) {
+  check_every_geometry<bf16>("bf16");
+}
+
+TEST(Paged, LogitExtrasThroughTheTable) {
+  const std::vector<float> slopes = alibi_slopes(H), sinks = {0.5f, -1.0f, 2.0f, 0.0f};
   attention_options<ssmax_policy> o;
   o.policy = ssmax_policy(0.43, -0.2);
-  o.mask = attention_mask::causal_mask();  // queries at the end of each sequence's cache
-  expect_paged_equals_contiguous(1, o);
-  expect_paged_equals_contiguous(5, o);
-  attention_options<softmax_policy> window;
-  window.mask = attention_mask::sliding_window(9);
-  expect_paged_equals_contiguous(3, window);
+  o.mask = attention_mask::causal_mask();
+  o.logit.softcap = 5.0;
+  o.logit.sinks = sinks.data(), o.logit.sink_heads = H;
+  o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = H;
+  for (index_t n_q : {1, 20}) check_paged<bf16>(straddling, n_q, o, "bf16 extras");
 }
 
 TEST(Paged, BadTablesAndLengthsAreRefused) {
-  const caches c(true);
+  const geometry& g = small;
+  const index_t B = g.batch();
+  std::vector<float> kc(static_cast<size_t>(B * g.longest() * row), 1.0f);
+  const pool<float> pl(g, kc, kc, true);
   std::vector<float> q(static_cast<size_t>(B * H * d), 1.0f), out(q.size(), 7.0f);
   const auto qv = bshd_view(static_cast<const float*>(q.data()), B, 1, H, d);
   auto call = [&](paged_kv_cache<float> cache) {
     paged_attention(qv, cache, bshd_view(out.data(), B, 1, H, d));
   };
-  std::vector<index_t> table = c.table;
-  table[1] = c.num_blocks;  // sequence 0's second block: outside the pool
-  auto bad = c.paged();
+  std::vector<index_t> table = pl.table;
+  table[1] = pl.num_blocks;  // sequence 0's second block: outside the pool
+  auto bad = pl.cache(g);
   bad.block_table = table.data();
   expect_rejects([&] { call(bad); }, "cache.block_table");
-  const index_t too_long[B] = {max_blocks * block + 1, 1, 1};
-  bad = c.paged();
+  const index_t too_long[3] = {g.max_blocks * g.block + 1, 1, 1};
+  bad = pl.cache(g);
   bad.cache_lengths = too_long;
   expect_rejects([&] { call(bad); }, "cache.cache_lengths");
-  bad = c.paged();
+  bad = pl.cache(g);
   bad.kv_heads = 3;
   expect_rejects([&] { call(bad); }, "cache.kv_heads");
+  // out overlapping a pool: refused by the in-place path's own overlap check.
+  expect_rejects(
+      [&] {
+        paged_attention(qv, pl.cache(g), bshd_view(const_cast<float*>(pl.v.data()), B, 1, H, d));
+      },
+      "out");
   for (float x : out) ASSERT_EQ(x, 7.0f);
 }
 

@@ -30,7 +30,9 @@
 // with options.mask = attention_mask::cache(lengths) (mask.hpp): causal, rows past
 // lengths[b] hidden, and sequence b's queries at the end of its own keys (positions
 // lengths[b] - n_q + i), so position policies see each sequence's true position. Reuse one
-// workspace per thread (examples/03_kv_cache_decode).
+// workspace per thread (examples/03_kv_cache_decode). A paged cache (vLLM's pools and
+// block table) goes through paged_attention (paged.hpp): the fused path finds each key row
+// through the block table in place, with this call's results bit for bit.
 //
 // Every function validates all its arguments first and throws ssmax::argument_error
 // naming the offending one; nothing is written then. Two kernels do the work:
@@ -45,6 +47,8 @@
 //   Z = max_j sum_c |m scale q_c k_jc|,
 // eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
 // eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
+// With a soft-cap, the forward evaluates tanh in double (xsimd's vector tanh,
+// kernels/score_epilogue.hpp) before the single rounding of m z to the element type.
 //
 // Storage types (storage.hpp): q and out each float, Eigen::bfloat16 or Eigen::half, k and
 // v one of them too (the same for both), computed in float; or all double. 16-bit inputs

@@ -195,22 +195,31 @@ inline row_logit logit_of_row(const logit_options& logit, const attention_mask& 
   return r;
 }
 
+/// Score j of the epilogue below from its capped raw score x (softcap(x_j), or x_j without
+/// a soft-cap): m (x + bias_j - slope |key_pos_j - query_pos|), in double, rounded once to
+/// T; -inf when the additive bias is -inf, whatever the sign of m.
+template <class T>  // float or double
+inline T finish_logit(double x, index_t kb, index_t j, const row_logit& r) {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  double bias = r.bias != nullptr ? static_cast<double>(r.bias[(kb + j) * r.bias_stride]) : 0.0;
+  if (r.slope != 0.0) {
+    const index_t distance = r.first_key_position + kb + j - r.query_position;
+    bias -= r.slope * static_cast<double>(distance < 0 ? -distance : distance);
+  }
+  return bias == ninf ? static_cast<T>(ninf) : static_cast<T>(r.m * (x + bias));
+}
+
 /// The score epilogue on the raw scores s[0, nk) of tensor keys kb..kb+nk-1:
 ///   s_j = m (softcap(s_j) + bias_j - slope |key_pos_j - query_pos|),
 /// computed in double and rounded once to T; a key whose additive bias is -inf gets -inf
-/// whatever the sign of m (hidden, as mask_row hides keys). NaN scores stay NaN.
+/// whatever the sign of m (hidden, as mask_row hides keys). NaN scores stay NaN. The
+/// kernels' forward runs kernels/score_epilogue.hpp's vector version of this.
 template <class T>  // float or double
 inline void score_epilogue(T* s, index_t kb, index_t nk, const row_logit& r) {
-  const double ninf = -std::numeric_limits<double>::infinity();
   for (index_t j = 0; j < nk; ++j) {
     double x = static_cast<double>(s[j]);
     if (r.cap > 0.0) x = r.cap * std::tanh(x / r.cap);
-    double bias = r.bias != nullptr ? static_cast<double>(r.bias[(kb + j) * r.bias_stride]) : 0.0;
-    if (r.slope != 0.0) {
-      const index_t distance = r.first_key_position + kb + j - r.query_position;
-      bias -= r.slope * static_cast<double>(distance < 0 ? -distance : distance);
-    }
-    s[j] = bias == ninf ? static_cast<T>(ninf) : static_cast<T>(r.m * (x + bias));
+    s[j] = finish_logit<T>(x, kb, j, r);
   }
 }
 

@@ -9,11 +9,23 @@
 // cache does; options.mask's other constraints (causal, windows, ...) apply as given, and
 // its key_lengths must be null (the cache lengths take its place).
 //
-// This first version gathers each sequence's blocks into a contiguous [B, max_len, H_kv, d]
-// copy (max_len the longest cache) and runs ssmax::attention on it: results are those of
-// the contiguous call on the same tokens, bit for bit, for every policy, GQA and path; the
-// copy costs 2 B max_len H_kv d elements (allocated per call). Reading the pool in place
-// inside the kernels is future work.
+// Storage types: the pools may be float, double, Eigen::bfloat16 or Eigen::half, with q
+// and out as ssmax::attention allows (storage.hpp; a bf16 pool with float q and out is the
+// usual serving case).
+//
+// The fused path reads the pools in place: the kernels find key row j of sequence b through
+// the block table (kernels/plan.hpp kv_pages: one offset per key of the current key block),
+// in the dot-product (decode) path, in the K^T / V packing of the GEMM (prefill) path and in
+// the non-finite fallback. Keys are visited, and sums formed, in exactly the contiguous
+// call's order: results equal ssmax::attention's on the same tokens in a contiguous cache,
+// bit for bit, for any block size and table, every policy, GQA and storage type. Extra
+// memory: the fused path's workspace (whose packed K^T / V, for query blocks of more than
+// kDotMaxRows rows, spans the keys those blocks read) and one kKeyBlock offset array on the
+// stack; no copy of the cache for decode.
+// The materialised path (extras.weights, or options.path = materialised) gathers each
+// sequence's blocks into a contiguous [B, max_len, H_kv, d] copy (max_len the longest
+// cache, 2 B max_len H_kv d elements in the pools' storage type, allocated per call) and
+// runs ssmax::attention on it, with the same bitwise guarantee.
 
 #include <algorithm>
 #include <string>
@@ -24,7 +36,7 @@
 namespace ssmax {
 
 /// A paged KV cache (see the top of this header). Pointers are borrowed for the call.
-template <class T>  // float or double
+template <class T>  // storage type of the pools: float, double, Eigen::bfloat16 or Eigen::half
 struct paged_kv_cache {
   const T* k_pool = nullptr;               ///< [num_blocks, block_size, H_kv, d]
   const T* v_pool = nullptr;               ///< [num_blocks, block_size, H_kv, d]
@@ -41,8 +53,9 @@ namespace detail {
 
 /// Checks a paged cache for queries q [B, n_q, H, d]; throws argument_error naming the bad
 /// field ("cache.<field>"), before anything is written.
-template <class T>
-inline void check_paged(const char* fn, const tensor_view<const T>& q, const paged_kv_cache<T>& c) {
+template <class Q, class KV>  // element type of q; storage type of the pools
+inline void check_paged(const char* fn, const tensor_view<const Q>& q,
+                        const paged_kv_cache<KV>& c) {
   require(c.k_pool != nullptr, fn, "cache.k_pool", "must not be null");
   require(c.v_pool != nullptr, fn, "cache.v_pool", "must not be null");
   require(c.num_blocks >= 1, fn, "cache.num_blocks", "must be >= 1");
@@ -71,7 +84,7 @@ inline void check_paged(const char* fn, const tensor_view<const T>& q, const pag
 
 /// Copies sequence b's tokens of one pool into dst [max_len, H_kv, d] (rows past its
 /// length zero).
-template <class T>
+template <class T>  // storage type of the pools
 inline void gather_sequence(const paged_kv_cache<T>& c, const T* pool, index_t b, index_t max_len,
                             T* dst) {
   const index_t row = c.kv_heads * c.dim, len = c.cache_lengths[b];
@@ -85,38 +98,94 @@ inline void gather_sequence(const paged_kv_cache<T>& c, const T* pool, index_t b
 
 }  // namespace detail
 
+namespace detail {
+
+/// The fused path over the pools in place: validated like ssmax::attention on the pools
+/// (out, lse disjoint from them) and on the logical keys [B, max_len, H_kv, d] (the mask),
+/// then the kernels find each key block's rows through the block table (kernels/plan.hpp
+/// kv_pages). Q, KV, O: element types of q, of the pools, of out.
+template <class Arch, class Q, class KV, class O, class Policy>
+void paged_fused(const tensor_view<const Q>& q, const paged_kv_cache<KV>& cache,
+                 const tensor_view<O>& out, const attention_options<Policy>& options,
+                 const attention_extras<compute_t<O>>& extras, attention_workspace* workspace,
+                 index_t max_len) {
+  constexpr const char* fn = "paged_attention";
+  const index_t row = cache.kv_heads * cache.dim;
+  // The pools as views (rows stride row apart, heads dim apart, batch unused): exactly
+  // the pools' memory, for the overlap checks.
+  const auto pool = [&](const KV* data, index_t seq) {
+    return tensor_view<const KV>{data, q.batch, seq, cache.kv_heads, cache.dim, 0, row, cache.dim};
+  };
+  const index_t pool_rows = cache.num_blocks * cache.block_size;
+  attention_options<Policy> local = options;
+  local.mask.key_lengths = cache.cache_lengths;
+  check_shapes(fn, q, pool(cache.k_pool, pool_rows), pool(cache.v_pool, pool_rows),
+               tensor_view<const O>(out));
+  const tensor_view<const KV> k = pool(cache.k_pool, max_len), v = pool(cache.v_pool, max_len);
+  check_mask(fn, local.mask, q, k);
+  const double scale = check_options<compute_t<O>>(fn, local, q, k);
+  check_extras(fn, local, extras.lse, extras.weights, q, pool(cache.k_pool, pool_rows),
+               pool(cache.v_pool, pool_rows), tensor_view<const O>(out));
+  auto p = make_problem(q, k, v, out, local, extras, scale);
+  p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
+  attention_workspace scratch;
+  attention_workspace& ws = workspace != nullptr ? *workspace : scratch;
+  const workspace_lease lease(ws, fn);
+  ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
+  kernels::attention_fused<Arch>(p, ws);
+}
+
+}  // namespace detail
+
 /// Attention of q [B, n_q, H, d] over the paged cache (see the top of this header), into
 /// out [B, n_q, H, d]; options, extras and workspace as ssmax::attention (options.mask's
-/// key_lengths must be null). Throws argument_error naming the bad argument, nothing
-/// written.
+/// key_lengths must be null). Element types as ssmax::attention's (storage.hpp): all float,
+/// all double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a
+/// bf16 pool with float queries and output, say). The fused path (the default unless
+/// extras.weights is set or options.path asks for the materialised one) reads the pools in
+/// place; the materialised path gathers first (see the top of this header). Throws
+/// argument_error naming the bad argument, nothing written.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
-          class T,                        // float or double
+          class Q,                        // element type of q (const or not)
+          class KV,                       // storage type of both pools
+          class O,                        // element type of out
           class Policy = softmax_policy>  // a length policy
-void paged_attention(detail::identity_t<tensor_view<const T>> q, const paged_kv_cache<T>& cache,
-                     tensor_view<T> out, const attention_options<Policy>& options = {},
-                     attention_extras<T> extras = {}, attention_workspace* workspace = nullptr) {
+void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
+                     const tensor_view<O>& out, const attention_options<Policy>& options = {},
+                     attention_extras<compute_t<O>> extras = {},
+                     attention_workspace* workspace = nullptr) {
+  static_assert(attention_storage<Q, KV, KV, O>::supported,
+                "paged_attention: q, the pools and out must form a combination ssmax::attention "
+                "supports (storage.hpp)");
   constexpr const char* fn = "paged_attention";
-  detail::check_view(q, fn, "q");
-  detail::check_paged(fn, q, cache);
+  using QC = const std::remove_const_t<Q>;
+  const tensor_view<QC> qc = q;
+  detail::check_view(qc, fn, "q");
+  detail::check_paged(fn, qc, cache);
   detail::require(options.mask.key_lengths == nullptr, fn, "options.mask.key_lengths",
                   "must be null: the cache lengths take its place");
   detail::require(!options.mask.packed(), fn, "options.mask.cu_seqlens_q",
                   "is not supported with a paged cache (one sequence per batch entry)");
   index_t max_len = 1;  // the views need one key row even when every cache is empty
   for (index_t b = 0; b < q.batch; ++b) max_len = std::max(max_len, cache.cache_lengths[b]);
+  if (!detail::use_materialised(options, extras)) {
+    detail::paged_fused<Arch>(qc, cache, out, options, extras, workspace, max_len);
+    return;
+  }
   const index_t row = cache.kv_heads * cache.dim;
-  std::vector<T> k(static_cast<size_t>(q.batch * max_len * row));
-  std::vector<T> v(k.size());
+  std::vector<KV> k(static_cast<size_t>(q.batch * max_len * row));
+  std::vector<KV> v(k.size());
   for (index_t b = 0; b < q.batch; ++b) {
     detail::gather_sequence(cache, cache.k_pool, b, max_len, k.data() + b * max_len * row);
     detail::gather_sequence(cache, cache.v_pool, b, max_len, v.data() + b * max_len * row);
   }
   attention_options<Policy> local = options;
   local.mask.key_lengths = cache.cache_lengths;
-  attention<Arch, T, Policy>(
-      q, bshd_view(static_cast<const T*>(k.data()), q.batch, max_len, cache.kv_heads, cache.dim),
-      bshd_view(static_cast<const T*>(v.data()), q.batch, max_len, cache.kv_heads, cache.dim), out,
-      local, extras, workspace);
+  const KV* kp = k.data();
+  const KV* vp = v.data();
+  detail::attention_of<Arch>(qc, bshd_view(kp, q.batch, max_len, cache.kv_heads, cache.dim),
+                             bshd_view(vp, q.batch, max_len, cache.kv_heads, cache.dim), out, local,
+                             extras, workspace);
 }
 
 }  // namespace ssmax

@@ -52,6 +52,7 @@ struct simd {
   static vec select(const mask& m, const vec& a, const vec& b) { return xsimd::select(m, a, b); }
   /// exp with xsimd's accuracy (measured in tests/test_exp.cpp; about 1.5 ULP for float).
   static vec exp(const vec& v) { return xsimd::exp(v); }
+  static vec tanh(const vec& v) { return xsimd::tanh(v); }
   static bool any(const mask& m) { return xsimd::any(m); }
   /// Lanes holding NaN (v != v is ordered on AVX, false for NaN, so it cannot serve).
   static mask is_nan(const vec& v) { return xsimd::isnan(v); }
@@ -91,6 +92,7 @@ struct simd<scalar_arch, T> {
   static vec fma(vec a, vec b, vec c) { return a * b + c; }
   static vec select(mask m, vec a, vec b) { return m ? a : b; }
   static vec exp(vec v) { return std::exp(v); }
+  static vec tanh(vec v) { return std::tanh(v); }
   static bool any(mask m) { return m; }
   static mask is_nan(vec v) { return std::isnan(v); }
   static T reduce_add(vec v) { return v; }

@@ -53,6 +53,7 @@
 #include "plan.hpp"
 #include "prefill_bf16.hpp"
 #include "prefill_strips.hpp"
+#include "score_epilogue.hpp"
 
 namespace ssmax::kernels {
 namespace detail {
@@ -282,6 +283,8 @@ void fused_range(const attention_problem<T, Policy, S>& p,
     if (rows > kDotMaxRows) pack_task_q_bf16(p, b, t.head, t.q0, rows, sc.info, sc.qp, sc.f);
 #endif
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
+  index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
+  row_map krows{p.k.stride_s}, vrows{p.v.stride_s};
   std::fill(sc.o, sc.o + all_rows * dp, T(0));
   for (index_t r = 0; r < all_rows; ++r) sc.state[r] = row_state<double>{};
   // Masks and applies the online softmax to scratch rows [r0, r1) over keys [0, nk) of
@@ -294,7 +297,7 @@ void fused_range(const attention_problem<T, Policy, S>& p,
       row_logit logit;
       if (p.logit.transforms_scores() && rk.visible > 0) {  // before the mask: m z, -inf kept
         logit = row_logit_of(p, seq, h, i, rk);
-        score_epilogue(sr, kb, nk, logit);
+        score_epilogue_simd<Arch>(sr, kb, nk, logit);
       }
       if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
         std::fill(sr, sr + nk, T(0));
@@ -302,14 +305,14 @@ void fused_range(const attention_problem<T, Policy, S>& p,
       }
       const T flush = flush_threshold<T>(rk.visible);
       if (online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp, flush)) continue;
-      online_row_nonfinite<Arch>(sr, nk, p.q.row(b, i, h), p.k.row(b, kb, p.kv_head(h)),
-                                 p.k.stride_s, d, query_factor(p, rk, h), kb, rk, sc.state[r],
-                                 sc.o + r * dp, dp, flush,
-                                 p.logit.transforms_scores() ? &logit : nullptr);
+      online_row_nonfinite<Arch>(sr, nk, p.q.row(b, i, h), p.k_row(b, kb, p.kv_head(h)), krows, d,
+                                 query_factor(p, rk, h), kb, rk, sc.state[r], sc.o + r * dp, dp,
+                                 flush, p.logit.transforms_scores() ? &logit : nullptr);
     }
   };
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
     const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
+    krows.offsets = vrows.offsets = p.block_rows(b, kb, nk, offsets);
     if (rows > kDotMaxRows) {  // one head: groups == 1; strips of rows (prefill_strips.hpp)
       auto strips = [&](const auto& scores) {
         prefill_strips<Arch>(
@@ -330,12 +333,12 @@ void fused_range(const attention_problem<T, Policy, S>& p,
     }
     if (detail::strip_keys(sc.info, all_rows, kb, nk) == 0) continue;
     for (index_t i = 0; i < groups; ++i) {
-      keys[i].base = p.k.row(b, kb, kv_of[i]);
-      values[i].base = p.v.row(b, kb, kv_of[i]);
+      keys[i].base = p.k_row(b, kb, kv_of[i]);
+      values[i].base = p.v_row(b, kb, kv_of[i]);
     }
-    dot_scores<Arch>(sc.qs, d, keys, groups, p.k.stride_s, nk, keys_outer, sc.s, skp);
+    dot_scores<Arch>(sc.qs, d, keys, groups, krows, nk, keys_outer, sc.s, skp);
     softmax(0, all_rows, kb, nk, sc.s);
-    dot_values<Arch>(sc.s, skp, values, groups, p.v.stride_s, nk, d, values_outer, sc.o, dp);
+    dot_values<Arch>(sc.s, skp, values, groups, vrows, nk, d, values_outer, sc.o, dp);
   }
 }
 
@@ -374,20 +377,22 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
           plan.first_block - 1;
       const sequence_span seq = p.span(s);
       const index_t blk = global - plan.first_block[s], kb = seq.k_begin + blk * kKeyBlock;
-      const index_t nk = std::min(kKeyBlock, seq.k_end - kb);
+      const index_t nk = std::min(kKeyBlock, seq.k_end - kb), b = seq.tensor_batch;
+      index_t offsets[kKeyBlock];  // a paged cache's rows of the block
+      const index_t* at = p.block_rows(b, kb, nk, offsets);
       if constexpr (detail::bf16_prefill<Arch, T, S>) {
 #ifdef SSMAX_HAVE_AVX512BF16
-        detail::pack_kt_bf16(p.k.row(seq.tensor_batch, kb, g), p.k.stride_s, nk, p.q.dim,
+        detail::pack_kt_bf16(p.k_row(b, kb, g), detail::row_map{p.k.stride_s, at}, nk, p.q.dim,
                              detail::round_up(nk, W), detail::kBf16KtStride,
                              plan.ktb_block(p, s, g, blk));
 #endif
       } else {
-        detail::pack_kt<Arch>(p.k.row(seq.tensor_batch, kb, g), p.k.stride_s, nk, p.q.dim,
+        detail::pack_kt<Arch>(p.k_row(b, kb, g), detail::row_map{p.k.stride_s, at}, nk, p.q.dim,
                               detail::round_up(nk, W), plan.ldk, plan.kt_block(p, s, g, blk));
       }
       // V rows contiguous and zero-padded to dp: with [B, S, H, d] layouts a head's rows
       // are H * d apart (4 KiB at H = 8, d = 128) and would all share one L1 set.
-      detail::pad_rows<Arch>(p.v.row(seq.tensor_batch, kb, g), p.v.stride_s, nk, p.q.dim, dp,
+      detail::pad_rows<Arch>(p.v_row(b, kb, g), detail::row_map{p.v.stride_s, at}, nk, p.q.dim, dp,
                              plan.v_block(p, s, g, blk));
     });
   }

@@ -18,6 +18,7 @@
 #include "key_streams.hpp"
 #include "online_softmax.hpp"
 #include "plan.hpp"
+#include "score_epilogue.hpp"
 
 namespace ssmax::kernels {
 namespace detail {
@@ -131,7 +132,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
       row_logit logit;
       if (transforms) {  // before the mask: m z, -inf bias kept -inf (logit.hpp)
         logit = detail::row_logit_of(p, seq, t.head, t.q0 + r, rk);
-        score_epilogue(sr, t.k_lo, L, logit);
+        detail::score_epilogue_simd<Arch>(sr, t.k_lo, L, logit);
       }
       row_state<T> state;
       if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
@@ -144,7 +145,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
           const auto* qi = p.q.row(b, t.q0 + r, t.head);
           for (index_t j = lo; j < hi; ++j)
             sr[j] = detail::safe_score(qi, p.k.row(b, t.k_lo + j, g), d, factor);
-          if (transforms) score_epilogue(sr + lo, t.k_lo + lo, hi - lo, logit);
+          if (transforms) detail::score_epilogue_simd<Arch>(sr + lo, t.k_lo + lo, hi - lo, logit);
           detail::mask_row(sr, t.k_lo, L, rk);
           state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         }

@@ -106,6 +106,17 @@ inline void gemm(index_t m, index_t n, index_t kc, const T* a, index_t lda, cons
                             c + i * ldc + j, ldc, accumulate);
 }
 
+/// Where row j of a block of rows lives, counted in elements from the block's first row
+/// pointer: j * stride, or offsets[j] when the rows are scattered (the pages of a paged KV
+/// cache, paged.hpp). Implicit from a stride, so that strided callers pass an index.
+struct row_map {
+  index_t stride = 0;                ///< elements between consecutive rows
+  const index_t* offsets = nullptr;  ///< [rows] each row's offset, or null (strided)
+  row_map(index_t s = 0, const index_t* o = nullptr) : stride(s), offsets(o) {}  // NOLINT
+  /// Offset of row j.
+  index_t operator()(index_t j) const { return offsets != nullptr ? offsets[j] : j * stride; }
+};
+
 /// Widens n storage values src[0, n) to dst (exact): W at a time in registers for 16-bit
 /// sources (convert.hpp's vector loads), a copy for float and double.
 template <class Arch,  // xsimd architecture tag or scalar_arch
@@ -120,7 +131,7 @@ inline void widen(const Src* src, index_t n, T* dst) {
   for (; c < n; ++c) dst[c] = to_compute(src[c]);
 }
 
-/// Packs K^T of keys k0 + j*kstride (j < nk) into kt [d, ldk], zero-padded to nkp
+/// Packs K^T of keys k0 + rows(j) (j < nk) into kt [d, ldk], zero-padded to nkp
 /// columns. Tiles of 16 keys (one cache line of floats per write) and a row stride padded
 /// past a multiple of 1 KiB (kt_stride) keep the columns from aliasing in the cache: a
 /// plain transpose at stride 256 floats ran 10x slower. Keys stored in 16 bits are widened
@@ -129,41 +140,42 @@ inline void widen(const Src* src, index_t n, T* dst) {
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double
           class Src>   // storage type of the keys (storage.hpp) whose compute type is T
-inline void pack_kt(const Src* k0, index_t kstride, index_t nk, index_t d, index_t nkp, index_t ldk,
+inline void pack_kt(const Src* k0, row_map rows, index_t nk, index_t d, index_t nkp, index_t ldk,
                     T* kt) {
   constexpr index_t kTile = 16, kChunk = 64;
   index_t j0 = 0;
   for (; j0 + kTile <= nk; j0 += kTile) {
+    const Src* key[kTile];
+    for (index_t jj = 0; jj < kTile; ++jj) key[jj] = k0 + rows(j0 + jj);
     if constexpr (is_16bit_v<Src>) {
       T wide[kTile][kChunk];
       for (index_t c0 = 0; c0 < d; c0 += kChunk) {
         const index_t cw = std::min(kChunk, d - c0);
-        for (index_t jj = 0; jj < kTile; ++jj)
-          widen<Arch>(k0 + (j0 + jj) * kstride + c0, cw, wide[jj]);
+        for (index_t jj = 0; jj < kTile; ++jj) widen<Arch>(key[jj] + c0, cw, wide[jj]);
         for (index_t c = 0; c < cw; ++c)
           for (index_t jj = 0; jj < kTile; ++jj) kt[(c0 + c) * ldk + j0 + jj] = wide[jj][c];
       }
     } else {
       for (index_t c = 0; c < d; ++c)
-        for (index_t jj = 0; jj < kTile; ++jj) kt[c * ldk + j0 + jj] = k0[(j0 + jj) * kstride + c];
+        for (index_t jj = 0; jj < kTile; ++jj) kt[c * ldk + j0 + jj] = key[jj][c];
     }
   }
   for (index_t c = 0; c < d; ++c) {
-    for (index_t j = j0; j < nk; ++j) kt[c * ldk + j] = to_compute(k0[j * kstride + c]);
+    for (index_t j = j0; j < nk; ++j) kt[c * ldk + j] = to_compute(k0[rows(j) + c]);
     for (index_t j = nk; j < nkp; ++j) kt[c * ldk + j] = T(0);
   }
 }
 
-/// Copies nk rows of d elements, src + j * stride (j < nk), into dst [nk, dp] with each
+/// Copies nk rows of d elements, src + rows(j) (j < nk), into dst [nk, dp] with each
 /// row zero-padded from d to dp: the GEMM's value operand. Contiguous rows also keep a
 /// head's rows of a [B, S, H, d] tensor (H * d apart: 4 KiB at H = 8, d = 128) from all
 /// sharing one L1 set. Rows stored in 16 bits are widened to T (exact, in registers).
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double
           class Src>   // storage type of the rows (storage.hpp) whose compute type is T
-inline void pad_rows(const Src* src, index_t stride, index_t nk, index_t d, index_t dp, T* dst) {
+inline void pad_rows(const Src* src, row_map rows, index_t nk, index_t d, index_t dp, T* dst) {
   for (index_t j = 0; j < nk; ++j) {
-    widen<Arch>(src + j * stride, d, dst + j * dp);
+    widen<Arch>(src + rows(j), d, dst + j * dp);
     std::fill(dst + j * dp + d, dst + (j + 1) * dp, T(0));
   }
 }

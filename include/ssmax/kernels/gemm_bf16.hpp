@@ -63,15 +63,15 @@ inline void pack_q_bf16(const Eigen::bfloat16* q, index_t d, std::uint32_t* qp) 
   }
 }
 
-/// Packs the keys k0 + j * kstride (j < nk, d bf16 each) pair-interleaved into kt: pair row
+/// Packs the keys k0 + rows(j) (j < nk, d bf16 each) pair-interleaved into kt: pair row
 /// c2 at kt + c2 * ldk holds (k_j[2 c2], k_j[2 c2 + 1]) at 2 j, 2 j + 1; keys nk..nkp-1 and
 /// the padding dimension of an odd d are zero. Pre: ldk >= 2 nkp.
-inline void pack_kt_bf16(const Eigen::bfloat16* k0, index_t kstride, index_t nk, index_t d,
+inline void pack_kt_bf16(const Eigen::bfloat16* k0, row_map rows, index_t nk, index_t d,
                          index_t nkp, index_t ldk, std::uint16_t* kt) {
   for (index_t c2 = 0; c2 < bf16_pairs(d); ++c2) {
     std::uint16_t* row = kt + c2 * ldk;
     for (index_t j = 0; j < nk; ++j) {
-      const Eigen::bfloat16* k = k0 + j * kstride;
+      const Eigen::bfloat16* k = k0 + rows(j);
       row[2 * j] = bf16_bits(k[2 * c2]);
       row[2 * j + 1] = 2 * c2 + 1 < d ? bf16_bits(k[2 * c2 + 1]) : std::uint16_t(0);
     }

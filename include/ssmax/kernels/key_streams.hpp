@@ -105,8 +105,9 @@ struct head_rows {
 
 /// Visits every (scratch row, key) pair of a block of nk keys in kKeyStreams runs. For
 /// each row r of each group, step(r, t, run, x) for t < run = nk / kKeyStreams covers the
-/// keys t + u * run, whose rows are x[u] = group.base + (t + u * run) * stride (u <
-/// kKeyStreams); tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x. With
+/// keys t + u * run, whose rows are x[u] = group.base + rows(t + u * run) (u <
+/// kKeyStreams; rows: a stride, or a paged cache's row offsets, gemm.hpp row_map);
+/// tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x. With
 /// keys_outer the groups are the inner loop (use it when the heads of one key are adjacent
 /// in memory, as in [S, H, d]: each step then reads kKeyStreams contiguous runs across
 /// heads); otherwise each group's keys are walked in turn. Rows and keys are visited in the
@@ -114,13 +115,13 @@ struct head_rows {
 template <class T,     // storage type of the keys or values (storage.hpp)
           class Step,  // callable (index r, index t, index run, const T* const* x)
           class Tail>  // callable (index r, index j, const T* x)
-inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, index_t stride,
-                             index_t nk, bool keys_outer, Step&& step, Tail&& tail) {
+inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_map rows, index_t nk,
+                             bool keys_outer, Step&& step, Tail&& tail) {
   const index_t run = nk / kKeyStreams;
   const auto visit = [&](index_t g, index_t t) {
     const head_rows<T>& hr = groups[g];
     const T* x[kKeyStreams];
-    for (index_t u = 0; u < kKeyStreams; ++u) x[u] = hr.base + (t + u * run) * stride;
+    for (index_t u = 0; u < kKeyStreams; ++u) x[u] = hr.base + rows(t + u * run);
     for (index_t r = hr.first; r < hr.first + hr.count; ++r) step(r, t, run, x);
   };
   if (keys_outer) {
@@ -133,19 +134,19 @@ inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, index
   for (index_t g = 0; g < n_groups; ++g)
     for (index_t j = kKeyStreams * run; j < nk; ++j)
       for (index_t r = groups[g].first; r < groups[g].first + groups[g].count; ++r)
-        tail(r, j, groups[g].base + j * stride);
+        tail(r, j, groups[g].base + rows(j));
 }
 
 /// Scores by dot products: s[r*lds + j] = qs[r*d, +d) . key(j) for every scratch row r of
-/// every group, j < nk, key(j) = group.base + j * kstride (read in place, any storage type).
+/// every group, j < nk, key(j) = group.base + krows(j) (read in place, any storage type).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class K>     // storage type of the keys whose compute type is T
 inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index_t n_groups,
-                       index_t kstride, index_t nk, bool keys_outer, T* s, index_t lds) {
+                       row_map krows, index_t nk, bool keys_outer, T* s, index_t lds) {
   static_assert(kKeyStreams == 4, "dot4 reads one key of each run");
   walk_key_streams(
-      groups, n_groups, kstride, nk, keys_outer,
+      groups, n_groups, krows, nk, keys_outer,
       [&](index_t r, index_t t, index_t run, const K* const* k) {
         T out[kKeyStreams];
         dot4<Arch>(qs + r * d, k[0], k[1], k[2], k[3], d, out);
@@ -155,16 +156,16 @@ inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index
 }
 
 /// Values by scaled sums: o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for every scratch
-/// row r of every group, j < nk, value(j) = group.base + j * vstride. Keys whose weights
+/// row r of every group, j < nk, value(j) = group.base + vrows(j). Keys whose weights
 /// are all zero are skipped (masked or flushed keys cost no reads). Values read in place.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T
 inline void dot_values(const T* p, index_t ldp, const head_rows<Vs>* groups, index_t n_groups,
-                       index_t vstride, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
+                       row_map vrows, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
   static_assert(kKeyStreams == 4, "axpy4 reads one value of each run");
   walk_key_streams(
-      groups, n_groups, vstride, nk, keys_outer,
+      groups, n_groups, vrows, nk, keys_outer,
       [&](index_t r, index_t t, index_t run, const Vs* const* v) {
         const T* pr = p + r * ldp + t;
         const T w[kKeyStreams] = {pr[0], pr[run], pr[2 * run], pr[3 * run]};

@@ -99,7 +99,7 @@ inline T safe_score(const Q* q, const K* k, index_t d, double factor) {
 
 /// The slow path of online_row, for a block whose scores hold +inf or NaN: recomputes
 /// the row's scores with safe_score (q: the row's unscaled query, factor = m * scale; key
-/// j at k0 + j * kstride), masks them, then
+/// j at k0 + krows(j)), masks them, then
 /// - NaN (q or a visible key holds NaN or inf): the row becomes NaN (state and o);
 /// - +inf (overflow with a positive exact product): the +inf keys share the weight
 ///   equally: o restarts from 0 unless the row is already at +inf, state {+inf, count},
@@ -111,12 +111,12 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Q,     // storage type of q (storage.hpp) whose compute type is T
           class K>     // storage type of the keys whose compute type is T
-inline void online_row_nonfinite(T* s, index_t nk, const Q* q, const K* k0, index_t kstride,
+inline void online_row_nonfinite(T* s, index_t nk, const Q* q, const K* k0, row_map krows,
                                  index_t d, double factor, index_t kb, const row_keys& row,
                                  row_state<double>& state, T* o, index_t dp, T flush_below,
                                  const row_logit* logit = nullptr) {
   const T inf = std::numeric_limits<T>::infinity();
-  for (index_t j = 0; j < nk; ++j) s[j] = safe_score(q, k0 + j * kstride, d, factor);
+  for (index_t j = 0; j < nk; ++j) s[j] = safe_score(q, k0 + krows(j), d, factor);
   if (logit != nullptr) score_epilogue(s, kb, nk, *logit);
   mask_row(s, kb, nk, row);
   if (std::any_of(s, s + nk, [](T x) { return x != x; })) {

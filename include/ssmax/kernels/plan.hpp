@@ -51,6 +51,17 @@ struct storage_set {
   using out = O;
 };
 
+/// A paged KV cache's block table (paged.hpp). When set, the problem's k and v view the
+/// pools (row stride_s apart, head stride_h apart, stride_b unused; seq is the longest
+/// cache) and key row j of batch entry b lives at pool row table[b * max_blocks + j /
+/// block_size] * block_size + j % block_size: the kernels find each key block's rows
+/// through the table (attention_problem::block_rows) and read them in place.
+struct kv_pages {
+  const index_t* table = nullptr;  ///< [B, max_blocks], or null: k and v are plain views
+  index_t max_blocks = 0;          ///< entries per row of table
+  index_t block_size = 0;          ///< tokens per page
+};
+
 /// A validated attention call, as the kernels receive it.
 template <class T,                         // compute type: float or double (compute_t)
           class Policy,                    // a length policy (length_policy.hpp)
@@ -68,6 +79,7 @@ struct attention_problem {
   T* lse = nullptr;      ///< [B, H, n_q] or null (compute type)
   T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only; compute type)
   int threads = 1;       ///< threads to use (>= 1)
+  kv_pages pages;        ///< a paged cache's block table (fused path only), or none
 
   index_t sequences() const { return sequence_count(mask, q.batch); }
   sequence_span span(index_t s) const { return sequence_of(mask, s, q.seq, k.seq); }
@@ -79,6 +91,31 @@ struct attention_problem {
   /// Index of query row i of head h in batch b in the per-row outputs [B, H, n_q] (lse,
   /// dL/dm); the weights' row starts at row_index(b, h, i) * n_k.
   index_t row_index(index_t b, index_t h, index_t i) const { return (b * q.heads + h) * q.seq + i; }
+
+  /// Key row kb of batch entry b, kv head g (the first row of a key block).
+  const typename S::kv* k_row(index_t b, index_t kb, index_t g) const {
+    return pages.table == nullptr ? k.row(b, kb, g) : k.data + g * k.stride_h + page_row(b, kb);
+  }
+  /// Value row kb of batch entry b, kv head g.
+  const typename S::kv* v_row(index_t b, index_t kb, index_t g) const {
+    return pages.table == nullptr ? v.row(b, kb, g) : v.data + g * v.stride_h + page_row(b, kb);
+  }
+  /// Offsets of the key block [kb, kb + nk)'s rows from k_row(b, kb, g) (and v_row's; the
+  /// pools share a layout), written to offsets[0, nk) (kKeyBlock room) when paged; null,
+  /// meaning stride_s apart, otherwise. Wrap in row_map{k.stride_s, ...} to read rows.
+  const index_t* block_rows(index_t b, index_t kb, index_t nk, index_t* offsets) const {
+    if (pages.table == nullptr) return nullptr;
+    const index_t first = page_row(b, kb);
+    for (index_t j = 0; j < nk; ++j) offsets[j] = page_row(b, kb + j) - first;
+    return offsets;
+  }
+
+ private:
+  /// Element offset of key row j of batch entry b in a pool, head 0.
+  index_t page_row(index_t b, index_t j) const {
+    const index_t page = pages.table[b * pages.max_blocks + j / pages.block_size];
+    return (page * pages.block_size + j % pages.block_size) * k.stride_s;
+  }
 };
 
 namespace detail {
