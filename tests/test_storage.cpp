@@ -291,8 +291,11 @@ TEST(RowApi16, BadArgumentsAreNamedAndNothingIsWritten) {
   std::vector<bf> x(8, from_compute<bf>(1.0f)), y(8, from_compute<bf>(-42.0f));
   testing::expect_rejects([&] { softmax(static_cast<const bf*>(nullptr), y.data(), 8); }, "x");
   testing::expect_rejects([&] { softmax(x.data(), x.data() + 1, 4); }, "y");
-  testing::expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, -1.0); }, "s");
-  testing::expect_rejects([&] { scaled_softmax(x.data(), y.data(), 8, -1.0f); }, "multiplier");
+  // Any finite s and multiplier are legal (negative ones included); non-finite ones are not.
+  testing::expect_rejects([&] { scalable_softmax(x.data(), y.data(), 8, std::nan("")); }, "s");
+  testing::expect_rejects(
+      [&] { scaled_softmax(x.data(), y.data(), 8, std::numeric_limits<float>::infinity()); },
+      "multiplier");
   for (bf e : y) EXPECT_EQ(to_compute(e), -42.0f);
 }
 

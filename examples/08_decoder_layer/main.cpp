@@ -1,10 +1,12 @@
 // One decoder layer's attention step as current open models run it, over a paged KV cache
-// (ssmax/paged.hpp, the vLLM block-table convention):
+// stored in bfloat16 (ssmax/paged.hpp, the vLLM block-table convention; float queries and
+// output, computed in float: storage.hpp):
 //   - gpt-oss style: GQA 8:2, a sliding window of 128 keys and one learned sink per head;
 //   - Gemma 2 style: GQA, a logit soft-cap of 50 (here a small one, so that it matters);
 // with SSMax on top (s and b as trained: b < 0). Each decode step is checked against the
-// double reference (ssmax/reference/attention.hpp) on the same tokens, under the bound of
-// attention.hpp: |out - ref| <= 2 eps max|v| (2 (d + 2) Z + n + 64), Z bounding |m z|.
+// double reference (ssmax/reference/attention.hpp) on the same tokens (the bf16 values,
+// exact in float), under the bound of attention.hpp: |out - ref| <= 2 eps max|v| (2 (d + 2) Z + n +
+// 64), Z bounding |m z|.
 
 #include <algorithm>
 #include <cmath>
@@ -21,7 +23,7 @@ constexpr index_t B = 2, H = 8, H_kv = 2, d = 64, block = 16, max_blocks = 40;
 
 /// Runs one decode step (one query per sequence at the end of its cache) and checks it.
 bool step(const char* name, const ssmax::attention_options<ssmax::ssmax_policy>& o,
-          const ssmax::paged_kv_cache<float>& cache, const std::vector<float>& k,
+          const ssmax::paged_kv_cache<Eigen::bfloat16>& cache, const std::vector<float>& k,
           const std::vector<float>& v, index_t L) {
   std::mt19937 rng(7);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -72,6 +74,8 @@ int main() {
   std::vector<float> k(B * L * row), v(k.size());
   for (auto& x : k) x = dist(rng);
   for (auto& x : v) x = std::clamp(dist(rng), -4.0f, 4.0f);
+  for (auto* t : {&k, &v})  // the cache holds bf16: keep the float copy at the same values
+    for (auto& x : *t) x = static_cast<float>(Eigen::bfloat16(x));
   for (index_t b = 0; b < B; ++b)  // rows past each sequence's length: zeros (never read)
     for (index_t t = lengths[b]; t < L; ++t)
       std::fill(&k[(b * L + t) * row], &k[(b * L + t) * row] + row, 0.0f),
@@ -79,15 +83,16 @@ int main() {
   const index_t num_blocks = B * max_blocks;
   std::vector<index_t> table(B * max_blocks);
   for (index_t e = 0; e < num_blocks; ++e) table[e] = (e * 37) % num_blocks;  // a permutation
-  std::vector<float> k_pool(num_blocks * block * row), v_pool(k_pool.size());
+  std::vector<Eigen::bfloat16> k_pool(num_blocks * block * row), v_pool(k_pool.size());
   for (index_t b = 0; b < B; ++b)
     for (index_t t = 0; t < lengths[b]; ++t) {
       const index_t at = (table[b * max_blocks + t / block] * block + t % block) * row;
-      std::copy(&k[(b * L + t) * row], &k[(b * L + t) * row] + row, &k_pool[at]);
-      std::copy(&v[(b * L + t) * row], &v[(b * L + t) * row] + row, &v_pool[at]);
+      const auto to_bf16 = [](float x) { return Eigen::bfloat16(x); };
+      std::transform(&k[(b * L + t) * row], &k[(b * L + t) * row] + row, &k_pool[at], to_bf16);
+      std::transform(&v[(b * L + t) * row], &v[(b * L + t) * row] + row, &v_pool[at], to_bf16);
     }
-  const ssmax::paged_kv_cache<float> cache{k_pool.data(), v_pool.data(), num_blocks, block, H_kv, d,
-                                           table.data(),  max_blocks,    lengths};
+  const ssmax::paged_kv_cache<Eigen::bfloat16> cache{
+      k_pool.data(), v_pool.data(), num_blocks, block, H_kv, d, table.data(), max_blocks, lengths};
 
   std::vector<float> sinks = {0.5f, 1.0f, -0.5f, 2.0f, 0.0f, 1.5f, -1.0f, 0.25f};
   ssmax::attention_options<ssmax::ssmax_policy> gpt_oss;

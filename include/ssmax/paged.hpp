@@ -143,8 +143,10 @@ void paged_fused(const tensor_view<const Q>& q, const paged_kv_cache<KV>& cache,
 /// all double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a
 /// bf16 pool with float queries and output, say). The fused path (the default unless
 /// extras.weights is set or options.path asks for the materialised one) reads the pools in
-/// place; the materialised path gathers first (see the top of this header). Throws
-/// argument_error naming the bad argument, nothing written.
+/// place; the materialised path gathers first (see the top of this header). The key axis
+/// of options.logit.bias [B, H, n_q, n_k] and of extras.weights [B, H, n_q, n_k] is the
+/// logical one, n_k = max(1, max_b cache_lengths[b]). Throws argument_error naming the bad
+/// argument ("paged_attention", or "attention" for checks shared with it), nothing written.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class Q,                        // element type of q (const or not)
           class KV,                       // storage type of both pools

@@ -21,6 +21,7 @@
 #include "length_policy.hpp"
 #include "logit.hpp"
 #include "mask.hpp"
+#include "paged.hpp"
 #include "policy_gradient.hpp"
 #include "row_state.hpp"
 #include "softmax.hpp"

@@ -66,7 +66,9 @@ std::vector<double> scaled_softmax(const T* x, index_t n, double m) {
     return y;
   }
   const double pivot = pivot_entry(x, n, m);
-  if (pivot == -inf || m * pivot == -inf) return y;  // nothing visible (m < 0: only +inf)
+  // Nothing visible (or m < 0 and only +inf entries: m x = -inf everywhere). A finite pivot
+  // never empties the row: its own shifted entry is exactly 0.
+  if (pivot == -inf || (std::isinf(pivot) && m * pivot == -inf)) return y;
   if (std::isinf(pivot)) {  // m > 0, x_pivot = +inf: the +inf entries share the weight
     index_t count = 0;
     for (index_t i = 0; i < n; ++i) count += x[i] == pivot;
