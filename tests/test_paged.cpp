@@ -67,11 +67,11 @@ struct pool {
 
 /// paged_attention against the contiguous call (bitwise) and the reference, for both
 /// tables, both paths and 1 or 2 threads.
-template <class KV, class Policy>
+template <class KV, class Policy, class Q = f32>  // pools' type; a policy; q's type
 void check_paged(const geometry& g, index_t n_q, const attention_options<Policy>& base,
                  const std::string& name) {
   const index_t B = g.batch(), L = g.longest();
-  const stored_data<combo<f32, KV, f32>> data(B, n_q, L, H, H_kv, d, 5);
+  const stored_data<combo<Q, KV, f32>> data(B, n_q, L, H, H_kv, d, 5);
   std::vector<KV> k = data.k, v = data.v;  // rows past a length zero (the gather's)
   for (index_t b = 0; b < B; ++b)
     for (index_t e = g.lengths[b] * row; e < L * row; ++e)
@@ -145,6 +145,16 @@ TEST(Paged, LogitExtrasThroughTheTable) {
   o.logit.sinks = sinks.data(), o.logit.sink_heads = H;
   o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = H;
   for (index_t n_q : {1, 20}) check_paged<bf16>(straddling, n_q, o, "bf16 extras");
+}
+
+TEST(Paged, Bf16QueriesAndPoolsTakeTheBf16ScoreGemmThroughTheTable) {
+  // bf16 q and k: on AVX512-BF16 builds the prefill's scores are vdpbf16ps products of the
+  // pair-packed K^T, packed through the block table (kernels/prefill_bf16.hpp).
+  attention_options<ssmax_policy> o;
+  o.policy = ssmax_policy(0.43, -0.2);
+  o.mask = attention_mask::causal_mask();
+  for (const geometry* g : {&straddling, &big_pages})
+    for (index_t n_q : {1, 20, 130}) check_paged<bf16, ssmax_policy, bf16>(*g, n_q, o, "bf16 q");
 }
 
 TEST(Paged, BadTablesAndLengthsAreRefused) {
