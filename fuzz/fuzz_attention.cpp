@@ -136,8 +136,10 @@ void with_policy(input& in, testing::attention_data<T>& data, attention_options<
       with(softmax_policy{});
       break;
     case 1: {
-      const double s = broken.kind == 8 ? -1.0 : static_cast<double>(in.byte()) / 64.0;
-      with(ssmax_policy(s, static_cast<double>(in.byte()) / 64.0));
+      // Any finite s and b are valid (trained ones take either sign); broken: s = NaN.
+      const double s = broken.kind == 8 ? std::numeric_limits<double>::quiet_NaN()
+                                        : static_cast<double>(static_cast<std::int8_t>(in.byte())) / 64.0;
+      with(ssmax_policy(s, static_cast<double>(static_cast<std::int8_t>(in.byte())) / 64.0));
       break;
     }
     case 2:
@@ -243,7 +245,7 @@ void fuzz_one(input& in) {
         break;
       case 8:
         broken.argument = "policy.s";
-        break;  // with_policy gives s = -1
+        break;  // with_policy gives s = NaN
       case 9:
         o.path = attention_path::fused, broken.argument = "extras.weights";
         break;

@@ -6,22 +6,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
-bash scripts/check-format.sh
-bash scripts/docs.sh  # the API reference: any doxygen warning fails
-cmake --workflow --preset native
-cmake --workflow --preset baseline
+# Each stage prints its wall time, and the table of all of them closes the log (also on a
+# failure), so CI's duration budget is readable from any run.
+timings=""
+stage() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== stage $name"
+  "$@"
+  timings+=$(printf '%-10s %5ds' "$name" $((SECONDS - start)))$'\n'
+}
+trap 'printf "== stage times (wall):\n%s== total %ds\n" "$timings" "$SECONDS"' EXIT
+
+stage deps bash scripts/install-deps.sh
+stage format bash scripts/check-format.sh
+stage docs bash scripts/docs.sh  # the API reference: any doxygen warning fails
+stage native cmake --workflow --preset native
+stage baseline cmake --workflow --preset baseline
 # The PyTorch extension (python/, ssmax_torch): built and installed into build/pyenv, then
 # its pytest suite (forward against torch's own math, gradcheck, the nn module).
-bash scripts/python-test.sh
+stage python bash scripts/python-test.sh
 # Sanitizers: every test under ASan + UBSan (g++, baseline x86-64 to keep the build short:
 # the fuzzers below run every SIMD path of this CPU under ASan + UBSan); the threaded tests
 # under TSan (clang++ with libomp and its Archer tool, which tells TSan about OpenMP's own
 # synchronisation).
-cmake --workflow --preset asan
-cmake --workflow --preset tsan
+stage asan cmake --workflow --preset asan
+stage tsan cmake --workflow --preset tsan
 # valgrind memcheck on a subset of the baseline (SSE2) tests: valgrind cannot run AVX-512.
-bash scripts/valgrind.sh
+stage valgrind bash scripts/valgrind.sh
 # libFuzzer targets (clang++, ASan + UBSan), each run for a bounded time from its corpus.
-cmake --workflow --preset fuzz
-bash scripts/fuzz.sh "${SSMAX_FUZZ_SECONDS:-45}"
+stage fuzz-build cmake --workflow --preset fuzz
+stage fuzz bash scripts/fuzz.sh "${SSMAX_FUZZ_SECONDS:-45}"

@@ -69,31 +69,11 @@ def _attention_pair(kind):
     return att, q, k, v
 
 
-def test_folded_ssmax_equals_the_library_policy():
-    """The path used when a learned b < 0 (m folded into q, library Softmax) computes the
-    library's SSMax exactly, gradients for q, k, v, s and b included (checked at b >= 0,
-    where both paths exist)."""
-    att, q, k, v = _attention_pair("ssmax_b")
-    with torch.no_grad():
-        att.b[0] = 0.0
-    grads = []
-    for fold in (False, True):
-        if fold:  # force the folded path: a negative b the module must handle
-            with torch.no_grad():
-                att.b[0] = -1e-300
-        out = att.attend(q, k, v)
-        params = (q, k, v, att.s, att.b)
-        grads.append((out.detach(),) + torch.autograd.grad(out.square().sum(), params))
-    assert att.fold_calls == 1
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
 @pytest.mark.parametrize("kind", ["softmax", "ssmax", "ssmax_b"])
 def test_attention_weights_reproduce_the_library_output(kind):
     """Attention.weights (plain torch, for the needle test) is the function the library
     computes: its weights times v equal the library's output row for row, a negative b
-    (the folded path) included."""
+    included."""
     att, q, k, v = _attention_pair(kind)
     if kind == "ssmax_b":
         with torch.no_grad():

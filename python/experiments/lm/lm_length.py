@@ -144,7 +144,6 @@ def evaluate(model, val, cfg):
     atts = model.attentions()
     result["s"] = [a.s.tolist() if a.s is not None else None for a in atts]
     result["b"] = [a.b.tolist() if a.b is not None else None for a in atts]
-    result["fold_calls"] = sum(a.fold_calls for a in atts)
     model.train()
     return result
 

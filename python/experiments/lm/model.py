@@ -12,10 +12,8 @@ Attention kinds (one per layer, per head parameters):
     ssmax_b    m = s_h log n + b_h, s and b learnable, b NOT clamped
 n = p + 1 for the query at position p (causal), as the library computes it.
 
-The library's SSMax policy requires s >= 0 and b >= 0 (m >= 0). When a learned b (or s) is
-negative, this module computes the same function by folding m into the query
-(q' = m q, then the library's Softmax policy), which is exact: softmax(m * scale * q.k).
-Autograd then reaches s and b through torch. `fold_calls` counts such forwards.
+s and b take any finite value (b is often negative once trained): the library's SSMax
+policy computes m for every sign and returns the gradients of s and b.
 """
 
 import math
@@ -50,7 +48,6 @@ class Attention(torch.nn.Module):
         self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
         self.out = torch.nn.Linear(dim, dim, bias=False)
         self.s = self.b = None
-        self.fold_calls = 0
         self.set_kind(kind, s_init, b_init, learn_s)
 
     def set_kind(self, kind, s_init=None, b_init=0.0, learn_s=True):
@@ -73,14 +70,8 @@ class Attention(torch.nn.Module):
     def attend(self, q, k, v):
         if self.kind == "softmax":
             return ssmax_torch.attention(q, k, v, policy=ssmax_torch.Softmax(), causal=True)
-        nonneg = bool(self.s.min() >= 0) and (self.b is None or bool(self.b.min() >= 0))
-        if nonneg:
-            policy = ssmax_torch.SSMax(self.s, self.b)
-            return ssmax_torch.attention(q, k, v, policy=policy, causal=True)
-        self.fold_calls += 1
-        m = self.multiplier(torch.arange(1, q.shape[1] + 1, dtype=q.dtype)).to(q.dtype)
-        q = q * m[None, :, :, None]
-        return ssmax_torch.attention(q, k, v, policy=ssmax_torch.Softmax(), causal=True)
+        policy = ssmax_torch.SSMax(self.s, self.b)
+        return ssmax_torch.attention(q, k, v, policy=policy, causal=True)
 
     def project(self, x, cos, sin):
         batch, seq, dim = x.shape

@@ -301,13 +301,6 @@ def observations(groups, ctx):
             lines.append(f"- Validation loss in the last position bucket (RoPE {rope}): {cells}.")
             cells = ", ".join(f"{LABELS[v]} {needle(v, rope, lengths[-1]):.2f}" for v in groups)
             lines.append(f"- Needle loss at L = {lengths[-1]} (RoPE {rope}): {cells}.")
-    for v, runs in groups.items():
-        folds = sum(r["fold_calls"] for r in runs)
-        if folds:
-            lines.append(f"- {LABELS[v]}: a learned b (or s) went negative, which the "
-                         f"library's SSMax policy rejects today (it requires b >= 0); "
-                         f"{folds} attention calls computed m = s log n + b in torch and "
-                         "folded it into q (exact; library Softmax kernel).")
     return "\n".join(lines)
 
 
