@@ -137,8 +137,9 @@ void with_policy(input& in, testing::attention_data<T>& data, attention_options<
       break;
     case 1: {
       // Any finite s and b are valid (trained ones take either sign); broken: s = NaN.
-      const double s = broken.kind == 8 ? std::numeric_limits<double>::quiet_NaN()
-                                        : static_cast<double>(static_cast<std::int8_t>(in.byte())) / 64.0;
+      const double s = broken.kind == 8
+                           ? std::numeric_limits<double>::quiet_NaN()
+                           : static_cast<double>(static_cast<std::int8_t>(in.byte())) / 64.0;
       with(ssmax_policy(s, static_cast<double>(static_cast<std::int8_t>(in.byte())) / 64.0));
       break;
     }

@@ -126,8 +126,7 @@ void fuzz_one(input& in) {
           case 1: {
             const double s = in.parameter(), b = in.parameter();
             const index_t fixed = in.flag() ? 0 : in.between(-1, 1 << 20);
-            call(ssmax_policy(s, b, fixed),
-                 finite(s) && finite(b) && fixed >= 0);
+            call(ssmax_policy(s, b, fixed), finite(s) && finite(b) && fixed >= 0);
             break;
           }
           case 2: {
