@@ -64,7 +64,8 @@ def load_corpus(directory=FORTUNE_DIR):
         return torch.tensor(list(data), dtype=torch.uint8)
 
     info = {"source": f"Debian package 'fortunes' ({directory})", "documents": len(fortunes),
-            "train_documents": len(train), "validation_documents": len(val)}
+            "train_documents": len(train), "validation_documents": len(val),
+            "excluded": sorted(EXCLUDED), "validation_every": VALIDATION_EVERY}
     train_t, val_t = as_bytes(train), as_bytes(val)
     info["train_bytes"], info["validation_bytes"] = train_t.numel(), val_t.numel()
     return train_t, val_t, info

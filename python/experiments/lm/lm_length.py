@@ -3,9 +3,11 @@
 Softmax against Scalable-Softmax, trained at a short context and evaluated up to 8x (16x)
 beyond it. Writes runs/*.json, tables, plots and report.md under --out (see report.py).
 
-    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm          # default, ~11-12 min
-    /usr/bin/python3 python/experiments/lm/lm_length.py --out out/lm --long   # longer training
+    build/pyenv/bin/python python/experiments/lm/lm_length.py           # default, ~11-12 min
+    build/pyenv/bin/python python/experiments/lm/lm_length.py --long    # longer training
     ... --x16    evaluates to 16x the training context;  --smoke  the CI smoke size
+(build/pyenv: scripts/python-test.sh builds ssmax_torch there.) The arguments are checked
+before anything is written; the run then replaces its own output files under --out.
 
 Variants: softmax; ssmax (learnable s per head); ssmax_b (learnable s and b, b unclamped);
 switch (the trained softmax model with SSMax, s = 1/log(n_train), no training);
@@ -26,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 
@@ -190,26 +193,106 @@ def run_job(args):
     return out
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="out/lm", help="output folder (default out/lm)")
+# What lm_length.py and report.py write under --out; only these are removed before a run.
+OUTPUT_DIRS = ("runs", "data")
+OUTPUT_FILES = ("meta.json", "results.json", "report.md", "train_loss.png",
+                "position_loss_plain.png", "position_loss_scaled.png", "needle_plain.png",
+                "needle_scaled.png", "needle_attention_plain.png", "needle_attention_scaled.png")
+
+
+def min_ctx(code_max):
+    """The shortest training context that fits a training needle pair of `code_max` capitals
+    (corpus.train_batch: the first copy, code_max + 2 bytes, starts in the first half; the
+    second starts at least 4 bytes after the first ends and ends inside the window) and the
+    needle test at L = ctx (corpus.needle_windows). With size = code_max + 2 the training
+    windows need ctx // 2 >= size + 1 and ctx - ctx // 2 >= size + 3: ctx >= 2 code_max + 9."""
+    return max(2 * code_max + 9, 2 * corpus.NEEDLE_CODE + 9)
+
+
+def _check_out(p, out):
+    """--out must be a folder that can be made or reused: a new or empty folder, or one that
+    holds an earlier run's output (recognised by its meta.json or runs/). A new one is made
+    here (empty)."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            p.error(f"--out {out}: exists and is not a folder")
+        entries = os.listdir(out)
+        ours = "meta.json" in entries or "runs" in entries
+        if entries and not ours:
+            p.error(f"--out {out}: the folder holds other files and no earlier lm output; "
+                    "give a new or empty folder (the run replaces its output files there)")
+        if not os.access(out, os.W_OK | os.X_OK):
+            p.error(f"--out {out}: the folder is not writable")
+        return
+    try:  # the last check: an empty folder is all that a later failure leaves
+        os.makedirs(out)
+    except OSError as e:
+        p.error(f"--out {out}: cannot be created ({e.strerror})")
+
+
+def _check_corpus(p, cfg):
+    """--corpus-dir must hold fortune files with text, enough for the validation windows."""
+    d = cfg.corpus_dir
+    if not os.path.isdir(d):
+        hint = (" (install the Debian package 'fortunes': scripts/install-deps.sh)"
+                if d == corpus.FORTUNE_DIR else "")
+        p.error(f"--corpus-dir {d}: no such folder{hint}")
+    if not corpus.fortune_files(d):
+        p.error(f"--corpus-dir {d}: no fortune files there (files without a '.' in the name, "
+                f"other than {', '.join(sorted(corpus.EXCLUDED))})")
+    train_data, val, info = corpus.load_corpus(d)
+    if train_data.numel() == 0 or val.numel() == 0:
+        p.error(f"--corpus-dir {d}: the fortune files there hold no text")
+    if train_data.numel() < cfg.ctx + 2:
+        p.error(f"--corpus-dir {d}: {train_data.numel()} training bytes, too little text for "
+                f"windows of {cfg.ctx + 1} bytes")
+    longest = cfg.ctx * cfg.eval_mult
+    if val.numel() - longest - 1 < max(cfg.val_windows, cfg.needle_trials):
+        p.error(f"--corpus-dir {d}: {val.numel()} validation bytes, too little text for "
+                f"{max(cfg.val_windows, cfg.needle_trials)} evaluation windows of {longest} "
+                "bytes (lower --ctx, or give more text)")
+    return info
+
+
+def parse_args(argv, check_corpus=True):
+    """The options, with the preset's values filled in, validated (argparse errors, exit 2,
+    before anything is run or written). check_corpus=False skips reading the corpus."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--out", default="out/lm",
+                   help="output folder (default out/lm); a new or empty folder, or an earlier "
+                   "run's, whose output files are replaced")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--long", action="store_true",
                       help="the longer version (4x the steps at twice the batch)")
     size.add_argument("--smoke", action="store_true", help="the CI smoke size (seconds)")
     p.add_argument("--x16", action="store_true", help="evaluate to 16x the context (not 8x)")
     p.add_argument("--seeds", type=int, help="seeds per variant (default 3; smoke 1)")
-    p.add_argument("--steps", type=int, help="training steps (override the preset)")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
-    p.add_argument("--ctx", type=int, default=128, help="training context (default 128)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument("--s-init", type=float, default=0.43, help="initial s of the ssmax variants")
+    p.add_argument("--steps", type=int,
+                   help="training steps (default 500; --long 2000; --smoke 40); the fine-tunes "
+                   "keep their own count, --ft-steps")
+    p.add_argument("--ft-steps", type=int,
+                   help="fine-tune steps of switch_ft and its control softmax_ft, after the "
+                   "training (default 90; --long 300; --smoke 8); not scaled by --steps")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs in parallel, one thread each (default %(default)s)")
+    p.add_argument("--ctx", type=int, default=128,
+                   help="training context (default %(default)s; at least 2 x the largest "
+                   "training needle code + 9, i.e. 19 for 5 capitals)")
+    p.add_argument("--lr", type=float, default=3e-3,
+                   help="peak learning rate (default %(default)s)")
+    p.add_argument("--s-init", type=float, default=0.43,
+                   help="initial s of the ssmax variants (default %(default)s)")
     p.add_argument("--needle-fraction", type=float,
-                   help="fraction of training windows carrying needle pairs")
-    p.add_argument("--needle-pairs", type=int, help="needle pairs in such a window")
+                   help="fraction of training windows carrying needle pairs (default 0.5)")
+    p.add_argument("--needle-pairs", type=int,
+                   help="needle pairs in such a window (default 1; smoke 2)")
     p.add_argument("--needle-code-max", type=int,
-                   help="training needles carry 5 .. this many capitals (the test: 5)")
-    p.add_argument("--corpus-dir", default=corpus.FORTUNE_DIR)
+                   help="training needles carry 5 .. this many capitals (default 5; smoke 8; "
+                   "the test: 5); at most (ctx - 9) / 2")
+    p.add_argument("--corpus-dir", default=corpus.FORTUNE_DIR,
+                   help="folder of fortune files (the text of the Debian package 'fortunes'; "
+                   "default %(default)s); files with a '.' in the name and "
+                   f"{', '.join(sorted(corpus.EXCLUDED))} are left out")
     args = p.parse_args(argv)
     preset = "long" if args.long else "smoke" if args.smoke else "default"
     for key, value in PRESETS[preset].items():
@@ -217,13 +300,48 @@ def parse_args(argv):
             setattr(args, key, value)
     args.preset, args.eval_mult = preset, 16 if args.x16 else 8
     args.log_every = 5 if args.smoke else 10
+    for name in ("steps", "ft_steps", "seeds", "jobs", "needle_trials", "val_windows"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if args.needle_pairs < 0:
+        p.error(f"--needle-pairs must be at least 0 (got {args.needle_pairs})")
+    if not 0.0 <= args.needle_fraction <= 1.0:
+        p.error(f"--needle-fraction must lie in [0, 1] (got {args.needle_fraction})")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a positive number (got {args.lr})")
+    if not math.isfinite(args.s_init):
+        p.error(f"--s-init must be finite (got {args.s_init})")
+    if args.needle_code_max < corpus.NEEDLE_CODE:
+        p.error(f"--needle-code-max must be at least {corpus.NEEDLE_CODE}, the test needle's "
+                f"code (got {args.needle_code_max})")
+    if args.ctx < min_ctx(corpus.NEEDLE_CODE):
+        p.error(f"--ctx must be at least {min_ctx(corpus.NEEDLE_CODE)} for the needle "
+                f"(got {args.ctx})")
+    if args.ctx < min_ctx(args.needle_code_max):
+        p.error(f"--needle-code-max {args.needle_code_max} does not fit a needle pair in "
+                f"--ctx {args.ctx}: at most {(args.ctx - 9) // 2} capitals (or --ctx at least "
+                f"{min_ctx(args.needle_code_max)})")
+    args.corpus_info = _check_corpus(p, args) if check_corpus else None
+    _check_out(p, args.out)
     return args
+
+
+def prepare_out(out):
+    """Makes --out, removing an earlier run's output files there (only those)."""
+    for name in OUTPUT_DIRS:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    for name in OUTPUT_FILES:
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
 
 
 def main(argv=None):
     cfg = parse_args(argv)
-    os.makedirs(os.path.join(cfg.out, "runs"), exist_ok=True)
-    _, _, info = corpus.load_corpus(cfg.corpus_dir)
+    info = cfg.corpus_info
+    del cfg.corpus_info
+    prepare_out(cfg.out)
     jobs = [(cfg, kind, seed) for seed in range(cfg.seeds) for kind in TRAINED]
     log(f"lm: {cfg.preset}: {len(jobs)} training runs ({cfg.steps} steps, batch {cfg.batch}, "
         f"context {cfg.ctx}), {cfg.jobs} at a time; corpus {info['train_bytes']} train / "

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 
-from corpus import NEEDLE_LETTERS
+from corpus import EXCLUDED, NEEDLE_CODE, NEEDLE_LEN, NEEDLE_LETTERS, VALIDATION_EVERY
 
 VARIANTS = ("softmax", "ssmax", "ssmax_b", "softmax_ft", "switch", "switch_ft")
 FINE_TUNED = ("softmax_ft", "switch_ft")
@@ -27,18 +27,49 @@ LABELS = {
 
 
 def mean_sd(values):
+    """Mean and sample sd of the finite values; the sd is nan for fewer than two (no spread
+    to report)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return float("nan"), float("nan")
     m = sum(values) / len(values)
     if len(values) < 2:
-        return m, 0.0
+        return m, float("nan")
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def fmt(values, digits=3):
+    """'mean ± sd', or the mean alone when there is one value (one seed)."""
     m, sd = mean_sd(values)
-    return f"{m:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(m) else "n/a"
+    if not math.isfinite(m):
+        return "n/a"
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(sd) else f"{m:.{digits}f}"
+
+
+def over_seeds(meta):
+    """How the tables aggregate: '(mean ± sd over N seeds)' or '(one seed)'."""
+    n = meta.get("seeds", 0)
+    return "one seed" if n == 1 else f"mean ± sd over {n} seeds"
+
+
+def duration(seconds):
+    """Seconds or minutes, readable; None for a time not recorded."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def logged_point(curve, step, start):
+    """The logged loss point nearest `step` and the steps it averages: (loss, first, last).
+    A curve point (s, loss) is the mean training loss over the steps after the previous
+    point up to s (the first point: from start + 1)."""
+    i = min(range(len(curve)), key=lambda j: abs(curve[j][0] - step))
+    first = curve[i - 1][0] + 1 if i else start + 1
+    return curve[i][1], first, curve[i][0]
+
+
+def steps_label(first, last):
+    return f"step {last}" if first == last else f"steps {first}-{last}"
 
 
 def by_variant(results):
@@ -63,19 +94,26 @@ def bucket_mean(curve, lo, hi):
 
 
 def training_table(groups, steps, start=0, fine_tune=False):
-    """Training loss a quarter, half and all the way through `steps` steps after `start`
-    (mean of the logged points there): of the trained variants, or (fine_tune) of the
-    fine-tunes, whose step count continues the training's."""
+    """Training loss about a quarter, half and all the way through `steps` steps after
+    `start`: of the trained variants, or (fine_tune) of the fine-tunes, whose step count
+    continues the training's. Each column is the logged point nearest the mark, labelled
+    with the steps it averages (the loss is logged as the mean over every log_every steps)."""
     marks = [start + max(1, steps // 4), start + max(1, steps // 2), start + steps]
-    lines = ["| variant | " + " | ".join(f"loss @ step {m}" for m in marks) + " |",
-             "|---|" + "---|" * len(marks)]
-    for v, runs in groups.items():
-        if not runs[0]["curve"] or (v in FINE_TUNED) != fine_tune:
-            continue
-        cells = []
-        for m in marks:
-            vals = [min(r["curve"], key=lambda p: abs(p[0] - m))[1] for r in runs]
-            cells.append(fmt(vals))
+    rows = [(v, runs) for v, runs in groups.items()
+            if runs[0]["curve"] and (v in FINE_TUNED) == fine_tune]
+    if not rows:
+        return "(no runs)"
+    curve0 = rows[0][1][0]["curve"]  # every run logs at the same steps
+    spans = []
+    for m in marks:
+        span = logged_point(curve0, m, start)[1:]
+        if span not in spans:
+            spans.append(span)
+    lines = ["| variant | " + " | ".join(f"loss, {steps_label(*sp)}" for sp in spans) + " |",
+             "|---|" + "---|" * len(spans)]
+    for v, runs in rows:
+        cells = [fmt([logged_point(r["curve"], last, start)[0] for r in runs])
+                 for _, last in spans]
         lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -145,14 +183,22 @@ def summary_table(groups, meta):
     longest = len(next(iter(groups.values()))[0]["position_loss"]["plain"])
     lo, hi = buckets(ctx, longest)[-1]
     n0, n1 = lengths[0], lengths[-1]
-    head = (f"| variant | train loss @{steps // 4} | train loss @{steps} (fine-tunes: "
-            f"@{steps + meta['ft_steps']}) | val 0-{ctx - 1} | val {lo}-{hi - 1} (RoPE plain) "
+    trained = [runs[0]["curve"] for v, runs in groups.items() if v in TRAINED]
+    tuned = [runs[0]["curve"] for v, runs in groups.items() if v in FINE_TUNED]
+    early = (steps_label(*logged_point(trained[0], steps // 4, 0)[1:]) if trained
+             else f"step {steps // 4}")
+    last = steps_label(*logged_point(trained[0], steps, 0)[1:]) if trained else f"step {steps}"
+    if tuned:
+        last += (" (fine-tunes: " + steps_label(*logged_point(
+            tuned[0], steps + meta["ft_steps"], steps)[1:]) + ")")
+    head = (f"| variant | train loss, {early} | train loss, {last} "
+            f"| val 0-{ctx - 1} | val {lo}-{hi - 1} (RoPE plain) "
             f"| val {lo}-{hi - 1} (RoPE scaled) | needle loss L={n0} | needle loss L={n1} "
             f"| needle attention L={n0} | needle attention L={n1} |")
     lines = [head, "|---|" + "---|" * 9]
 
     def at(r, step):
-        return min(r["curve"], key=lambda p: abs(p[0] - step))[1] if r["curve"] else None
+        return logged_point(r["curve"], step, 0)[0] if r["curve"] else None
 
     for v, runs in groups.items():
         early = fmt([at(r, steps // 4) for r in runs]) if v in TRAINED else "-"
@@ -193,6 +239,7 @@ def write_data(out, groups, ctx):
             with open(os.path.join(data, f"train_{v}.tsv"), "w") as f:
                 for i, (step, _) in enumerate(runs[0]["curve"]):
                     m, sd = mean_sd([r["curve"][i][1] for r in runs])
+                    sd = sd if math.isfinite(sd) else 0.0
                     f.write(f"{step}\t{m:.5f}\t{sd:.5f}\n")
         for rope in ("plain", "scaled"):
             longest = len(runs[0]["position_loss"][rope])
@@ -201,14 +248,17 @@ def write_data(out, groups, ctx):
                 for lo in range(0, longest, width):
                     m, sd = mean_sd([bucket_mean(r["position_loss"][rope], lo, lo + width)
                                      for r in runs])
+                    sd = sd if math.isfinite(sd) else 0.0
                     f.write(f"{lo + width / 2:.1f}\t{m:.5f}\t{sd:.5f}\n")
             with open(os.path.join(data, f"needle_{rope}_{v}.tsv"), "w") as f:
                 for n in runs[0]["lengths"]:
                     m, sd = mean_sd([r["needle"][rope][str(n)]["loss"] for r in runs])
+                    sd = sd if math.isfinite(sd) else 0.0
                     f.write(f"{n}\t{m:.5f}\t{sd:.5f}\n")
             with open(os.path.join(data, f"needleatt_{rope}_{v}.tsv"), "w") as f:
                 for n in runs[0]["lengths"]:
                     m, sd = mean_sd([r["needle"][rope][str(n)]["attention"][-1] for r in runs])
+                    sd = sd if math.isfinite(sd) else 0.0
                     f.write(f"{n}\t{m:.5f}\t{sd:.5f}\n")
     runs = next(iter(groups.values()))
     with open(os.path.join(data, "needleatt_uniform.tsv"), "w") as f:
@@ -244,9 +294,11 @@ def plot(out, groups, ctx):
     curves = [r["curve"] for runs in groups.values() for r in runs if r["curve"]]
     top = max(c[len(c) // 10][1] for c in curves) + 0.1
     bottom = min(p[1] for c in curves for p in c) - 0.05
+    spread = ("mean ± sd over seeds" if max(len(runs) for runs in groups.values()) > 1
+              else "one seed")
     scripts = {
         "train_loss.png": common + "set xlabel 'step'; set ylabel 'training loss (nats/byte)';"
-        f" set title 'Training loss (mean ± sd over seeds)'; set yrange [{bottom:.2f}:{top:.2f}]; plot "
+        f" set title 'Training loss ({spread})'; set yrange [{bottom:.2f}:{top:.2f}]; plot "
         + series("train", True),
     }
     for rope in ("plain", "scaled"):
@@ -325,8 +377,10 @@ def assessment(groups, ctx):
 
     def versus(a, b):
         """'A against B (lower)': lower or higher only when the gap exceeds the seeds'
-        spread (and 0.005)."""
+        spread (and 0.005); no verdict from a single seed (no spread to compare with)."""
         (ma, sa), (mb, sb) = a, b
+        if not (math.isfinite(sa) and math.isfinite(sb)):
+            return f"{ma:.3f} against {mb:.3f}"
         gap = mb - ma
         rel = ("no clear difference" if abs(gap) <= max(sa, sb, 0.005)
                else "lower" if gap > 0 else "higher")
@@ -334,9 +388,12 @@ def assessment(groups, ctx):
 
     lengths = groups["softmax"][0]["lengths"]
     lo, hi = buckets(ctx, len(groups["softmax"][0]["position_loss"]["plain"]))[-1]
+    single = len(groups["softmax"]) < 2 or len(groups["ssmax"]) < 2
     parts = ["The paper reports, for SSMax against Softmax, lower training loss, lower loss "
              "and better needle retrieval past the training length, and part of that gain "
-             "for a Softmax model switched to SSMax after training. Here:",
+             "for a Softmax model switched to SSMax after training. Here"
+             + (" (one seed: no spread, so the numbers stand without a verdict)" if single
+                else "") + ":",
              f"final training loss, SSMax with learnable s against Softmax: "
              f"{versus(final('ssmax'), final('softmax'))}."]
     if "ssmax_b" in groups:
@@ -370,50 +427,81 @@ def assessment(groups, ctx):
         parts.append(f"Needle (loss on the recalled letters, chance ln 26 = {chance:.2f}): "
                      f"{cells}.")
     else:
+        cells = ", ".join(f"{LABELS[v]} {needle(v, n0)[0]:.2f}" for v in groups)
         parts.append(f"Needle: no variant recalls the needle even within the training context "
-                     f"(loss at L = {n0} near ln 26 = {chance:.2f}), so the loss-based needle "
-                     "test says nothing about retrieval in this run (see the attention "
-                     "measure).")
+                     f"(loss at L = {n0}: {cells}; chance is ln 26 = {chance:.2f}, and no "
+                     "variant is 0.5 below it), so the loss-based needle test says nothing about "
+                     "retrieval in this run (see the attention measure).")
     return " ".join(parts)
 
 
 def setup_text(meta):
+    """The Setup section, from the run's settings (meta.json / results.json)."""
     c = meta["corpus"]
     d = "16" if meta["eval_mult"] == 16 else "8"
     cores = max(1, min(meta["jobs"], os.cpu_count() or 1))
+    excluded = ", ".join(f"'{n}'" for n in c.get("excluded", sorted(EXCLUDED)))
+    every = c.get("validation_every", VALIDATION_EVERY)
+    code_max = meta.get("needle_code_max", NEEDLE_CODE)
+    code = (f"{NEEDLE_CODE} random capitals" if code_max <= NEEDLE_CODE
+            else f"{NEEDLE_CODE} to {code_max} random capitals")
+    pairs = meta["needle_pairs"]
+    if meta["needle_fraction"] > 0 and pairs > 0:
+        needles = (f"{meta['needle_fraction'] * 100:g}% of training windows carry {pairs} "
+                   f"planted needle pair{'s' if pairs != 1 else ''} (each '#' + {code} + '#', "
+                   "twice, the first copy in the window's first half) as a training signal "
+                   "for recall; the rest is the text as it is.")
+    else:
+        needles = "no needles are planted in the training windows (the text as it is)."
+    ft = meta["ft_steps"]
+    seeds = meta["seeds"]
+    spread = ("One seed per variant: the tables give that seed's values (no spread)"
+              if seeds == 1 else f"{seeds} seeds per variant; tables give mean ± sample sd "
+              "over seeds")
+    wall = duration(meta.get("wall_s"))
+    cpu = duration(meta.get("cpu_s")) if (meta.get("cpu_s") or 0) > 0 else None
+    jobs = meta["jobs"]
+    run = f"- Run: preset `{meta['preset']}`, {jobs} run{'s' if jobs != 1 else ''} at a time"
+    if wall:
+        run += f", wall time {wall} (on a machine that may have been shared with other work)"
+    else:
+        run += " (wall time not recorded: the run did not complete, or results.json is absent)"
+    if cpu:
+        run += (f"; the training runs' CPU time {cpu} in all, i.e. about "
+                f"{duration(meta['cpu_s'] / cores)} of wall time on {cores} idle "
+                f"core{'s' if cores != 1 else ''} if they were kept busy")
+    run += f"; torch {meta['torch']}."
     return f"""\
-- Corpus: {c['source']}, {c['documents']} fortunes (art files excluded), shuffled with a fixed
-  seed; every 20th fortune is validation: {c['train_bytes']} training bytes,
-  {c['validation_bytes']} validation bytes. Tokens are bytes (vocabulary 256).
+- Corpus: {c['source']}, {c['documents']} fortunes (files {excluded} left out: pictures or
+  a translation exercise), shuffled with a fixed seed; every {every}th fortune is validation:
+  {c['train_bytes']} training bytes, {c['validation_bytes']} validation bytes. Tokens are bytes
+  (vocabulary 256).
 - Model: {meta['layers']} layers, {meta['heads']} heads, d_model {meta['dim']}, pre-LN, 4x GELU MLP,
   tied embeddings, no dropout; RoPE (base 10000) on q and k. Attention is
   `ssmax_torch.attention` (the library's fused kernels, forward and backward), causal, n = p + 1.
 - Training: context {meta['ctx']}, batch {meta['batch']}, {meta['steps']} steps, AdamW (lr
   {meta['lr']}, warm-up then cosine, weight decay 0.1 on matrices only, clip 1.0);
-  {int(100 * meta['needle_fraction'])}% of training windows carry {meta['needle_pairs']} planted
-  needle pair(s) (each '#' + 5 random capitals + '#', twice, the first copy in the window's
-  first half) as a training signal for recall; the rest is the text as it is. SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
+  {needles} The training loss is logged as its mean over every {meta.get('log_every', 10)} steps.
+  SSMax starts at s = {meta['s_init']} (b = 0); s and b are per head,
   learned with the other weights, neither clamped. The switch variants take each trained
   Softmax model and set s = 1/log({meta['ctx']}) = {1 / math.log(meta['ctx']):.4f} in every head
-  (SSMax = Softmax at n = {meta['ctx']}); switch_ft then trains {meta['ft_steps']} more steps
+  (SSMax = Softmax at n = {meta['ctx']}); switch_ft then trains {ft} more steps
   with s learnable; softmax_ft, its control, trains the same Softmax model the same
-  {meta['ft_steps']} steps on the same batches with the same schedule, staying Softmax.
+  {ft} steps on the same batches with the same schedule, staying Softmax.
 - Evaluation, up to {d}x the training context: validation loss per position over
   {meta['val_windows']} fixed windows of {meta['ctx'] * meta['eval_mult']} bytes; needle test:
-  {meta['needle_trials']} validation windows per length L with a needle at 5% depth and its
-  recall in the last 7 bytes; reported: loss on the 5 recalled letters (ln 26 = 3.26 nats
-  means no recall), their argmax accuracy (chance 1/26 = 0.04) and the attention on the first
-  needle from the queries that predict them (computed in plain torch from q and k). Both RoPE modes: *plain* (rotations continue
+  {meta['needle_trials']} validation windows per length L with a needle ('#' + {NEEDLE_CODE} random
+  capitals + '#') at 5% depth and its recall in the last {NEEDLE_LEN} bytes; reported: loss on the
+  {NEEDLE_CODE} recalled letters (ln 26 = 3.26 nats means no recall), their argmax accuracy (chance
+  1/26 = 0.04) and the attention on the first needle from the queries that predict them
+  (computed in plain torch from q and k). Both RoPE modes: *plain* (rotations continue
   past the training length) and *scaled* (base multiplied by r^(d/(d-2)), r = L / {meta['ctx']},
   for forwards longer than the training context, in the spirit of the paper's larger base at
   evaluation; same weights).
-- {meta['seeds']} seeds per variant; tables give mean ± sample sd over seeds. Deterministic
+- {spread}. Deterministic
   for a seed: one torch thread per run (the library's kernels then run single-threaded),
   torch.manual_seed(seed), seeded batch generator, fixed evaluation windows.
-- Run: preset `{meta['preset']}`, {meta['jobs']} runs at a time, wall time
-  {meta['wall_s'] / 60:.1f} min (on a machine shared with other work); the runs' CPU time
-  {meta.get('cpu_s', 0) / 60:.1f} min in all, so about {meta.get('cpu_s', 0) / 60 / cores:.1f} min
-  of wall time on {cores} idle cores; torch {meta['torch']}."""
+{run}"""
 
 
 def write(out, results, meta):
@@ -427,12 +515,16 @@ def write(out, results, meta):
         "# Scalable-Softmax in a small byte-level language model\n",
         "Produced by `python/experiments/lm/lm_length.py` (see `scripts/lm_experiment.sh`).\n",
         "## Setup\n", setup_text(meta), "",
-        "## Summary (mean ± sd over seeds)\n",
-        "Losses in nats per byte; needle loss: on the 5 recalled letters (ln 26 = 3.26: no "
-        "recall); needle attention: the largest weight a last-layer head puts on the first "
-        f"needle when predicting them (RoPE plain; uniform attention: {uniform_text(results)}).\n",
+        f"## Summary ({over_seeds(meta)})\n",
+        f"Losses in nats per byte; needle loss: on the {NEEDLE_CODE} recalled letters (ln 26 = "
+        "3.26: no recall); needle attention: the largest weight a last-layer head puts on the "
+        "first needle when predicting them (RoPE plain; uniform attention: "
+        f"{uniform_text(results)}).\n",
         summary_table(groups, meta), "",
-        "## Training loss (nats/byte; mean ± sd over seeds)\n", training_table(groups, meta["steps"]),
+        f"## Training loss (nats/byte; {over_seeds(meta)})\n",
+        "Each column is the loss logged nearest a quarter, half and all of the steps: the "
+        "mean training loss over the steps named in its header.\n",
+        training_table(groups, meta["steps"]),
         f"\nThe fine-tunes ({meta['ft_steps']} more steps from the trained Softmax model, the "
         "same batches for both; the switched model with s learnable, the control staying "
         "Softmax):\n",
@@ -446,14 +538,14 @@ def write(out, results, meta):
     for rope in ("plain", "scaled"):
         sections += [f"## Needle recall, RoPE {rope}: loss on the recalled letters (nats)\n",
                      needle_table(groups, rope, "loss"),
-                     f"\nArgmax accuracy on the recalled letters:\n",
+                     "\nArgmax accuracy on the recalled letters:\n",
                      needle_table(groups, rope, "accuracy"),
                      f"\n![needle](needle_{rope}.png)\n",
                      f"Attention on the needle, RoPE {rope}: the largest weight any head of "
-                     "the last layer puts on the first needle's 7 bytes from the queries that "
-                     "predict the recalled letters (mean over those queries and the trials; "
-                     "the last row is what uniform attention over the causal keys would "
-                     "give):\n",
+                     f"the last layer puts on the first needle's {NEEDLE_LEN} bytes from the "
+                     "queries that predict the recalled letters (mean over those queries and "
+                     "the trials; the last row is what uniform attention over the causal "
+                     "keys would give):\n",
                      attention_table(groups, rope),
                      f"\n![needle attention](needle_attention_{rope}.png)\n"]
     sections += [f"The same attention measure for every layer at L = {ctx} (RoPE plain):\n",
@@ -477,7 +569,7 @@ def main(argv):
     with open(full if os.path.exists(full) else os.path.join(out, "meta.json")) as f:
         meta = json.load(f)
     meta = meta.get("meta", meta)
-    meta.setdefault("wall_s", float("nan"))
+    # wall_s is only in results.json (a completed run): without it the report says so.
     # A job's CPU time is on its last record (softmax's job ends with switch_ft).
     meta.setdefault("cpu_s", sum(r.get("cpu_s", 0.0) for r in results
                                  if r["variant"] in ("ssmax", "ssmax_b", "switch_ft")))
