@@ -264,10 +264,8 @@ std::size_t attention_workspace_bytes(const tensor_view<Q>& q, const tensor_view
                                       const tensor_view<V>& v, const tensor_view<O>& out,
                                       const attention_options<Policy>& options = {},
                                       attention_extras<compute_t<O>> extras = {}) {
-  using KV = std::remove_const_t<K>;
-  return detail::workspace_bytes_of<Arch>(tensor_view<const std::remove_const_t<Q>>(q),
-                                          tensor_view<const KV>(k), tensor_view<const KV>(v), out,
-                                          options, extras);
+  return detail::workspace_bytes_of<Arch>(detail::read_only(q), detail::read_only(k),
+                                          detail::read_only(v), out, options, extras);
 }
 
 /// Multi-head attention over strided views (see the top of this header for the formula).
@@ -310,9 +308,8 @@ void attention(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_vi
                const tensor_view<O>& out, const attention_options<Policy>& options = {},
                attention_extras<compute_t<O>> extras = {},
                attention_workspace* workspace = nullptr) {
-  using KV = std::remove_const_t<K>;
-  detail::attention_of<Arch>(tensor_view<const std::remove_const_t<Q>>(q), tensor_view<const KV>(k),
-                             tensor_view<const KV>(v), out, options, extras, workspace);
+  detail::attention_of<Arch>(detail::read_only(q), detail::read_only(k), detail::read_only(v), out,
+                             options, extras, workspace);
 }
 
 /// Views whose element types no call supports (a double q with a float out, k and v of

@@ -161,8 +161,7 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
                 "paged_attention: q, the pools and out must form a combination ssmax::attention "
                 "supports (storage.hpp)");
   constexpr const char* fn = "paged_attention";
-  using QC = const std::remove_const_t<Q>;
-  const tensor_view<QC> qc = q;
+  const auto qc = detail::read_only(q);
   detail::check_view(qc, fn, "q");
   detail::check_paged(fn, qc, cache);
   detail::require(options.mask.key_lengths == nullptr, fn, "options.mask.key_lengths",
