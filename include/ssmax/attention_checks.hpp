@@ -175,8 +175,11 @@ inline void check_mask(const char* fn, const attention_mask& m, const tensor_vie
 }
 
 /// Step 3b: every row's multiplier m, times the scale, is finite in T (the row API's
-/// check, policy_row_multiplier, for every row the mask lets see a key). Policies whose
-/// multiplier is the same for every row (softmax_policy) are checked once.
+/// check, policy_row_multiplier, for every row the mask lets see a key); the error names
+/// the first bad row in (sequence, head, row) order, with its n. Policies whose multiplier
+/// is the same for every row (softmax_policy) are checked once. A row's keys depend on its
+/// head only through a per-head boolean mask or bias (their stride_h); without either,
+/// each row's keys, a scan of its bias row, are found once for all heads.
 template <class T, class Policy, class Q, class KV>  // compute type; policy; q's, k's types
 inline void check_row_multipliers(const char* fn, const Policy& policy, const attention_mask& m,
                                   const logit_options& logit, const tensor_view<const Q>& q,
@@ -187,13 +190,34 @@ inline void check_row_multipliers(const char* fn, const Policy& policy, const at
   if constexpr (std::is_same<Policy, softmax_policy>::value) {
     require_row({1, 0, 0});
   } else {
+    const bool per_head = (m.allowed != nullptr && m.allowed_stride_h != 0) ||
+                          (logit.bias.data != nullptr && logit.bias.stride_h != 0);
     for (index_t s = 0; s < sequence_count(m, q.batch); ++s) {
       const sequence_span span = sequence_of(m, s, q.seq, k.seq);
-      for (index_t h = 0; h < q.heads; ++h)
-        for (index_t i = span.q_begin; i < span.q_end; ++i) {
-          const row_keys r = visible_keys(m, logit, span, h, i);
-          if (r.visible > 0) require_row({r.n, r.position, h});
-        }
+      if (per_head) {
+        for (index_t h = 0; h < q.heads; ++h)
+          for (index_t i = span.q_begin; i < span.q_end; ++i) {
+            const row_keys r = visible_keys(m, logit, span, h, i);
+            if (r.visible > 0) require_row({r.n, r.position, h});
+          }
+        continue;
+      }
+      // Rows outer, heads inner: the first bad (head, row) is the smallest head that fails
+      // on some row, at the first row it fails on.
+      index_t bad_head = q.heads, bad_row = 0;
+      for (index_t i = span.q_begin; i < span.q_end && bad_head > 0; ++i) {
+        const row_keys r = visible_keys(m, logit, span, 0, i);
+        if (r.visible == 0) continue;
+        for (index_t h = 0; h < bad_head; ++h)
+          if (!multiplier_fits<T>(policy.multiplier({r.n, r.position, h}), scale)) {
+            bad_head = h, bad_row = i;
+            break;
+          }
+      }
+      if (bad_head < q.heads) {
+        const row_keys r = visible_keys(m, logit, span, 0, bad_row);
+        require_row({r.n, r.position, bad_head});
+      }
     }
   }
 }
