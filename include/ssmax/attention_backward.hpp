@@ -258,11 +258,9 @@ void attention_backward(const tensor_view<Q>& q, const tensor_view<K>& k, const 
                         const compute_t<G>* lse, attention_gradients<G> grads,
                         const attention_options<Policy>& options = {},
                         attention_workspace* workspace = nullptr) {
-  using KV = std::remove_const_t<K>;
-  detail::attention_backward_of<Arch>(
-      tensor_view<const std::remove_const_t<Q>>(q), tensor_view<const KV>(k),
-      tensor_view<const KV>(v), tensor_view<const std::remove_const_t<O>>(out),
-      tensor_view<const std::remove_const_t<D>>(dout), lse, grads, options, workspace);
+  detail::attention_backward_of<Arch>(detail::read_only(q), detail::read_only(k),
+                                      detail::read_only(v), detail::read_only(out),
+                                      detail::read_only(dout), lse, grads, options, workspace);
 }
 
 /// Element types no backward supports (float inputs with double gradients, k and v of

@@ -308,16 +308,22 @@ constexpr bool require_gradient_policy() {
   return declares_learnable<Policy>::value && (!learnable || has_partials<Policy>::value);
 }
 
-/// Throws argument_error naming 'policy' unless a row's multiplier m is finite (any sign)
-/// and m * scale is finite in T (the kernels scale the logits by it in T). The one check of
-/// the row API (policy_softmax, scale 1) and of the attention operator (every row, its
-/// logit scale).
+/// True when a row's multiplier m is finite (any sign) and m * scale is finite in T (the
+/// kernels scale the logits by it in T).
+template <class T>  // float or double: the element type the multiplier must fit
+inline bool multiplier_fits(double m, double scale) {
+  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  const double size = std::abs(m);
+  return size <= largest && size * scale <= largest;
+}
+
+/// Throws argument_error naming 'policy' unless multiplier_fits<T>(m, scale): the one check
+/// of the row API (policy_softmax, scale 1) and of the attention operator (every row, its
+/// logit scale); the message names the row.
 template <class T>  // float or double: the element type the multiplier must fit
 inline void require_multiplier_fits(const char* function, double m, double scale,
                                     const row_position& row) {
-  const double largest = static_cast<double>(std::numeric_limits<T>::max());
-  const double size = std::abs(m);
-  require_lazy(size <= largest && size * scale <= largest, function, "policy", [&] {
+  require_lazy(multiplier_fits<T>(m, scale), function, "policy", [&] {
     return "must give every row a finite multiplier m with m * scale finite in T, but gives m = " +
            std::to_string(m) + " (scale " + std::to_string(scale) +
            ") at n = " + std::to_string(row.visible) + ", position " +

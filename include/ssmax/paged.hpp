@@ -124,8 +124,9 @@ void paged_fused(const tensor_view<const Q>& q, const paged_kv_cache<KV>& cache,
   const tensor_view<const KV> k = pool(cache.k_pool, max_len), v = pool(cache.v_pool, max_len);
   check_mask(fn, local.mask, q, k);
   const double scale = check_options<compute_t<O>>(fn, local, q, k);
-  check_extras(fn, local, extras.lse, extras.weights, q, pool(cache.k_pool, pool_rows),
-               pool(cache.v_pool, pool_rows), tensor_view<const O>(out));
+  check_extras(fn, local.logit, local.path == attention_path::fused, extras.lse, extras.weights, q,
+               pool(cache.k_pool, pool_rows), pool(cache.v_pool, pool_rows),
+               tensor_view<const O>(out));
   auto p = make_problem(q, k, v, out, local, extras, scale);
   p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
   attention_workspace scratch;
@@ -160,8 +161,7 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
                 "paged_attention: q, the pools and out must form a combination ssmax::attention "
                 "supports (storage.hpp)");
   constexpr const char* fn = "paged_attention";
-  using QC = const std::remove_const_t<Q>;
-  const tensor_view<QC> qc = q;
+  const auto qc = detail::read_only(q);
   detail::check_view(qc, fn, "q");
   detail::check_paged(fn, qc, cache);
   detail::require(options.mask.key_lengths == nullptr, fn, "options.mask.key_lengths",

@@ -132,6 +132,12 @@ tensor_view<T> head_view_of(Ref& m) {
   return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
           m.outerStride(), m.cols()};
 }
+/// t, read-only whether or not its element type is const: what the overloads taking views
+/// of any constness hand on.
+template <class T>  // the view's element type, const or not
+tensor_view<const std::remove_const_t<T>> read_only(const tensor_view<T>& t) {
+  return t;
+}
 }  // namespace detail
 
 /// head_view of 16-bit matrices (storage.hpp).

@@ -40,7 +40,6 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
-#include <vector>
 
 #include "backward_tasks.hpp"
 #include "gemm.hpp"
@@ -211,45 +210,40 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
 void attention_backward_fused(const attention_backward_problem<T, Policy, S>& p,
                               attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
-  const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, false);
-  const index_t d = f.q.dim, dp = plan.dp, lds = plan.lds, group = f.q.heads / f.k.heads;
-  std::vector<double> sinks = detail::sink_rows(p);
-
-  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
-                        policy_gradient* grad) {
-    const index_t b = seq.tensor_batch;
-    const T scale = static_cast<T>(f.scale);
+  const index_t d = f.q.dim;
+  const T scale = static_cast<T>(f.scale);
+  const auto head_task = [&](const detail::backward_plan<Arch, T>& plan,
+                             const detail::backward_scratch<T>& sc, const sequence_span& seq,
+                             index_t h, const detail::row_records& records) {
+    const index_t b = seq.tensor_batch, g = f.kv_head(h), dp = plan.dp, lds = plan.lds;
     detail::backward_rows<T, typename S::forward::q> rw;
-    for (index_t h = g * group; h < (g + 1) * group; ++h)
-      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
-        const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
-        detail::setup_backward_rows(p, sc, rw, seq, h, q0, rows, dp);
-        index_t lo, hi;
-        detail::block_key_range(f, seq, q0, rows, lo, hi);
-        for (index_t kb = lo; kb < hi; kb += kKeyBlock) {
-          const index_t nk = std::min(kKeyBlock, hi - kb), at = (kb - seq.k_begin) * dp;
-          const auto* k0 = f.k.row(b, kb, g);
-          // Scores z = (scale q) K^T and dP = dout V^T of the block (over the compact
-          // [rows, d] copies), then the weights and dS, then the gradients.
-          detail::block_scores<Arch>(sc.qc, rows, d, k0, f.k.stride_s, nk, sc.s, lds, sc.kt);
-          detail::block_scores<Arch>(sc.doc, rows, d, f.v.row(b, kb, g), f.v.stride_s, nk, sc.ds,
-                                     lds, sc.kt);
-          detail::backward_block_weights<Arch>(sc, rw, rows, kb, nk, lds, k0, f.k.stride_s, d);
-          detail::backward_block_gradients<Arch>(sc, rows, k0, f.k.stride_s, nk, d, dp, lds,
-                                                 sc.dk + at, sc.dv + at);
-        }
-        for (index_t r = 0; r < rows; ++r) {
-          detail::store_gradient(p.dq.row(b, q0 + r, h), sc.dq + r * dp, d, scale);
-          const double d_sink =
-              detail::sink_share(f, h, sc.info[r], double(rw.m[r]), double(rw.lse[r]),
-                                 double(rw.D[r]), double(static_cast<T>(sc.shift[r])), sc.dm[r]);
-          if (!sinks.empty()) sinks[static_cast<size_t>(f.row_index(b, h, q0 + r))] = d_sink;
-          detail::record_multiplier(p, grad, b, h, q0 + r, sc.info[r], sc.dm[r]);
-        }
+    for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
+      const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
+      detail::setup_backward_rows(p, sc, rw, seq, h, q0, rows, dp);
+      index_t lo, hi;
+      detail::block_key_range(f, seq, q0, rows, lo, hi);
+      for (index_t kb = lo; kb < hi; kb += kKeyBlock) {
+        const index_t nk = std::min(kKeyBlock, hi - kb), at = (kb - seq.k_begin) * dp;
+        const auto* k0 = f.k.row(b, kb, g);
+        // Scores z = (scale q) K^T and dP = dout V^T of the block (over the compact
+        // [rows, d] copies), then the weights and dS, then the gradients.
+        detail::block_scores<Arch>(sc.qc, rows, d, k0, f.k.stride_s, nk, sc.s, lds, sc.kt);
+        detail::block_scores<Arch>(sc.doc, rows, d, f.v.row(b, kb, g), f.v.stride_s, nk, sc.ds, lds,
+                                   sc.kt);
+        detail::backward_block_weights<Arch>(sc, rw, rows, kb, nk, lds, k0, f.k.stride_s, d);
+        detail::backward_block_gradients<Arch>(sc, rows, k0, f.k.stride_s, nk, d, dp, lds,
+                                               sc.dk + at, sc.dv + at);
       }
+      for (index_t r = 0; r < rows; ++r) {
+        detail::store_gradient(p.dq.row(b, q0 + r, h), sc.dq + r * dp, d, scale);
+        const double d_sink =
+            detail::sink_share(f, h, sc.info[r], double(rw.m[r]), double(rw.lse[r]),
+                               double(rw.D[r]), double(static_cast<T>(sc.shift[r])), sc.dm[r]);
+        detail::record_row(p, records, b, h, q0 + r, sc.info[r], sc.dm[r], d_sink);
+      }
+    }
   };
-  detail::for_each_key_task(p, plan, policy_grad, task);
-  detail::finish_sinks(p, sinks);
+  detail::run_key_tasks<Arch>(p, ws, false, policy_grad, head_task);
 }
 
 }  // namespace ssmax::kernels

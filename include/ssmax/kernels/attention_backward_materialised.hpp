@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "attention_backward.hpp"
 
@@ -142,29 +141,25 @@ template <class Arch,    // xsimd architecture tag or scalar_arch
 void attention_backward_materialised(const attention_backward_problem<T, Policy, S>& p,
                                      attention_workspace& ws, policy_gradient* policy_grad) {
   const auto& f = p.forward;
-  const auto plan = detail::carve_plan<detail::backward_plan<Arch, T>>(ws, p, true);
-  const index_t d = f.q.dim, group = f.q.heads / f.k.heads;
+  const index_t d = f.q.dim;
   const bool raw = f.logit.transforms_scores();
-  std::vector<double> sinks = detail::sink_rows(p);
-  const auto task = [&](const detail::backward_scratch<T>& sc, const sequence_span& seq, index_t g,
-                        policy_gradient* grad) {
+  const auto row_task = [&](const detail::backward_plan<Arch, T>& plan,
+                            const detail::backward_scratch<T>& sc, const sequence_span& seq,
+                            index_t h, const detail::row_records& records) {
     const index_t b = seq.tensor_batch;
     const detail::materialised_row_buffers<T> rb{sc.s, sc.s + plan.lds, sc.ds,
                                                  raw ? sc.s + 2 * plan.lds : nullptr};
-    for (index_t h = g * group; h < (g + 1) * group; ++h)
-      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
-        const row_keys row = f.keys_of(seq, h, i);
-        std::fill(sc.dq, sc.dq + d, T(0));
-        double dm = 0.0, d_sink = 0.0;
-        if (row.visible > 0)
-          dm = detail::materialised_row<Arch>(p, sc, rb, seq, h, i, row, plan.dp, d_sink);
-        detail::store_gradient(p.dq.row(b, i, h), sc.dq, d);
-        detail::record_multiplier(p, grad, b, h, i, row, dm);
-        if (!sinks.empty()) sinks[static_cast<size_t>(f.row_index(b, h, i))] = d_sink;
-      }
+    for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
+      const row_keys row = f.keys_of(seq, h, i);
+      std::fill(sc.dq, sc.dq + d, T(0));
+      double dm = 0.0, d_sink = 0.0;
+      if (row.visible > 0)
+        dm = detail::materialised_row<Arch>(p, sc, rb, seq, h, i, row, plan.dp, d_sink);
+      detail::store_gradient(p.dq.row(b, i, h), sc.dq, d);
+      detail::record_row(p, records, b, h, i, row, dm, d_sink);
+    }
   };
-  detail::for_each_key_task(p, plan, policy_grad, task);
-  detail::finish_sinks(p, sinks);
+  detail::run_key_tasks<Arch>(p, ws, true, policy_grad, row_task);
 }
 
 }  // namespace ssmax::kernels

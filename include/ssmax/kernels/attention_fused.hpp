@@ -101,6 +101,7 @@ struct fused_scratch {
   T* o;                      ///< [kFusedScratchRows, dp] output accumulator
   row_state<double>* state;  ///< [kFusedScratchRows]
   row_keys* info;            ///< [kFusedScratchRows]
+  row_logit* logit;          ///< [kFusedScratchRows] score epilogues (logit.hpp), or null
   std::uint32_t* qp;         ///< bf16 prefill: [kPrefillQueryBlock, pairs] q pairs, else null
   float* f;                  ///< bf16 prefill: [kPrefillQueryBlock] row factors, else null
 };
@@ -212,6 +213,7 @@ struct fused_plan {
       sc.o = a.take<T>(kFusedScratchRows * dp);
       sc.state = a.take<row_state<double>>(kFusedScratchRows);
       sc.info = a.take<row_keys>(kFusedScratchRows);
+      sc.logit = a.take<row_logit>(p.logit.transforms_scores() ? kFusedScratchRows : 0);
       sc.qp = a.take<std::uint32_t>(gemm && bf16 ? kPrefillQueryBlock * kp : 0);
       sc.f = a.take<float>(gemm && bf16 ? kPrefillQueryBlock : 0);
       if (!a.counting()) scratch[t] = sc;
@@ -267,9 +269,13 @@ void fused_range(const attention_problem<T, Policy, S>& p,
   head_rows<typename S::kv> keys[kFusedScratchRows], values[kFusedScratchRows];
   index_t kv_of[kFusedScratchRows];
   index_t groups = 0;
+  const bool transforms = p.logit.transforms_scores();
   for (index_t hh = 0; hh < t.heads; ++hh) {
     const index_t h = t.head + hh;
     setup_rows(p, seq, h, t.q0, rows, sc.info + hh * rows, sc.qs + hh * rows * d);
+    if (transforms)  // each row's epilogue, once for all its key blocks
+      for (index_t r = hh * rows; r < (hh + 1) * rows; ++r)
+        sc.logit[r] = row_logit_of(p, seq, h, t.q0 + r % rows, sc.info[r]);
     if (groups > 0 && kv_of[groups - 1] == p.kv_head(h)) {
       keys[groups - 1].count += rows;
     } else {
@@ -293,21 +299,20 @@ void fused_range(const attention_problem<T, Policy, S>& p,
     for (index_t r = r0; r < r1; ++r) {
       T* sr = s + (r - r0) * skp;
       const row_keys& rk = sc.info[r];
-      const index_t h = t.head + r / rows, i = t.q0 + r % rows;
-      row_logit logit;
-      if (p.logit.transforms_scores() && rk.visible > 0) {  // before the mask: m z, -inf kept
-        logit = row_logit_of(p, seq, h, i, rk);
-        score_epilogue_simd<Arch>(sr, kb, nk, logit);
-      }
+      if (transforms && rk.visible > 0)  // before the mask: m z, -inf kept
+        score_epilogue_simd<Arch>(sr, kb, nk, sc.logit[r]);
       if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
         std::fill(sr, sr + nk, T(0));
         continue;
       }
       const T flush = flush_threshold<T>(rk.visible);
       if (online_row<Arch>(sr, nk, sc.state[r], sc.o + r * dp, dp, flush)) continue;
-      online_row_nonfinite<Arch>(sr, nk, p.q.row(b, i, h), p.k_row(b, kb, p.kv_head(h)), krows, d,
-                                 query_factor(p, rk, h), kb, rk, sc.state[r], sc.o + r * dp, dp,
-                                 flush, p.logit.transforms_scores() ? &logit : nullptr);
+      // +inf or NaN scores: recomputed without overflow, then the epilogue and the mask.
+      const index_t h = t.head + r / rows, i = t.q0 + r % rows;
+      safe_scores(sr, nk, p.q.row(b, i, h), p.k_row(b, kb, p.kv_head(h)), krows, d,
+                  query_factor(p, rk, h));
+      if (transforms) score_epilogue(sr, kb, nk, sc.logit[r]);
+      online_row_nonfinite<Arch>(sr, nk, kb, rk, sc.state[r], sc.o + r * dp, dp, flush);
     }
   };
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
@@ -343,15 +348,14 @@ void fused_range(const attention_problem<T, Policy, S>& p,
 }
 
 /// Writes scratch row r of task t (query row t.q0 + r % t.rows of head t.head + r /
-/// t.rows): the head's sink added (add_sink, which may rescale o), out = o / sum, and the
-/// log-sum-exp.
+/// t.rows, whose keys are `row`): the head's sink added (add_sink, which may rescale o),
+/// out = o / sum, and the log-sum-exp.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r, T* o,
-                     row_state<double> state) {
-  const sequence_span seq = p.span(t.seq);
+                     row_state<double> state, const row_keys& row) {
   const index_t i = t.q0 + r % t.rows, h = t.head + r / t.rows;
-  add_sink(p, seq, h, i, o, p.q.dim, state);
-  finish_row(p, seq.tensor_batch, i, h, o, state);
+  add_sink(sink_logit(p, h, row), o, p.q.dim, state);
+  finish_row(p, p.span(t.seq).tensor_batch, i, h, o, state);
 }
 
 }  // namespace detail
@@ -407,7 +411,7 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
     const index_t rows = t.scratch_rows();
     if (t.chunks == 1) {
       for (index_t r = 0; r < rows; ++r)
-        detail::finish_task_row(p, t, r, sc.o + r * dp, sc.state[r]);
+        detail::finish_task_row(p, t, r, sc.o + r * dp, sc.state[r], sc.info[r]);
     } else {
       const index_t at = t.partial + it.chunk * rows;
       std::copy(sc.o, sc.o + rows * dp, plan.partial_o + at * dp);
@@ -422,6 +426,7 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
     if (t.chunks == 1) return;
     const detail::fused_scratch<T>& sc = plan.scratch[thread];
     const index_t rows = t.scratch_rows();
+    const sequence_span seq = p.span(t.seq);
     for (index_t r = 0; r < rows; ++r) {
       T* o = sc.o;
       std::fill(o, o + dp, T(0));
@@ -430,7 +435,10 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
         const index_t at = t.partial + c * rows + r;
         merge_partial(o, acc, plan.partial_o + at * dp, plan.partial_state[at], dp);
       }
-      detail::finish_task_row(p, t, r, o, acc);
+      // The chunks' row keys went with their scratch; only the sink reads them.
+      const row_keys row =
+          p.logit.has_sinks() ? p.keys_of(seq, t.head + r / t.rows, t.q0 + r % t.rows) : row_keys{};
+      detail::finish_task_row(p, t, r, o, acc, row);
     }
   });
 }

@@ -141,10 +141,9 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
         if (!(state.max < std::numeric_limits<T>::infinity()) || std::isnan(state.sum)) {
           // +inf or NaN scores: recompute them without overflow (online_softmax.hpp,
           // safe_score), then the row kernel's contract for +inf and NaN applies.
-          const double factor = detail::query_factor(p, rk, t.head);
-          const auto* qi = p.q.row(b, t.q0 + r, t.head);
-          for (index_t j = lo; j < hi; ++j)
-            sr[j] = detail::safe_score(qi, p.k.row(b, t.k_lo + j, g), d, factor);
+          detail::safe_scores(sr + lo, hi - lo, p.q.row(b, t.q0 + r, t.head),
+                              p.k.row(b, t.k_lo + lo, g), detail::row_map{p.k.stride_s}, d,
+                              detail::query_factor(p, rk, t.head));
           if (transforms) detail::score_epilogue_simd<Arch>(sr + lo, t.k_lo + lo, hi - lo, logit);
           detail::mask_row(sr, t.k_lo, L, rk);
           state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
@@ -155,7 +154,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
         std::fill(sr, sr + L, T(0));
       }
       const index_t i = t.q0 + r;
-      const T lse = detail::sink_weights(p, seq, t.head, i, sr, L, state);
+      const T lse = detail::sink_weights(detail::sink_logit(p, t.head, rk), sr, L, state);
       if (p.lse != nullptr) p.lse[p.row_index(b, t.head, i)] = lse;
       if (p.weights != nullptr) {
         T* w = p.weights + p.row_index(b, t.head, i) * p.k.seq;

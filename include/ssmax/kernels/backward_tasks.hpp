@@ -3,8 +3,8 @@
 // formulas and the fused path, kernels/attention_backward_materialised.hpp the other):
 // the validated problem with its storage types, the per-thread scratch and its plan, the
 // work split (one task per (sequence, kv head) owning its dk, dv rows and the dq rows of
-// its query heads: bitwise the same results for any thread count), the per-row dL/dm,
-// d_sinks and their sums, and the one rounding store of each gradient.
+// its query heads: bitwise the same results for any thread count; run_key_tasks), the
+// per-row dL/dm, d_sinks and their sums, and the one rounding store of each gradient.
 // Nothing here validates: attention_backward.hpp has checked every argument.
 
 #include <algorithm>
@@ -145,30 +145,31 @@ inline double logit_shift(T m, T lse, index_t n) {
   return (ld - log_n) / md;
 }
 
-/// Adds one row's dL/dm to the outputs.
+/// Where a task puts its rows' dL/dm shares (record_row): the task's policy gradient and
+/// the per-row shares of d_sinks ([B, H, n_q], row_index order), each null when not asked.
+struct row_records {
+  policy_gradient* grad = nullptr;
+  double* sinks = nullptr;
+};
+
+/// Records one row's dL/dm (d_multiplier, the task's policy gradient) and its share of
+/// d_sinks, m dy_sink.
 template <class T, class Policy, class S>  // compute type; a length policy; storage
-inline void record_multiplier(const attention_backward_problem<T, Policy, S>& p,
-                              policy_gradient* grad, index_t b, index_t h, index_t i,
-                              const row_keys& row, double dm) {
-  if (p.d_multiplier != nullptr) p.d_multiplier[p.forward.row_index(b, h, i)] = dm;
-  if (grad != nullptr && row.visible > 0)
-    grad->add(h, gradient_of(*p.forward.policy, {row.n, row.position, h}, dm));
+inline void record_row(const attention_backward_problem<T, Policy, S>& p, const row_records& to,
+                       index_t b, index_t h, index_t i, const row_keys& row, double dm,
+                       double d_sink) {
+  const index_t at = p.forward.row_index(b, h, i);
+  if (p.d_multiplier != nullptr) p.d_multiplier[at] = dm;
+  if (to.grad != nullptr && row.visible > 0)
+    to.grad->add(h, gradient_of(*p.forward.policy, {row.n, row.position, h}, dm));
+  if (to.sinks != nullptr) to.sinks[at] = d_sink;
 }
 
-/// Per-row shares of d_sinks ([B, H, n_q], row_index order), summed per head in a fixed
-/// order at the end (finish_sinks): bitwise the same for any thread count.
-template <class T, class Policy, class S>  // compute type; a length policy; storage
-inline std::vector<double> sink_rows(const attention_backward_problem<T, Policy, S>& p) {
-  const auto& q = p.forward.q;
-  return std::vector<double>(
-      p.d_sinks != nullptr ? static_cast<size_t>(q.batch * q.heads * q.seq) : 0, 0.0);
-}
-
-/// d_sinks[h] = sum over (b, i) of the rows' shares m dy_sink. Nothing when not asked.
+/// d_sinks[h] = sum over (b, i) of the rows' shares m dy_sink, in a fixed order: bitwise
+/// the same for any thread count.
 template <class T, class Policy, class S>  // compute type; a length policy; storage
 inline void finish_sinks(const attention_backward_problem<T, Policy, S>& p,
                          const std::vector<double>& rows) {
-  if (p.d_sinks == nullptr) return;
   const auto& f = p.forward;
   for (index_t h = 0; h < f.q.heads; ++h) {
     double sum = 0.0;
@@ -214,30 +215,39 @@ inline void write_key_gradients(const attention_backward_problem<T, Policy, S>& 
   }
 }
 
-/// Runs body(sc, seq, g, grad) for every task (sequence seq, kv head g) in parallel, with
-/// sc the thread's scratch and grad the task's policy gradient (null when policy_grad is):
-/// zeroes the task's dk and dv accumulators before the body, writes them after, and sums
-/// the tasks' policy gradients into policy_grad in task order (bitwise reproducible).
+/// Runs a backward kernel: carves its plan from ws (full_rows: the materialised path's
+/// score rows), then for every task (sequence seq, kv head g) in parallel zeroes the task's
+/// dk and dv accumulators, calls body(plan, sc, seq, h, records) for each query head h
+/// sharing g in order (sc the thread's scratch, records the task's row_records), and writes
+/// dk and dv; then sums the tasks' policy gradients into policy_grad (may be null) in task
+/// order and the rows' sink shares into d_sinks: bitwise the same for any thread count.
 template <class Arch, class T, class Policy, class S,  // arch; compute type; policy; storage
           class Body>                                  // callable as above
-void for_each_key_task(const attention_backward_problem<T, Policy, S>& p,
-                       const backward_plan<Arch, T>& plan, policy_gradient* policy_grad,
-                       Body&& body) {
+void run_key_tasks(const attention_backward_problem<T, Policy, S>& p, attention_workspace& ws,
+                   bool full_rows, policy_gradient* policy_grad, Body&& body) {
   const auto& f = p.forward;
-  const index_t H_kv = f.k.heads, n_tasks = task_count(p), dp = plan.dp;
+  const auto plan = carve_plan<backward_plan<Arch, T>>(ws, p, full_rows);
+  const index_t H_kv = f.k.heads, group = f.q.heads / H_kv, n_tasks = task_count(p);
+  const index_t dp = plan.dp;
   std::vector<policy_gradient> task_grads(policy_grad != nullptr ? static_cast<size_t>(n_tasks) : 0,
                                           policy_gradient(f.q.heads));
+  std::vector<double> sinks(
+      p.d_sinks != nullptr ? static_cast<size_t>(f.q.batch * f.q.heads * f.q.seq) : 0, 0.0);
   ssmax::detail::parallel_for(n_tasks, f.threads, [&](index_t task, int thread) {
     const backward_scratch<T>& sc = plan.scratch[thread];
     const sequence_span seq = f.span(task / H_kv);
     const index_t g = task % H_kv, len_k = seq.k_end - seq.k_begin;
     std::fill(sc.dk, sc.dk + len_k * dp, T(0));
     std::fill(sc.dv, sc.dv + len_k * dp, T(0));
-    body(sc, seq, g, policy_grad != nullptr ? &task_grads[static_cast<size_t>(task)] : nullptr);
+    const row_records records{
+        policy_grad != nullptr ? &task_grads[static_cast<size_t>(task)] : nullptr,
+        p.d_sinks != nullptr ? sinks.data() : nullptr};
+    for (index_t h = g * group; h < (g + 1) * group; ++h) body(plan, sc, seq, h, records);
     write_key_gradients(p, sc, seq, g, dp);
   });
   for (const auto& tg : task_grads)
     for (index_t h = 0; h < f.q.heads; ++h) policy_grad->add(h, {0.0, tg.s[h], tg.b[h]});
+  if (p.d_sinks != nullptr) finish_sinks(p, sinks);
 }
 
 }  // namespace detail

@@ -97,27 +97,30 @@ inline T safe_score(const Q* q, const K* k, index_t d, double factor) {
   return static_cast<T>(std::ldexp(acc * factor, eq + ek));
 }
 
-/// The slow path of online_row, for a block whose scores hold +inf or NaN: recomputes
-/// the row's scores with safe_score (q: the row's unscaled query, factor = m * scale; key
-/// j at k0 + krows(j)), masks them, then
+/// s[j] = safe_score(q, k0 + krows(j), d, factor) for j < nk: a block's scores recomputed
+/// without overflow (q the row's unscaled query, factor m * scale, or the scale alone when
+/// the score epilogue follows; key j at k0 + krows(j)).
+template <class T,  // compute type: float or double
+          class Q,  // storage type of q (storage.hpp) whose compute type is T
+          class K>  // storage type of the keys whose compute type is T
+inline void safe_scores(T* s, index_t nk, const Q* q, const K* k0, row_map krows, index_t d,
+                        double factor) {
+  for (index_t j = 0; j < nk; ++j) s[j] = safe_score(q, k0 + krows(j), d, factor);
+}
+
+/// The slow path of online_row, for a block whose scores held +inf or NaN, once the caller
+/// has recomputed them (safe_scores) and, with the logit's extras, run the score epilogue
+/// (logit.hpp) on them: masks s[0, nk) (keys kb..kb+nk-1), then
 /// - NaN (q or a visible key holds NaN or inf): the row becomes NaN (state and o);
 /// - +inf (overflow with a positive exact product): the +inf keys share the weight
 ///   equally: o restarts from 0 unless the row is already at +inf, state {+inf, count},
 ///   s = 1 on the +inf keys and 0 elsewhere (the caller's P V adds their values);
 /// - otherwise (a NaN that cancelling overflows made): online_row on the fixed scores.
-/// With logit (the row's score epilogue, logit.hpp; factor is then the scale alone) the
-/// recomputed raw scores go through score_epilogue before the mask.
 template <class Arch,  // xsimd architecture tag or scalar_arch
-          class T,     // compute type: float or double
-          class Q,     // storage type of q (storage.hpp) whose compute type is T
-          class K>     // storage type of the keys whose compute type is T
-inline void online_row_nonfinite(T* s, index_t nk, const Q* q, const K* k0, row_map krows,
-                                 index_t d, double factor, index_t kb, const row_keys& row,
-                                 row_state<double>& state, T* o, index_t dp, T flush_below,
-                                 const row_logit* logit = nullptr) {
+          class T>     // compute type: float or double
+inline void online_row_nonfinite(T* s, index_t nk, index_t kb, const row_keys& row,
+                                 row_state<double>& state, T* o, index_t dp, T flush_below) {
   const T inf = std::numeric_limits<T>::infinity();
-  for (index_t j = 0; j < nk; ++j) s[j] = safe_score(q, k0 + krows(j), d, factor);
-  if (logit != nullptr) score_epilogue(s, kb, nk, *logit);
   mask_row(s, kb, nk, row);
   if (std::any_of(s, s + nk, [](T x) { return x != x; })) {
     state = {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
@@ -160,21 +163,25 @@ inline row_logit row_logit_of(const attention_problem<T, Policy, S>& p, const se
   return logit_of_row(p.logit, p.mask, seq, h, i, row, row_multiplier(p, row, h));
 }
 
-/// Adds head h's sink (logit.hpp) to the finished state of row i of seq and rescales its
-/// unnormalised output o[0, d) to the merged maximum: the sink is one more logit m sink_h
-/// with a zero value. Nothing without sinks, for a row that saw no key, or a -inf sink; a
-/// row whose keys all weighed 0 gets state {m sink_h, 1} (out 0, lse m sink_h).
+/// The sink logit m sink_h (logit.hpp) of a row of head h (row: its keys, p.keys_of), or
+/// -inf when the row takes no sink: no sinks, a -inf sink, a row that saw no key, or m
+/// sink_h = -inf.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
-inline void add_sink(const attention_problem<T, Policy, S>& p, const sequence_span& seq, index_t h,
-                     index_t i, T* o, index_t d, row_state<double>& state) {
-  if (!p.logit.has_sinks()) return;
+inline double sink_logit(const attention_problem<T, Policy, S>& p, index_t h, const row_keys& row) {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  if (!p.logit.has_sinks() || row.visible == 0) return ninf;
   const double sink = static_cast<double>(p.logit.sinks[h]);
-  const row_keys row = p.keys_of(seq, h, i);
-  if (sink == -std::numeric_limits<double>::infinity() || row.visible == 0) return;
-  const double m = row_multiplier(p, row, h);
-  if (m * sink == -std::numeric_limits<double>::infinity()) return;
-  // A row whose keys all weigh 0 (empty state, o = 0) keeps o = 0 and gets lse = m sink.
-  const row_state<double> merged = merge(state, row_state<double>{m * sink, 1.0});
+  return sink == ninf ? ninf : row_multiplier(p, row, h) * sink;
+}
+
+/// Adds a row's sink, the logit z = sink_logit (-inf: nothing to add) with a zero value,
+/// to its finished state and rescales its unnormalised output o[0, d) to the merged
+/// maximum; a row whose keys all weighed 0 (empty state, o = 0) gets state {z, 1} (out 0,
+/// lse z).
+template <class T>  // compute type: float or double
+inline void add_sink(double z, T* o, index_t d, row_state<double>& state) {
+  if (z == -std::numeric_limits<double>::infinity()) return;
+  const row_state<double> merged = merge(state, row_state<double>{z, 1.0});
   if (merged.max != state.max) {
     const T shrink = static_cast<T>(std::exp(state.max - merged.max));
     for (index_t c = 0; c < d; ++c) o[c] *= shrink;
@@ -182,19 +189,21 @@ inline void add_sink(const attention_problem<T, Policy, S>& p, const sequence_sp
   state = merged;
 }
 
-/// The materialised rows' sink (logit.hpp): rescales the normalised weights w[0, n) of row
-/// i of head h, whose softmax state is `state`, by S e^M / (S e^M + e^(m sink_h)), and
-/// returns the row's log-sum-exp with the sink (without sinks, state.log_sum_exp()).
-template <class T, class Policy, class S>  // compute type; a length policy; storage_set
-inline T sink_weights(const attention_problem<T, Policy, S>& p, const sequence_span& seq, index_t h,
-                      index_t i, T* w, index_t n, const row_state<T>& state) {
-  row_state<double> merged{static_cast<double>(state.max), static_cast<double>(state.sum)};
-  T one = T(1);  // add_sink's "output": the factor the weights take
-  add_sink(p, seq, h, i, &one, 1, merged);
-  // No sink, a -inf one, or a row that saw no key: the plain rows' bits.
-  if (merged.max == static_cast<double>(state.max) && merged.sum == static_cast<double>(state.sum))
-    return state.log_sum_exp();
-  const T factor = static_cast<T>(static_cast<double>(one) * state.sum / merged.sum);
+/// The materialised rows' sink: rescales the normalised weights w[0, n) of a row whose
+/// softmax state is `state` by S e^M / (S e^M + e^z), z = sink_logit (-inf: no sink), and
+/// returns the row's log-sum-exp with the sink. A sink that changes neither the state's
+/// maximum nor its sum (none, or too small to count) leaves the plain row's bits; a NaN
+/// state compares unequal, so a NaN row's weights all become NaN, hidden keys' included.
+template <class T>  // compute type: float or double
+inline T sink_weights(double z, T* w, index_t n, const row_state<T>& state) {
+  const row_state<double> plain{static_cast<double>(state.max), static_cast<double>(state.sum)};
+  const row_state<double> merged = z == -std::numeric_limits<double>::infinity()
+                                       ? plain
+                                       : merge(plain, row_state<double>{z, 1.0});
+  if (merged.max == plain.max && merged.sum == plain.sum) return state.log_sum_exp();
+  const T shrink =
+      merged.max != plain.max ? static_cast<T>(std::exp(plain.max - merged.max)) : T(1);
+  const T factor = static_cast<T>(static_cast<double>(shrink) * state.sum / merged.sum);
   for (index_t j = 0; j < n; ++j) w[j] *= factor;
   return static_cast<T>(merged.log_sum_exp());
 }
