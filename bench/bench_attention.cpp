@@ -15,8 +15,9 @@
 // 16-bit storage (q, k, v and out all bf16 or all f16, computed in float) adds "/bf16" or
 // "/f16" after the policy: prefill causal d = 64 and 128, n = 4096; decode n_k = 32768,
 // d = 128, MHA and GQA 8:2; their GBs count the 16-bit bytes of K and V actually read.
-// The bf16 / f32 decode ratio: compare decode/fused/softmax/bf16/d:128/n:32768/threads:1
-// with decode/fused/softmax/d:128/n:32768/threads:1 of the same run.
+// The 16-bit decode speedup: the time of decode/fused/softmax/d:128/n:32768/threads:1 over
+// that of decode/fused/softmax/bf16/d:128/n:32768/threads:1 (or /f16) of the same run, and
+// the same for "/kv:2": the "float / 16-bit" table after the run.
 //   of_bf16_peak  "bf16" runs: GFLOPs / the bf16 dot-product peak (peak/dpbf16/bf16)
 // The logit soft-cap (c = 50, Gemma 2's): "prefill/fused/softmax/softcap/d:128/n:<n>" for
 // n = 1024 and 4096; its cost is its time over prefill/fused/softmax/d:128/n:<n> of the run.
@@ -351,12 +352,14 @@ int main(int argc, char** argv) {
   register_all();
   register_16bit();
   // of_peak (and of_bf16_peak, of_copy) from the peak runs, then the ratio tables: SSMax
-  // against Softmax (time; target <= 1.02) and 2 threads against 1 (speedup; prefill
-  // target >= 1.8), medians with --benchmark_repetitions.
+  // against Softmax (time; target <= 1.02), 2 threads against 1 (speedup; prefill
+  // target >= 1.8) and 16-bit storage against float (speedup), medians with
+  // --benchmark_repetitions.
   using reporter = ssmax::bench::fraction_reporter<ssmax::bench::ratio_reporter>;
   return ssmax::bench::run_with<reporter>(
       argc, argv,
       std::vector<ssmax::bench::comparison>{
           {2, "softmax", "ssmax / softmax (time)", false},
-          {5, "threads:1", "threads:2 / threads:1 (speedup)", true}});
+          {5, "threads:1", "threads:2 / threads:1 (speedup)", true},
+          {3, "", "float / 16-bit (speedup)", true, {"bf16", "f16"}}});
 }

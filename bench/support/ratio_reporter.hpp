@@ -5,10 +5,14 @@
 //
 // Benchmark names are '/'-separated fields, e.g. "row/ssmax/float/avx512f/4096". A
 // comparison names a field and its baseline value; each run is divided by the run whose
-// name differs only in that field, which holds the baseline.
+// name differs only in that field, which holds the baseline, or (a comparison with an empty
+// baseline and a list of values) whose name lacks the field: "/bf16" runs against the float
+// run of the same shape.
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -19,12 +23,15 @@
 
 namespace ssmax::bench {
 
-/// One ratio column: runs are compared with the run whose field `field` is `baseline`.
+/// One ratio column: runs are compared with the run whose field `field` is `baseline`, or,
+/// when `baseline` is empty, runs whose field is one of `values` with the run whose name
+/// lacks that field.
 struct comparison {
   std::size_t field;     ///< index of the '/'-separated name field that varies
-  std::string baseline;  ///< value of that field in the baseline run
+  std::string baseline;  ///< value of that field in the baseline run; empty: no such field
   std::string label;     ///< column heading, e.g. "x scalar"
   bool speedup;          ///< true: baseline time / time (higher is faster); false: time / baseline
+  std::vector<std::string> values = {};  ///< empty baseline: the field values compared
 };
 
 inline std::vector<std::string> split_name(const std::string& name) {
@@ -58,6 +65,7 @@ class ratio_reporter : public benchmark::ConsoleReporter {
         if (times_.count(name) == 0) order_.push_back(name);
         times_[name] = run.GetAdjustedRealTime();
       } else if (run.aggregate_name == "median") {  // with repetitions: the median, not the last
+        if (times_.count(name) == 0) order_.push_back(name);  // aggregates only: no iterations
         times_[name] = run.GetAdjustedRealTime();
       }
     }
@@ -70,7 +78,13 @@ class ratio_reporter : public benchmark::ConsoleReporter {
       for (const auto& name : order_) {
         auto fields = split_name(name);
         if (c.field >= fields.size() || fields[c.field] == c.baseline) continue;
-        fields[c.field] = c.baseline;
+        if (!c.baseline.empty()) {
+          fields[c.field] = c.baseline;
+        } else if (std::find(c.values.begin(), c.values.end(), fields[c.field]) != c.values.end()) {
+          fields.erase(fields.begin() + static_cast<std::ptrdiff_t>(c.field));
+        } else {
+          continue;
+        }
         const auto base = times_.find(join_name(fields));
         if (base == times_.end()) continue;
         const double t = times_[name];

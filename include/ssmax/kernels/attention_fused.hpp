@@ -14,7 +14,8 @@
 //   the score GEMM is vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
 //   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
-//   place, once per kv head for every query head sharing it, in kKeyStreams runs; with
+//   place in kKeyStreams runs, each key and value vector loaded (and widened) once for
+//   a register block of the query rows sharing its kv head (dot4_rows, axpy4_rows); with
 //   heads adjacent in memory ([B, S, H, d]) each step reads every head of a key, so the
 //   cache streams the tensors in order.
 // Storage (plan.hpp storage_set, storage.hpp): everything is computed in T; q is widened

@@ -4,6 +4,7 @@
 // the per-block choice between it and the packed GEMM (block_scores, block_values).
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../detail/simd.hpp"
 #include "convert.hpp"
@@ -12,42 +13,71 @@
 
 namespace ssmax::kernels::detail {
 
-/// Four dot products of a[0, d) with the rows b0..b3, written to out[0..3]. The rows may
-/// be stored in 16 bits: widened to T in registers (exact), never copied.
+/// Query rows per register block of dot4_rows and axpy4_rows. Beside the four key (or
+/// value) vectors of one step, R rows hold 4 R accumulators (dot4_rows) or 4 R weights
+/// (axpy4_rows): with 32 vector registers (AVX-512, AArch64) 4 rows (16 + 4 + a query
+/// vector), with 16 (SSE to AVX2, 32-bit NEON) and for scalar_arch 2 rows.
+template <class Arch>  // xsimd architecture tag or scalar_arch
+inline constexpr index_t kRowBlock = ssmax::detail::vector_registers<Arch> >= 32 ? 4 : 2;
+
+/// Dot products of R rows a[i][0, d) with four rows b[u][0, d): out[i * 4 + u] = a[i] .
+/// b[u] for i < R, u < 4. Each vector of each b[u] is loaded, and widened to T in
+/// registers when stored in 16 bits (exact), once for all R rows; never copied.
+/// Numerical contract: every (i, u) is summed alone, in the same order whatever R and the
+/// other rows: one W-lane fma chain over c < d - d % W in steps of W, reduce_add, then
+/// a[i][c] * b[u][c] added for each tail c in increasing order; its error is that of a
+/// recursive dot product of d terms, |error| <= d eps sum_c |a_c b_c| to first order.
+/// With FMA instructions and d % W == 0 out[i * 4 + u] is bitwise the same for every R
+/// (and as dot(a[i], b[u], d)). Scalar a * b + c (the tail; S::fma on scalar_arch and on
+/// architectures without FMA) may be contracted into one FMA or not depending on the
+/// loop around it (GCC's default -ffp-contract=fast): there results can differ with R,
+/// and with any change of the surrounding code, by the rounding of a product.
 template <class Arch,  // xsimd architecture tag or scalar_arch
+          index_t R,   // rows of a: 1 to a few (kRowBlock<Arch> fills the register file)
           class T,     // compute type: float or double
           class B>     // storage type of the rows b (storage.hpp) whose compute type is T
-inline void dot4(const T* a, const B* b0, const B* b1, const B* b2, const B* b3, index_t d,
-                 T* out) {
+inline void dot4_rows(const T* const* a, const B* const* b, index_t d, T* out) {
   using S = ssmax::detail::simd<Arch, T>;
   using V = typename S::vec;
   constexpr index_t W = S::width;
-  V s0 = S::splat(T(0)), s1 = s0, s2 = s0, s3 = s0;
+  const B *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
+  V s[R][4];
+  for (index_t i = 0; i < R; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = S::splat(T(0));
   index_t c = 0;
   for (; c + W <= d; c += W) {
-    const V av = S::load(a + c);
-    s0 = S::fma(av, load_compute<Arch>(b0 + c), s0);
-    s1 = S::fma(av, load_compute<Arch>(b1 + c), s1);
-    s2 = S::fma(av, load_compute<Arch>(b2 + c), s2);
-    s3 = S::fma(av, load_compute<Arch>(b3 + c), s3);
+    const V k0 = load_compute<Arch>(b0 + c), k1 = load_compute<Arch>(b1 + c);
+    const V k2 = load_compute<Arch>(b2 + c), k3 = load_compute<Arch>(b3 + c);
+    for (index_t i = 0; i < R; ++i) {
+      const V av = S::load(a[i] + c);
+      s[i][0] = S::fma(av, k0, s[i][0]);
+      s[i][1] = S::fma(av, k1, s[i][1]);
+      s[i][2] = S::fma(av, k2, s[i][2]);
+      s[i][3] = S::fma(av, k3, s[i][3]);
+    }
   }
-  T r0 = S::reduce_add(s0), r1 = S::reduce_add(s1), r2 = S::reduce_add(s2), r3 = S::reduce_add(s3);
-  for (; c < d; ++c) {  // tail: fewer than W elements, never read past d
-    r0 += a[c] * to_compute(b0[c]);
-    r1 += a[c] * to_compute(b1[c]);
-    r2 += a[c] * to_compute(b2[c]);
-    r3 += a[c] * to_compute(b3[c]);
+  for (index_t i = 0; i < R; ++i) {
+    T r0 = S::reduce_add(s[i][0]), r1 = S::reduce_add(s[i][1]), r2 = S::reduce_add(s[i][2]),
+      r3 = S::reduce_add(s[i][3]);
+    const T* ai = a[i];
+    for (index_t e = c; e < d; ++e) {  // tail: fewer than W elements, never read past d
+      r0 += ai[e] * to_compute(b0[e]);
+      r1 += ai[e] * to_compute(b1[e]);
+      r2 += ai[e] * to_compute(b2[e]);
+      r3 += ai[e] * to_compute(b3[e]);
+    }
+    out[i * 4] = r0, out[i * 4 + 1] = r1, out[i * 4 + 2] = r2, out[i * 4 + 3] = r3;
   }
-  out[0] = r0, out[1] = r1, out[2] = r2, out[3] = r3;
 }
 
-/// The dot product of a[0, d) and b[0, d), summed as dot4 sums each of its four.
+/// The dot product of a[0, d) and b[0, d): dot4_rows for one row, so summed as each of
+/// its products (numerical contract there).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class B>     // storage type of b whose compute type is T
 inline T dot(const T* a, const B* b, index_t d) {
+  const B* const bs[4] = {b, b, b, b};
   T out[4];
-  dot4<Arch>(a, b, b, b, b, d, out);
+  dot4_rows<Arch, 1>(&a, bs, d, out);
   return out[0];
 }
 
@@ -64,26 +94,64 @@ inline void axpy(T* y, T alpha, const X* x, index_t d) {
   for (; c < d; ++c) y[c] += alpha * to_compute(x[c]);
 }
 
-/// y[0, d) += w[0] x0 + w[1] x1 + w[2] x2 + w[3] x3, one fma chain per element in that
-/// order; the rows x widened to T in registers when stored in 16 bits.
+/// For each of R rows y[i]: y[i][0, d) += w[4 i] x[0] + w[4 i + 1] x[1] + w[4 i + 2] x[2]
+/// + w[4 i + 3] x[3]. Each vector of each x[u] is loaded, and widened to T in registers
+/// when stored in 16 bits (exact), once for all R rows; never copied. Pre: the rows y[i]
+/// do not overlap each other or the x[u].
+/// Numerical contract: each element of each row is one fma chain in that order, y first
+/// (vector part: fma(w3, x3, fma(w2, x2, fma(w1, x1, fma(w0, x0, y)))); tail elements: the
+/// same sum left to right in scalar arithmetic), whatever R and the other rows: bitwise the
+/// same as for R = 1 under the conditions of dot4_rows (FMA instructions, d % W == 0; the
+/// scalar a * b + c may be contracted or not). Zero weights are multiplied like any other
+/// (0 * inf is NaN): callers skip a row whose four weights are zero.
 template <class Arch,  // xsimd architecture tag or scalar_arch
+          index_t R,   // rows of y: 1 to a few (kRowBlock<Arch> fills the register file)
           class T,     // compute type: float or double
           class X>     // storage type of the rows x whose compute type is T
-inline void axpy4(T* y, const T* w, const X* x0, const X* x1, const X* x2, const X* x3, index_t d) {
+inline void axpy4_rows(T* const* y, const T* w, const X* const* x, index_t d) {
   using S = ssmax::detail::simd<Arch, T>;
   using V = typename S::vec;
   constexpr index_t W = S::width;
-  const V w0 = S::splat(w[0]), w1 = S::splat(w[1]), w2 = S::splat(w[2]), w3 = S::splat(w[3]);
+  const X *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+  V wv[R][4];
+  for (index_t i = 0; i < R; ++i)
+    for (index_t u = 0; u < 4; ++u) wv[i][u] = S::splat(w[i * 4 + u]);
   index_t c = 0;
   for (; c + W <= d; c += W) {
-    V acc = S::fma(w0, load_compute<Arch>(x0 + c), S::load(y + c));
-    acc = S::fma(w1, load_compute<Arch>(x1 + c), acc);
-    acc = S::fma(w2, load_compute<Arch>(x2 + c), acc);
-    S::store(y + c, S::fma(w3, load_compute<Arch>(x3 + c), acc));
+    const V v0 = load_compute<Arch>(x0 + c), v1 = load_compute<Arch>(x1 + c);
+    const V v2 = load_compute<Arch>(x2 + c), v3 = load_compute<Arch>(x3 + c);
+    for (index_t i = 0; i < R; ++i) {
+      V acc = S::fma(wv[i][0], v0, S::load(y[i] + c));
+      acc = S::fma(wv[i][1], v1, acc);
+      acc = S::fma(wv[i][2], v2, acc);
+      S::store(y[i] + c, S::fma(wv[i][3], v3, acc));
+    }
   }
-  for (; c < d; ++c)
-    y[c] = y[c] + w[0] * to_compute(x0[c]) + w[1] * to_compute(x1[c]) + w[2] * to_compute(x2[c]) +
-           w[3] * to_compute(x3[c]);
+  for (index_t i = 0; i < R; ++i) {
+    T* yi = y[i];
+    const T* wi = w + i * 4;
+    for (index_t e = c; e < d; ++e)
+      yi[e] = yi[e] + wi[0] * to_compute(x0[e]) + wi[1] * to_compute(x1[e]) +
+              wi[2] * to_compute(x2[e]) + wi[3] * to_compute(x3[e]);
+  }
+}
+
+/// Calls f(i, n) on [0, count) cut into register blocks: n = kRowBlock<Arch> rows at a
+/// time, then once with the fewer rows left, n a std::integral_constant<index_t, N>.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class F>     // generic callable (index i, std::integral_constant<index_t, N>)
+inline void for_row_blocks(index_t count, F&& f) {
+  constexpr index_t N = kRowBlock<Arch>;
+  index_t i = 0;
+  for (; i + N <= count; i += N) f(i, std::integral_constant<index_t, N>{});
+  const index_t left = count - i;
+  if constexpr (N > 3)
+    if (left == 3) return f(i, std::integral_constant<index_t, 3>{});
+  if constexpr (N > 2)
+    if (left == 2) return f(i, std::integral_constant<index_t, 2>{});
+  if constexpr (N > 1)
+    if (left == 1) return f(i, std::integral_constant<index_t, 1>{});
+  static_assert(N <= 4, "the rest of a block takes 1 to 3 rows");
 }
 
 /// Key runs the dot-product path walks side by side: a key block of nk keys is read as
@@ -103,17 +171,19 @@ struct head_rows {
   const T* base = nullptr;  ///< the head's row for key 0 of the block
 };
 
-/// Visits every (scratch row, key) pair of a block of nk keys in kKeyStreams runs. For
-/// each row r of each group, step(r, t, run, x) for t < run = nk / kKeyStreams covers the
-/// keys t + u * run, whose rows are x[u] = group.base + rows(t + u * run) (u <
-/// kKeyStreams; rows: a stride, or a paged cache's row offsets, gemm.hpp row_map);
-/// tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x. With
-/// keys_outer the groups are the inner loop (use it when the heads of one key are adjacent
-/// in memory, as in [S, H, d]: each step then reads kKeyStreams contiguous runs across
-/// heads); otherwise each group's keys are walked in turn. Rows and keys are visited in the
-/// same order within each row either way.
+/// Visits every (scratch row, key) pair of a block of nk keys in kKeyStreams runs, each
+/// group's rows together, so that a kernel loads (and widens) each key row once for all of
+/// them. For each group, step(r0, r1, t, run, x) for t < run = nk / kKeyStreams covers its
+/// rows [r0, r1) and the keys t + u * run, whose rows are x[u] = group.base + rows(t + u *
+/// run) (u < kKeyStreams; rows: a stride, or a paged cache's row offsets, gemm.hpp
+/// row_map); tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x, for
+/// each row r.
+/// With keys_outer the groups are the inner loop (use it when the heads of one key are
+/// adjacent in memory, as in [S, H, d]: each step then reads kKeyStreams contiguous runs
+/// across heads); otherwise each group's keys are walked in turn. Keys are visited in the
+/// same order for every row either way: t increasing, then the leftover keys.
 template <class T,     // storage type of the keys or values (storage.hpp)
-          class Step,  // callable (index r, index t, index run, const T* const* x)
+          class Step,  // callable (index r0, index r1, index t, index run, const T* const* x)
           class Tail>  // callable (index r, index j, const T* x)
 inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_map rows, index_t nk,
                              bool keys_outer, Step&& step, Tail&& tail) {
@@ -122,7 +192,7 @@ inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_m
     const head_rows<T>& hr = groups[g];
     const T* x[kKeyStreams];
     for (index_t u = 0; u < kKeyStreams; ++u) x[u] = hr.base + rows(t + u * run);
-    for (index_t r = hr.first; r < hr.first + hr.count; ++r) step(r, t, run, x);
+    step(hr.first, hr.first + hr.count, t, run, x);
   };
   if (keys_outer) {
     for (index_t t = 0; t < run; ++t)
@@ -138,39 +208,66 @@ inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_m
 }
 
 /// Scores by dot products: s[r*lds + j] = qs[r*d, +d) . key(j) for every scratch row r of
-/// every group, j < nk, key(j) = group.base + krows(j) (read in place, any storage type).
+/// every group, j < nk, key(j) = group.base + krows(j) (read in place, any storage type,
+/// each key vector loaded and widened once per register block of a group's rows:
+/// dot4_rows, whose numerical contract holds for each score).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class K>     // storage type of the keys whose compute type is T
 inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index_t n_groups,
                        row_map krows, index_t nk, bool keys_outer, T* s, index_t lds) {
-  static_assert(kKeyStreams == 4, "dot4 reads one key of each run");
+  static_assert(kKeyStreams == 4, "dot4_rows reads one key of each run");
   walk_key_streams(
       groups, n_groups, krows, nk, keys_outer,
-      [&](index_t r, index_t t, index_t run, const K* const* k) {
-        T out[kKeyStreams];
-        dot4<Arch>(qs + r * d, k[0], k[1], k[2], k[3], d, out);
-        for (index_t u = 0; u < kKeyStreams; ++u) s[r * lds + t + u * run] = out[u];
+      [&](index_t r0, index_t r1, index_t t, index_t run, const K* const* k) {
+        for_row_blocks<Arch>(r1 - r0, [&](index_t i, auto rows) {
+          constexpr index_t R = decltype(rows)::value;
+          const T* a[R];
+          for (index_t e = 0; e < R; ++e) a[e] = qs + (r0 + i + e) * d;
+          T out[R * kKeyStreams];
+          dot4_rows<Arch, R>(a, k, d, out);
+          for (index_t e = 0; e < R; ++e)
+            for (index_t u = 0; u < kKeyStreams; ++u)
+              s[(r0 + i + e) * lds + t + u * run] = out[e * kKeyStreams + u];
+        });
       },
       [&](index_t r, index_t j, const K* k) { s[r * lds + j] = dot<Arch>(qs + r * d, k, d); });
 }
 
 /// Values by scaled sums: o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for every scratch
-/// row r of every group, j < nk, value(j) = group.base + vrows(j). Keys whose weights
-/// are all zero are skipped (masked or flushed keys cost no reads). Values read in place.
+/// row r of every group, j < nk, value(j) = group.base + vrows(j), each row's sum in key
+/// order (walk_key_streams; axpy4_rows' numerical contract per step). Keys whose weights
+/// are all zero for a row are skipped for it (masked or flushed keys cost no reads, and a
+/// non-finite value behind a zero weight never reaches o). Values read in place, each
+/// vector loaded and widened once per register block of the rows that use it.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T
 inline void dot_values(const T* p, index_t ldp, const head_rows<Vs>* groups, index_t n_groups,
                        row_map vrows, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
-  static_assert(kKeyStreams == 4, "axpy4 reads one value of each run");
+  static_assert(kKeyStreams == 4, "axpy4_rows reads one value of each run");
+  constexpr index_t N = kRowBlock<Arch>;
   walk_key_streams(
       groups, n_groups, vrows, nk, keys_outer,
-      [&](index_t r, index_t t, index_t run, const Vs* const* v) {
-        const T* pr = p + r * ldp + t;
-        const T w[kKeyStreams] = {pr[0], pr[run], pr[2 * run], pr[3 * run]};
-        if (w[0] != T(0) || w[1] != T(0) || w[2] != T(0) || w[3] != T(0))
-          axpy4<Arch>(o + r * dp, w, v[0], v[1], v[2], v[3], d);
+      [&](index_t r0, index_t r1, index_t t, index_t run, const Vs* const* v) {
+        // The rows with a nonzero weight, gathered N at a time.
+        T* y[N];
+        T w[N * kKeyStreams];
+        index_t n = 0;
+        for (index_t r = r0; r < r1; ++r) {
+          const T* pr = p + r * ldp + t;
+          T* wr = w + n * kKeyStreams;
+          wr[0] = pr[0], wr[1] = pr[run], wr[2] = pr[2 * run], wr[3] = pr[3 * run];
+          if (wr[0] == T(0) && wr[1] == T(0) && wr[2] == T(0) && wr[3] == T(0)) continue;
+          y[n++] = o + r * dp;
+          if (n == N) {
+            axpy4_rows<Arch, N>(y, w, v, d);
+            n = 0;
+          }
+        }
+        for_row_blocks<Arch>(n, [&](index_t, auto rows) {  // n < N: one call
+          axpy4_rows<Arch, decltype(rows)::value>(y, w, v, d);
+        });
       },
       [&](index_t r, index_t j, const Vs* v) {
         const T w = p[r * ldp + j];
