@@ -21,9 +21,10 @@ namespace {
 
 constexpr attention_path kPaths[] = {attention_path::fused, attention_path::materialised};
 
-/// out [n_q, d] and lse [n_q] of one head: q [n_q, d], k and v [n_k, d].
+/// out [n_q, d] and lse [n_q] of one head: q [n_q, d], k and v [n_k, d]; the weights
+/// [n_q, n_k] on the materialised path (empty on the fused one).
 struct result {
-  std::vector<float> out, lse;
+  std::vector<float> out, lse, weights;
 };
 template <class Policy = softmax_policy>  // a length policy
 result run(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
@@ -33,6 +34,10 @@ result run(const std::vector<float>& q, const std::vector<float>& k, const std::
   o.path = path;
   attention_extras<float> x;
   x.lse = r.lse.data();
+  if (path == attention_path::materialised) {
+    r.weights.assign(static_cast<size_t>(n_q * n_k), -7.0f);
+    x.weights = r.weights.data();
+  }
   attention(bshd_view(q.data(), 1, n_q, 1, d), bshd_view(k.data(), 1, n_k, 1, d),
             bshd_view(v.data(), 1, n_k, 1, d), bshd_view(r.out.data(), 1, n_q, 1, d), o, x);
   return r;
@@ -112,6 +117,11 @@ TEST(NonFinite, NanOrInfInputsMakeTheirRowsNan) {
         for (index_t i = 0; i < n; ++i) {
           EXPECT_EQ(std::isnan(r.lse[i]), i == bad_row) << "row " << i << " bad " << bad_row;
           for (index_t c = 0; c < d; ++c) EXPECT_EQ(std::isnan(r.out[i * d + c]), i == bad_row);
+          // The keys a row cannot see weigh exactly 0, a NaN row's too (a NaN row once got
+          // NaN there from the sink rescaling, with no sink).
+          for (index_t j = i + 1; j < static_cast<index_t>(r.weights.size()) / n; ++j)
+            EXPECT_EQ(r.weights[static_cast<size_t>(i * n + j)], 0.0f)
+                << "row " << i << " hidden key " << j << " bad " << bad_row;
         }
       }
       for (const float bad : {nan, inf}) {

@@ -191,15 +191,14 @@ inline void add_sink(double z, T* o, index_t d, row_state<double>& state) {
 
 /// The materialised rows' sink: rescales the normalised weights w[0, n) of a row whose
 /// softmax state is `state` by S e^M / (S e^M + e^z), z = sink_logit (-inf: no sink), and
-/// returns the row's log-sum-exp with the sink. A sink that changes neither the state's
-/// maximum nor its sum (none, or too small to count) leaves the plain row's bits; a NaN
-/// state compares unequal, so a NaN row's weights all become NaN, hidden keys' included.
+/// returns the row's log-sum-exp with the sink. No sink, or one too small to change the
+/// state's maximum or sum, leaves the plain row's bits (a NaN row's hidden keys keep weight
+/// 0); a sink on a NaN row makes all its weights NaN.
 template <class T>  // compute type: float or double
 inline T sink_weights(double z, T* w, index_t n, const row_state<T>& state) {
+  if (z == -std::numeric_limits<double>::infinity()) return state.log_sum_exp();
   const row_state<double> plain{static_cast<double>(state.max), static_cast<double>(state.sum)};
-  const row_state<double> merged = z == -std::numeric_limits<double>::infinity()
-                                       ? plain
-                                       : merge(plain, row_state<double>{z, 1.0});
+  const row_state<double> merged = merge(plain, row_state<double>{z, 1.0});
   if (merged.max == plain.max && merged.sum == plain.sum) return state.log_sum_exp();
   const T shrink =
       merged.max != plain.max ? static_cast<T>(std::exp(plain.max - merged.max)) : T(1);
