@@ -4,7 +4,7 @@
 # evaluated to 8x (16x) beyond it. Writes report.md, results.json, runs/ and PNG plots under
 # --out (default out/lm).
 #
-#   bash scripts/lm_experiment.sh            # default: 3 seeds, ~11-12 min on 2 idle cores
+#   bash scripts/lm_experiment.sh            # default: 3 seeds, about 10 min on 2 idle cores (9 min 33 s measured)
 #   bash scripts/lm_experiment.sh --long     # longer training (8x the tokens; not timed)
 #   bash scripts/lm_experiment.sh --x16      # evaluate to 16x the training context
 #   bash scripts/lm_experiment.sh --docs     # also copy report and plots to docs/lm/
