@@ -48,9 +48,11 @@ inline void fma_peak(benchmark::State& state) {
     for (int a = 0; a < kAcc; ++a) benchmark::DoNotOptimize(acc[a]);
   }
   const double flops = 2.0 * B::size * kAcc * static_cast<double>(iters);
-  // Counters are summed over the threads of a ->Threads(n) run: GFLOPs of all of them.
-  state.counters["GFLOPs"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  // Counters are summed over the threads of a ->Threads(n) run: GFLOPs of all of them. Each
+  // thread counts its own iterations (kIsIterationInvariant would multiply every thread's
+  // count by the iterations of all threads: 2x the 2-thread peak).
+  state.counters["GFLOPs"] = benchmark::Counter(
+      flops * 1e-9 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["threads"] = state.thread_index() == 0 ? state.threads() : 0;
 }
 
