@@ -15,9 +15,11 @@
 // 16-bit storage (q, k, v and out all bf16 or all f16, computed in float) adds "/bf16" or
 // "/f16" after the policy: prefill causal d = 64 and 128, n = 4096; decode n_k = 32768,
 // d = 128, MHA and GQA 8:2; their GBs count the 16-bit bytes of K and V actually read.
-// The 16-bit decode speedup: the time of decode/fused/softmax/d:128/n:32768/threads:1 over
-// that of decode/fused/softmax/bf16/d:128/n:32768/threads:1 (or /f16) of the same run, and
-// the same for "/kv:2": the "float / 16-bit" table after the run.
+// "/bf16w": bf16 prefill with the opt-in bf16 weights (attention_options::
+// allow_bf16_weights: P rounded to bf16 for P V). The 16-bit decode speedup: the time of
+// decode/fused/softmax/d:128/n:32768/threads:1 over that of
+// decode/fused/softmax/bf16/d:128/n:32768/threads:1 (or /f16) of the same run, and the same for
+// "/kv:2": the "float / 16-bit" table after the run.
 //   of_bf16_peak  "bf16" runs: GFLOPs / the bf16 dot-product peak (peak/dpbf16/bf16)
 // The logit soft-cap (c = 50, Gemma 2's): "prefill/fused/softmax/softcap/d:128/n:<n>" for
 // n = 1024 and 4096; its cost is its time over prefill/fused/softmax/d:128/n:<n> of the run.
@@ -149,7 +151,7 @@ void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index_t 
 /// as run_ssmax, the GBs counter counting the bytes of S read for K and V.
 template <class S, class Policy>  // a 16-bit storage type; a length policy
 void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int threads,
-                index_t kv_heads) {
+                index_t kv_heads, bool bf16_weights = false) {
   tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
   auto stored = [](const std::vector<float>& x) {
     std::vector<S> y(x.size());
@@ -166,6 +168,7 @@ void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int 
   o.mask = ssmax::attention_mask::causal_mask();
   o.threads = threads;
   o.path = ssmax::attention_path::fused;
+  o.allow_bf16_weights = bf16_weights;
   ssmax::attention_workspace ws;
   const std::size_t extra = ssmax::attention_workspace_bytes(qv, kv, vv, ov, o);
   ssmax::attention(qv, kv, vv, ov, o, {}, &ws);  // warm-up: the workspace grows once
@@ -218,6 +221,27 @@ void register_16bit() {
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }
+  // The opt-in bf16 weights (attention_options::allow_bf16_weights): bf16 prefill with P
+  // rounded to bf16 for P V, "/bf16w" after the policy.
+  for (const shape& sh : shapes)
+    for (int threads : {1, 2})
+      for (bool ss : {false, true}) {
+        if (sh.decode) continue;
+        const std::string name = std::string("prefill/fused/") + (ss ? "ssmax" : "softmax") +
+                                 "/bf16w/d:" + std::to_string(sh.d) + "/n:" + std::to_string(sh.n) +
+                                 "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [=](benchmark::State& s) {
+                                       if (ss)
+                                         run_stored<Eigen::bfloat16, ssmax::ssmax_policy>(
+                                             s, false, sh.n, sh.d, threads, sh.kv_heads, true);
+                                       else
+                                         run_stored<Eigen::bfloat16, ssmax::softmax_policy>(
+                                             s, false, sh.n, sh.d, threads, sh.kv_heads, true);
+                                     })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
 }
 
 /// The score GEMM tile alone (L1/L2-resident operands): S[64 x 256] = Q' K^T of one query
@@ -361,5 +385,5 @@ int main(int argc, char** argv) {
       std::vector<ssmax::bench::comparison>{
           {2, "softmax", "ssmax / softmax (time)", false},
           {5, "threads:1", "threads:2 / threads:1 (speedup)", true},
-          {3, "", "float / 16-bit (speedup)", true, {"bf16", "f16"}}});
+          {3, "", "float / 16-bit (speedup)", true, {"bf16", "bf16w", "f16"}}});
 }

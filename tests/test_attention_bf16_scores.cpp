@@ -28,55 +28,21 @@ using bf16_all = combo<bf16, bf16, bf16>;
   if (!flushed_dots<Arch, bf16_all>() || !cpu_has_avx512_bf16()) \
   GTEST_SKIP() << "no AVX512-BF16 score path in this build or on this CPU"
 
-constexpr index_t B = 2, H = 4, n_k = 300;
-
-template <class F>  // callable as f(name, options)
-void for_each_policy(F&& f) {
-  static const std::vector<double> s = {0.3, 0.5, 0.7, 0.4}, b = {0.0, 0.3, 0.1, 0.2};
-  static const std::vector<double> s_neg = {0.4, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.2, 0.5, -2.0};
-  f("softmax", ssmax_policy(0.0, 1.0));
-  f("ssmax", ssmax_policy(s, b));
-  f("ssmax-negative", ssmax_policy(s_neg, b_neg));
-}
-
 TEST(Bf16Scores, EveryMaskPolicyAndLogitFeature) {
   SKIP_WITHOUT_BF16_SCORES();
-  const index_t n_q = 40;
-  const index_t lengths[] = {290, 37};
-  const index_t cu_q[] = {0, 15, 40}, cu_k[] = {0, 120, 300};
-  std::mt19937 gen(5);
-  std::vector<bool> allowed_v(static_cast<size_t>(B * H * n_q * n_k));
-  std::unique_ptr<bool[]> allowed(new bool[allowed_v.size()]);
-  for (size_t e = 0; e < allowed_v.size(); ++e) allowed[e] = gen() % 3 != 0;
-  std::vector<float> bias(static_cast<size_t>(B * H * n_q * n_k));
-  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
-  for (auto& x : bias) x = gen() % 7 == 0 ? -std::numeric_limits<float>::infinity() : u(gen);
-  const std::vector<float> slopes = alibi_slopes(H), sinks = {0.5f, -1.0f, 2.0f, -3.0f};
-  const mask_case masks[] = {
-      {"none", attention_mask::none()},
-      {"causal", attention_mask::causal_mask()},
-      {"window", attention_mask::sliding_window(50)},
-      {"cache", attention_mask::cache(lengths)},
-      {"packed-causal", attention_mask::varlen(cu_q, cu_k, 2, true), true},
-      {"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)}};
+  const logit_cases cases(40, 300, 5);
   unsigned seed = 50;
-  for (const auto& mc : masks)
+  for (const auto& mc : cases.masks)
     for (const char* feature : {"none", "bias", "alibi", "softcap", "sinks", "all"})
-      for_each_policy([&](const char* pname, const ssmax_policy& policy) {
-        const std::string f = feature;
-        const index_t batch = mc.packed ? 1 : B, d = seed % 2 ? 64 : 37;
-        stored_data<bf16_all> data(batch, n_q, n_k, H, 2, d, ++seed);
+      for_each_signed_policy([&](const char* pname, const ssmax_policy& policy) {
+        const index_t batch = mc.packed ? 1 : logit_cases::B, d = seed % 2 ? 64 : 37;
+        stored_data<bf16_all> data(batch, cases.n_q, cases.n_k, logit_cases::H, 2, d, ++seed);
         attention_options<ssmax_policy> o;
         o.policy = policy;
         o.mask = mc.mask;
-        if (f == "bias" || f == "all")
-          o.logit.bias = logit_bias::dense(bias.data(), batch, H, n_q, n_k);
-        if (f == "alibi" || f == "all")
-          o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = H;
-        if (f == "softcap" || f == "all") o.logit.softcap = 1.5;
-        if (f == "sinks" || f == "all") o.logit.sinks = sinks.data(), o.logit.sink_heads = H;
+        cases.apply(feature, batch, o.logit);
         check_stored<Arch>(data, o,
-                           mc.name + " x " + f + " x " + pname + " d=" + std::to_string(d));
+                           mc.name + " x " + feature + " x " + pname + " d=" + std::to_string(d));
       });
 }
 

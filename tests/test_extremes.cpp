@@ -3,9 +3,9 @@
 // of n = 2^24 floats, very large and very small SSMax scales, subnormal logits and
 // multipliers, single-entry rows, and length-policy positions near the largest index.
 // At the attention level: empty batch entries, fully masked rows, d = 1, far more keys than
-// queries, huge, tiny and equal logits. Every expected value is derived: from the double
-// references, under the bounds of support/row_bound.hpp and support/attention_check.hpp, or
-// from the closed form the contract states.
+// queries, huge, tiny and equal logits, values near the largest finite value. Every expected value
+// is derived: from the double references, under the bounds of support/row_bound.hpp and
+// support/attention_check.hpp, or from the closed form the contract states.
 
 #include <gtest/gtest.h>
 
@@ -413,6 +413,36 @@ TYPED_TEST(AttentionExtremes, LargeTinyAndEqualLogits) {
     attention_options<ssmax_policy> o;
     o.policy = ssmax_policy(s);
     check_both_paths<default_arch>(big, o, "s = " + std::to_string(s));
+  }
+}
+
+// Values near the largest finite value: the fused path's running output sum_j p_j v_j
+// (p_j <= 1) overflows there while out, a weighted mean of the values, does not; both
+// paths must give the finite answer (the fused path recomputes such rows with normalised
+// weights: kernels/online_softmax.hpp, recompute_normalised). Prefill with a decode tail,
+// split decode, GQA, sinks and a soft-cap, and all-equal values (out is that value).
+TYPED_TEST(AttentionExtremes, ValuesNearTheLargestFinite) {
+  using T = TypeParam;
+  const T big = std::numeric_limits<T>::max() / 4;
+  attention_data<T> prefill(1, 131, 600, 4, 2, 16, 37);
+  for (auto& x : prefill.v) x *= big;
+  attention_options<ssmax_policy> causal;
+  causal.mask = attention_mask::causal_mask();
+  check_both_paths<default_arch>(prefill, causal, "max/4 values, causal prefill");
+  attention_data<T> decode(2, 1, 5000, 4, 2, 16, 38);  // split into chunks
+  for (auto& x : decode.v) x *= big;
+  check_both_paths<default_arch>(decode, attention_options<ssmax_policy>{}, "max/4 values, decode");
+  const std::vector<float> sinks = {0.5f, -1.0f, 2.0f, 0.0f};
+  attention_options<ssmax_policy> extras = causal;
+  extras.logit.sinks = sinks.data(), extras.logit.sink_heads = 4;
+  extras.logit.softcap = 3.0;
+  check_both_paths<default_arch>(prefill, extras, "max/4 values, sinks and soft-cap");
+  attention_data<T> equal(1, 70, 300, 1, 1, 8, 39);
+  for (auto& x : equal.v) x = std::numeric_limits<T>::max() * T(0.9);
+  for (auto path : {attention_path::fused, attention_path::materialised}) {
+    const auto run = run_attention<default_arch>(equal, attention_options<softmax_policy>{}, path);
+    for (T x : run.out)  // the weights sum to 1 within n eps
+      EXPECT_NEAR(x, equal.v[0], equal.v[0] * 400 * std::numeric_limits<T>::epsilon());
   }
 }
 

@@ -98,8 +98,8 @@ TEST_F(GemmBf16, ShapesWithinBound) {
 }
 
 TEST_F(GemmBf16, FactorAppliedAfterTheDotProducts) {
-  // f = 1 + 2^-12 is not a bf16: a kernel that rounded f * q to bf16 would be off by about
-  // 2^-9 relative, far beyond the bound (about d 2^-24 relative).
+  // f = 1 + 2^-12 is not a bf16: a kernel that rounded f * q to bf16 would be off by
+  // 2^-12 relative, far beyond the bound (about d 2^-24 = 2^-17 relative).
   std::mt19937 gen(3);
   const index_t d = 128, m = 8, nk = 32;
   const auto kv = random_bf16(nk * d, 1.0f, gen);

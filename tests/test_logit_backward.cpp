@@ -5,7 +5,8 @@
 //    included: rows with m < 0);
 // 2. both kernel paths, float and double, against the reference, and one against three
 //    threads bit for bit;
-// 3. d_sinks without sinks is refused.
+// 3. dL/dm of a row with a sink at tiny multipliers against its exact value;
+// 4. d_sinks without sinks is refused.
 //
 // Finite differences: the central difference at step h has error c h^2 + r / h (c the
 // third derivative over 6, r the loss's rounding); the step-2h difference's has 4 c h^2, so
@@ -222,6 +223,68 @@ TYPED_TEST(LogitBackwardKernel, BothPathsMatchTheReference) {
         EXPECT_EQ(got.d_sinks, again.d_sinks) << w;
       }
     }
+}
+
+TEST(LogitBackwardSinks, RowsKeepDlDmAtTinyMultipliers) {
+  // One row, 3 keys, d = 64, a sink, m = b (s = 0) tiny; out and lse from the forward, in
+  // float. dL/dm = sum_j z_j dy_j + sink dy_sink with D = dout . out as stored: its error
+  // e = sum_c |dout_c| |out_c - exact_c| enters as 2 e max(|z|, |sink|) at most when the
+  // fused shift z_0 sits among the logits. The old shift (lse - log n) / m ignored the
+  // sink's term and sat near log(1 + 1/n) / m: 4% off at m = 1e-6, 28% with a bf16 out at
+  // m = 1e-3 (a new user's report). The exact value is written out here in double.
+  const index_t n = 3, dim = 64;
+  std::mt19937 gen(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> q(dim), k(n * dim), v(n * dim), dout(dim);
+  for (auto* t : {&q, &k, &v, &dout})
+    for (auto& x : *t) x = normal(gen);
+  const float sink = 0.5f;
+  for (double m : {1e-3, 1e-6}) {
+    attention_options<ssmax_policy> o;
+    o.policy = ssmax_policy(0.0, m);
+    o.logit.sinks = &sink, o.logit.sink_heads = 1;
+    const auto Q = bshd_view(static_cast<const float*>(q.data()), 1, 1, 1, dim);
+    const auto K = bshd_view(static_cast<const float*>(k.data()), 1, n, 1, dim);
+    const auto V = bshd_view(static_cast<const float*>(v.data()), 1, n, 1, dim);
+    std::vector<float> out(dim);
+    float lse = 0.0f;
+    attention(Q, K, V, bshd_view(out.data(), 1, 1, 1, dim), o, {&lse, nullptr});
+    // Exact, in double: z_j, u_j = dout . v_j, a_j, the exact out and dL/dm.
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    double z[n], u[n], den = std::exp(m * sink), zmax = std::abs(sink);
+    for (index_t j = 0; j < n; ++j) {
+      double qk = 0.0, dv = 0.0;
+      for (index_t c = 0; c < dim; ++c)
+        qk += double(q[c]) * k[j * dim + c], dv += double(dout[c]) * v[j * dim + c];
+      z[j] = scale * qk, u[j] = dv, den += std::exp(m * z[j]),
+      zmax = std::max(zmax, std::abs(z[j]));
+    }
+    double D = 0.0, dm = 0.0, e = 0.0;
+    for (index_t j = 0; j < n; ++j) D += std::exp(m * z[j]) / den * u[j];
+    for (index_t j = 0; j < n; ++j) dm += z[j] * std::exp(m * z[j]) / den * (u[j] - D);
+    dm -= sink * std::exp(m * sink) / den * D;
+    for (index_t c = 0; c < dim; ++c) {
+      double exact = 0.0;
+      for (index_t j = 0; j < n; ++j) exact += std::exp(m * z[j]) / den * v[j * dim + c];
+      e += std::abs(double(dout[c])) * std::abs(out[c] - exact);
+    }
+    const double eps = std::numeric_limits<float>::epsilon();
+    const double bound = 2 * e * zmax + eps * (4.0 * (dim + 2) * (zmax + 1.0) + 2.0 * n + 128.0) *
+                                            (std::abs(dm) + 1.0);
+    for (auto path : {attention_path::fused, attention_path::materialised}) {
+      o.path = path;
+      std::vector<float> dq(dim), dk(n * dim), dvv(n * dim);
+      double got = 0.0;
+      attention_gradients<float> g{bshd_view(dq.data(), 1, 1, 1, dim),
+                                   bshd_view(dk.data(), 1, n, 1, dim),
+                                   bshd_view(dvv.data(), 1, n, 1, dim), &got};
+      attention_backward(Q, K, V, bshd_view(static_cast<const float*>(out.data()), 1, 1, 1, dim),
+                         bshd_view(static_cast<const float*>(dout.data()), 1, 1, 1, dim), &lse, g,
+                         o);
+      EXPECT_NEAR(got, dm, bound) << "m = " << m
+                                  << (path == attention_path::fused ? " fused" : " materialised");
+    }
+  }
 }
 
 TEST(LogitBackwardErrors, SinkGradientNeedsSinks) {

@@ -70,6 +70,16 @@
 // results below 2^-126 flushed) adds E = 2^-126 d |m scale| (max|q_i| + max|k_j| + 2) per
 // score: B grows by 4 E max|v| for out and by E for the log-sum-exp
 // (tests/test_attention_bf16_scores.cpp).
+// Opt-in bf16 weights (options.allow_bf16_weights, off by default): with bf16 k and v on
+// such a build, the fused prefill rounds each unnormalised weight exp(m z_ij - M) to bf16
+// (to nearest even; below 2^-126 flushed to zero) and runs P V through vdpbf16ps on a
+// pair-packed V (kernels/gemm_bf16.hpp, bf16_values): B grows by 2^-8 sum_j a_ij |v_jc| +
+// (2 n + 2) 2^-126 (max|v| + 1) for out; lse is unchanged. That is up to 2^-8 relative
+// where the float path's typical error is a few float ULPs: for inference that accepts it,
+// in exchange for both GEMMs at the bf16 rate (README, Performance, has the speedup).
+// Decode, the materialised path and every other storage compute as without it
+// (tests/test_attention_bf16_weights.cpp).
+// Values near the element type's largest give their finite weighted mean on both paths.
 // Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
 // NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
 
@@ -108,6 +118,11 @@ struct attention_options {
   int threads = 0;              ///< 0 = all; at most 4096; results do not depend on it
   attention_path path = attention_path::automatic;
   logit_options logit{};  ///< additive bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
+  /// Opt-in reduced precision (off by default): lets the fused prefill round the softmax
+  /// weights to bf16 for P V when v is bf16 on an AVX512-BF16 build (vdpbf16ps for both
+  /// GEMMs), adding up to 2^-8 sum_j a_ij |v_jc| to each output element's bound (see the
+  /// top of this file). A permission, not a demand: other paths compute as without it.
+  bool allow_bf16_weights = false;
 };
 
 /// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j). They are
@@ -179,6 +194,7 @@ make_problem(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
   p.lse = x.lse;
   p.weights = x.weights;
   p.threads = resolve_threads(o.threads);
+  p.allow_bf16_weights = o.allow_bf16_weights;
   return p;
 }
 

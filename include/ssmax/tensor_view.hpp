@@ -29,14 +29,14 @@ template <class T>  // float, double, Eigen::bfloat16 or Eigen::half
 using row_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 /// Reference to a row-major matrix with any row stride (Map, Matrix, block of either).
-template <class T>  // float or double
+template <class T>  // an element type: float, double, Eigen::bfloat16 or Eigen::half
 using const_matrix_ref = Eigen::Ref<const row_matrix<T>, 0, Eigen::OuterStride<>>;
 /// Writable reference to a row-major matrix with any row stride.
-template <class T>  // float or double
+template <class T>  // an element type: float, double, Eigen::bfloat16 or Eigen::half
 using matrix_ref = Eigen::Ref<row_matrix<T>, 0, Eigen::OuterStride<>>;
 
 /// A [batch, seq, heads, dim] view of strided memory. T may be const for inputs.
-template <class T>  // float, double, or either const-qualified
+template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 struct tensor_view {
   T* data = nullptr;     ///< element (0, 0, 0, 0)
   index_t batch = 0;     ///< B
@@ -62,13 +62,13 @@ struct tensor_view {
 };
 
 /// View of contiguous memory laid out [B, S, H, d].
-template <class T>  // float or double, possibly const
+template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 tensor_view<T> bshd_view(T* data, index_t batch, index_t seq, index_t heads, index_t dim) {
   return {data, batch, seq, heads, dim, seq * heads * dim, heads * dim, dim};
 }
 
 /// View of contiguous memory laid out [B, H, S, d] (still indexed (b, s, h, c)).
-template <class T>  // float or double, possibly const
+template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 tensor_view<T> bhsd_view(T* data, index_t batch, index_t heads, index_t seq, index_t dim) {
   return {data, batch, seq, heads, dim, heads * seq * dim, dim, seq * dim};
 }
@@ -79,7 +79,7 @@ tensor_view<T> bhsd_view(T* data, index_t batch, index_t heads, index_t seq, ind
 /// length are padding that attention_mask::cache(lengths) (or key_padding) hides.
 /// Pre (checked, argument_error naming it): data and lengths not null, every extent >= 1,
 /// 0 <= lengths[b] <= capacity. lengths is read now and again by the mask at the call.
-template <class T>  // float or double, possibly const
+template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 tensor_view<T> cache_view(T* data, index_t batch, index_t capacity, index_t kv_heads, index_t dim,
                           const index_t* lengths) {
   constexpr const char* fn = "cache_view";
@@ -99,7 +99,7 @@ tensor_view<T> cache_view(T* data, index_t batch, index_t capacity, index_t kv_h
 }
 
 /// One head's [seq, d] slice of a view, as a row-major Eigen map (no copy).
-template <class T>  // float or double, possibly const
+template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 auto head_matrix(const tensor_view<T>& view, index_t b, index_t h) {
   using Plain = row_matrix<std::remove_const_t<T>>;
   using Mapped = std::conditional_t<std::is_const<T>::value, const Plain, Plain>;

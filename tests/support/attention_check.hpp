@@ -136,7 +136,7 @@ template <class T,       // float or double: the element type of data
 void expect_matches_reference(const attention_data<T>& data, const attention_options<Policy>& o,
                               const attention_run<C>& run, const std::string& what,
                               double out_unit = 0.0, double out_tiny = 0.0,
-                              bool flushed_dots = false) {
+                              bool flushed_dots = false, double weights_unit = 0.0) {
   const double eps = std::numeric_limits<C>::epsilon();
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
   const auto ref =
@@ -177,15 +177,29 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
         const double out_bound = 2 * eps * vmax * (dz + n + 64) + 4 * flush * vmax +
                                  (n + static_cast<double>(data.d)) *
                                      static_cast<double>(std::numeric_limits<C>::denorm_min());
+        const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
         for (index_t c = 0; c < data.d; ++c) {
           const size_t at = static_cast<size_t>(((b * data.n_q + i) * data.H + h) * data.d + c);
           const double got = run.out[at], want = ref.out[at];
-          const double bound = out_bound + out_unit * (std::abs(want) + out_bound) + out_tiny;
+          // Weights rounded to a format of unit weights_unit before P V (the opt-in bf16
+          // weights): each weight within weights_unit of itself, relative, or flushed
+          // below 2^-126 with the products (attention.hpp).
+          double weighted = 0.0;
+          if (weights_unit > 0.0)
+            for (index_t j = 0; j < data.n_k; ++j)
+              weighted +=
+                  ref.weights[row_at * static_cast<size_t>(data.n_k) + static_cast<size_t>(j)] *
+                  std::abs(static_cast<double>(v(b, j, g, c)));
+          const double rounded_weights =
+              weights_unit > 0.0
+                  ? weights_unit * weighted + std::ldexp(2.0 * n + 2.0, -126) * (vmax + 1)
+                  : 0.0;
+          const double row_bound = out_bound + rounded_weights;
+          const double bound = row_bound + out_unit * (std::abs(want) + row_bound) + out_tiny;
           if (!(std::abs(got - want) <= bound) && failures++ < 5)
             ADD_FAILURE() << what << ": out(b=" << b << ", i=" << i << ", h=" << h << ", c=" << c
                           << ") = " << got << ", reference " << want << ", bound " << bound;
         }
-        const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
         if (!run.lse.empty()) {
           const double got = run.lse[row_at], want = ref.lse[row_at];
           const bool ok = std::isinf(want) ? got == want

@@ -7,10 +7,13 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <memory>
+#include <random>
 #include <ssmax/attention.hpp>
 #include <ssmax/kernels/convert.hpp>
 #include <ssmax/kernels/prefill_bf16.hpp>
+#include <string>
 #include <tuple>
 
 #include "attention_check.hpp"
@@ -129,6 +132,63 @@ struct mask_case {
   attention_mask mask;
   bool packed = false;  ///< the data must be [1, total, H, d]
 };
+
+/// Every mask kind over 2 batch entries of n_q queries and n_k keys, 4 heads (cache
+/// lengths n_k - 10 and 37, two packed causal sequences, a sliding window of 50, a random
+/// boolean mask), and the logit features' data (a dense bias with -inf entries, ALiBi
+/// slopes, four sinks): the cases of the bf16 prefill paths' tests. It owns what the masks
+/// point to, so it neither copies nor moves.
+struct logit_cases {
+  static constexpr index_t B = 2, H = 4;
+  index_t lengths[2], cu_q[3], cu_k[3];
+  std::unique_ptr<bool[]> allowed;
+  std::vector<float> bias, slopes = alibi_slopes(H), sinks = {0.5f, -1.0f, 2.0f, -3.0f};
+  std::vector<mask_case> masks;
+  index_t n_q, n_k;
+
+  logit_cases(index_t queries, index_t keys, unsigned seed)
+      : lengths{keys - 10, 37}, cu_q{0, 15, queries}, cu_k{0, 120, keys}, n_q(queries), n_k(keys) {
+    std::mt19937 gen(seed);
+    const auto entries = static_cast<size_t>(B * H * n_q * n_k);
+    allowed.reset(new bool[entries]);
+    for (size_t e = 0; e < entries; ++e) allowed[e] = gen() % 3 != 0;
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    bias.resize(entries);
+    for (auto& x : bias) x = gen() % 7 == 0 ? -std::numeric_limits<float>::infinity() : u(gen);
+    masks = {{"none", attention_mask::none()},
+             {"causal", attention_mask::causal_mask()},
+             {"window", attention_mask::sliding_window(50)},
+             {"cache", attention_mask::cache(lengths)},
+             {"packed-causal", attention_mask::varlen(cu_q, cu_k, 2, true), true},
+             {"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)}};
+  }
+  logit_cases(const logit_cases&) = delete;
+  logit_cases& operator=(const logit_cases&) = delete;
+
+  /// Sets logit to the features named in `feature` ("none", "all", or any of "bias",
+  /// "alibi", "softcap" (c = 1.5) and "sinks" joined by '+') for `batch` entries.
+  void apply(const std::string& feature, index_t batch, logit_options& logit) const {
+    auto has = [&](const char* name) {
+      return feature == "all" || feature.find(name) != std::string::npos;
+    };
+    logit = logit_options{};
+    if (has("bias")) logit.bias = logit_bias::dense(bias.data(), batch, H, n_q, n_k);
+    if (has("alibi")) logit.alibi_slopes = slopes.data(), logit.alibi_heads = H;
+    if (has("softcap")) logit.softcap = 1.5;
+    if (has("sinks")) logit.sinks = sinks.data(), logit.sink_heads = H;
+  }
+};
+
+/// Calls f(name, policy) for Softmax (as ssmax_policy(0, 1)), SSMax with per-head s and
+/// b, and SSMax with negative s and b (negative multipliers on some rows), 4 heads.
+template <class F>  // callable as f(const char* name, const ssmax_policy&)
+void for_each_signed_policy(F&& f) {
+  static const std::vector<double> s = {0.3, 0.5, 0.7, 0.4}, b = {0.0, 0.3, 0.1, 0.2};
+  static const std::vector<double> s_neg = {0.4, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.2, 0.5, -2.0};
+  f("softmax", ssmax_policy(0.0, 1.0));
+  f("ssmax", ssmax_policy(s, b));
+  f("ssmax-negative", ssmax_policy(s_neg, b_neg));
+}
 
 /// Every mask kind x Softmax, SSMax and SSMax with bias, decode (1 to 3 rows, some over
 /// several key blocks) and prefill, GQA 4:2 and 4:4, for one combination.

@@ -17,12 +17,15 @@
 //                 from q, k and the saved log-sum-exp (a_j = exp(m z_j - lse)), D = dout_i
 //                 . out_i, dS = a (u - D) per block, and dq, dk, dv accumulated by GEMMs;
 //                 memory O((n_q + n_k) d), never n_q x n_k. dL/dm = sum_j (z_j - z_0) dy_j
-//                 with z_0 = (lse - log n) / m (detail::logit_shift): sum_j dy_j = 0, so the
-//                 shift changes nothing but the rounding, and z_0 lies between the row's
-//                 mean and largest logit, which keeps the terms as small as the row's logit
-//                 range. It is the same in every call that sees part of the row's keys
-//                 (context parallelism: a slice's dy do not sum to 0, so a slice-local z_0,
-//                 such as its first visible logit, would change each slice's dL/dm).
+//                 with z_0 = (lse - log n') / m (detail::logit_shift), n' = n plus one for
+//                 a sink (one more term of the denominator): sum_j dy_j = 0 (the sink's
+//                 included), so the shift changes nothing but the rounding, and z_0 lies
+//                 between the row's mean and largest logit, which keeps the terms as small
+//                 as the row's logit range (with log n alone, a sink put z_0 near
+//                 log(1 + 1/n) / m: at m = 0.001 the error of D = dout . out came back
+//                 multiplied by about 300). It is the same in every call that sees part of the
+//                 row's keys (context parallelism: a slice's dy do not sum to 0, so a slice-local
+//                 z_0, such as its first visible logit, would change each slice's dL/dm).
 // With the logit's extras (logit.hpp) the scores are the raw x = scale q . k, turned into
 // z = softcap(x) + bias by the score epilogue at m = 1; dS takes the factor softcap'(x)
 // before the GEMMs; the sink is one more logit with a zero value (its dy_sink = -a_sink D
@@ -119,7 +122,7 @@ void setup_backward_rows(const attention_backward_problem<T, Policy, S>& p,
     std::fill(sc.dop + r * dp + d, sc.dop + (r + 1) * dp, T(0));
     rw.D[r] = static_cast<T>(D);
     sc.dm[r] = 0.0;
-    sc.shift[r] = logit_shift<T>(rw.m[r], rw.lse[r], sc.info[r].n);
+    sc.shift[r] = logit_shift<T>(rw.m[r], rw.lse[r], sc.info[r].n + has_sink(f.logit, h));
   }
   std::fill(sc.dq, sc.dq + rows * dp, T(0));
 }

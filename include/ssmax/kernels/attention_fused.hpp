@@ -11,7 +11,9 @@
 // - prefill: kPrefillQueryBlock rows of one head, through a register-blocked GEMM on K^T
 //   and V packed once per (sequence, kv head, key block), kPrefillStrip rows at a time
 //   (prefill_strips.hpp: the strip's scores stay in L1); with bf16 q and k on AVX512-BF16
-//   the score GEMM is vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp);
+//   the score GEMM is vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp), and with
+//   the opt-in bf16 weights and bf16 v, P V is vdpbf16ps on a V pair-packed over keys
+//   instead of the float V (gemm_bf16.hpp, bf16_values);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
 //   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
 //   place in kKeyStreams runs, each key and value vector loaded (and widened) once for
@@ -105,6 +107,7 @@ struct fused_scratch {
   row_logit* logit;          ///< [kFusedScratchRows] score epilogues (logit.hpp), or null
   std::uint32_t* qp;         ///< bf16 prefill: [kPrefillQueryBlock, pairs] q pairs, else null
   float* f;                  ///< bf16 prefill: [kPrefillQueryBlock] row factors, else null
+  std::uint32_t* pp;         ///< bf16 weights: [kPrefillStrip, kKeyBlock / 2] P pairs, else null
 };
 
 /// The fused kernel's plan and buffers, carved from an arena (sizes only when its base is
@@ -116,13 +119,15 @@ template <class Arch,                      // architecture tag
           class S = storage_set<T, T, T>>  // storage types of q, k/v, out (plan.hpp)
 struct fused_plan {
   index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
-  bool gemm = false;  ///< some task has more than kDotMaxRows rows: K^T is packed
+  bool gemm = false;          ///< some task has more than kDotMaxRows rows: K^T is packed
+  bool bf16_weights = false;  ///< gemm, allowed and bf16_weights_path: P V in bf16 on vpb
   fused_task* tasks = nullptr;
   fused_item* items = nullptr;
   index_t* first_block = nullptr;  ///< [sequences + 1] grid blocks before each sequence
   T* kt = nullptr;                 ///< [n_blocks, H_kv, d, ldk] packed K^T
   std::uint16_t* ktb = nullptr;    ///< bf16 prefill: [n_blocks, H_kv, pairs, kBf16KtStride] K^T
   T* vpk = nullptr;                ///< [n_blocks, H_kv, kKeyBlock, dp] packed V
+  std::uint16_t* vpb = nullptr;    ///< bf16 weights: [n_blocks, H_kv, kKeyBlock / 2, 2 dp] V pairs
   T* partial_o = nullptr;          ///< [n_partial, dp]
   row_state<double>* partial_state = nullptr;  ///< [n_partial]
   fused_scratch<T>* scratch = nullptr;         ///< [threads]
@@ -143,6 +148,13 @@ struct fused_plan {
   /// Packed V of grid block blk of sequence s, kv head g: [kKeyBlock, dp].
   T* v_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g, index_t blk) const {
     return vpk + ((first_block[s] + blk) * p.k.heads + g) * kKeyBlock * dp;
+  }
+
+  /// Pair-packed bf16 V of grid block blk of sequence s, kv head g (bf16 weights):
+  /// [kKeyBlock / 2, 2 dp].
+  std::uint16_t* vpb_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g,
+                           index_t blk) const {
+    return vpb + ((first_block[s] + blk) * p.k.heads + g) * kKeyBlock * dp;
   }
 
   /// Counts the tasks, items, partial rows and grid blocks (the first pass).
@@ -200,10 +212,12 @@ struct fused_plan {
     items = a.take<fused_item>(n_items);
     first_block = a.take<index_t>(p.sequences() + 1);
     constexpr bool bf16 = bf16_prefill<Arch, T, S>;
+    bf16_weights = gemm && bf16_weights_path<Arch, T, S> && p.allow_bf16_weights;
     const index_t kp = kt_pairs(d);
     kt = a.take<T>(gemm && !bf16 ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
     ktb = a.take<std::uint16_t>(gemm && bf16 ? n_blocks * p.k.heads * kp * kBf16KtStride : 0);
-    vpk = a.take<T>(gemm ? n_blocks * p.k.heads * padded_v_elements(d, W) : 0);
+    vpk = a.take<T>(gemm && !bf16_weights ? n_blocks * p.k.heads * padded_v_elements(d, W) : 0);
+    vpb = a.take<std::uint16_t>(bf16_weights ? n_blocks * p.k.heads * kKeyBlock * dp : 0);
     partial_o = a.take<T>(n_partial * dp);
     partial_state = a.take<row_state<double>>(n_partial);
     scratch = a.take<fused_scratch<T>>(threads);
@@ -217,6 +231,7 @@ struct fused_plan {
       sc.logit = a.take<row_logit>(p.logit.transforms_scores() ? kFusedScratchRows : 0);
       sc.qp = a.take<std::uint32_t>(gemm && bf16 ? kPrefillQueryBlock * kp : 0);
       sc.f = a.take<float>(gemm && bf16 ? kPrefillQueryBlock : 0);
+      sc.pp = a.take<std::uint32_t>(bf16_weights ? kPrefillStrip * kKeyBlock / 2 : 0);
       if (!a.counting()) scratch[t] = sc;
     }
     if (!a.counting()) fill(p);
@@ -321,10 +336,19 @@ void fused_range(const attention_problem<T, Policy, S>& p,
     krows.offsets = vrows.offsets = p.block_rows(b, kb, nk, offsets);
     if (rows > kDotMaxRows) {  // one head: groups == 1; strips of rows (prefill_strips.hpp)
       auto strips = [&](const auto& scores) {
-        prefill_strips<Arch>(
-            rows, sc.info, kb, nk, scores,
-            [&](index_t r0, index_t r1, index_t hi, T* s) { softmax(r0, r1, kb, hi, s); },
-            plan.v_block(p, t.seq, kv_of[0], blk), dp, sc.s, skp, sc.o);
+        auto run = [&](const auto& pv) {
+          prefill_strips<Arch>(
+              rows, sc.info, kb, nk, scores,
+              [&](index_t r0, index_t r1, index_t hi, T* s) { softmax(r0, r1, kb, hi, s); }, pv, dp,
+              sc.s, skp, sc.o);
+        };
+#ifdef SSMAX_HAVE_AVX512BF16
+        if constexpr (bf16_weights_path<Arch, T, S>)
+          if (plan.bf16_weights)
+            return run(
+                bf16_values{plan.vpb_block(p, t.seq, kv_of[0], blk), sc.pp, kKeyBlock / 2, dp});
+#endif
+        run(packed_values<Arch, T>{plan.v_block(p, t.seq, kv_of[0], blk), dp});
       };
       if constexpr (bf16_prefill<Arch, T, S>) {  // vdpbf16ps on the pair-packed K^T
 #ifdef SSMAX_HAVE_AVX512BF16
@@ -350,13 +374,17 @@ void fused_range(const attention_problem<T, Policy, S>& p,
 
 /// Writes scratch row r of task t (query row t.q0 + r % t.rows of head t.head + r /
 /// t.rows, whose keys are `row`): the head's sink added (add_sink, which may rescale o),
-/// out = o / sum, and the log-sum-exp.
+/// out = o / sum, and the log-sum-exp. A row whose o overflowed (output_overflowed: n |v|
+/// beyond T's range) is recomputed with normalised weights (recompute_normalised).
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r, T* o,
                      row_state<double> state, const row_keys& row) {
   const index_t i = t.q0 + r % t.rows, h = t.head + r / t.rows;
+  const sequence_span seq = p.span(t.seq);
   add_sink(sink_logit(p, h, row), o, p.q.dim, state);
-  finish_row(p, p.span(t.seq).tensor_batch, i, h, o, state);
+  const bool overflowed = output_overflowed(o, p.q.dim, state);
+  if (overflowed) recompute_normalised(p, seq, h, i, state, o);
+  finish_row(p, seq.tensor_batch, i, h, o, state, overflowed);
 }
 
 }  // namespace detail
@@ -395,6 +423,12 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
         detail::pack_kt<Arch>(p.k_row(b, kb, g), detail::row_map{p.k.stride_s, at}, nk, p.q.dim,
                               detail::round_up(nk, W), plan.ldk, plan.kt_block(p, s, g, blk));
       }
+#ifdef SSMAX_HAVE_AVX512BF16
+      if constexpr (detail::bf16_weights_path<Arch, T, S>)
+        if (plan.bf16_weights)
+          return detail::pack_v_bf16(p.v_row(b, kb, g), detail::row_map{p.v.stride_s, at}, nk,
+                                     p.q.dim, dp, plan.vpb_block(p, s, g, blk));
+#endif
       // V rows contiguous and zero-padded to dp: with [B, S, H, d] layouts a head's rows
       // are H * d apart (4 KiB at H = 8, d = 128) and would all share one L1 set.
       detail::pad_rows<Arch>(p.v_row(b, kb, g), detail::row_map{p.v.stride_s, at}, nk, p.q.dim, dp,

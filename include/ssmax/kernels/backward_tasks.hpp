@@ -132,10 +132,10 @@ struct backward_plan {
 };
 
 /// The shift z_0 of dL/dm = sum_j (z_j - z_0) dy_j for a row with multiplier m, log-sum-exp
-/// lse and policy n: (lse - log n) / m, the log-mean-exp of m z over m, which lies between the
-/// row's mean and largest logit (m > 0; smallest and mean for m < 0) when n is the visible
-/// count; 0 when m = 0 or when lse's rounding (eps (|lse| + log n) / |m|) would exceed one
-/// unit of logit.
+/// lse and n terms in its denominator (the policy n, plus one for a sink): (lse - log n) / m,
+/// the log-mean-exp of m z over m, which lies between the row's mean and largest logit (m >
+/// 0; smallest and mean for m < 0) when n is the visible count; 0 when m = 0 or when lse's rounding
+/// (eps (|lse| + log n) / |m|) would exceed one unit of logit.
 template <class T>  // float or double: lse's type
 inline double logit_shift(T m, T lse, index_t n) {
   const double md = static_cast<double>(m), ld = static_cast<double>(lse);
@@ -143,6 +143,12 @@ inline double logit_shift(T m, T lse, index_t n) {
   const double eps = std::numeric_limits<T>::epsilon();
   if (md == 0.0 || eps * (std::abs(ld) + log_n) > std::abs(md)) return 0.0;
   return (ld - log_n) / md;
+}
+
+/// 1 when head h has a sink (a finite or +inf logit: one more term in the row's
+/// denominator), else 0.
+inline index_t has_sink(const logit_options& logit, index_t h) {
+  return logit.has_sinks() && logit.sinks[h] != -std::numeric_limits<float>::infinity() ? 1 : 0;
 }
 
 /// Where a task puts its rows' dL/dm shares (record_row): the task's policy gradient and

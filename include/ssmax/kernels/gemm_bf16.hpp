@@ -23,6 +23,14 @@
 // are flushed to zero (2^-126 per step). tests/test_gemm_bf16.cpp checks this bound
 // against a double reference on bf16 values, denormal inputs included.
 //
+// The same GEMM serves the opt-in bf16 P V (attention_options::allow_bf16_weights,
+// bf16_values): O += P V with the weights of a strip row rounded to bf16 pairs over keys
+// (pack_p_bf16) and V pair-interleaved over keys (pack_v_bf16). Each weight is rounded
+// once (relative error at most 2^-8, below 2^-126 flushed); the products p v are then
+// exact in float and the accumulation is as above, so the output gains at most 2^-8 sum_j
+// a_ij |v_jc| plus the flushes (attention.hpp states the bound;
+// tests/test_attention_bf16_weights.cpp checks it).
+//
 // Deterministic: each score is one accumulation over the pairs in order.
 
 #include <algorithm>
@@ -79,15 +87,18 @@ inline void pack_kt_bf16(const Eigen::bfloat16* k0, row_map rows, index_t nk, in
   }
 }
 
-/// Register tile: C[MR x 16 NV] = f_r A B over kp pairs. A row r: kp packed pairs at
-/// a + r * lda; B pair rows ldb bf16 apart; C rows ldc floats apart; f[r] the row factors.
+/// Register tile over kp pairs: C[MR x 16 NV] = diag(f) A B, or C += A B when f is null.
+/// A row r: kp packed pairs at a + r * lda; B pair rows ldb bf16 apart; C rows ldc floats
+/// apart; f[r] the row factors.
 template <int MR,  // rows of the tile
-          int NV>  // vectors of 16 keys per tile row (accumulators MR x NV <= 28)
+          int NV>  // vectors of 16 columns per tile row (accumulators MR x NV <= 28)
 inline void gemm_bf16_tile(index_t kp, const std::uint32_t* a, index_t lda, const std::uint16_t* b,
                            index_t ldb, const float* f, float* c, index_t ldc) {
   __m512 acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] =
+          f != nullptr ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + v * kBf16Lanes);
   for (index_t p = 0; p < kp; ++p) {
     ssmax::detail::prefetch_rows<NV * 64>(b + (p + kPrefetchRows) * ldb);
     __m512bh bv[NV];
@@ -99,42 +110,44 @@ inline void gemm_bf16_tile(index_t kp, const std::uint32_t* a, index_t lda, cons
     }
   }
   for (int r = 0; r < MR; ++r) {
-    const __m512 fr = _mm512_set1_ps(f[r]);
+    const __m512 fr = _mm512_set1_ps(f != nullptr ? f[r] : 1.0f);
     for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(c + r * ldc + v * kBf16Lanes, _mm512_mul_ps(acc[r][v], fr));
+      _mm512_storeu_ps(c + r * ldc + v * kBf16Lanes,
+                       f != nullptr ? _mm512_mul_ps(acc[r][v], fr) : acc[r][v]);
   }
-}
-
-/// gemm_bf16_tile with a run-time row count mr in [1, 8].
-template <int NV>  // vectors of 16 keys per tile row
-inline void gemm_bf16_rows(index_t mr, index_t kp, const std::uint32_t* a, index_t lda,
-                           const std::uint16_t* b, index_t ldb, const float* f, float* c,
-                           index_t ldc) {
-  with_rows<1, 8>(mr, [&](auto rows) {
-    gemm_bf16_tile<decltype(rows)::value, NV>(kp, a, lda, b, ldb, f, c, ldc);
-  });
 }
 
 /// Tile shape of the bf16 GEMM: the float GEMM's AVX-512 shape, 8 rows x 2 vectors (16
 /// accumulators of the 32 registers). Measured (Zen 5, bench_attention tile/gemm/bf16, a
 /// 64 x 256 score block, K^T packed): about 390 GFLOP/s at d = 64 and 128, 0.93 of the
-/// vdpbf16ps peak (peak/dpbf16/bf16) and 1.87 x the float FMA peak of the same run.
+/// vdpbf16ps peak (peak/dpbf16/bf16) and 1.87 x the float FMA peak of the same run. For
+/// the P V of bf16 weights (32 rows x 128 columns over 128 key pairs) 8 x 2 was as fast as
+/// 4 x 4, 6 x 4 and 3 x 8 (Zen 4, whole bf16 prefill, CPU time, 3 interleaved runs).
 inline constexpr int kBf16TileRows = 8, kBf16TileVectors = 2;
 
-/// C[m x n] = diag(f) A B: A [m x kp] packed q pairs (rows lda words apart), B [kp x n]
-/// pair-interleaved K^T (pair rows ldb bf16 apart), n a multiple of 16, C rows ldc apart.
+/// C[m x n] = diag(f) A B, or C += A B when f is null: A [m x kp] packed pairs (rows lda
+/// words apart), B [kp x n] pair-interleaved (pair rows ldb bf16 apart), n a multiple of
+/// 16, C rows ldc apart; tiles of MR rows x NV vectors.
+template <int MR = kBf16TileRows,     // rows per register tile
+          int NV = kBf16TileVectors>  // vectors of 16 columns per register tile
 inline void gemm_bf16(index_t m, index_t n, index_t kp, const std::uint32_t* a, index_t lda,
                       const std::uint16_t* b, index_t ldb, const float* f, float* c, index_t ldc) {
-  constexpr index_t MR = kBf16TileRows, NV = kBf16TileVectors, L = kBf16Lanes;
+  constexpr index_t L = kBf16Lanes;
   index_t j = 0;
   for (; j + NV * L <= n; j += NV * L)
     for (index_t i = 0; i < m; i += MR)
-      gemm_bf16_rows<NV>(std::min(MR, m - i), kp, a + i * lda, lda, b + 2 * j, ldb, f + i,
-                         c + i * ldc + j, ldc);
+      with_rows<1, MR>(std::min<index_t>(MR, m - i), [&](auto rows) {
+        gemm_bf16_tile<decltype(rows)::value, NV>(kp, a + i * lda, lda, b + 2 * j, ldb,
+                                                  f != nullptr ? f + i : nullptr, c + i * ldc + j,
+                                                  ldc);
+      });
   for (; j < n; j += L)
     for (index_t i = 0; i < m; i += MR)
-      gemm_bf16_rows<1>(std::min(MR, m - i), kp, a + i * lda, lda, b + 2 * j, ldb, f + i,
-                        c + i * ldc + j, ldc);
+      with_rows<1, MR>(std::min<index_t>(MR, m - i), [&](auto rows) {
+        gemm_bf16_tile<decltype(rows)::value, 1>(kp, a + i * lda, lda, b + 2 * j, ldb,
+                                                 f != nullptr ? f + i : nullptr, c + i * ldc + j,
+                                                 ldc);
+      });
 }
 
 /// The score GEMM of the bf16 path for prefill_strips (prefill_strips.hpp): the scores of
@@ -146,6 +159,55 @@ struct bf16_scores {
   index_t kp, lda, ldk;     ///< pairs, q row stride (words), K^T pair-row stride (bf16)
   void operator()(index_t r0, index_t rows, index_t cols, float* s, index_t lds) const {
     gemm_bf16(rows, cols, kp, qp + r0 * lda, lda, kt, ldk, f + r0, s, lds);
+  }
+};
+
+/// Packs the values of keys k0 + rows(j) (j < nk, d bf16 each) pair-interleaved over keys
+/// into vb for the opt-in bf16 P V: pair row j2 at vb + j2 * 2 dp holds (v_{2 j2}[c],
+/// v_{2 j2 + 1}[c]) at 2 c, 2 c + 1 for c < d; columns d..dp-1 and the partner of an odd
+/// nk's last key are zero. ceil(nk / 2) pair rows.
+inline void pack_v_bf16(const Eigen::bfloat16* v0, row_map rows, index_t nk, index_t d, index_t dp,
+                        std::uint16_t* vb) {
+  for (index_t j2 = 0; 2 * j2 < nk; ++j2) {
+    std::uint16_t* row = vb + j2 * 2 * dp;
+    const Eigen::bfloat16* even = v0 + rows(2 * j2);
+    const Eigen::bfloat16* odd = 2 * j2 + 1 < nk ? v0 + rows(2 * j2 + 1) : nullptr;
+    for (index_t c = 0; c < d; ++c) {
+      row[2 * c] = bf16_bits(even[c]);
+      row[2 * c + 1] = odd != nullptr ? bf16_bits(odd[c]) : std::uint16_t(0);
+    }
+    std::fill(row + 2 * d, row + 2 * dp, std::uint16_t(0));
+  }
+}
+
+/// Rounds the weights p[0, n) to bf16 pairs (vcvtneps2bf16: to nearest even, inputs and
+/// results below 2^-126 flushed to zero): pp[j2] holds p[2 j2] in its low half and p[2 j2
+/// + 1] (0 past n) in its high half; ceil(n / 2) words. Reads nothing past p[n - 1].
+inline void pack_p_bf16(const float* p, index_t n, std::uint32_t* pp) {
+  index_t j = 0;
+  for (; j + kBf16Lanes <= n; j += kBf16Lanes)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pp + j / 2),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p + j)));
+  if (j == n) return;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+  const __m256i packed = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail, p + j));
+  _mm256_mask_storeu_epi32(pp + j / 2, static_cast<__mmask8>((1u << ((n - j + 1) / 2)) - 1),
+                           packed);
+}
+
+/// The opt-in bf16 P V for prefill_strips (prefill_strips.hpp, attention_options::
+/// allow_bf16_weights): each strip row's weights rounded to bf16 pairs (pack_p_bf16, into
+/// pp) and O += P V through vdpbf16ps on the pair-packed values (pack_v_bf16).
+struct bf16_values {
+  const std::uint16_t* vb;  ///< pair-packed V of the block, pair rows 2 dp apart
+  std::uint32_t* pp;        ///< [strip rows, ldp] weight pairs (scratch)
+  index_t ldp;              ///< words per row of pp: at least ceil(keys / 2)
+  index_t dp;               ///< padded head dimension (a multiple of 16)
+  /// O[rows x dp] (rows dp apart) += P[rows x keys] (rows lds apart) V.
+  void operator()(index_t rows, index_t keys, const float* s, index_t lds, float* o) const {
+    const index_t kp = (keys + 1) / 2;
+    for (index_t r = 0; r < rows; ++r) pack_p_bf16(s + r * lds, keys, pp + r * ldp);
+    gemm_bf16(rows, dp, kp, pp, ldp, vb, 2 * dp, nullptr, o, dp);
   }
 };
 

@@ -13,6 +13,9 @@
 // - a score of -inf (a product that overflows negatively, or an inf input whose products
 //   are all -inf) weighs 0, as a masked key does: the kernels never scan their inputs.
 // The recomputation runs only for the rare blocks whose scores are +inf or NaN.
+// Values near T's largest: the unnormalised output o = sum_j p_j v_j (p_j <= 1) can
+// overflow where out, a weighted mean, does not; such a row is recomputed with its
+// weights normalised first (output_overflowed, recompute_normalised).
 
 #include <algorithm>
 #include <cmath>
@@ -237,21 +240,69 @@ inline void block_key_range(const attention_problem<T, Policy, S>& p, const sequ
   if (lo >= hi) lo = hi = seq.k_begin;
 }
 
-/// Writes one finished row: out = o / sum (zeros when the state is empty), lse (in T).
-/// The one rounding to a 16-bit out happens here: o / sum in T, then to nearest even.
+/// Writes one finished row: out = o / sum (zeros when the state is empty; o itself when
+/// `normalised`, as recompute_normalised leaves it), lse (in T). The one rounding to a
+/// 16-bit out happens here: o / sum in T, then to nearest even.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, index_t i, index_t h,
-                       const T* o, const row_state<double>& state) {
+                       const T* o, const row_state<double>& state, bool normalised = false) {
   using O = typename S::out;
   O* dst = p.out.row(b, i, h);
   const index_t d = p.q.dim;
   if (state.empty()) {
     std::fill(dst, dst + d, from_compute<O>(T(0)));
   } else {
-    const T inv = static_cast<T>(1.0 / state.sum);
+    const T inv = normalised ? T(1) : static_cast<T>(1.0 / state.sum);
     for (index_t c = 0; c < d; ++c) dst[c] = from_compute<O>(o[c] * inv);
   }
   if (p.lse != nullptr) p.lse[p.row_index(b, h, i)] = static_cast<T>(state.log_sum_exp());
+}
+
+/// True when a finished row's unnormalised output o[0, d) needs recompute_normalised: some
+/// element is not finite while the row's state is not NaN. With finite values that is an
+/// overflow of o = sum_j p_j v_j (p_j <= 1) past T's range, n |v| near T's largest value,
+/// where the exact output, a weighted mean of the values, is finite.
+template <class T>  // compute type: float or double
+inline bool output_overflowed(const T* o, index_t d, const row_state<double>& state) {
+  if (state.empty() || std::isnan(state.max)) return false;
+  return !std::all_of(o, o + d, [](T x) { return std::isfinite(x); });
+}
+
+/// The rare path of output_overflowed: row i of head h in seq recomputed from q, k and v
+/// over the keys it sees, with its weights normalised before they meet the values, so that
+/// o[0, d) holds out itself and cannot overflow where out does not: w_j = exp(m z_j - max)
+/// / sum from the row's final state (the sink's term included; the +inf keys sharing
+/// equally when the row is at +inf), z_j recomputed without overflow (safe_scores, the
+/// score epilogue, the mask), each w_j rounded once to T, then o = sum_j w_j v_j in T over
+/// the keys of the row's span [begin, end) (hidden ones with weight 0, as in P V).
+/// Within attention.hpp's bound (eps max|v| (2 (d + 2) Z + n + 64)); a value that is not
+/// finite gives what the normal path gives (inf or NaN; 0 x NaN for a hidden key's).
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline void recompute_normalised(const attention_problem<T, Policy, S>& p, const sequence_span& seq,
+                                 index_t h, index_t i, const row_state<double>& state, T* o) {
+  const index_t b = seq.tensor_batch, d = p.q.dim, g = p.kv_head(h);
+  const row_keys row = p.keys_of(seq, h, i);
+  const bool transforms = p.logit.transforms_scores();
+  const row_logit logit = transforms ? row_logit_of(p, seq, h, i, row) : row_logit{};
+  const double factor = query_factor(p, row, h), inf = std::numeric_limits<double>::infinity();
+  std::fill(o, o + d, T(0));
+  T s[kKeyBlock];
+  index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
+  for (index_t kb = row.begin; kb < row.end; kb += kKeyBlock) {
+    const index_t nk = std::min(kKeyBlock, row.end - kb);
+    const row_map rows{p.k.stride_s, p.block_rows(b, kb, nk, offsets)};
+    safe_scores(s, nk, p.q.row(b, i, h), p.k_row(b, kb, g), rows, d, factor);
+    if (transforms) score_epilogue(s, kb, nk, logit);
+    mask_row(s, kb, nk, row);
+    const auto* v0 = p.v_row(b, kb, g);
+    for (index_t j = 0; j < nk; ++j) {
+      const double z = static_cast<double>(s[j]);  // -inf: weight 0 (0 v, as P V has it)
+      const double e = state.max == inf ? (z == inf ? 1.0 : 0.0) : std::exp(z - state.max);
+      const T w = static_cast<T>(e / state.sum);
+      const auto* vj = v0 + rows(j);
+      for (index_t c = 0; c < d; ++c) o[c] += w * to_compute(vj[c]);
+    }
+  }
 }
 
 }  // namespace ssmax::kernels::detail

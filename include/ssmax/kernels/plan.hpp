@@ -74,12 +74,13 @@ struct attention_problem {
   tensor_view<typename S::out> out;     ///< [B, n_q, H, d]
   const Policy* policy = nullptr;
   attention_mask mask;
-  logit_options logit;   ///< bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
-  double scale = 1.0;    ///< logit scale (1/sqrt(d) by default)
-  T* lse = nullptr;      ///< [B, H, n_q] or null (compute type)
-  T* weights = nullptr;  ///< [B, H, n_q, n_k] or null (materialised only; compute type)
-  int threads = 1;       ///< threads to use (>= 1)
-  kv_pages pages;        ///< a paged cache's block table (fused path only), or none
+  logit_options logit;              ///< bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
+  double scale = 1.0;               ///< logit scale (1/sqrt(d) by default)
+  T* lse = nullptr;                 ///< [B, H, n_q] or null (compute type)
+  T* weights = nullptr;             ///< [B, H, n_q, n_k] or null (materialised only; compute type)
+  int threads = 1;                  ///< threads to use (>= 1)
+  kv_pages pages;                   ///< a paged cache's block table (fused path only), or none
+  bool allow_bf16_weights = false;  ///< attention_options::allow_bf16_weights
 
   index_t sequences() const { return sequence_count(mask, q.batch); }
   sequence_span span(index_t s) const { return sequence_of(mask, s, q.seq, k.seq); }

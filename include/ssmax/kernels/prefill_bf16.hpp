@@ -23,19 +23,29 @@
 
 namespace ssmax::kernels::detail {
 
+/// True when the fused prefill of a problem of compute type T and storage S on Arch can
+/// take the opt-in bf16 P V (attention_options::allow_bf16_weights): bf16 k and v, float
+/// compute, 16 float lanes and an AVX512-BF16 build. The plan takes it when the problem
+/// allows it (attention_problem::allow_bf16_weights) and packs V pair-interleaved
+/// (pack_v_bf16) instead of in float.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T,     // compute type
+          class S>     // storage_set (plan.hpp)
+inline constexpr bool bf16_weights_path =
+#ifdef SSMAX_HAVE_AVX512BF16
+    std::is_same<T, float>::value&& std::is_same<typename S::kv, Eigen::bfloat16>::value&&
+        ssmax::detail::simd<Arch, float>::width == 16;
+#else
+    false;
+#endif
+
 /// True when the fused prefill of a problem of compute type T and storage S on Arch takes
-/// the bf16 score GEMM (see the top of the file).
+/// the bf16 score GEMM (see the top of the file): bf16_weights_path's conditions and bf16 q.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type
           class S>     // storage_set (plan.hpp)
 inline constexpr bool bf16_prefill =
-#ifdef SSMAX_HAVE_AVX512BF16
-    std::is_same<T, float>::value&& std::is_same<typename S::q, Eigen::bfloat16>::value&&
-        std::is_same<typename S::kv, Eigen::bfloat16>::value&&
-            ssmax::detail::simd<Arch, float>::width == 16;
-#else
-    false;
-#endif
+    bf16_weights_path<Arch, T, S>&& std::is_same<typename S::q, Eigen::bfloat16>::value;
 
 /// Pair rows of a head dimension d (ceil(d / 2); an odd d pads one zero dimension).
 inline index_t kt_pairs(index_t d) { return (d + 1) / 2; }

@@ -63,19 +63,33 @@ struct packed_scores {
   }
 };
 
+/// The P V GEMM of the float path: O[rows x dp] += P[rows x keys] V on the packed V
+/// [keys, dp] (pad_rows), every output element one fma chain over the keys in order.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class T>     // float or double
+struct packed_values {
+  const T* v;  ///< [kKeyBlock, dp] packed V of the block
+  index_t dp;  ///< padded head dimension (a multiple of the vector width)
+  void operator()(index_t rows, index_t keys, const T* s, index_t lds, T* o) const {
+    gemm<Arch>(rows, dp, keys, s, lds, v, dp, o, dp, true);
+  }
+};
+
 /// One key block [kb, kb + nk) of a task's rows [0, rows), strip by strip:
 /// - scores(r0, strip_rows, cols, s, lds) writes the strip's scores (cols keys, a multiple
 ///   of W) into s: the per-block score GEMM (packed_scores, or a 16-bit dot-product GEMM);
 /// - softmax(r0, r1, keys, s) masks and applies the online softmax to rows [r0, r1) over
 ///   keys [0, keys) of the block, leaving P in s (row r at s + (r - r0) * lds);
-/// - O[r0..r1) += P V with v the packed V [nk, dp] (rows dp apart), o rows dp apart.
+/// - values(strip_rows, keys, s, lds, o + r0 * dp) adds P V to the strip's output rows
+///   (dp apart): packed_values, or the opt-in bf16 P V (gemm_bf16.hpp, bf16_values).
 /// s holds kPrefillStrip rows of lds >= round_up(nk, W) elements.
 template <class Arch,     // xsimd architecture tag or scalar_arch
           class T,        // float or double
           class Scores,   // callable (r0, rows, cols, s, lds): the strip's scores
-          class Softmax>  // callable (r0, r1, keys, s): mask + online softmax of the rows
+          class Softmax,  // callable (r0, r1, keys, s): mask + online softmax of the rows
+          class Values>   // callable (rows, keys, s, lds, o): O += P V of the strip
 void prefill_strips(index_t rows, const row_keys* info, index_t kb, index_t nk, Scores&& scores,
-                    Softmax&& softmax, const T* v, index_t dp, T* s, index_t lds, T* o) {
+                    Softmax&& softmax, Values&& values, index_t dp, T* s, index_t lds, T* o) {
   constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
   for (index_t r0 = 0; r0 < rows; r0 += kPrefillStrip) {
     const index_t r1 = std::min(rows, r0 + kPrefillStrip);
@@ -83,7 +97,7 @@ void prefill_strips(index_t rows, const row_keys* info, index_t kb, index_t nk, 
     if (hi == 0) continue;
     scores(r0, r1 - r0, round_up(hi, W), s, lds);
     softmax(r0, r1, hi, s);
-    gemm<Arch>(r1 - r0, dp, hi, s, lds, v, dp, o + r0 * dp, dp, true);
+    values(r1 - r0, hi, s, lds, o + r0 * dp);
   }
 }
 
