@@ -127,11 +127,10 @@ inline constexpr int kBf16TileRows = 8, kBf16TileVectors = 2;
 
 /// C[m x n] = diag(f) A B, or C += A B when f is null: A [m x kp] packed pairs (rows lda
 /// words apart), B [kp x n] pair-interleaved (pair rows ldb bf16 apart), n a multiple of
-/// 16, C rows ldc apart; tiles of MR rows x NV vectors.
-template <int MR = kBf16TileRows,     // rows per register tile
-          int NV = kBf16TileVectors>  // vectors of 16 columns per register tile
+/// 16, C rows ldc apart.
 inline void gemm_bf16(index_t m, index_t n, index_t kp, const std::uint32_t* a, index_t lda,
                       const std::uint16_t* b, index_t ldb, const float* f, float* c, index_t ldc) {
+  constexpr int MR = kBf16TileRows, NV = kBf16TileVectors;
   constexpr index_t L = kBf16Lanes;
   index_t j = 0;
   for (; j + NV * L <= n; j += NV * L)
