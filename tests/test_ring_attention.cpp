@@ -62,6 +62,7 @@ struct mask_case {
   bool causal;
   index_t window;
   bool padding;
+  index_t left = -1, right = -1;  ///< local (left, right) window; -1: none
 };
 
 /// One problem: shapes and mask.
@@ -352,6 +353,30 @@ void bad_input() {
                                 bshd_view(o, B, seq, heads, dim), opt, lse.data(), ctx);
   };
   const bool mine = g_rank == last;
+  // Slices from cache_view carry lengths the ring does not take; lse over the key lengths.
+  expect_same_error("k carries seq_lengths", "k", [&] {
+    const std::vector<index_t> lengths(B, S);
+    distributed::ring_attention(
+        bshd_view(q.data(), B, S, H, d), cache_view(k.data(), B, S, H_kv, d, lengths.data()),
+        cache_view(v.data(), B, S, H_kv, d, lengths.data()), bshd_view(out.data(), B, S, H, d),
+        attention_options<softmax_policy>{}, lse.data(), distributed::ring_context{});
+  });
+  expect_same_error("lse over the key lengths", "lse", [&] {
+    attention_options<softmax_policy> opt;
+    auto* lengths = reinterpret_cast<index_t*>(lse.data() + 2);
+    const float saved[2] = {lse[2], lse[3]};
+    lengths[0] = N;
+    opt.mask.key_lengths = lengths;
+    try {
+      distributed::ring_attention(
+          bshd_view(q.data(), B, S, H, d), bshd_view(k.data(), B, S, H_kv, d),
+          bshd_view(v.data(), B, S, H_kv, d), bshd_view(out.data(), B, S, H, d), opt, lse.data(),
+          distributed::ring_context{});
+    } catch (...) {
+      lse[2] = saved[0], lse[3] = saved[1];
+      throw;
+    }
+  });
   // A local error on the last rank only (null out).
   expect_same_error("null out", "out",
                     [&] { run(S, H, H_kv, d, mine ? nullptr : out.data(), layout::contiguous); });
@@ -367,9 +392,8 @@ void bad_input() {
     });
   }
   if (g_ranks > 1) {
-    // Found by a new-user pass: these differed on one rank without any check, giving a
-    // crash (MPI_ERR_TRUNCATE: float against double), a hang (grads.policy on some ranks:
-    // only they all-reduce ds and db) or silently mixed rows (scale, policy type).
+    // Unchecked, these would crash (MPI_ERR_TRUNCATE: float against double), hang
+    // (grads.policy on some ranks: only they all-reduce ds and db) or silently mix rows.
     expect_same_error("element type differs", "q", [&] {
       if (!mine) return run(S, H, H_kv, d, out.data(), layout::contiguous);
       std::vector<double> x(q.size(), 0.5), o(q.size(), 7.0), l(lse.size(), 7.0);
@@ -434,6 +458,146 @@ void bad_input() {
                       [&] { run(mine ? S + 1 : S, H, H_kv, d, out.data(), layout::contiguous); });
 }
 
+/// A policy the agreement knows only by its multipliers: m = 1 + slope * p.
+struct slope_policy {
+  static constexpr bool learnable = false;
+  double slope = 0.0;
+  double multiplier(const row_position& row) const {
+    return 1.0 + slope * static_cast<double>(row.position);
+  }
+  index_t heads() const { return 0; }
+  void validate(const char*) const {}
+};
+
+/// Ranks whose options differ in one value that changes the result: every rank throws the
+/// same argument_error naming that value; values that do not change it (threads, one shared
+/// s against the same s per head) pass.
+void ranks_that_disagree() {
+  if (g_ranks < 2) return;
+  const index_t N = 24, B = 1, H = 4, H_kv = 2, d = 8;
+  const auto sl = distributed::slice_of(layout::contiguous, N, g_ranks, g_rank);
+  const index_t S = sl.length();
+  const bool mine = g_rank == g_ranks - 1;
+  std::vector<float> q(static_cast<size_t>(B * S * H * d), 0.5f), k(q), v(q), out(q.size()),
+      dout(q.size(), 0.25f), lse(static_cast<size_t>(B * H * S));
+  const auto view = [&](std::vector<float>& x, index_t heads) {
+    return bshd_view(static_cast<const float*>(x.data()), B, S, heads, d);
+  };
+  const auto forward = [&](auto opt) {
+    distributed::ring_attention(view(q, H), view(k, H_kv), view(v, H_kv),
+                                bshd_view(out.data(), B, S, H, d), opt, lse.data(),
+                                distributed::ring_context{});
+  };
+  const auto backward = [&](auto opt) {
+    std::vector<float> dq(q.size()), dk(q.size()), dv(q.size());
+    policy_gradient pg(H);
+    distributed::ring_attention_backward(
+        view(q, H), view(k, H_kv), view(v, H_kv), view(out, H), view(dout, H), lse.data(),
+        attention_gradients<float>{bshd_view(dq.data(), B, S, H, d),
+                                   bshd_view(dk.data(), B, S, H_kv, d),
+                                   bshd_view(dv.data(), B, S, H_kv, d), nullptr, &pg},
+        opt, distributed::ring_context{});
+  };
+  using ssmax_options = attention_options<ssmax_policy>;
+  // Runs forward (and backward when both) with options that differ on the last rank only.
+  const auto differ = [&](const std::string& name, const std::string& argument, auto change,
+                          bool both = false) {
+    auto opt = attention_options<ssmax_policy>{};
+    opt.mask.causal = true, opt.threads = 1;
+    opt.policy = ssmax_policy(std::vector<double>{0.3, 0.4, 0.5, 0.6}, 0.1);
+    if (mine) change(opt);
+    expect_same_error(name, argument, [&] { forward(opt); });
+    if (both) expect_same_error(name + " (backward)", argument, [&] { backward(opt); });
+  };
+  differ(
+      "softcap", "options.logit.softcap", [](ssmax_options& o) { o.logit.softcap = 5.0; }, true);
+  const std::vector<float> slopes = alibi_slopes(H);
+  std::vector<float> other_slopes = slopes;
+  other_slopes[2] *= 2.0f;
+  differ("alibi on one rank", "options.logit.alibi_slopes",
+         [&](ssmax_options& o) { o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = H; });
+  expect_same_error("alibi slope values", "options.logit.alibi_slopes", [&] {
+    ssmax_options o;
+    o.logit.alibi_slopes = mine ? other_slopes.data() : slopes.data(), o.logit.alibi_heads = H;
+    forward(o);
+  });
+  const std::vector<float> sinks(static_cast<size_t>(H), 0.5f);
+  differ("sinks", "options.logit.sinks",
+         [&](ssmax_options& o) { o.logit.sinks = sinks.data(), o.logit.sink_heads = H; });
+  differ("scale", "options.scale", [](ssmax_options& o) { o.scale = 0.25; });
+  differ("causal", "options.mask.causal", [](ssmax_options& o) { o.mask.causal = false; });
+  differ("window", "options.mask.window", [](ssmax_options& o) { o.mask.window = 3; });
+  const auto local = [](index_t left, index_t right) {
+    return [=](ssmax_options& o) {
+      o.mask.local = true;
+      o.mask.window_left = left, o.mask.window_right = right;
+    };
+  };
+  differ("local on one rank", "options.mask.local", local(4, 4));
+  expect_same_error("local left", "options.mask.window_left", [&] {
+    ssmax_options o;
+    local(mine ? 5 : 4, 2)(o);
+    forward(o);
+  });
+  expect_same_error("local right (backward)", "options.mask.window_right", [&] {
+    ssmax_options o;
+    local(4, mine ? 3 : 2)(o);
+    backward(o);
+  });
+  differ("query_offset", "options.mask.query_offset",
+         [](ssmax_options& o) { o.mask.query_offset = 0; });
+  differ(
+      "n_override", "options.mask.n_override", [](ssmax_options& o) { o.mask.n_override = 9; },
+      true);
+  const index_t lengths[2] = {20, 17};
+  expect_same_error("key lengths", "options.mask.key_lengths", [&] {
+    ssmax_options o;
+    o.mask.key_lengths = mine ? lengths + 1 : lengths;
+    forward(o);
+  });
+  differ("path", "options.path", [](ssmax_options& o) { o.path = attention_path::materialised; });
+  differ(
+      "policy s", "options.policy",
+      [](ssmax_options& o) {
+        o.policy.s = std::vector<double>{0.3, 0.4, 0.5, 0.61};
+      },
+      true);
+  differ(
+      "policy b", "options.policy", [](ssmax_options& o) { o.policy.b = 0.2; }, true);
+  differ("policy fixed_length", "options.policy",
+         [](ssmax_options& o) { o.policy.fixed_length = 16; });
+  expect_same_error("qwen train_length", "options.policy", [&] {
+    attention_options<qwen_logn_policy> o;
+    o.policy.train_length = mine ? 16 : 8;
+    forward(o);
+  });
+  expect_same_error("mistral beta", "options.policy", [&] {
+    attention_options<mistral_policy> o;
+    o.policy.beta = mine ? 0.2 : 0.1;
+    forward(o);
+  });
+  expect_same_error("llama4 attn_scale", "options.policy", [&] {
+    attention_options<llama4_temperature_policy> o;
+    o.policy.attn_scale = mine ? 0.2 : 0.1;
+    forward(o);
+  });
+  expect_same_error("custom policy values", "options.policy", [&] {
+    attention_options<slope_policy> o;
+    o.policy.slope = mine ? 0.02 : 0.01;
+    forward(o);
+  });
+  // The same result: no error.
+  expect_same_error("custom policy agrees", "", [&] {
+    attention_options<slope_policy> o;
+    o.policy.slope = 0.01;
+    forward(o);
+  });
+  differ(
+      "threads", "", [](ssmax_options& o) { o.threads = 2; }, true);
+  differ("b shared or per head", "",
+         [](ssmax_options& o) { o.policy.b = std::vector<double>(4, 0.1); });
+}
+
 /// Every mask and policy for one element type and layout.
 template <class T>
 void run_all(layout kind) {
@@ -442,7 +606,11 @@ void run_all(layout kind) {
                              {"causal", true, 0, false},
                              {"causal+padding", true, 0, true},
                              {"padding", false, 0, true},
-                             {"window", true, 5, false}};
+                             {"window", true, 5, false},
+                             {"local", false, 0, false, 4, 3},
+                             {"local+padding", false, 0, true, 9, 0},
+                             {"causal+local", true, 0, false, 6, 0},
+                             {"local-one-side", false, 0, false, 0, 11}};
   const index_t lengths[2] = {30, 19};  // global key lengths (padding); N = 37
   const shape s{37, 2, 4, 2, 16};
   for (const mask_case& mc : masks) {
@@ -450,6 +618,10 @@ void run_all(layout kind) {
     m.causal = mc.causal;
     m.window = mc.window;
     if (mc.padding) m.key_lengths = lengths;
+    if (mc.left >= 0) {
+      m.local = true;
+      m.window_left = mc.left, m.window_right = mc.right;
+    }
     const std::string base =
         std::string(lname) + "/" + mc.name + "/" + (sizeof(T) == 4 ? "float" : "double");
     attention_options<softmax_policy> o0;
@@ -480,6 +652,7 @@ int main(int argc, char** argv) {
     run_all<double>(kind);
   }
   bad_input();
+  ranks_that_disagree();
   int total = 0;
   MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   if (g_rank == 0) std::printf("%d failures over %d ranks\n", total, g_ranks);

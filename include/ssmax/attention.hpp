@@ -27,12 +27,19 @@
 //             cache_view(k_cache, B, capacity, H_kv, d, lengths), // tensor_view.hpp
 //             cache_view(v_cache, B, capacity, H_kv, d, lengths),
 //             bshd_view(out, B, n_q, H, d), options, {}, &ws);
-// with options.mask = attention_mask::cache(lengths) (mask.hpp): causal, rows past
-// lengths[b] hidden, and sequence b's queries at the end of its own keys (positions
-// lengths[b] - n_q + i), so position policies see each sequence's true position. Reuse one
-// workspace per thread (examples/03_kv_cache_decode). A paged cache (vLLM's pools and
-// block table) goes through paged_attention (paged.hpp): the fused path finds each key row
-// through the block table in place, with this call's results bit for bit.
+// with options.mask = attention_mask::cache(lengths) (mask.hpp): causal, and sequence b's
+// queries at the end of its own keys (positions lengths[b] - n_q + i), so position
+// policies see each sequence's true position. The views carry the lengths (seq_lengths),
+// which the call honours whatever the mask: rows past lengths[b] are never read, and a
+// mask whose key_lengths differ is refused. Reuse one workspace per thread
+// (examples/03_kv_cache_decode). A paged cache (vLLM's pools and block table) goes through
+// paged_attention (paged.hpp): the fused path finds each key row through the block table
+// in place, with this call's results bit for bit.
+//
+// Every array the call reads (the views, the mask's lengths, offsets, row_n and boolean
+// mask, the logit options' bias, slopes and sinks) must not overlap out, extras.lse or
+// extras.weights: argument_error names both. Lengths and offsets may be int32 or int64
+// (index_array.hpp).
 //
 // Every function validates all its arguments first (attention_checks.hpp) and throws
 // ssmax::argument_error naming the offending one; nothing is written then. Two kernels do the work:
@@ -165,8 +172,25 @@ inline double check_attention_views(const char* fn, const tensor_view<const Q>& 
   check_shapes(fn, q, k, v, out);
   check_mask(fn, o.mask, q, k);
   const double scale = check_options<compute_t<O>>(fn, o, q, k);
-  check_extras(fn, o.logit, o.path == attention_path::fused, lse, weights, q, k, v, out);
+  check_extras(fn, o.logit, o.path == attention_path::fused, lse, weights, q, k, v, out, k.seq,
+               call_reads(o.mask, q, k));
   return scale;
+}
+
+/// run(options'), where options' is `options` with the key lengths k and v carry
+/// (tensor_view::seq_lengths, cache_view) as its mask's key_lengths (mask_with_view_lengths
+/// checks they agree); `options` itself when no view carries lengths. The kernels' problem
+/// points into options', so run must finish the call.
+template <class Q, class KV, class O, class Policy, class Run>  // view types; policy; callable
+inline decltype(auto) with_view_lengths(const char* fn, const tensor_view<const Q>& q,
+                                        const tensor_view<const KV>& k,
+                                        const tensor_view<const KV>& v,
+                                        const tensor_view<const O>& out,
+                                        const attention_options<Policy>& options, Run&& run) {
+  if (!views_carry_lengths(q, k, v, out)) return run(options);
+  attention_options<Policy> local = options;
+  local.mask = mask_with_view_lengths(fn, options.mask, q, k, v, out);
+  return run(static_cast<const attention_options<Policy>&>(local));
 }
 
 /// check_attention_views for a call whose tensors share one element type T.
@@ -222,9 +246,12 @@ std::size_t workspace_bytes_of(const tensor_view<const Q>& q, const tensor_view<
                                const tensor_view<const KV>& v, const tensor_view<O>& out,
                                const attention_options<Policy>& options,
                                const attention_extras<compute_t<O>>& extras) {
-  const auto p = checked_problem("attention_workspace_bytes", q, k, v, out, options, extras);
-  return use_materialised(options, extras) ? kernels::materialised_workspace_bytes<Arch>(p)
-                                           : kernels::fused_workspace_bytes<Arch>(p);
+  constexpr const char* fn = "attention_workspace_bytes";
+  return with_view_lengths(fn, q, k, v, tensor_view<const O>(out), options, [&](const auto& o) {
+    const auto p = checked_problem(fn, q, k, v, out, o, extras);
+    return use_materialised(o, extras) ? kernels::materialised_workspace_bytes<Arch>(p)
+                                       : kernels::fused_workspace_bytes<Arch>(p);
+  });
 }
 
 /// attention for any supported element types.
@@ -233,17 +260,20 @@ void attention_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
                   const tensor_view<const KV>& v, const tensor_view<O>& out,
                   const attention_options<Policy>& options,
                   const attention_extras<compute_t<O>>& extras, attention_workspace* workspace) {
-  const auto p = checked_problem("attention", q, k, v, out, options, extras);
-  attention_workspace local;
-  attention_workspace& ws = workspace != nullptr ? *workspace : local;
-  const workspace_lease lease(ws, "attention");
-  if (use_materialised(options, extras)) {
-    ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
-    kernels::attention_materialised<Arch>(p, ws);
-  } else {
-    ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
-    kernels::attention_fused<Arch>(p, ws);
-  }
+  constexpr const char* fn = "attention";
+  with_view_lengths(fn, q, k, v, tensor_view<const O>(out), options, [&](const auto& o) {
+    const auto p = checked_problem(fn, q, k, v, out, o, extras);
+    attention_workspace local;
+    attention_workspace& ws = workspace != nullptr ? *workspace : local;
+    const workspace_lease lease(ws, fn);
+    if (use_materialised(o, extras)) {
+      ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
+      kernels::attention_materialised<Arch>(p, ws);
+    } else {
+      ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
+      kernels::attention_fused<Arch>(p, ws);
+    }
+  });
 }
 
 /// True when the four views' element types differ (after const) but form a supported

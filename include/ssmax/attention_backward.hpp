@@ -97,7 +97,8 @@ inline byte_span span_of(const tensor_view<U>& t) {
 /// gradient. C: lse's type (the compute type).
 template <class G, class C>  // the gradients' element type; lse's
 inline void check_gradient_views(const char* fn, const attention_gradients<G>& grads,
-                                 const byte_span (&inputs)[5], const C* lse) {
+                                 const byte_span (&inputs)[5], const C* lse,
+                                 const logit_options& logit, const read_arrays& reads) {
   const tensor_view<G>* outs[3] = {&grads.dq, &grads.dk, &grads.dv};
   const char* names[3] = {"grads.dq", "grads.dk", "grads.dv"};
   const char* input_names[5] = {"q", "k", "v", "out", "dout"};
@@ -106,9 +107,14 @@ inline void check_gradient_views(const char* fn, const attention_gradients<G>& g
   for (int a = 0; a < 3; ++a) {
     const byte_span& like = inputs[a];
     check_view(*outs[a], fn, names[a]);
-    require(outs[a]->batch == like.batch && outs[a]->seq == like.seq &&
-                outs[a]->heads == like.heads && outs[a]->dim == like.dim,
-            fn, names[a], "must have the shape of its input");
+    require_lazy(outs[a]->batch == like.batch && outs[a]->seq == like.seq &&
+                     outs[a]->heads == like.heads && outs[a]->dim == like.dim,
+                 fn, names[a], [&] {
+                   return "has shape " + shape_of(*outs[a]) + ", but its input '" + input_names[a] +
+                          "' has [" + std::to_string(like.batch) + ", " + std::to_string(like.seq) +
+                          ", " + std::to_string(like.heads) + ", " + std::to_string(like.dim) +
+                          "]: a gradient has its input's shape";
+                 });
     require(distinct_elements(*outs[a]), fn, names[a],
             "has strides that make elements share memory");
     const index_t count = last_offset(*outs[a]) + 1;
@@ -120,6 +126,8 @@ inline void check_gradient_views(const char* fn, const attention_gradients<G>& g
       require_lazy(
           !overlaps(outs[a]->data, count, outs[other]->data, last_offset(*outs[other]) + 1), fn,
           names[a], [&] { return std::string("overlaps '") + names[other] + "'"; });
+    require_disjoint_from_logit(outs[a]->data, count, fn, names[a], logit);
+    require_disjoint_from_reads(outs[a]->data, count, fn, names[a], reads);
   }
   if (grads.d_multiplier != nullptr) {
     for (int a = 0; a < 3; ++a)
@@ -131,6 +139,8 @@ inline void check_gradient_views(const char* fn, const attention_gradients<G>& g
                    [&] { return std::string("overlaps input '") + input_names[in] + "'"; });
     require(!overlaps(grads.d_multiplier, rows, lse, rows), fn, "grads.d_multiplier",
             "overlaps input 'lse'");
+    require_disjoint_from_logit(grads.d_multiplier, rows, fn, "grads.d_multiplier", logit);
+    require_disjoint_from_reads(grads.d_multiplier, rows, fn, "grads.d_multiplier", reads);
   }
   if (grads.d_sinks != nullptr) {
     for (int a = 0; a < 3; ++a)
@@ -142,6 +152,10 @@ inline void check_gradient_views(const char* fn, const attention_gradients<G>& g
     require(!overlaps(grads.d_sinks, q.heads, grads.d_multiplier,
                       grads.d_multiplier != nullptr ? rows : 0),
             fn, "grads.d_sinks", "overlaps 'grads.d_multiplier'");
+    require(!overlaps(grads.d_sinks, q.heads, lse, rows), fn, "grads.d_sinks",
+            "overlaps input 'lse'");
+    require_disjoint_from_logit(grads.d_sinks, q.heads, fn, "grads.d_sinks", logit);
+    require_disjoint_from_reads(grads.d_sinks, q.heads, fn, "grads.d_sinks", reads);
   }
   if (grads.policy != nullptr)
     require_lazy(grads.policy->heads() == q.heads, fn, "grads.policy", [&] {
@@ -173,7 +187,7 @@ inline backward_problem_of<Q, KV, O, D, G, Policy> check_attention_backward(
   require(dout.batch == q.batch && dout.seq == q.seq && dout.heads == q.heads && dout.dim == q.dim,
           fn, "dout", "must have q's shape");
   const byte_span inputs[5] = {span_of(q), span_of(k), span_of(v), span_of(out), span_of(dout)};
-  check_gradient_views(fn, grads, inputs, lse);
+  check_gradient_views(fn, grads, inputs, lse, o.logit, call_reads(o.mask, q, k));
   require(grads.d_sinks == nullptr || o.logit.has_sinks(), fn, "grads.d_sinks",
           "needs options.logit.sinks (the sinks it is the gradient of)");
 
@@ -198,17 +212,19 @@ void attention_backward_of(const tensor_view<const Q>& q, const tensor_view<cons
                            const attention_gradients<G>& grads,
                            const attention_options<Policy>& options,
                            attention_workspace* workspace) {
-  const auto p =
-      check_attention_backward("attention_backward", q, k, v, out, dout, lse, grads, options);
-  attention_workspace local;
-  attention_workspace& ws = workspace != nullptr ? *workspace : local;
-  const workspace_lease lease(ws, "attention_backward");
-  const bool materialised = options.path == attention_path::materialised;
-  ws.reserve(kernels::attention_backward_workspace_bytes<Arch>(p, materialised));
-  if (materialised)
-    kernels::attention_backward_materialised<Arch>(p, ws, grads.policy);
-  else
-    kernels::attention_backward_fused<Arch>(p, ws, grads.policy);
+  constexpr const char* fn = "attention_backward";
+  with_view_lengths(fn, q, k, v, out, options, [&](const auto& o) {
+    const auto p = check_attention_backward(fn, q, k, v, out, dout, lse, grads, o);
+    attention_workspace local;
+    attention_workspace& ws = workspace != nullptr ? *workspace : local;
+    const workspace_lease lease(ws, fn);
+    const bool materialised = o.path == attention_path::materialised;
+    ws.reserve(kernels::attention_backward_workspace_bytes<Arch>(p, materialised));
+    if (materialised)
+      kernels::attention_backward_materialised<Arch>(p, ws, grads.policy);
+    else
+      kernels::attention_backward_fused<Arch>(p, ws, grads.policy);
+  });
 }
 
 /// True when the six element types differ (after const) but form a supported backward

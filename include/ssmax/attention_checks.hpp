@@ -14,6 +14,7 @@
 
 #include "detail/parallel.hpp"
 #include "error.hpp"
+#include "index_array.hpp"
 #include "length_policy.hpp"
 #include "logit.hpp"
 #include "mask.hpp"
@@ -57,15 +58,151 @@ inline void check_view(const tensor_view<T>& t, const char* fn, const char* name
           "must have non-negative strides");
 }
 
+/// True when a view carries sequence lengths (tensor_view::seq_lengths, cache_view).
+template <class Q, class KV, class O>  // element types of q, of k and v, of out
+inline bool views_carry_lengths(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
+                                const tensor_view<const KV>& v, const tensor_view<const O>& out) {
+  return q.seq_lengths != nullptr || k.seq_lengths != nullptr || v.seq_lengths != nullptr ||
+         out.seq_lengths != nullptr;
+}
+
+/// The mask a call runs with: m, its key_lengths those k carries (cache_view). Throws
+/// argument_error, before anything is written, when q or out carry lengths (only keys and
+/// values have them), when v's differ from k's, when the mask is packed, or when
+/// m.key_lengths is set and differs from them in some entry.
+template <class Q, class KV, class O>  // element types of q, of k and v, of out
+inline attention_mask mask_with_view_lengths(const char* fn, const attention_mask& m,
+                                             const tensor_view<const Q>& q,
+                                             const tensor_view<const KV>& k,
+                                             const tensor_view<const KV>& v,
+                                             const tensor_view<const O>& out) {
+  require(q.seq_lengths == nullptr, fn, "q",
+          "carries seq_lengths (a cache_view): only k and v may");
+  require(out.seq_lengths == nullptr, fn, "out",
+          "carries seq_lengths (a cache_view): only k and v may");
+  check_view(k, fn, "k");
+  check_view(v, fn, "v");
+  require(k.seq_lengths != nullptr, fn, "k",
+          "carries no seq_lengths while v does: view both with cache_view and the same lengths");
+  require(!m.packed(), fn, "k",
+          "carries seq_lengths (a cache_view), which packed sequences (cu_seqlens) do not take");
+  for (index_t b = 0; b < k.batch; ++b) {
+    const index_t len = k.seq_lengths[b];
+    require_lazy(len >= 0 && len <= k.seq, fn, "k", [&] {
+      return "carries seq_lengths entry " + std::to_string(b) + " = " + std::to_string(len) +
+             (len < 0 ? ", which is negative"
+                      : ", beyond the view's " + std::to_string(k.seq) +
+                            " rows (a cache_view spans the longest length when it is made: "
+                            "make the view again after the lengths grow past it)");
+    });
+    require(v.seq_lengths != nullptr, fn, "v",
+            "carries no seq_lengths while k does: view both with cache_view and the same "
+            "lengths");
+    require_lazy(v.seq_lengths[b] == len, fn, "v", [&] {
+      return "carries other seq_lengths than k (entry " + std::to_string(b) + ": " +
+             std::to_string(v.seq_lengths[b]) + " against k's " + std::to_string(len) +
+             "): view both with cache_view and the same lengths";
+    });
+    require_lazy(m.key_lengths == nullptr || m.key_lengths[b] == len, fn,
+                 "options.mask.key_lengths", [&] {
+                   return "entry " + std::to_string(b) + " is " + std::to_string(m.key_lengths[b]) +
+                          ", but k carries seq_lengths " + std::to_string(len) +
+                          " there (cache_view): they must agree";
+                 });
+  }
+  attention_mask merged = m;
+  merged.key_lengths = k.seq_lengths;
+  return merged;
+}
+
+/// The names the caller gave q, k and v, for messages: paged_attention reads its keys and
+/// values from cache.k_pool and cache.v_pool.
+struct input_names {
+  const char* q = "q";
+  const char* k = "k";
+  const char* v = "v";
+};
+
 /// Throws argument_error naming `argument` when [p, p + count) overlaps q, k or v.
 template <class Q, class KV, class U>  // element types of q, of k and v, of p
 inline void require_disjoint_from_inputs(const U* p, index_t count, const char* fn,
                                          const char* argument, const tensor_view<const Q>& q,
                                          const tensor_view<const KV>& k,
-                                         const tensor_view<const KV>& v) {
-  require(!overlaps(p, count, q.data, last_offset(q) + 1), fn, argument, "overlaps input 'q'");
-  require(!overlaps(p, count, k.data, last_offset(k) + 1), fn, argument, "overlaps input 'k'");
-  require(!overlaps(p, count, v.data, last_offset(v) + 1), fn, argument, "overlaps input 'v'");
+                                         const tensor_view<const KV>& v,
+                                         const input_names& names = {}) {
+  const auto check = [&](const auto& t, const char* name) {
+    require_lazy(!overlaps(p, count, t.data, last_offset(t) + 1), fn, argument,
+                 [&] { return std::string("overlaps input '") + name + "'"; });
+  };
+  check(q, names.q);
+  check(k, names.k);
+  check(v, names.v);
+}
+
+/// An array a call reads besides q, k, v and the logit options (logit.hpp), by the name the
+/// caller knows it: the mask's lengths, offsets, per-row n and boolean mask, a view's
+/// seq_lengths, a paged cache's block table and lengths.
+struct read_array {
+  const void* data = nullptr;
+  index_t bytes = 0;
+  const char* name = "";
+};
+
+/// The arrays of one call that no output may overlap (at most 8).
+struct read_arrays {
+  read_array items[8];
+  int count = 0;
+
+  void add(const void* data, index_t bytes, const char* name) {
+    if (data != nullptr && bytes > 0 && count < 8) items[count++] = {data, bytes, name};
+  }
+  void add(const index_array& a, index_t entries, const char* name) {
+    add(a.data(), entries * a.element_bytes(), name);
+  }
+};
+
+/// The arrays mask m reads for q [batch, n_q, heads, d] over n_k keys per batch entry.
+/// key_lengths_name: what the caller called the key lengths. Pre: check_mask passed.
+inline read_arrays mask_arrays(const attention_mask& m, index_t batch, index_t heads, index_t n_q,
+                               index_t n_k,
+                               const char* key_lengths_name = "options.mask.key_lengths") {
+  read_arrays r;
+  const index_t sequences = sequence_count(m, batch);
+  r.add(m.key_lengths, sequences, key_lengths_name);
+  if (m.packed()) {
+    r.add(m.cu_seqlens_q, sequences + 1, "options.mask.cu_seqlens_q");
+    r.add(m.cu_seqlens_k, sequences + 1, "options.mask.cu_seqlens_k");
+  }
+  r.add(m.row_n, batch * n_q * static_cast<index_t>(sizeof(index_t)), "options.mask.row_n");
+  if (m.allowed != nullptr)
+    r.add(m.allowed,
+          (batch - 1) * m.allowed_stride_b + (heads - 1) * m.allowed_stride_h +
+              (n_q - 1) * m.allowed_stride_q + n_k,
+          "options.mask.allowed");
+  return r;
+}
+
+/// mask_arrays of a call over q and k, the key lengths named as the caller gave them:
+/// "k.seq_lengths" when they came from k (mask_with_view_lengths).
+template <class Q, class KV>  // element types of q, of k
+inline read_arrays call_reads(const attention_mask& m, const tensor_view<const Q>& q,
+                              const tensor_view<const KV>& k) {
+  const bool from_k = k.seq_lengths != nullptr && m.key_lengths == k.seq_lengths;
+  return mask_arrays(m, q.batch, q.heads, q.seq, k.seq,
+                     from_k ? "k.seq_lengths" : "options.mask.key_lengths");
+}
+
+/// Throws argument_error naming `argument` when [p, p + count) overlaps one of `reads`.
+template <class U>  // element type of the output
+inline void require_disjoint_from_reads(const U* p, index_t count, const char* fn,
+                                        const char* argument, const read_arrays& reads) {
+  for (int i = 0; i < reads.count; ++i) {
+    const read_array& a = reads.items[i];
+    require_lazy(!overlaps(reinterpret_cast<const unsigned char*>(p),
+                           count * static_cast<index_t>(sizeof(U)),
+                           static_cast<const unsigned char*>(a.data), a.bytes),
+                 fn, argument, [&] { return std::string("overlaps input '") + a.name + "'"; });
+  }
 }
 
 /// "[B, S, H, d]" of a view, for messages.
@@ -80,7 +217,7 @@ inline std::string shape_of(const tensor_view<T>& t) {
 template <class Q, class KV, class O>  // element types of q, of k and v, of out
 inline void check_shapes(const char* fn, const tensor_view<const Q>& q,
                          const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                         const tensor_view<const O>& out) {
+                         const tensor_view<const O>& out, const input_names& names = {}) {
   check_view(q, fn, "q");
   check_view(k, fn, "k");
   check_view(v, fn, "v");
@@ -104,7 +241,7 @@ inline void check_shapes(const char* fn, const tensor_view<const Q>& q,
                fn, "out",
                [&] { return "has shape " + shape_of(out) + ", expected q's " + shape_of(q); });
   require(distinct_elements(out), fn, "out", "has strides that make elements share memory");
-  require_disjoint_from_inputs(out.data, last_offset(out) + 1, fn, "out", q, k, v);
+  require_disjoint_from_inputs(out.data, last_offset(out) + 1, fn, "out", q, k, v, names);
 }
 
 /// Step 2a: packed sequences' offsets, each starting at 0, never decreasing, ending at the
@@ -116,7 +253,7 @@ inline void check_packed_offsets(const char* fn, const attention_mask& m, index_
   for (const auto& offsets : {std::tuple{m.cu_seqlens_q, "options.mask.cu_seqlens_q", total_q},
                               std::tuple{m.cu_seqlens_k, "options.mask.cu_seqlens_k", total_k}}) {
     // Plain locals, not a structured binding: lambdas may capture them in C++17.
-    const index_t* cu = std::get<0>(offsets);
+    const index_array cu = std::get<0>(offsets);
     const char* name = std::get<1>(offsets);
     const index_t total = std::get<2>(offsets);
     require(cu[0] == 0, fn, name, "must start at 0");
@@ -240,31 +377,37 @@ inline double check_options(const char* fn, const Options& o, const tensor_view<
 }
 
 /// Step 4: the optional outputs (or, for the backward, lse as an input): [B, H, n_q] lse
-/// and [B, H, n_q, n_k] weights, each disjoint from out, each other, the inputs and the
-/// logit's arrays (bias, ALiBi slopes, sinks); out disjoint from the logit's arrays too.
-/// fused: the call asked for the fused path, which never forms weights.
+/// and [B, H, n_q, n_k] weights, each disjoint from out, each other, the inputs, the
+/// logit's arrays (bias, ALiBi slopes, sinks) and every other array the call reads
+/// (`reads`: the mask's, a paged cache's); out disjoint from the logit's arrays and
+/// `reads` too. fused: the call asked for the fused path, which never forms weights. n_k:
+/// the weights' keys per row (k.seq, or a paged cache's logical key count).
 template <class T, class Q, class KV, class O>  // compute type; element types of q, k/v, out
 inline void check_extras(const char* fn, const logit_options& logit, bool fused, const T* lse,
                          const T* weights, const tensor_view<const Q>& q,
                          const tensor_view<const KV>& k, const tensor_view<const KV>& v,
-                         const tensor_view<const O>& out) {
+                         const tensor_view<const O>& out, index_t n_k, const read_arrays& reads,
+                         const input_names& names = {}) {
   const index_t rows = q.batch * q.heads * q.seq, out_count = last_offset(out) + 1;
   require_disjoint_from_logit(out.data, out_count, fn, "out", logit);
+  require_disjoint_from_reads(out.data, out_count, fn, "out", reads);
   if (weights != nullptr) {
     require(!fused, fn, "extras.weights",
             "needs the materialised path (the fused path never forms them)");
-    const index_t count = rows * k.seq;
+    const index_t count = rows * n_k;
     require(!overlaps(weights, count, out.data, out_count), fn, "extras.weights", "overlaps 'out'");
-    require_disjoint_from_inputs(weights, count, fn, "extras.weights", q, k, v);
+    require_disjoint_from_inputs(weights, count, fn, "extras.weights", q, k, v, names);
     require_disjoint_from_logit(weights, count, fn, "extras.weights", logit);
+    require_disjoint_from_reads(weights, count, fn, "extras.weights", reads);
   }
   if (lse != nullptr) {
     require(!overlaps(lse, rows, out.data, out_count), fn, "extras.lse", "overlaps 'out'");
     if (weights != nullptr)
-      require(!overlaps(lse, rows, weights, rows * k.seq), fn, "extras.lse",
+      require(!overlaps(lse, rows, weights, rows * n_k), fn, "extras.lse",
               "overlaps 'extras.weights'");
-    require_disjoint_from_inputs(lse, rows, fn, "extras.lse", q, k, v);
+    require_disjoint_from_inputs(lse, rows, fn, "extras.lse", q, k, v, names);
     require_disjoint_from_logit(lse, rows, fn, "extras.lse", logit);
+    require_disjoint_from_reads(lse, rows, fn, "extras.lse", reads);
   }
 }
 

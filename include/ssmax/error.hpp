@@ -3,6 +3,7 @@
 // memory. Kernels never validate: public functions do, then call them.
 
 #include <cstddef>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -40,6 +41,14 @@ namespace detail {
 /// Throws argument_error(function, argument, problem) unless ok holds.
 inline void require(bool ok, const char* function, const char* argument, const char* problem) {
   if (!ok) fail(function, argument, problem);
+}
+
+/// A real number for messages: at most 9 significant digits, exponent form when large or
+/// small (1e+300, not 301 digits).
+inline std::string real_to_string(double x) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.9g", x);
+  return text;
 }
 
 /// As require, with a problem text built only on failure.

@@ -325,7 +325,7 @@ inline void require_multiplier_fits(const char* function, double m, double scale
                                     const row_position& row) {
   require_lazy(multiplier_fits<T>(m, scale), function, "policy", [&] {
     return "must give every row a finite multiplier m with m * scale finite in T, but gives m = " +
-           std::to_string(m) + " (scale " + std::to_string(scale) +
+           real_to_string(m) + " (scale " + real_to_string(scale) +
            ") at n = " + std::to_string(row.visible) + ", position " +
            std::to_string(row.position) + ", head " + std::to_string(row.head);
   });

@@ -40,20 +40,22 @@
 #include <algorithm>
 
 #include "error.hpp"
+#include "index_array.hpp"
 
 namespace ssmax {
 
 /// Description of what each query row may attend to. Pointers are borrowed: they must
-/// stay valid during the call that uses the mask.
+/// stay valid during the call that uses the mask. Lengths and offsets (key_lengths,
+/// cu_seqlens_q, cu_seqlens_k) may point to int32 or int64 values (index_array.hpp).
 struct attention_mask {
-  bool causal = false;                    ///< key position <= query position
-  index_t window = 0;                     ///< sliding window width (needs causal); 0 = none
-  index_t query_offset = -1;              ///< position of query 0; -1 = max(0, L - n_q)
-  const index_t* key_lengths = nullptr;   ///< [B] true key count per sequence; null = none
-  const index_t* cu_seqlens_q = nullptr;  ///< [B + 1] packed query offsets; null = not packed
-  const index_t* cu_seqlens_k = nullptr;  ///< [B + 1] packed key offsets (with cu_seqlens_q)
-  index_t sequences = 0;                  ///< B for packed sequences (entries of cu_* minus 1)
-  const bool* allowed = nullptr;          ///< boolean mask, true = visible; null = none
+  bool causal = false;             ///< key position <= query position
+  index_t window = 0;              ///< sliding window width (needs causal); 0 = none
+  index_t query_offset = -1;       ///< position of query 0; -1 = max(0, L - n_q)
+  index_array key_lengths{};       ///< [B] true key count per sequence; null = none
+  index_array cu_seqlens_q{};      ///< [B + 1] packed query offsets; null = not packed
+  index_array cu_seqlens_k{};      ///< [B + 1] packed key offsets (with cu_seqlens_q)
+  index_t sequences = 0;           ///< B for packed sequences (entries of cu_* minus 1)
+  const bool* allowed = nullptr;   ///< boolean mask, true = visible; null = none
   index_t allowed_stride_b = 0;    ///< allowed: elements between batch entries (0 = broadcast)
   index_t allowed_stride_h = 0;    ///< allowed: elements between heads (0 = broadcast)
   index_t allowed_stride_q = 0;    ///< allowed: elements between query rows
@@ -96,20 +98,20 @@ struct attention_mask {
     return m;
   }
   /// Key padding: sequence b has lengths[b] real keys, the rest are padding.
-  static attention_mask key_padding(const index_t* lengths) {
+  static attention_mask key_padding(index_array lengths) {
     attention_mask m;
     m.key_lengths = lengths;
     return m;
   }
   /// A batched KV cache (tensor_view.hpp cache_view): causal, sequence b holds lengths[b]
   /// keys, and its queries sit at the end of them (decode: the one query at L_b - 1).
-  static attention_mask cache(const index_t* lengths) {
+  static attention_mask cache(index_array lengths) {
     attention_mask m = causal_mask();
     m.key_lengths = lengths;
     return m;
   }
   /// Packed variable-length sequences (FlashAttention varlen), causal or not.
-  static attention_mask varlen(const index_t* cu_q, const index_t* cu_k, index_t count,
+  static attention_mask varlen(index_array cu_q, index_array cu_k, index_t count,
                                bool is_causal = false) {
     attention_mask m;
     m.cu_seqlens_q = cu_q;

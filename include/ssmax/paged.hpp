@@ -4,10 +4,22 @@
 //   block_table      [B, max_blocks]: sequence b's token t lives in pool block
 //                    block_table[b * max_blocks + t / block_size], row t % block_size
 //   cache_lengths    [B]: sequence b holds cache_lengths[b] tokens (the new ones included)
-// The n_q >= 1 queries of each sequence sit at the end of its own cache (decode: n_q = 1;
-// chunked prefill: n_q > 1), positions cache_lengths[b] - n_q + i, as attention_mask::
-// cache does; options.mask's other constraints (causal, windows, ...) apply as given, and
-// its key_lengths must be null (the cache lengths take its place).
+// The block table and the lengths may be int32 (as vLLM and FlashAttention hold them) or
+// int64 (index_t) arrays, read in place (index_array.hpp).
+//
+// Which keys each query sees. The n_q >= 1 queries of sequence b are its newest tokens, at
+// the end of its own cache (decode: n_q = 1; chunked prefill: n_q > 1), at positions
+// cache_lengths[b] - n_q + i, and every query is causal: paged_attention ANDs "key
+// position <= query position" into options.mask, whatever the mask says, so the default
+// options give causal chunked prefill (attention_mask::cache's meaning) and decode alike.
+// options.mask's other constraints (a sliding or local window, a boolean mask, row_n, ...)
+// apply as given; its key_lengths must be null (the cache lengths take their place) and
+// it must not be packed.
+//
+// What is read. Sequence b reads only the block-table entries [b * max_blocks,
+// b * max_blocks + ceil(cache_lengths[b] / block_size)) and, through them, the pool rows of
+// its first cache_lengths[b] tokens: the entries past its length and the pool blocks no
+// sequence owns may hold anything (-1, stale ids, NaN, inf) and change nothing.
 //
 // Storage types: the pools may be float, double, Eigen::bfloat16 or Eigen::half, with q
 // and out as ssmax::attention allows (storage.hpp; a bf16 pool with float q and out is the
@@ -17,17 +29,18 @@
 // the block table (kernels/plan.hpp kv_pages: one offset per key of the current key block),
 // in the dot-product (decode) path, in the K^T / V packing of the GEMM (prefill) path and in
 // the non-finite fallback. Keys are visited, and sums formed, in exactly the contiguous
-// call's order: results equal ssmax::attention's on the same tokens in a contiguous cache,
-// bit for bit, for any block size and table, every policy, GQA and storage type. Extra
-// memory: the fused path's workspace (whose packed K^T / V, for query blocks of more than
-// kDotMaxRows rows, spans the keys those blocks read) and one kKeyBlock offset array on the
-// stack; no copy of the cache for decode.
+// call's order: results equal ssmax::attention's on the same tokens in a contiguous cache
+// (cache_view with the same lengths and a causal mask), bit for bit, for any block size and
+// table, every policy, GQA and storage type. Extra memory: the fused path's workspace
+// (whose packed K^T / V, for query blocks of more than kDotMaxRows rows, spans the keys
+// those blocks read) and one kKeyBlock offset array on the stack; no copy of the cache.
 // The materialised path (extras.weights, or options.path = materialised) gathers each
 // sequence's blocks into a contiguous [B, max_len, H_kv, d] copy (max_len the longest
 // cache, 2 B max_len H_kv d elements in the pools' storage type, allocated per call) and
 // runs ssmax::attention on it, with the same bitwise guarantee.
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -38,15 +51,15 @@ namespace ssmax {
 /// A paged KV cache (see the top of this header). Pointers are borrowed for the call.
 template <class T>  // storage type of the pools: float, double, Eigen::bfloat16 or Eigen::half
 struct paged_kv_cache {
-  const T* k_pool = nullptr;               ///< [num_blocks, block_size, H_kv, d]
-  const T* v_pool = nullptr;               ///< [num_blocks, block_size, H_kv, d]
-  index_t num_blocks = 0;                  ///< blocks in each pool
-  index_t block_size = 0;                  ///< tokens per block
-  index_t kv_heads = 0;                    ///< H_kv
-  index_t dim = 0;                         ///< d
-  const index_t* block_table = nullptr;    ///< [B, max_blocks] pool block of each logical block
-  index_t max_blocks = 0;                  ///< entries per row of block_table
-  const index_t* cache_lengths = nullptr;  ///< [B] tokens per sequence
+  const T* k_pool = nullptr;    ///< [num_blocks, block_size, H_kv, d]
+  const T* v_pool = nullptr;    ///< [num_blocks, block_size, H_kv, d]
+  index_t num_blocks = 0;       ///< blocks in each pool
+  index_t block_size = 0;       ///< tokens per block
+  index_t kv_heads = 0;         ///< H_kv
+  index_t dim = 0;              ///< d
+  index_array block_table{};    ///< [B, max_blocks] pool block of each logical block
+  index_t max_blocks = 0;       ///< entries per row of block_table
+  index_array cache_lengths{};  ///< [B] tokens per sequence
 };
 
 namespace detail {
@@ -60,6 +73,13 @@ inline void check_paged(const char* fn, const tensor_view<const Q>& q,
   require(c.v_pool != nullptr, fn, "cache.v_pool", "must not be null");
   require(c.num_blocks >= 1, fn, "cache.num_blocks", "must be >= 1");
   require(c.block_size >= 1, fn, "cache.block_size", "must be >= 1");
+  require(c.kv_heads >= 1 && c.dim >= 1, fn, c.kv_heads >= 1 ? "cache.dim" : "cache.kv_heads",
+          "must be >= 1");
+  constexpr index_t largest = std::numeric_limits<index_t>::max();
+  require(c.num_blocks <= largest / c.block_size / c.kv_heads / c.dim, fn, "cache.num_blocks",
+          "times block_size, kv_heads and dim (the pool's elements) overflows the index type");
+  require(c.max_blocks <= largest / c.block_size, fn, "cache.max_blocks",
+          "times block_size (the table's reach in tokens) overflows the index type");
   require(c.kv_heads >= 1 && q.heads % c.kv_heads == 0, fn, "cache.kv_heads",
           "must be >= 1 and divide q's heads");
   require(c.dim == q.dim, fn, "cache.dim", "must equal q's head dimension");
@@ -100,54 +120,30 @@ inline void gather_sequence(const paged_kv_cache<T>& c, const T* pool, index_t b
 
 namespace detail {
 
-/// The fused path over the pools in place: validated like ssmax::attention on the pools
-/// (out, lse disjoint from them) and on the logical keys [B, max_len, H_kv, d] (the mask),
-/// then the kernels find each key block's rows through the block table (kernels/plan.hpp
-/// kv_pages). Q, KV, O: element types of q, of the pools, of out.
-template <class Arch, class Q, class KV, class O, class Policy>
-void paged_fused(const tensor_view<const Q>& q, const paged_kv_cache<KV>& cache,
-                 const tensor_view<O>& out, const attention_options<Policy>& options,
-                 const attention_extras<compute_t<O>>& extras, attention_workspace* workspace,
-                 index_t max_len) {
-  constexpr const char* fn = "paged_attention";
-  const index_t row = cache.kv_heads * cache.dim;
-  // The pools as views (rows stride row apart, heads dim apart, batch unused): exactly
-  // the pools' memory, for the overlap checks.
-  const auto pool = [&](const KV* data, index_t seq) {
-    return tensor_view<const KV>{data, q.batch, seq, cache.kv_heads, cache.dim, 0, row, cache.dim};
-  };
-  const index_t pool_rows = cache.num_blocks * cache.block_size;
-  attention_options<Policy> local = options;
-  local.mask.key_lengths = cache.cache_lengths;
-  check_shapes(fn, q, pool(cache.k_pool, pool_rows), pool(cache.v_pool, pool_rows),
-               tensor_view<const O>(out));
-  const tensor_view<const KV> k = pool(cache.k_pool, max_len), v = pool(cache.v_pool, max_len);
-  check_mask(fn, local.mask, q, k);
-  const double scale = check_options<compute_t<O>>(fn, local, q, k);
-  check_extras(fn, local.logit, local.path == attention_path::fused, extras.lse, extras.weights, q,
-               pool(cache.k_pool, pool_rows), pool(cache.v_pool, pool_rows),
-               tensor_view<const O>(out));
-  auto p = make_problem(q, k, v, out, local, extras, scale);
-  p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
-  attention_workspace scratch;
-  attention_workspace& ws = workspace != nullptr ? *workspace : scratch;
-  const workspace_lease lease(ws, fn);
-  ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
-  kernels::attention_fused<Arch>(p, ws);
+/// Pool rows [0, rows) of one pool as a view (rows stride H_kv d apart, heads d apart,
+/// batch unused).
+template <class KV>  // storage type of the pools
+inline tensor_view<const KV> pool_view(const paged_kv_cache<KV>& c, const KV* data, index_t batch,
+                                       index_t rows) {
+  const index_t row = c.kv_heads * c.dim;
+  return {data, batch, rows, c.kv_heads, c.dim, 0, row, c.dim};
 }
 
 }  // namespace detail
 
-/// Attention of q [B, n_q, H, d] over the paged cache (see the top of this header), into
-/// out [B, n_q, H, d]; options, extras and workspace as ssmax::attention (options.mask's
-/// key_lengths must be null). Element types as ssmax::attention's (storage.hpp): all float,
-/// all double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a
-/// bf16 pool with float queries and output, say). The fused path (the default unless
+/// Attention of q [B, n_q, H, d] over the paged cache (see the top of this header: every
+/// query causal, at the end of its sequence's cache), into out [B, n_q, H, d]; options,
+/// extras and workspace as ssmax::attention (options.mask's key_lengths must be null and
+/// the mask not packed). Element types as ssmax::attention's (storage.hpp): all float, all
+/// double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a bf16
+/// pool with float queries and output, say). The fused path (the default unless
 /// extras.weights is set or options.path asks for the materialised one) reads the pools in
 /// place; the materialised path gathers first (see the top of this header). The key axis
 /// of options.logit.bias [B, H, n_q, n_k] and of extras.weights [B, H, n_q, n_k] is the
 /// logical one, n_k = max(1, max_b cache_lengths[b]). Throws argument_error naming the bad
-/// argument ("paged_attention", or "attention" for checks shared with it), nothing written.
+/// argument as the caller wrote it ("cache.k_pool", "cache.block_table", ...), nothing
+/// written; out, extras.lse and extras.weights may overlap nothing the call reads (q, the
+/// pools, the block table, the lengths, the mask's and the logit options' arrays).
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class Q,                        // element type of q (const or not)
           class KV,                       // storage type of both pools
@@ -170,21 +166,49 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
                   "is not supported with a paged cache (one sequence per batch entry)");
   index_t max_len = 1;  // the views need one key row even when every cache is empty
   for (index_t b = 0; b < q.batch; ++b) max_len = std::max(max_len, cache.cache_lengths[b]);
-  if (!detail::use_materialised(options, extras)) {
-    detail::paged_fused<Arch>(qc, cache, out, options, extras, workspace, max_len);
+  attention_options<Policy> local = options;
+  local.mask.key_lengths = cache.cache_lengths;
+  local.mask.causal = true;
+
+  // Validated as ssmax::attention on the logical keys [B, max_len, H_kv, d], with out,
+  // lse and weights disjoint from the whole pools and the cache's arrays.
+  const detail::input_names names{"q", "cache.k_pool", "cache.v_pool"};
+  const index_t pool_rows = cache.num_blocks * cache.block_size;
+  const auto k_all = detail::pool_view(cache, cache.k_pool, q.batch, pool_rows);
+  const auto v_all = detail::pool_view(cache, cache.v_pool, q.batch, pool_rows);
+  const auto k = detail::pool_view(cache, cache.k_pool, q.batch, max_len);
+  const auto v = detail::pool_view(cache, cache.v_pool, q.batch, max_len);
+  const tensor_view<const O> out_c = out;
+  detail::check_shapes(fn, qc, k_all, v_all, out_c, names);
+  detail::check_mask(fn, local.mask, qc, k);
+  const double scale = detail::check_options<compute_t<O>>(fn, local, qc, k);
+  auto reads =
+      detail::mask_arrays(local.mask, q.batch, q.heads, q.seq, max_len, "cache.cache_lengths");
+  reads.add(cache.block_table, q.batch * cache.max_blocks, "cache.block_table");
+  reads.add(k_all.data, (detail::last_offset(k_all) + 1) * index_t(sizeof(KV)), "cache.k_pool");
+  reads.add(v_all.data, (detail::last_offset(v_all) + 1) * index_t(sizeof(KV)), "cache.v_pool");
+  detail::check_extras(fn, local.logit, local.path == attention_path::fused, extras.lse,
+                       extras.weights, qc, k_all, v_all, out_c, max_len, reads, names);
+
+  if (!detail::use_materialised(local, extras)) {
+    auto p = detail::make_problem(qc, k, v, out, local, extras, scale);
+    p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
+    attention_workspace scratch;
+    attention_workspace& ws = workspace != nullptr ? *workspace : scratch;
+    const detail::workspace_lease lease(ws, fn);
+    ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
+    kernels::attention_fused<Arch>(p, ws);
     return;
   }
   const index_t row = cache.kv_heads * cache.dim;
-  std::vector<KV> k(static_cast<size_t>(q.batch * max_len * row));
-  std::vector<KV> v(k.size());
+  std::vector<KV> k_copy(static_cast<size_t>(q.batch * max_len * row));
+  std::vector<KV> v_copy(k_copy.size());
   for (index_t b = 0; b < q.batch; ++b) {
-    detail::gather_sequence(cache, cache.k_pool, b, max_len, k.data() + b * max_len * row);
-    detail::gather_sequence(cache, cache.v_pool, b, max_len, v.data() + b * max_len * row);
+    detail::gather_sequence(cache, cache.k_pool, b, max_len, k_copy.data() + b * max_len * row);
+    detail::gather_sequence(cache, cache.v_pool, b, max_len, v_copy.data() + b * max_len * row);
   }
-  attention_options<Policy> local = options;
-  local.mask.key_lengths = cache.cache_lengths;
-  const KV* kp = k.data();
-  const KV* vp = v.data();
+  const KV* kp = k_copy.data();
+  const KV* vp = v_copy.data();
   detail::attention_of<Arch>(qc, bshd_view(kp, q.batch, max_len, cache.kv_heads, cache.dim),
                              bshd_view(vp, q.batch, max_len, cache.kv_heads, cache.dim), out, local,
                              extras, workspace);

@@ -8,8 +8,8 @@
 //   bhsd_view(p, B, H, S, d)  memory [B, H, S, d] (heads-major, as after a transpose)
 //   cache_view(p, B, capacity, H_kv, d, lengths)
 //                             a batched KV cache: memory [B, capacity, H_kv, d], sequence b
-//                             filled up to lengths[b]; the view spans the longest one (pair
-//                             it with attention_mask::cache(lengths), mask.hpp)
+//                             filled up to lengths[b]; the view spans the longest one and
+//                             carries the lengths, which every call honours
 // The head dimension is contiguous (stride 1): kernels read whole head rows as vectors.
 //
 // Eigen helpers: head_matrix(view, b, h) maps one head's [seq, d] slice as a row-major
@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "error.hpp"
+#include "index_array.hpp"
 
 namespace ssmax {
 
@@ -46,6 +47,10 @@ struct tensor_view {
   index_t stride_b = 0;  ///< elements between consecutive batch entries
   index_t stride_s = 0;  ///< elements between consecutive tokens
   index_t stride_h = 0;  ///< elements between consecutive heads
+  /// Keys and values only: [batch] tokens each batch entry holds (cache_view), the rows
+  /// past them padding that no call reads; null: every row of seq. The call honours them
+  /// as the mask's key_lengths (mask.hpp), and refuses a mask whose key_lengths differ.
+  index_array seq_lengths{};
 
   /// Pointer to the head row (b, s, h, 0..dim).
   T* row(index_t b, index_t s, index_t h) const {
@@ -55,7 +60,7 @@ struct tensor_view {
   T& operator()(index_t b, index_t s, index_t h, index_t c) const { return row(b, s, h)[c]; }
   /// The same view, read-only.
   operator tensor_view<const T>() const {  // NOLINT: implicit by design
-    return {data, batch, seq, heads, dim, stride_b, stride_s, stride_h};
+    return {data, batch, seq, heads, dim, stride_b, stride_s, stride_h, seq_lengths};
   }
   /// Number of elements in the shape.
   index_t size() const { return batch * seq * heads * dim; }
@@ -74,14 +79,18 @@ tensor_view<T> bhsd_view(T* data, index_t batch, index_t heads, index_t seq, ind
 }
 
 /// View of a batched KV cache: memory [B, capacity, H_kv, d] (room for `capacity` tokens
-/// per sequence), of which sequence b holds lengths[b] tokens. The view's seq is the longest
-/// length (at least 1), stride_b is capacity * H_kv * d; the rows past a sequence's own
-/// length are padding that attention_mask::cache(lengths) (or key_padding) hides.
+/// per sequence), of which sequence b holds lengths[b] tokens (int32 or int64 values,
+/// index_array.hpp). The view's seq is the longest length (at least 1), stride_b is
+/// capacity * H_kv * d, and it carries the lengths (seq_lengths): a call honours them
+/// whatever its mask (they become the mask's key_lengths; a mask with other key_lengths
+/// is refused), so the rows past a sequence's own length are never read. Queries then sit
+/// at the end of each sequence's own keys (mask.hpp); pair the view with
+/// attention_mask::cache(lengths) or causal_mask() for causal decoding.
 /// Pre (checked, argument_error naming it): data and lengths not null, every extent >= 1,
-/// 0 <= lengths[b] <= capacity. lengths is read now and again by the mask at the call.
+/// 0 <= lengths[b] <= capacity. lengths is read now and again at the call.
 template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 tensor_view<T> cache_view(T* data, index_t batch, index_t capacity, index_t kv_heads, index_t dim,
-                          const index_t* lengths) {
+                          index_array lengths) {
   constexpr const char* fn = "cache_view";
   detail::require(data != nullptr, fn, "data", "must not be null");
   detail::require(lengths != nullptr, fn, "lengths", "must not be null");
@@ -95,7 +104,8 @@ tensor_view<T> cache_view(T* data, index_t batch, index_t capacity, index_t kv_h
                     "must each be in [0, capacity]");
     longest = lengths[b] > longest ? lengths[b] : longest;
   }
-  return {data, batch, longest, kv_heads, dim, capacity * kv_heads * dim, kv_heads * dim, dim};
+  return {data,           batch, longest, kv_heads, dim, capacity * kv_heads * dim,
+          kv_heads * dim, dim,   lengths};
 }
 
 /// One head's [seq, d] slice of a view, as a row-major Eigen map (no copy).
@@ -107,51 +117,58 @@ auto head_matrix(const tensor_view<T>& view, index_t b, index_t h) {
                                                      Eigen::OuterStride<>(view.stride_s));
 }
 
-/// A row-major [seq, d] Eigen matrix as a 1-batch, 1-head view.
-inline tensor_view<const float> head_view(const const_matrix_ref<float>& m) {
-  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
-          m.outerStride(), m.cols()};
-}
-inline tensor_view<const double> head_view(const const_matrix_ref<double>& m) {
-  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
-          m.outerStride(), m.cols()};
-}
-inline tensor_view<float> head_view(matrix_ref<float> m) {
-  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
-          m.outerStride(), m.cols()};
-}
-inline tensor_view<double> head_view(matrix_ref<double> m) {
-  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
-          m.outerStride(), m.cols()};
-}
-
 namespace detail {
-/// head_view of any row-major Ref (the 16-bit overloads below).
-template <class T, class Ref>  // the view's element type (const for inputs); an Eigen Ref
-tensor_view<T> head_view_of(Ref& m) {
-  return {m.data(),        1,       m.rows(), 1, m.cols(), m.outerStride() * m.rows(),
-          m.outerStride(), m.cols()};
-}
 /// t, read-only whether or not its element type is const: what the overloads taking views
 /// of any constness hand on.
 template <class T>  // the view's element type, const or not
 tensor_view<const std::remove_const_t<T>> read_only(const tensor_view<T>& t) {
   return t;
 }
+/// The view of one row-major matrix with contiguous rows (element type E, const for
+/// read-only access) as a 1-batch, 1-head tensor.
+template <class E, class M>  // the view's element type; an Eigen row-major dense object
+tensor_view<E> head_view_of(const M& m) {
+  static_assert(M::IsRowMajor,
+                "ssmax::head_view: argument 'm' must be a row-major matrix (row_matrix, a Map "
+                "or block of one, or an Eigen::Ref to one)");
+  require(m.innerStride() == 1, "head_view", "m", "must have contiguous rows (inner stride 1)");
+  E* data = const_cast<E*>(m.data());
+  return {data, 1, m.rows(), 1, m.cols(), m.outerStride() * m.rows(), m.outerStride(), m.cols()};
+}
+/// True for Eigen dense objects with direct access to their memory (matrices, maps,
+/// blocks of them, Refs): what head_view takes.
+template <class M>  // an Eigen type
+inline constexpr bool direct_access_v = (M::Flags & Eigen::DirectAccessBit) != 0;
 }  // namespace detail
 
-/// head_view of 16-bit matrices (storage.hpp).
-inline tensor_view<const Eigen::bfloat16> head_view(const const_matrix_ref<Eigen::bfloat16>& m) {
-  return detail::head_view_of<const Eigen::bfloat16>(m);
+/// One row-major [seq, d] Eigen matrix (row_matrix, a Map or block of one, an Eigen::Ref to
+/// one) of float, double, Eigen::bfloat16 or Eigen::half as a 1-batch, 1-head view, with no
+/// copy: writable when the matrix is (an out argument), read-only when it is const. So
+/// attention(head_view(q), head_view(k), head_view(v), head_view(out)) runs one head with
+/// any mix of element types that ssmax::attention takes. The matrix must outlive the view.
+/// Throws argument_error naming 'm' when its rows are not contiguous.
+template <class Derived,  // an Eigen dense type with direct access (Matrix, Map, Block, Ref)
+          std::enable_if_t<detail::direct_access_v<Derived>, int> = 0>
+auto head_view(Eigen::DenseBase<Derived>& m) {
+  using E = std::remove_pointer_t<decltype(m.derived().data())>;  // const for read-only blocks
+  return detail::head_view_of<E>(m.derived());
 }
-inline tensor_view<const Eigen::half> head_view(const const_matrix_ref<Eigen::half>& m) {
-  return detail::head_view_of<const Eigen::half>(m);
+/// head_view of a const matrix: a read-only view.
+template <class Derived,  // an Eigen dense type with direct access
+          std::enable_if_t<detail::direct_access_v<Derived>, int> = 0>
+auto head_view(const Eigen::DenseBase<Derived>& m) {
+  using E = const typename Derived::Scalar;
+  return detail::head_view_of<E>(m.derived());
 }
-inline tensor_view<Eigen::bfloat16> head_view(matrix_ref<Eigen::bfloat16> m) {
-  return detail::head_view_of<Eigen::bfloat16>(m);
-}
-inline tensor_view<Eigen::half> head_view(matrix_ref<Eigen::half> m) {
-  return detail::head_view_of<Eigen::half>(m);
+/// head_view of a temporary Map, Block or Ref (head_view(Eigen::Map<row_matrix<float>>(p,
+/// n, d)) as an out argument, say): writable when the memory it refers to is.
+template <class Derived,  // an Eigen expression with direct access that refers to memory
+          std::enable_if_t<detail::direct_access_v<Derived> &&
+                               !std::is_base_of<Eigen::PlainObjectBase<Derived>, Derived>::value,
+                           int> = 0>
+auto head_view(Eigen::DenseBase<Derived>&& m) {
+  using E = std::remove_pointer_t<decltype(m.derived().data())>;
+  return detail::head_view_of<E>(m.derived());
 }
 
 /// A row-major [B*S, H*d] activation matrix as a [B, S, H, d] view. Throws

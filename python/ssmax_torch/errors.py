@@ -61,10 +61,21 @@ def integer(function, argument, value):
     return value
 
 
+def constant_tensor(function, argument, value):
+    """Refuses (ArgumentError naming argument) a tensor that requires grad where ssmax_torch
+    computes no gradient: its gradient would otherwise be lost without a word."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        fail(function, argument, "is a tensor that requires grad, but ssmax_torch computes no "
+             "gradient for it (only for q, k, v and SSMax's s and b): pass a number or "
+             f"{argument}.detach()")
+
+
 def real(function, argument, value):
     """value as a Python float: a real number or 1-element real tensor (not a bool or a
-    string) that a double can hold; else ArgumentError naming argument."""
+    string, nor a tensor that requires grad) that a double can hold; else ArgumentError
+    naming argument."""
     if isinstance(value, torch.Tensor):
+        constant_tensor(function, argument, value)
         if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
             fail(function, argument, f"must be a number, got a {value.dtype} tensor of shape "
                  f"{list(value.shape)}")

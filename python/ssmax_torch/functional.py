@@ -164,7 +164,8 @@ def attention(q, k, v, *, policy=None, causal=False, window=None, key_lengths=No
         [total, H, d]); positions, causality and n restart at each sequence.
     attn_mask: bool tensor broadcastable to [B, H, n_q, n_k], True = may attend (indices
         are tensor rows, also with varlen).
-    scale: logit scale, default 1/sqrt(d). query_offset: position of query 0 (default:
+    scale: logit scale, a number (finite, >= 0), default 1/sqrt(d); it gets no gradient, so
+        a tensor that requires grad is refused. query_offset: position of query 0 (default:
         queries at the end of the keys, the KV-cache convention).
 
     Positions: key j of a sequence is at position j, query i at query_offset + i; n is the

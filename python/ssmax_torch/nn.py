@@ -8,7 +8,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .errors import fail, integer, finite
+from .errors import constant_tensor, fail, finite, integer, real
 from .functional import attention
 from .policies import SSMax, Softmax
 
@@ -21,8 +21,9 @@ class ScalableSoftmaxAttention(torch.nn.Module):
     learnable per-head s (initialised to s_init) and, when b_init is not None, a learnable
     per-head b; "softmax": plain softmax (the same module as a baseline). s and b are used
     as trained, any sign (a negative m on short rows is allowed). bias: the projections' bias.
-    causal, window, scale: as ssmax_torch.attention. The computation runs in the
-    parameters' dtype (float32 or float64) on the CPU.
+    causal, window, scale: as ssmax_torch.attention (scale is a number: a tensor that
+    requires grad is refused, the module computes no gradient for it). The computation
+    runs in the parameters' dtype (float32 or float64) on the CPU.
     """
 
     def __init__(self, embed_dim, num_heads, num_kv_heads=None, *, s_init=0.43, b_init=None,
@@ -45,6 +46,7 @@ class ScalableSoftmaxAttention(torch.nn.Module):
         if policy == "ssmax":
             s_init = finite(name, "s_init", s_init)
             b_init = None if b_init is None else finite(name, "b_init", b_init)
+        scale = None if scale is None else real(name, "scale", scale)
         kw = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
@@ -86,6 +88,7 @@ def _allowed_from_torch_masks(attn_mask, key_padding_mask, batch, heads, n_q, n_
     only 0 and -inf) as one bool 'may attend' mask broadcastable to [B, H, n_q, n_k]."""
 
     def allowed(mask, name):
+        constant_tensor("SSMaxMultiheadAttention", name, mask)
         if mask.dtype == torch.bool:
             return ~mask
         if not bool(torch.all((mask == 0) | torch.isneginf(mask))):
@@ -108,7 +111,8 @@ class SSMaxMultiheadAttention(torch.nn.Module):
 
     Uses the wrapped module's projections (its parameters, shared, not copied) and takes
     the same forward arguments. Limits: no attention weights (returns (out, None) whatever
-    need_weights says), no attention dropout, float masks only with 0 / -inf entries;
+    need_weights says), no attention dropout, float masks only with 0 / -inf entries and
+    not requiring grad (they have no gradient here);
     rows whose keys are all masked output 0 (torch gives NaN).
     """
 

@@ -7,13 +7,14 @@
 // it sends that slice on to rank r + 1 and receives the next one from rank r - 1 with
 // MPI_Isend / MPI_Irecv while it attends its queries to the slice at hand (one
 // ssmax::attention call per pair of its query chunk and the slice's key chunk; pairs that
-// causality, the window or key padding leave empty are skipped), then merges the partial
+// causality, a window or key padding leave empty are skipped), then merges the partial
 // (out, lse) into its running result (row_state.hpp, merge_partial_outputs).
 //
 // n and positions are global: every call gets the keys' global position (mask.key_offset),
 // the queries' (mask.query_offset) and each row's n over the WHOLE sequence (mask.row_n,
-// from visible_keys on the whole sequence: causal, window, key padding with global lengths,
-// n_override), so every length policy gives each row the multiplier it gets on one machine.
+// from visible_keys on the whole sequence: causal, window, local window, key padding with
+// global lengths, n_override), so every length policy gives each row the multiplier it gets
+// on one machine, and ALiBi and the windows see global distances.
 //
 // Backward (ring_attention_backward). The K/V slices travel the same ring; with the global
 // out and lse of the forward, each pair's fused backward gives this slice's share of dq,
@@ -28,22 +29,25 @@
 // output by at most 2 e max|v|. So per output element |out_ring - out_one| is within
 // twice attention.hpp's bound plus 2 eps (2 (d + 2) Z + |lse| + n + 64) max|v|.
 //
-// Arguments: every rank calls with the same communicator, batch, heads, d, options (the policy's
-// type is compared, its values are not: pass the same), and the slice layout.hpp assigns it of the
-// N tokens all ranks hold together; q and k have the same rows (self-attention: key i and query i
-// are the same token). Supported masks: none, causal, causal window, key padding (global lengths),
-// n_override; not boolean masks or packed sequences. Every rank checks its own arguments, then all
-// agree (one MPI_Allgather) BEFORE any ring message: a bad argument on any rank throws the same
-// ssmax::argument_error on every rank, naming the rank, and nothing is written.
+// Arguments: every rank calls with the same communicator, batch, heads, d, element type (float
+// or double), options, and the slice layout.hpp assigns it of the N tokens all ranks hold
+// together; q and k have the same rows (self-attention: key i and query i are the same token).
+// Supported masks: none, causal, causal window, local (left, right) window, key padding (global
+// lengths), n_override; not boolean masks or packed sequences. Logit: scale, soft-cap, ALiBi;
+// not an additive bias or sinks. Every rank checks its own arguments, then all agree
+// (agreement.hpp: one MPI_Allgather of a record of the shapes and of every option value that
+// changes the result) BEFORE any ring message: a bad argument on any rank, or ranks that pass
+// different values, throws the same ssmax::argument_error on every rank, naming the argument
+// and the rank, and nothing is written.
 
 #include <algorithm>
-#include <cstring>
-#include <typeinfo>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../attention.hpp"
 #include "../attention_backward.hpp"
+#include "agreement.hpp"
 #include "layout.hpp"
 #include "ring.hpp"
 
@@ -52,6 +56,13 @@ namespace ssmax::distributed {
 namespace detail {
 
 using ssmax::detail::require;
+
+/// True when T, the element type of out, is one the ring computes in (float or double)
+/// and every other view's element type is T (const or not). The ring has no 16-bit storage.
+template <class T, class... Views>  // out's element type; the other views' element types
+inline constexpr bool ring_views_v = (std::is_same<T, float>::value ||
+                                      std::is_same<T, double>::value) &&
+                                     (std::is_same<std::remove_const_t<Views>, T>::value && ...);
 
 /// Rows [begin, begin + length) of a view.
 template <class T>  // element type, possibly const
@@ -76,6 +87,30 @@ inline void check_ring_mask(const char* fn, const attention_mask& m, index_t bat
       require(m.key_lengths[b] >= 0, fn, "options.mask.key_lengths", "has a negative entry");
 }
 
+/// Slices carry no lengths: each rank's k and v hold its slice of every sequence, and the
+/// global lengths are options.mask.key_lengths.
+template <class T>  // element type
+inline void check_ring_slices(const char* fn, const tensor_view<const T>& k,
+                              const tensor_view<const T>& v) {
+  require(k.seq_lengths == nullptr, fn, "k",
+          "carries seq_lengths (a cache_view), which the ring does not take: pass the "
+          "sequences' lengths as options.mask.key_lengths");
+  require(v.seq_lengths == nullptr, fn, "v",
+          "carries seq_lengths (a cache_view), which the ring does not take: pass the "
+          "sequences' lengths as options.mask.key_lengths");
+}
+
+/// Throws argument_error naming `argument` when the output [p, p + count) overlaps the
+/// global key lengths (which the local checks, run without them, do not see).
+template <class U>  // the output's element type
+inline void require_disjoint_from_lengths(const U* p, index_t count, const char* fn,
+                                          const char* argument, const attention_mask& m,
+                                          index_t batch) {
+  ssmax::detail::read_arrays lengths;
+  lengths.add(m.key_lengths, batch, "options.mask.key_lengths");
+  ssmax::detail::require_disjoint_from_reads(p, count, fn, argument, lengths);
+}
+
 /// The logit's extras the ring supports (logit.hpp): the soft-cap and ALiBi (positions come
 /// from the mask); an additive bias [.., n_k] and sinks (which each pair would add again)
 /// are refused.
@@ -84,31 +119,6 @@ inline void check_ring_logit(const char* fn, const logit_options& o) {
           "is not supported by the ring (each rank holds a slice of the keys)");
   require(o.sinks == nullptr, fn, "options.logit.sinks",
           "is not supported by the ring (every pair of ranks would add the sink)");
-}
-
-/// This rank's record for the agreement (ring.hpp).
-template <class T, class Policy>  // element type; a length policy
-record make_record(const tensor_view<const T>& q, const tensor_view<const T>& k,
-                   const attention_options<Policy>& options, layout kind, bool policy_grad) {
-  const attention_mask& m = options.mask;
-  record r{};
-  r[f_element] = static_cast<std::int64_t>(sizeof(T));
-  r[f_policy] = hash_text(typeid(Policy).name());
-  std::int64_t scale_bits = -1;
-  if (options.scale) std::memcpy(&scale_bits, &*options.scale, sizeof(scale_bits));
-  r[f_scale] = scale_bits;
-  r[f_policy_grad] = policy_grad ? 1 : 0;
-  r[f_ok] = 1;
-  r[f_batch] = q.batch, r[f_heads] = q.heads, r[f_kv_heads] = k.heads, r[f_dim] = q.dim;
-  r[f_q_seq] = q.seq, r[f_k_seq] = k.seq;
-  r[f_layout] = static_cast<std::int64_t>(kind);
-  r[f_causal] = m.causal, r[f_window] = m.window, r[f_n_override] = m.n_override;
-  r[f_lengths] = hash_lengths(m.key_lengths, q.batch);
-  r[f_lengths_max] = -1;
-  if (m.key_lengths != nullptr)
-    for (index_t b = 0; b < q.batch; ++b)
-      r[f_lengths_max] = std::max(r[f_lengths_max], m.key_lengths[b]);
-  return r;
 }
 
 /// What one ring call knows after the agreement: every rank's slice, the global n of each
@@ -139,8 +149,10 @@ struct ring_call {
   bool empty_pair(const chunk& qc, const chunk& kc) const {
     const attention_mask& m = options.mask;
     if (kc.begin >= max_length) return true;
-    if (m.causal && kc.begin > qc.begin + qc.length - 1) return true;
-    return m.causal && m.window > 0 && kc.begin + kc.length <= qc.begin - m.window + 1;
+    const index_t q_last = qc.begin + qc.length - 1, k_last = kc.begin + kc.length - 1;
+    if (m.causal && kc.begin > q_last) return true;
+    if (m.causal && m.window > 0 && k_last < qc.begin - m.window + 1) return true;
+    return m.local && (kc.begin > q_last + m.window_right || k_last < qc.begin - m.window_left);
   }
   /// The options of the call for query chunk c of this rank and key chunk kc: global
   /// positions, global n, key lengths clamped to the chunk (lengths: B entries of scratch).
@@ -161,20 +173,24 @@ struct ring_call {
   }
 };
 
-/// The agreement and the call's setup, shared by forward and backward; collective.
+/// The agreement (agreement.hpp) and the call's setup, shared by forward (forward true) and
+/// backward; collective.
 template <class T, class Policy, class LocalCheck>  // element type; policy; () -> void
 ring_call<T, Policy> start_call(const char* fn, const tensor_view<const T>& q,
                                 const tensor_view<const T>& k,
                                 const attention_options<Policy>& options, const ring_context& ctx,
-                                index_t bytes_per_token, bool policy_grad,
+                                index_t bytes_per_token, bool forward, bool policy_grad,
                                 LocalCheck&& local_check) {
   ring_call<T, Policy> c;
   c.fn = fn;
   MPI_Comm_rank(ctx.comm, &c.rank);
   MPI_Comm_size(ctx.comm, &c.ranks);
-  const auto all =
-      agree(fn, ctx.comm, make_record(q, k, options, ctx.kind, policy_grad), local_check);
+  const auto all = agree(fn, ctx.comm, local_check, [&] {
+    return make_record(q, k, options, ctx.kind, forward, policy_grad);
+  });
   c.total = check_ring(all, fn, bytes_per_token);
+  if constexpr (!builtin_policy<Policy>)
+    agree_policy_values(fn, ctx.comm, options.policy, q.heads, c.total, options.mask.n_override);
   c.options = options;
   c.options.mask.query_offset = -1;
   c.batch = q.batch, c.kv_heads = k.heads, c.dim = q.dim;
@@ -205,6 +221,11 @@ void check_local_forward(const char* fn, const tensor_view<const T>& q,
   local.mask.key_lengths = nullptr;  // global lengths: checked against N after the agreement
   ssmax::detail::check_attention<T>(fn, q, k, v, out, local, lse, nullptr);
   require(k.seq == q.seq, fn, "k", "must have q's rows (the same tokens: self-attention)");
+  require_disjoint_from_lengths(out.data, ssmax::detail::last_offset(out) + 1, fn, "out",
+                                options.mask, q.batch);
+  require_disjoint_from_lengths(lse, lse != nullptr ? q.batch * q.heads * q.seq : 0, fn, "lse",
+                                options.mask, q.batch);
+  check_ring_slices(fn, k, v);
   check_ring_mask(fn, options.mask, q.batch);
   check_ring_logit(fn, options.logit);
 }
@@ -379,7 +400,8 @@ void forward_step(const ring_call<T, Policy>& c, int who, const T* kv,
 /// over ctx.comm. Throws argument_error, the same on every rank, on any bad argument.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class T,                        // float or double
-          class Policy = softmax_policy>  // a length policy
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<detail::ring_views_v<T>, int> = 0>  // else the overload below
 void ring_attention(ssmax::detail::identity_t<tensor_view<const T>> q,
                     ssmax::detail::identity_t<tensor_view<const T>> k,
                     ssmax::detail::identity_t<tensor_view<const T>> v, tensor_view<T> out,
@@ -388,7 +410,7 @@ void ring_attention(ssmax::detail::identity_t<tensor_view<const T>> q,
   const char* fn = "distributed::ring_attention";
   detail::call_clock clock(ctx);
   const auto c =
-      detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), false,
+      detail::start_call(fn, q, k, options, ctx, detail::bytes_per_token(q, k), true, false,
                          [&] { detail::check_local_forward(fn, q, k, v, out, options, lse); });
   attention_workspace local_ws;
   attention_workspace& ws = workspace != nullptr ? *workspace : local_ws;
@@ -401,6 +423,22 @@ void ring_attention(ssmax::detail::identity_t<tensor_view<const T>> q,
     ring.end();
   }
   result.write(out, lse);
+}
+
+/// Views the ring does not take (Eigen::bfloat16 or Eigen::half storage, mixed element
+/// types, a const out): one readable compile error instead of a failed match against the
+/// overload above.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class Q, class K, class V,  // the element types of q, k, v
+          class O,                    // the element type of out
+          class... Rest,              // options, lse, ctx, workspace
+          std::enable_if_t<!detail::ring_views_v<O, Q, K, V>, int> = 0>
+void ring_attention(const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V>&,
+                    const tensor_view<O>&, const Rest&...) {
+  static_assert(detail::ring_views_v<O, Q, K, V>,
+                "ssmax::distributed::ring_attention: q, k, v and out must all view float or all "
+                "view double, out writable (the ring has no 16-bit storage: convert "
+                "Eigen::bfloat16 or Eigen::half views to float)");
 }
 
 namespace detail {
@@ -418,6 +456,12 @@ void check_local_backward(const char* fn, const tensor_view<const T>& q,
   require(k.seq == q.seq, fn, "k", "must have q's rows (the same tokens: self-attention)");
   require(grads.d_multiplier == nullptr, fn, "grads.d_multiplier",
           "is not supported by the ring (use grads.policy)");
+  const tensor_view<T>* gradients[3] = {&grads.dq, &grads.dk, &grads.dv};
+  const char* names[3] = {"grads.dq", "grads.dk", "grads.dv"};
+  for (int a = 0; a < 3; ++a)
+    require_disjoint_from_lengths(gradients[a]->data, ssmax::detail::last_offset(*gradients[a]) + 1,
+                                  fn, names[a], options.mask, q.batch);
+  check_ring_slices(fn, k, v);
   check_ring_mask(fn, options.mask, q.batch);
   check_ring_logit(fn, options.logit);
 }
@@ -488,7 +532,8 @@ void unpack(const T* from, const tensor_view<T>& t) {
 /// grads.d_multiplier must be null. Always the fused backward. Collective over ctx.comm.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class T,                        // float or double
-          class Policy = softmax_policy>  // a length policy
+          class Policy = softmax_policy,  // a length policy
+          std::enable_if_t<detail::ring_views_v<T>, int> = 0>  // else the overload below
 void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
                              ssmax::detail::identity_t<tensor_view<const T>> k,
                              ssmax::detail::identity_t<tensor_view<const T>> v,
@@ -501,7 +546,7 @@ void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
   detail::call_clock clock(ctx);
   ring_stats& stats = clock.stats();
   const auto c = detail::start_call(
-      fn, q, k, options, ctx, detail::bytes_per_token(q, k), grads.policy != nullptr,
+      fn, q, k, options, ctx, detail::bytes_per_token(q, k), false, grads.policy != nullptr,
       [&] { detail::check_local_backward(fn, q, k, v, out, dout, lse, grads, options); });
   const index_t S = q.seq, H = q.heads, d = q.dim, B = q.batch, bytes = sizeof(T);
   attention_workspace local_ws;
@@ -554,6 +599,21 @@ void ring_attention_backward(ssmax::detail::identity_t<tensor_view<const T>> q,
     for (index_t h = 0; h < H; ++h)
       grads.policy->add(h, {0.0, sums[static_cast<size_t>(h)], sums[static_cast<size_t>(H + h)]});
   }
+}
+
+/// Views the backward does not take (Eigen::bfloat16 or Eigen::half storage, mixed element
+/// types): one readable compile error instead of a failed match against the overload above.
+template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
+          class Q, class K, class V,  // the element types of q, k, v
+          class O, class D,           // the element types of out and dout
+          class... Rest,              // lse, grads, options, ctx, workspace
+          std::enable_if_t<!detail::ring_views_v<std::remove_const_t<O>, Q, K, V, D>, int> = 0>
+void ring_attention_backward(const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V>&,
+                             const tensor_view<O>&, const tensor_view<D>&, const Rest&...) {
+  static_assert(detail::ring_views_v<std::remove_const_t<O>, Q, K, V, D>,
+                "ssmax::distributed::ring_attention_backward: q, k, v, out and dout must all view "
+                "float or all view double (the ring has no 16-bit storage: convert "
+                "Eigen::bfloat16 or Eigen::half views to float)");
 }
 
 }  // namespace ssmax::distributed

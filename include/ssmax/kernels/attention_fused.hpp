@@ -3,9 +3,10 @@
 //
 // Work is cut into tasks: a block of query rows of some heads of one sequence. A task
 // walks the key blocks its rows can see (a grid of kKeyBlock keys from each sequence's
-// start): scores S = Q' K^T of the block (Q' = m * scale * Q, one multiplier per row),
-// masking to -inf, the online-softmax update (running max and sum per row, rescaling the
-// output accumulator), then O += P V.
+// start, the last block ending at the sequence's key length: attention_problem::span, so
+// no key row past a sequence's own keys is read): scores S = Q' K^T of the block (Q' = m * scale *
+// Q, one multiplier per row), masking to -inf, the online-softmax update (running max and sum per
+// row, rescaling the output accumulator), then O += P V.
 //
 // Two kinds of task:
 // - prefill: kPrefillQueryBlock rows of one head, through a register-blocked GEMM on K^T

@@ -207,7 +207,8 @@ inline void store_gradient(G* dst, const T* src, index_t d, T alpha = T(1)) {
   for (index_t c = 0; c < d; ++c) dst[c] = from_compute<G>(alpha * src[c]);
 }
 
-/// Writes the task's accumulated dk, dv rows [k_begin, k_end) of kv head g.
+/// Writes the task's accumulated dk, dv rows [k_begin, k_end) of kv head g, and zeros to
+/// the sequence's padding rows past its key length ([k_end, the tensor's end)).
 template <class T, class Policy, class S>  // compute type; a length policy; storage
 inline void write_key_gradients(const attention_backward_problem<T, Policy, S>& p,
                                 const backward_scratch<T>& sc, const sequence_span& seq, index_t g,
@@ -218,6 +219,12 @@ inline void write_key_gradients(const attention_backward_problem<T, Policy, S>& 
     const T* c = sc.dv + (j - seq.k_begin) * dp;
     store_gradient(p.dk.row(b, j, g), a, d);
     store_gradient(p.dv.row(b, j, g), c, d);
+  }
+  const index_t padded_end = p.forward.full_span(seq.sequence).k_end;
+  const auto zero = from_compute<typename S::grad>(T(0));
+  for (index_t j = seq.k_end; j < padded_end; ++j) {
+    std::fill(p.dk.row(b, j, g), p.dk.row(b, j, g) + d, zero);
+    std::fill(p.dv.row(b, j, g), p.dv.row(b, j, g) + d, zero);
   }
 }
 

@@ -57,9 +57,9 @@ struct storage_set {
 /// block_size] * block_size + j % block_size: the kernels find each key block's rows
 /// through the table (attention_problem::block_rows) and read them in place.
 struct kv_pages {
-  const index_t* table = nullptr;  ///< [B, max_blocks], or null: k and v are plain views
-  index_t max_blocks = 0;          ///< entries per row of table
-  index_t block_size = 0;          ///< tokens per page
+  index_array table{};     ///< [B, max_blocks], or null: k and v are plain views
+  index_t max_blocks = 0;  ///< entries per row of table
+  index_t block_size = 0;  ///< tokens per page
 };
 
 /// A validated attention call, as the kernels receive it.
@@ -83,7 +83,19 @@ struct attention_problem {
   bool allow_bf16_weights = false;  ///< attention_options::allow_bf16_weights
 
   index_t sequences() const { return sequence_count(mask, q.batch); }
-  sequence_span span(index_t s) const { return sequence_of(mask, s, q.seq, k.seq); }
+  /// Sequence s, its keys ending at its key_lengths entry when the mask has them: the
+  /// kernels read no key row past a sequence's own length (padding, or a paged cache's
+  /// block-table entries and pool rows the sequence does not own).
+  sequence_span span(index_t s) const {
+    sequence_span seq = sequence_of(mask, s, q.seq, k.seq);
+    if (mask.key_lengths != nullptr)
+      seq.k_end = seq.k_begin + std::clamp<index_t>(mask.key_lengths[s] - mask.key_offset, 0,
+                                                    seq.k_end - seq.k_begin);
+    return seq;
+  }
+  /// Sequence s with every key row of the tensors, padding included (what the backward
+  /// writes key gradients to).
+  sequence_span full_span(index_t s) const { return sequence_of(mask, s, q.seq, k.seq); }
   index_t kv_head(index_t h) const { return h / (q.heads / k.heads); }  ///< g(h)
   /// Which keys query row i of head h in seq sees, and its n (mask and bias: logit.hpp).
   row_keys keys_of(const sequence_span& seq, index_t h, index_t i) const {
