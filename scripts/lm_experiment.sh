@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The language-model experiment (issue 15): small byte-level transformers on the text of
+# The language-model experiment: small byte-level transformers on the text of
 # Debian's `fortunes`, Softmax against Scalable-Softmax, trained at context 128 and
 # evaluated to 8x (16x) beyond it. Writes report.md, results.json, runs/ and PNG plots under
 # --out (default out/lm).

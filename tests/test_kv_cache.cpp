@@ -1,4 +1,4 @@
-// KV caches (issue 11, section 4): cache_view over a batched cache [B, capacity, H_kv, d]
+// KV caches: cache_view over a batched cache [B, capacity, H_kv, d]
 // with per-sequence lengths, attention_mask::cache, and where each sequence's queries sit.
 // The expected positions and n below are written out by hand from the convention in
 // mask.hpp (row i of sequence b at max(0, L_b - n_q) + i), never computed by visible_keys.

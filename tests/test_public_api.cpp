@@ -1,4 +1,4 @@
-// The public API as a new user meets it (issue 11, sections 3 and 5): errors that name what
+// The public API as a new user meets it: errors that name what
 // the caller wrote, one multiplier check for the row API and the operator, per-head
 // parameters that outlive their vector, and a user's learnable length policy whose
 // parameters get their gradients (against central finite differences).
