@@ -25,7 +25,7 @@
 // n = 1024 and 4096; its cost is its time over prefill/fused/softmax/d:128/n:<n> of the run.
 // The score GEMM tile alone: "tile/gemm/<float|bf16>/d:<d>" (register_tiles). After the
 // table, ratios of the same run: SSMax / Softmax time and the 2-thread speedup.
-// Typical run (the table of the README):
+// Typical run (the tables of docs/performance.md):
 //   bench_attention --benchmark_filter='peak|copy|d:128/n:4096/|decode/.*n:32768'
 //   --benchmark_min_time=1
 

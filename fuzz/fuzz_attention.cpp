@@ -71,8 +71,6 @@ void run_and_check(input& in, testing::attention_data<T>& data, attention_option
                  : path_choice == 1 ? attention_path::materialised
                                     : attention_path::automatic;
   if (broken.kind == 9) options.path = attention_path::fused;  // with weights: rejected
-  // (Boolean masks once made the materialised kernel flush weights by the key range rather
-  // than the visible count; it now passes the visible count to the row kernel.)
   const bool want_weights = options.path != attention_path::fused && in.flag();
   const bool want_lse = in.byte() % 4 != 0;
 

@@ -15,6 +15,7 @@ packages=(
   python3-torch libtorch-dev pybind11-dev python3-pytest  # python/: the torch extension, tests
   libopenblas0-openmp                # an optimised BLAS for torch (else the reference BLAS)
   libopenmpi-dev openmpi-bin         # ssmax::mpi: context-parallel attention, its tests
+  g++-aarch64-linux-gnu qemu-user googletest  # the aarch64 preset: cross-built tests under qemu
   fortunes                           # English text: the language-model experiment's corpus
 )
 

@@ -7,7 +7,7 @@
 #   bash scripts/study.sh             # a few minutes
 #   bash scripts/study.sh --long      # the long sweep: n to 10^7, n_k to 2^20 with d = 128,
 #                                     # longer benchmark runs
-#   bash scripts/study.sh --figures   # also copy the plots to docs/figures/ (the README's)
+#   bash scripts/study.sh --figures   # also copy the plots to docs/figures/ (README.md and docs/study.md show them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, checks the format, then builds and
-# runs every C++ test twice: for this CPU (-march=native, every SIMD path it has) and for
-# baseline x86-64 (SSE2), so both the widest and the portable code paths are exercised;
-# then the Python bindings' tests, the sanitizers and the fuzzers.
+# runs the C++ tests for this CPU (-march=native, every SIMD path it has), for baseline
+# x86-64 (SSE2) and for 64-bit ARM under emulation (neon64), so the widest, the portable
+# and the ARM code paths are exercised; then the Python bindings' tests, the sanitizers
+# and the fuzzers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ stage format bash scripts/check-format.sh
 stage docs bash scripts/docs.sh  # the API reference: any doxygen warning fails
 stage native cmake --workflow --preset native
 stage baseline cmake --workflow --preset baseline
+# 64-bit ARM (neon64): cross-compiled, run under qemu-user; what it leaves out and why:
+# CONTRIBUTING.md, the aarch64 preset.
+stage aarch64 cmake --workflow --preset aarch64
 # The PyTorch extension (python/, ssmax_torch): built and installed into build/pyenv, then
 # its pytest suite (forward against torch's own math, gradcheck, the nn module).
 stage python bash scripts/python-test.sh

@@ -23,9 +23,9 @@ using Attention16 = kernel_test<C>;
 TYPED_TEST_SUITE(Attention16, float_kernel_configs<std::tuple<widest_architecture>>, config_name);
 
 // All 27 combinations; under a sanitizer (which looks for memory errors, not rounding, and
-// runs this test 10x slower) the nine pairwise ones, which still send every storage type
-// through every kernel.
-#ifdef SSMAX_TESTS_SANITIZED
+// runs this test 10x slower) or an emulator, the nine pairwise ones, which still send every
+// storage type through every kernel.
+#if defined(SSMAX_TESTS_SANITIZED) || defined(SSMAX_TESTS_EMULATED)
 using widest_combinations = pairwise_combinations;
 #else
 using widest_combinations = every_combination;

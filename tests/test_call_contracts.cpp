@@ -1,7 +1,7 @@
 // What a call promises its caller beyond the numbers: lengths a view carries are honoured
 // (or a mask that contradicts them refused), lengths, offsets and block tables are read as
 // int32 or int64 in place, no output may overlap any array the call reads (named as the
-// caller wrote it), and head_view takes the matrices the README shows. Expected values are
+// caller wrote it), and head_view takes the matrices docs/api.md shows. Expected values are
 // written out: a cache whose values are all 1 has output 1 (within the float bound)
 // whatever its padding holds.
 
@@ -375,8 +375,8 @@ TEST(Overlaps, PoolSizesBeyondTheIndexTypeAreRefusedByName) {
 }
 
 TEST(HeadView, TakesRowMatricesConstOrNotForMixedTypeCalls) {
-  // One head with bf16 q, k, v and a float out, each wrapped with head_view: the call the
-  // README shows. Every value 1: out is exactly 1.
+  // One head with bf16 q, k, v and a float out, each wrapped with head_view: the call
+  // docs/api.md shows. Every value 1: out is exactly 1.
   row_matrix<Eigen::bfloat16> q(3, d), k(5, d), v(5, d);
   q.setConstant(Eigen::bfloat16(0.5f));
   k.setConstant(Eigen::bfloat16(0.25f));

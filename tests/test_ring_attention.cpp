@@ -1,7 +1,8 @@
 // Context-parallel ring attention (ssmax/distributed/) against the single-process operator,
-// run under mpirun with P = 1, 2, 3, 4 ranks (tests/CMakeLists.txt). A plain main: every
-// rank runs every case, reports its failures, and the exit code is non-zero when any rank
-// saw one.
+// run under mpirun with P = 1, 2, 3, 4 ranks (tests/CMakeLists.txt). Every rank runs every
+// test in the same order; checks are EXPECT_*, so a failing rank still joins the collectives
+// the others wait in, and an exception no check expects ends the job (main). Rank 0 prints
+// gtest's report, the others their failures; any failure fails every rank's exit code.
 //
 // Every rank builds the same whole sequence (same seed), runs ssmax::attention and
 // ssmax::attention_backward on it, cuts out its slice (layout.hpp) and runs the ring; its
@@ -32,16 +33,25 @@
 //   dL/dm_i: sum_j |z_ij - z_0| a_ij (|u_ij| + |D_i|), the kernel's z_0 = (lse_i - log n_i) / m,
 // and ds_h, db_h sum |log n| and 1 times dL/dm's bound over the rows of head h.
 
+#include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
+#include <functional>
+#include <iomanip>
+#include <iterator>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <ssmax/attention_backward.hpp>
 #include <ssmax/distributed/ring_attention.hpp>
 #include <ssmax/reference/attention.hpp>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -49,23 +59,30 @@ namespace {
 using namespace ssmax;
 using distributed::layout;
 
-int g_rank = 0, g_ranks = 1, g_failures = 0;
+int g_rank = 0, g_ranks = 1;  // set by main
 
-void fail(const std::string& what) {
-  if (g_failures < 20) std::fprintf(stderr, "rank %d: FAIL %s\n", g_rank, what.c_str());
-  ++g_failures;
-}
-
-/// The mask of a case.
-struct mask_case {
-  const char* name;
-  bool causal;
-  index_t window;
-  bool padding;
-  index_t left = -1, right = -1;  ///< local (left, right) window; -1: none
+/// One quantity's elements outside their bound: each element is compared, the failures
+/// counted and the first few described, for one EXPECT per quantity and case.
+struct outside_bound {
+  const char* quantity;
+  long checked = 0, failed = 0;
+  std::ostringstream first;
+  explicit outside_bound(const char* name) : quantity(name) {}
+  /// Counts element (b, head, token, c): `within` its bound, or off by `by` against `bound`.
+  void check(bool within, index_t b, index_t head, index_t token, index_t c, double by,
+             double bound) {
+    ++checked;
+    if (!within && failed++ < 5)
+      first << std::setprecision(17) << "\n  (b, head, token, c) = (" << b << ", " << head << ", "
+            << token << ", " << c << "): off by " << by << ", bound " << bound;
+  }
+  friend std::ostream& operator<<(std::ostream& os, const outside_bound& o) {
+    return os << o.failed << " of " << o.checked << ' ' << o.quantity
+              << " elements outside the bound, the first:" << o.first.str();
+  }
 };
 
-/// One problem: shapes and mask.
+/// One problem's shapes.
 struct shape {
   index_t N, B, H, H_kv, d;
 };
@@ -156,8 +173,7 @@ std::vector<T> random_values(index_t count, unsigned seed) {
 }
 
 template <class T, class Policy>
-void run_case(const std::string& name, const shape& s, layout kind,
-              const attention_options<Policy>& o) {
+void run_case(const shape& s, layout kind, const attention_options<Policy>& o) {
   const double eps = std::numeric_limits<T>::epsilon();
   const index_t N = s.N, B = s.B, H = s.H, H_kv = s.H_kv, d = s.d;
   const auto q = random_values<T>(B * N * H * d, 11), k = random_values<T>(B * N * H_kv * d, 12),
@@ -250,6 +266,7 @@ void run_case(const std::string& name, const shape& s, layout kind,
         rho_max = std::max(rho_max, rho[at]);
       }
   const double tiny = 64.0 * std::numeric_limits<T>::min();
+  outside_bound lse_out{"lse"}, out_out{"out"}, dq_out{"dq"}, dk_out{"dk"}, dv_out{"dv"};
   // Forward and dq: this rank's rows.
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h)
@@ -262,21 +279,20 @@ void run_case(const std::string& name, const shape& s, layout kind,
         const double tol_out = 2 * e_out + 2 * e_lse * e.vmax[at] + eps * e.vmax[at] +
                                (n + d) * std::numeric_limits<T>::denorm_min();
         const double l_ring = lse[static_cast<size_t>((b * H + h) * S + i)], l_one = lse1[at];
-        if (!(l_ring == l_one || std::abs(l_ring - l_one) <= 2 * e_lse + eps * std::abs(e.lse[at])))
-          fail(name + ": lse row " + std::to_string(gi) + " " + std::to_string(l_ring) + " vs " +
-               std::to_string(l_one));
+        const double tol_lse = 2 * e_lse + eps * std::abs(e.lse[at]);
+        lse_out.check(l_ring == l_one || std::abs(l_ring - l_one) <= tol_lse, b, h, gi, 0,
+                      std::abs(l_ring - l_one), tol_lse);
         for (index_t c = 0; c < d; ++c) {
           const size_t lo = static_cast<size_t>(((b * S + i) * H + h) * d + c),
                        go = static_cast<size_t>(((b * N + gi) * H + h) * d + c);
-          if (!(std::abs(static_cast<double>(out[lo]) - out1[go]) <= tol_out))
-            fail(name + ": out row " + std::to_string(gi) + " differs by " +
-                 std::to_string(std::abs(static_cast<double>(out[lo]) - out1[go])) + " > " +
-                 std::to_string(tol_out));
-          if (!(std::abs(static_cast<double>(dq[lo]) - dq1[go]) <= 2 * rho[at] * A_dq[at] + tiny))
-            fail(name + ": dq row " + std::to_string(gi) + " differs by " +
-                 std::to_string(std::abs(static_cast<double>(dq[lo]) - dq1[go])));
+          const double d_out = std::abs(static_cast<double>(out[lo]) - out1[go]),
+                       d_dq = std::abs(static_cast<double>(dq[lo]) - dq1[go]),
+                       tol_dq = 2 * rho[at] * A_dq[at] + tiny;
+          out_out.check(d_out <= tol_out, b, h, gi, c, d_out, tol_out);
+          dq_out.check(d_dq <= tol_dq, b, h, gi, c, d_dq, tol_dq);
         }
       }
+  // dk and dv: this rank's keys.
   for (index_t b = 0; b < B; ++b)
     for (index_t g = 0; g < H_kv; ++g)
       for (index_t j = 0; j < S; ++j) {
@@ -285,14 +301,20 @@ void run_case(const std::string& name, const shape& s, layout kind,
         for (index_t c = 0; c < d; ++c) {
           const size_t lo = static_cast<size_t>(((b * S + j) * H_kv + g) * d + c),
                        go = static_cast<size_t>(((b * N + gj) * H_kv + g) * d + c);
-          if (!(std::abs(static_cast<double>(dk[lo]) - dk1[go]) <= 2 * rho_max * A_dk[kj] + tiny))
-            fail(name + ": dk key " + std::to_string(gj) + " differs by " +
-                 std::to_string(std::abs(static_cast<double>(dk[lo]) - dk1[go])));
-          if (!(std::abs(static_cast<double>(dv[lo]) - dv1[go]) <= 2 * rho_max * A_dv[kj] + tiny))
-            fail(name + ": dv key " + std::to_string(gj) + " differs by " +
-                 std::to_string(std::abs(static_cast<double>(dv[lo]) - dv1[go])));
+          const double d_dk = std::abs(static_cast<double>(dk[lo]) - dk1[go]),
+                       d_dv = std::abs(static_cast<double>(dv[lo]) - dv1[go]),
+                       tol_dk = 2 * rho_max * A_dk[kj] + tiny,
+                       tol_dv = 2 * rho_max * A_dv[kj] + tiny;
+          dk_out.check(d_dk <= tol_dk, b, g, gj, c, d_dk, tol_dk);
+          dv_out.check(d_dv <= tol_dv, b, g, gj, c, d_dv, tol_dv);
         }
       }
+  EXPECT_EQ(lse_out.failed, 0) << lse_out;
+  EXPECT_EQ(out_out.failed, 0) << out_out;
+  EXPECT_EQ(dq_out.failed, 0) << dq_out;
+  EXPECT_EQ(dk_out.failed, 0) << dk_out;
+  EXPECT_EQ(dv_out.failed, 0) << dv_out;
+  // ds and db: every head, all-reduced over the ranks.
   for (index_t h = 0; h < H; ++h) {
     double tol_s = 0.0, tol_b = 0.0;
     for (index_t b = 0; b < B; ++b)
@@ -302,21 +324,95 @@ void run_case(const std::string& name, const shape& s, layout kind,
         tol_s +=
             2 * rho[at] * A_dm[at] * std::log(std::max<double>(1.0, static_cast<double>(e.n[at])));
       }
-    if (!(std::abs(pg.s[static_cast<size_t>(h)] - pg1.s[static_cast<size_t>(h)]) <= tol_s + 1e-300))
-      fail(name + ": ds head " + std::to_string(h) + " " +
-           std::to_string(pg.s[static_cast<size_t>(h)]) + " vs " +
-           std::to_string(pg1.s[static_cast<size_t>(h)]));
-    if (!(std::abs(pg.b[static_cast<size_t>(h)] - pg1.b[static_cast<size_t>(h)]) <= tol_b + 1e-300))
-      fail(name + ": db head " + std::to_string(h) + " " +
-           std::to_string(pg.b[static_cast<size_t>(h)]) + " vs " +
-           std::to_string(pg1.b[static_cast<size_t>(h)]));
+    const size_t hh = static_cast<size_t>(h);
+    EXPECT_LE(std::abs(pg.s[hh] - pg1.s[hh]), tol_s + 1e-300)
+        << "ds head " << h << ": " << pg.s[hh] << " vs " << pg1.s[hh];
+    EXPECT_LE(std::abs(pg.b[hh] - pg1.b[hh]), tol_b + 1e-300)
+        << "db head " << h << ": " << pg.b[hh] << " vs " << pg1.b[hh];
   }
 }
 
-/// Runs call (collective); every rank must throw argument_error naming `argument`, with
-/// the same message on every rank (checked by comparing with rank 0's).
+/// The mask of a case.
+struct mask_case {
+  const char* name;
+  bool causal;
+  index_t window;
+  bool padding;
+  index_t left = -1, right = -1;  ///< local (left, right) window; -1: none
+};
+
+const mask_case masks[] = {{"none", false, 0, false},
+                           {"causal", true, 0, false},
+                           {"causal_padding", true, 0, true},
+                           {"padding", false, 0, true},
+                           {"window", true, 5, false},
+                           {"local", false, 0, false, 4, 3},
+                           {"local_padding", false, 0, true, 9, 0},
+                           {"causal_local", true, 0, false, 6, 0},
+                           {"local_one_side", false, 0, false, 0, 11}};
+const char* const policies[] = {"softmax", "ssmax", "qwen", "mistral"};
+
+/// A case: layout, element type (double or float), index into masks, index into policies.
+using ring_case = std::tuple<layout, bool, int, int>;
+
+/// One case: the mask and policy (index into policies) for one element type and layout.
+template <class T>
+void run_ring_case(layout kind, const mask_case& mc, int policy) {
+  static const index_t lengths[2] = {30, 19};  // global key lengths (padding); N = 37
+  const shape s{37, 2, 4, 2, 16};
+  attention_mask m;
+  m.causal = mc.causal;
+  m.window = mc.window;
+  if (mc.padding) m.key_lengths = lengths;
+  if (mc.left >= 0) {
+    m.local = true;
+    m.window_left = mc.left, m.window_right = mc.right;
+  }
+  const auto run = [&](auto o) {
+    o.mask = m, o.threads = 1;
+    run_case<T>(s, kind, o);
+  };
+  attention_options<ssmax_policy> o1;
+  o1.policy = ssmax_policy(std::vector<double>{0.3, 0.45, 0.6, 0.2},
+                           std::vector<double>{0.0, 0.1, 0.5, 0.05});
+  attention_options<qwen_logn_policy> o2;  // positions matter: m grows past position 3
+  o2.policy.train_length = 4;
+  attention_options<mistral_policy> o3;
+  o3.policy.original_length = 8, o3.policy.beta = 0.5;
+  if (policy == 0) return run(attention_options<softmax_policy>{});
+  if (policy == 1) return run(o1);
+  if (policy == 2) return run(o2);
+  run(o3);
+}
+
+class RingMatchesSingleProcess : public ::testing::TestWithParam<ring_case> {};
+
+TEST_P(RingMatchesSingleProcess, OutLseAndGradientsWithinTheirBounds) {
+  const auto [kind, is_double, mask, policy] = GetParam();
+  if (is_double)
+    run_ring_case<double>(kind, masks[mask], policy);
+  else
+    run_ring_case<float>(kind, masks[mask], policy);
+}
+
+std::string ring_case_name(const ::testing::TestParamInfo<ring_case>& info) {
+  const auto [kind, is_double, mask, policy] = info.param;
+  return std::string(kind == layout::zigzag ? "zigzag_" : "contiguous_") + masks[mask].name +
+         (is_double ? "_double_" : "_float_") + policies[policy];
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryLayoutTypeMaskAndPolicy, RingMatchesSingleProcess,
+                         ::testing::Combine(::testing::Values(layout::contiguous, layout::zigzag),
+                                            ::testing::Bool(),
+                                            ::testing::Range(0, int(std::size(masks))),
+                                            ::testing::Range(0, int(std::size(policies)))),
+                         ring_case_name);
+
+/// Runs call (collective); every rank must throw argument_error naming `argument` (none
+/// when empty), with the same message on every rank (checked against rank 0's). Returns the
+/// message. The broadcast runs whatever the call did, so no rank is left waiting.
 template <class Call>
-void expect_same_error(const std::string& name, const std::string& argument, Call&& call) {
+std::string expect_same_error(const std::string& argument, Call&& call) {
   std::string what = "(no error)", arg;
   try {
     call();
@@ -324,25 +420,30 @@ void expect_same_error(const std::string& name, const std::string& argument, Cal
     what = e.what();
     arg = e.argument();
   }
-  if (arg != argument) fail(name + ": expected argument '" + argument + "', got: " + what);
+  EXPECT_EQ(arg, argument) << "the error: " << what;
   std::string root = what;
   int length = static_cast<int>(root.size());
   MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
   root.resize(static_cast<size_t>(length));
   MPI_Bcast(root.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
-  if (root != what) fail(name + ": rank 0 says '" + root + "', this rank '" + what + "'");
-  if (g_rank == 0 && g_ranks > 1 && name == "print") std::printf("%s\n", what.c_str());
+  EXPECT_EQ(root, what) << "rank 0's message against this rank's";
+  return what;
 }
 
-/// Bad input on one rank or all: the same error on every rank, no deadlock, nothing written.
-void bad_input() {
-  const index_t N = 24, B = 1, H = 4, H_kv = 2, d = 8;
-  const auto sl = distributed::slice_of(layout::contiguous, N, g_ranks, g_rank);
+/// Bad input on one rank or all: every rank throws the same error, none deadlocks, and no
+/// call writes out or lse (TearDown). The buffers are larger than the calls read, as when
+/// one rank's shapes differ.
+class RingRejectsBadInput : public ::testing::Test {
+ protected:
+  static constexpr index_t N = 24, B = 1, H = 4, H_kv = 2, d = 8;
+  const distributed::slice sl = distributed::slice_of(layout::contiguous, N, g_ranks, g_rank);
   const index_t S = sl.length();
-  const int last = g_ranks - 1;
-  std::vector<float> q(static_cast<size_t>(B * (S + 1) * H * (d + 1)), 0.5f), k(q), v(q),
-      out(q.size(), 7.0f), lse(static_cast<size_t>(B * H * (S + 1)), 7.0f);
-  auto run = [&](index_t seq, index_t heads, index_t kv_heads, index_t dim, float* o, layout kind) {
+  const bool mine = g_rank == g_ranks - 1;  ///< the rank whose input differs
+  std::vector<float> q = std::vector<float>(static_cast<size_t>(B * (S + 1) * H * (d + 1)), 0.5f),
+                     k = q, v = q, out = std::vector<float>(q.size(), 7.0f),
+                     lse = std::vector<float>(static_cast<size_t>(B * H * (S + 1)), 7.0f);
+
+  void run(index_t seq, index_t heads, index_t kv_heads, index_t dim, float* o, layout kind) {
     distributed::ring_context ctx;
     ctx.kind = kind;
     attention_options<softmax_policy> opt;
@@ -351,17 +452,36 @@ void bad_input() {
                                 bshd_view(k.data(), B, seq, kv_heads, dim),
                                 bshd_view(v.data(), B, seq, kv_heads, dim),
                                 bshd_view(o, B, seq, heads, dim), opt, lse.data(), ctx);
-  };
-  const bool mine = g_rank == last;
-  // Slices from cache_view carry lengths the ring does not take; lse over the key lengths.
-  expect_same_error("k carries seq_lengths", "k", [&] {
+  }
+  template <class Options>
+  void forward_with(Options opt) {
+    opt.mask.causal = true, opt.threads = 1;
+    distributed::ring_attention(bshd_view(q.data(), B, S, H, d), bshd_view(k.data(), B, S, H_kv, d),
+                                bshd_view(v.data(), B, S, H_kv, d),
+                                bshd_view(out.data(), B, S, H, d), opt, lse.data(),
+                                distributed::ring_context{});
+  }
+  void TearDown() override {
+    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == 7.0f; }))
+        << "a rejected call wrote out";
+    EXPECT_TRUE(std::all_of(lse.begin(), lse.end(), [](float x) { return x == 7.0f; }))
+        << "a rejected call wrote lse";
+  }
+};
+
+// Slices from cache_view carry lengths the ring does not take.
+TEST_F(RingRejectsBadInput, KeysFromACacheViewWithSequenceLengths) {
+  expect_same_error("k", [&] {
     const std::vector<index_t> lengths(B, S);
     distributed::ring_attention(
         bshd_view(q.data(), B, S, H, d), cache_view(k.data(), B, S, H_kv, d, lengths.data()),
         cache_view(v.data(), B, S, H_kv, d, lengths.data()), bshd_view(out.data(), B, S, H, d),
         attention_options<softmax_policy>{}, lse.data(), distributed::ring_context{});
   });
-  expect_same_error("lse over the key lengths", "lse", [&] {
+}
+
+TEST_F(RingRejectsBadInput, LseOverlappingTheKeyLengths) {
+  expect_same_error("lse", [&] {
     attention_options<softmax_policy> opt;
     auto* lengths = reinterpret_cast<index_t*>(lse.data() + 2);
     const float saved[2] = {lse[2], lse[3]};
@@ -377,85 +497,106 @@ void bad_input() {
       throw;
     }
   });
-  // A local error on the last rank only (null out).
-  expect_same_error("null out", "out",
+}
+
+// A local error on the last rank only.
+TEST_F(RingRejectsBadInput, NullOutOnTheLastRank) {
+  expect_same_error("out",
                     [&] { run(S, H, H_kv, d, mine ? nullptr : out.data(), layout::contiguous); });
-  if (g_ranks > 1) {
-    expect_same_error("heads differ", "q",
-                      [&] { run(S, mine ? 2 : H, H_kv, d, out.data(), layout::contiguous); });
-    expect_same_error("kv heads differ", "k",
-                      [&] { run(S, H, mine ? 1 : H_kv, d, out.data(), layout::contiguous); });
-    expect_same_error("d differs", "q",
-                      [&] { run(S, H, H_kv, mine ? d + 1 : d, out.data(), layout::contiguous); });
-    expect_same_error("layout differs", "context.kind", [&] {
-      run(S, H, H_kv, d, out.data(), mine ? layout::zigzag : layout::contiguous);
-    });
+}
+
+/// Input that differs between ranks (the last rank's): needs two ranks or more. Unchecked,
+/// these would crash (MPI_ERR_TRUNCATE: float against double), hang (grads.policy on some
+/// ranks: only they all-reduce ds and db) or silently mix rows.
+class RingRejectsInputDifferingAcrossRanks : public RingRejectsBadInput {
+ protected:
+  void SetUp() override {
+    if (g_ranks < 2) GTEST_SKIP() << "needs two ranks or more";
   }
-  if (g_ranks > 1) {
-    // Unchecked, these would crash (MPI_ERR_TRUNCATE: float against double), hang
-    // (grads.policy on some ranks: only they all-reduce ds and db) or silently mix rows.
-    expect_same_error("element type differs", "q", [&] {
-      if (!mine) return run(S, H, H_kv, d, out.data(), layout::contiguous);
-      std::vector<double> x(q.size(), 0.5), o(q.size(), 7.0), l(lse.size(), 7.0);
-      attention_options<softmax_policy> opt;
-      opt.mask.causal = true, opt.threads = 1;
-      const auto view = [&](double* at, index_t heads) { return bshd_view(at, B, S, heads, d); };
-      distributed::ring_attention(view(x.data(), H), view(x.data(), H_kv), view(x.data(), H_kv),
-                                  view(o.data(), H), opt, l.data(), distributed::ring_context{});
-    });
-    const auto forward_with = [&](auto opt) {
-      opt.mask.causal = true, opt.threads = 1;
-      distributed::ring_attention(
-          bshd_view(q.data(), B, S, H, d), bshd_view(k.data(), B, S, H_kv, d),
-          bshd_view(v.data(), B, S, H_kv, d), bshd_view(out.data(), B, S, H, d), opt, lse.data(),
-          distributed::ring_context{});
-    };
-    expect_same_error("scale differs", "options.scale", [&] {
-      attention_options<softmax_policy> opt;
-      if (mine) opt.scale = 2.0;
-      forward_with(opt);
-    });
-    expect_same_error("policy type differs", "options.policy", [&] {
-      if (mine) return forward_with(attention_options<ssmax_policy>{});
-      forward_with(attention_options<softmax_policy>{});
-    });
-    expect_same_error("grads.policy on some ranks", "grads.policy", [&] {
-      std::vector<float> dq(q.size()), dk(q.size()), dv(q.size()), dout(q.size(), 0.25f);
-      attention_options<ssmax_policy> opt;
-      opt.mask.causal = true, opt.threads = 1;
-      policy_gradient pg(H);
-      attention_gradients<float> g{
-          bshd_view(dq.data(), B, S, H, d), bshd_view(dk.data(), B, S, H_kv, d),
-          bshd_view(dv.data(), B, S, H_kv, d), nullptr, mine ? nullptr : &pg};
-      distributed::ring_attention_backward(
-          bshd_view(static_cast<const float*>(q.data()), B, S, H, d),
-          bshd_view(static_cast<const float*>(k.data()), B, S, H_kv, d),
-          bshd_view(static_cast<const float*>(v.data()), B, S, H_kv, d),
-          bshd_view(static_cast<const float*>(out.data()), B, S, H, d),
-          bshd_view(static_cast<const float*>(dout.data()), B, S, H, d), lse.data(), g, opt,
-          distributed::ring_context{});
-    });
-    // The last rank holds a token too many: the sizes disagree with the layout's split of
-    // their sum (the layout gives the extra token to rank 0).
-    expect_same_error("slice sizes", "q",
-                      [&] { run(mine ? S + 1 : S, H, H_kv, d, out.data(), layout::contiguous); });
-    // One token per rank: too few for zigzag's 2P chunks.
-    expect_same_error("zigzag too short", "q",
-                      [&] { run(1, H, H_kv, d, out.data(), layout::zigzag); });
-  }
-  for (float x : out)
-    if (x != 7.0f) {
-      fail("bad input wrote out");
-      break;
-    }
-  for (float x : lse)
-    if (x != 7.0f) {
-      fail("bad input wrote lse");
-      break;
-    }
-  if (g_ranks > 1)
-    expect_same_error("print", "q",
-                      [&] { run(mine ? S + 1 : S, H, H_kv, d, out.data(), layout::contiguous); });
+};
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, Heads) {
+  expect_same_error("q", [&] { run(S, mine ? 2 : H, H_kv, d, out.data(), layout::contiguous); });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, KvHeads) {
+  expect_same_error("k", [&] { run(S, H, mine ? 1 : H_kv, d, out.data(), layout::contiguous); });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, HeadDimension) {
+  expect_same_error("q",
+                    [&] { run(S, H, H_kv, mine ? d + 1 : d, out.data(), layout::contiguous); });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, Layout) {
+  expect_same_error("context.kind", [&] {
+    run(S, H, H_kv, d, out.data(), mine ? layout::zigzag : layout::contiguous);
+  });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, ElementType) {
+  expect_same_error("q", [&] {
+    if (!mine) return run(S, H, H_kv, d, out.data(), layout::contiguous);
+    std::vector<double> x(q.size(), 0.5), o(q.size(), 7.0), l(lse.size(), 7.0);
+    attention_options<softmax_policy> opt;
+    opt.mask.causal = true, opt.threads = 1;
+    const auto view = [&](double* at, index_t heads) { return bshd_view(at, B, S, heads, d); };
+    distributed::ring_attention(view(x.data(), H), view(x.data(), H_kv), view(x.data(), H_kv),
+                                view(o.data(), H), opt, l.data(), distributed::ring_context{});
+  });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, Scale) {
+  expect_same_error("options.scale", [&] {
+    attention_options<softmax_policy> opt;
+    if (mine) opt.scale = 2.0;
+    forward_with(opt);
+  });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, PolicyType) {
+  expect_same_error("options.policy", [&] {
+    if (mine) return forward_with(attention_options<ssmax_policy>{});
+    forward_with(attention_options<softmax_policy>{});
+  });
+}
+
+TEST_F(RingRejectsInputDifferingAcrossRanks, GradsPolicyOnSomeRanks) {
+  expect_same_error("grads.policy", [&] {
+    std::vector<float> dq(q.size()), dk(q.size()), dv(q.size()), dout(q.size(), 0.25f);
+    attention_options<ssmax_policy> opt;
+    opt.mask.causal = true, opt.threads = 1;
+    policy_gradient pg(H);
+    attention_gradients<float> g{
+        bshd_view(dq.data(), B, S, H, d), bshd_view(dk.data(), B, S, H_kv, d),
+        bshd_view(dv.data(), B, S, H_kv, d), nullptr, mine ? nullptr : &pg};
+    distributed::ring_attention_backward(
+        bshd_view(static_cast<const float*>(q.data()), B, S, H, d),
+        bshd_view(static_cast<const float*>(k.data()), B, S, H_kv, d),
+        bshd_view(static_cast<const float*>(v.data()), B, S, H_kv, d),
+        bshd_view(static_cast<const float*>(out.data()), B, S, H, d),
+        bshd_view(static_cast<const float*>(dout.data()), B, S, H, d), lse.data(), g, opt,
+        distributed::ring_context{});
+  });
+}
+
+// The last rank holds a token too many: the sizes disagree with the layout's split of their
+// sum (the layout gives the extra token to rank 0).
+TEST_F(RingRejectsInputDifferingAcrossRanks, SliceSizesAgainstTheLayoutsSplit) {
+  expect_same_error("q",
+                    [&] { run(mine ? S + 1 : S, H, H_kv, d, out.data(), layout::contiguous); });
+}
+
+// One token per rank: too few for zigzag's 2P chunks.
+TEST_F(RingRejectsInputDifferingAcrossRanks, ZigzagWithTooFewTokens) {
+  expect_same_error("q", [&] { run(1, H, H_kv, d, out.data(), layout::zigzag); });
+}
+
+// The same call again, its message shown (rank 0) for a reader of the log.
+TEST_F(RingRejectsInputDifferingAcrossRanks, SliceSizesMessageShownOnRankZero) {
+  const std::string what = expect_same_error(
+      "q", [&] { run(mine ? S + 1 : S, H, H_kv, d, out.data(), layout::contiguous); });
+  if (g_rank == 0) std::printf("%s\n", what.c_str());
 }
 
 /// A policy the agreement knows only by its multipliers: m = 1 + slope * p.
@@ -469,26 +610,35 @@ struct slope_policy {
   void validate(const char*) const {}
 };
 
-/// Ranks whose options differ in one value that changes the result: every rank throws the
-/// same argument_error naming that value; values that do not change it (threads, one shared
-/// s against the same s per head) pass.
-void ranks_that_disagree() {
-  if (g_ranks < 2) return;
-  const index_t N = 24, B = 1, H = 4, H_kv = 2, d = 8;
-  const auto sl = distributed::slice_of(layout::contiguous, N, g_ranks, g_rank);
+using ssmax_options = attention_options<ssmax_policy>;
+
+/// Ranks whose options differ (on the last rank) in one value that changes the result: every
+/// rank throws the same argument_error naming that value; values that do not change it pass.
+/// Needs two ranks or more.
+class RingOptionsAcrossRanks : public ::testing::Test {
+ protected:
+  static constexpr index_t N = 24, B = 1, H = 4, H_kv = 2, d = 8;
+  const distributed::slice sl = distributed::slice_of(layout::contiguous, N, g_ranks, g_rank);
   const index_t S = sl.length();
   const bool mine = g_rank == g_ranks - 1;
-  std::vector<float> q(static_cast<size_t>(B * S * H * d), 0.5f), k(q), v(q), out(q.size()),
-      dout(q.size(), 0.25f), lse(static_cast<size_t>(B * H * S));
-  const auto view = [&](std::vector<float>& x, index_t heads) {
+  std::vector<float> q = std::vector<float>(static_cast<size_t>(B * S * H * d), 0.5f), k = q, v = q,
+                     out = std::vector<float>(q.size()), dout = std::vector<float>(q.size(), 0.25f),
+                     lse = std::vector<float>(static_cast<size_t>(B * H * S));
+
+  void SetUp() override {
+    if (g_ranks < 2) GTEST_SKIP() << "needs two ranks or more";
+  }
+  tensor_view<const float> view(std::vector<float>& x, index_t heads) const {
     return bshd_view(static_cast<const float*>(x.data()), B, S, heads, d);
-  };
-  const auto forward = [&](auto opt) {
+  }
+  template <class Options>
+  void forward(const Options& opt) {
     distributed::ring_attention(view(q, H), view(k, H_kv), view(v, H_kv),
                                 bshd_view(out.data(), B, S, H, d), opt, lse.data(),
                                 distributed::ring_context{});
-  };
-  const auto backward = [&](auto opt) {
+  }
+  template <class Options>
+  void backward(const Options& opt) {
     std::vector<float> dq(q.size()), dk(q.size()), dv(q.size());
     policy_gradient pg(H);
     distributed::ring_attention_backward(
@@ -497,165 +647,205 @@ void ranks_that_disagree() {
                                    bshd_view(dk.data(), B, S, H_kv, d),
                                    bshd_view(dv.data(), B, S, H_kv, d), nullptr, &pg},
         opt, distributed::ring_context{});
+  }
+};
+
+/// One option changed on the last rank from the options the others pass (causal, one
+/// thread, ssmax with s per head and a shared b), in the forward (and then the backward).
+struct option_change {
+  const char* name;
+  const char* argument;  ///< the argument every rank's error names; empty: no error
+  std::function<void(ssmax_options&)> change;
+  bool backward_too = false;
+};
+
+void PrintTo(const option_change& c, std::ostream* os) { *os << c.name; }
+
+std::function<void(ssmax_options&)> local_window(index_t left, index_t right) {
+  return [=](ssmax_options& o) {
+    o.mask.local = true;
+    o.mask.window_left = left, o.mask.window_right = right;
   };
-  using ssmax_options = attention_options<ssmax_policy>;
-  // Runs forward (and backward when both) with options that differ on the last rank only.
-  const auto differ = [&](const std::string& name, const std::string& argument, auto change,
-                          bool both = false) {
-    auto opt = attention_options<ssmax_policy>{};
+}
+
+const std::vector<float> slopes = alibi_slopes(4), sinks(4, 0.5f);
+
+const option_change result_changes[] = {
+    {"softcap", "options.logit.softcap", [](ssmax_options& o) { o.logit.softcap = 5.0; }, true},
+    {"alibi_on_one_rank", "options.logit.alibi_slopes",
+     [](ssmax_options& o) { o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = 4; }},
+    {"sinks", "options.logit.sinks",
+     [](ssmax_options& o) { o.logit.sinks = sinks.data(), o.logit.sink_heads = 4; }},
+    {"scale", "options.scale", [](ssmax_options& o) { o.scale = 0.25; }},
+    {"causal", "options.mask.causal", [](ssmax_options& o) { o.mask.causal = false; }},
+    {"window", "options.mask.window", [](ssmax_options& o) { o.mask.window = 3; }},
+    {"local_on_one_rank", "options.mask.local", local_window(4, 4)},
+    {"query_offset", "options.mask.query_offset",
+     [](ssmax_options& o) { o.mask.query_offset = 0; }},
+    {"n_override", "options.mask.n_override", [](ssmax_options& o) { o.mask.n_override = 9; },
+     true},
+    {"path", "options.path", [](ssmax_options& o) { o.path = attention_path::materialised; }},
+    {"policy_s", "options.policy",
+     [](ssmax_options& o) {
+       o.policy.s = std::vector<double>{0.3, 0.4, 0.5, 0.61};
+     },
+     true},
+    {"policy_b", "options.policy", [](ssmax_options& o) { o.policy.b = 0.2; }, true},
+    {"policy_fixed_length", "options.policy",
+     [](ssmax_options& o) { o.policy.fixed_length = 16; }}};
+
+const option_change same_results[] = {
+    {"threads", "", [](ssmax_options& o) { o.threads = 2; }, true},
+    {"b_shared_or_per_head", "",
+     [](ssmax_options& o) { o.policy.b = std::vector<double>(4, 0.1); }}};
+
+class RingOptionChangedOnOneRank : public RingOptionsAcrossRanks,
+                                   public ::testing::WithParamInterface<option_change> {
+ protected:
+  void run_changed() {
+    const option_change& c = GetParam();
+    ssmax_options opt;
     opt.mask.causal = true, opt.threads = 1;
     opt.policy = ssmax_policy(std::vector<double>{0.3, 0.4, 0.5, 0.6}, 0.1);
-    if (mine) change(opt);
-    expect_same_error(name, argument, [&] { forward(opt); });
-    if (both) expect_same_error(name + " (backward)", argument, [&] { backward(opt); });
-  };
-  differ(
-      "softcap", "options.logit.softcap", [](ssmax_options& o) { o.logit.softcap = 5.0; }, true);
-  const std::vector<float> slopes = alibi_slopes(H);
+    if (mine) c.change(opt);
+    expect_same_error(c.argument, [&] { forward(opt); });
+    if (c.backward_too) expect_same_error(c.argument, [&] { backward(opt); });
+  }
+};
+
+const auto option_change_name = [](const ::testing::TestParamInfo<option_change>& info) {
+  return std::string(info.param.name) + (info.param.backward_too ? "_forward_and_backward" : "");
+};
+
+class RingRejectsOptionChangingTheResult : public RingOptionChangedOnOneRank {};
+
+TEST_P(RingRejectsOptionChangingTheResult, SameErrorNamingItOnEveryRank) { run_changed(); }
+
+INSTANTIATE_TEST_SUITE_P(OnTheLastRank, RingRejectsOptionChangingTheResult,
+                         ::testing::ValuesIn(result_changes), option_change_name);
+
+class RingAcceptsOptionKeepingTheResult : public RingOptionChangedOnOneRank {};
+
+TEST_P(RingAcceptsOptionKeepingTheResult, NoErrorOnAnyRank) { run_changed(); }
+
+INSTANTIATE_TEST_SUITE_P(OnTheLastRank, RingAcceptsOptionKeepingTheResult,
+                         ::testing::ValuesIn(same_results), option_change_name);
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentAlibiSlopeValues) {
   std::vector<float> other_slopes = slopes;
   other_slopes[2] *= 2.0f;
-  differ("alibi on one rank", "options.logit.alibi_slopes",
-         [&](ssmax_options& o) { o.logit.alibi_slopes = slopes.data(), o.logit.alibi_heads = H; });
-  expect_same_error("alibi slope values", "options.logit.alibi_slopes", [&] {
+  expect_same_error("options.logit.alibi_slopes", [&] {
     ssmax_options o;
     o.logit.alibi_slopes = mine ? other_slopes.data() : slopes.data(), o.logit.alibi_heads = H;
     forward(o);
   });
-  const std::vector<float> sinks(static_cast<size_t>(H), 0.5f);
-  differ("sinks", "options.logit.sinks",
-         [&](ssmax_options& o) { o.logit.sinks = sinks.data(), o.logit.sink_heads = H; });
-  differ("scale", "options.scale", [](ssmax_options& o) { o.scale = 0.25; });
-  differ("causal", "options.mask.causal", [](ssmax_options& o) { o.mask.causal = false; });
-  differ("window", "options.mask.window", [](ssmax_options& o) { o.mask.window = 3; });
-  const auto local = [](index_t left, index_t right) {
-    return [=](ssmax_options& o) {
-      o.mask.local = true;
-      o.mask.window_left = left, o.mask.window_right = right;
-    };
-  };
-  differ("local on one rank", "options.mask.local", local(4, 4));
-  expect_same_error("local left", "options.mask.window_left", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentLocalLeftWindow) {
+  expect_same_error("options.mask.window_left", [&] {
     ssmax_options o;
-    local(mine ? 5 : 4, 2)(o);
+    local_window(mine ? 5 : 4, 2)(o);
     forward(o);
   });
-  expect_same_error("local right (backward)", "options.mask.window_right", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentLocalRightWindowInTheBackward) {
+  expect_same_error("options.mask.window_right", [&] {
     ssmax_options o;
-    local(4, mine ? 3 : 2)(o);
+    local_window(4, mine ? 3 : 2)(o);
     backward(o);
   });
-  differ("query_offset", "options.mask.query_offset",
-         [](ssmax_options& o) { o.mask.query_offset = 0; });
-  differ(
-      "n_override", "options.mask.n_override", [](ssmax_options& o) { o.mask.n_override = 9; },
-      true);
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentKeyLengths) {
   const index_t lengths[2] = {20, 17};
-  expect_same_error("key lengths", "options.mask.key_lengths", [&] {
+  expect_same_error("options.mask.key_lengths", [&] {
     ssmax_options o;
     o.mask.key_lengths = mine ? lengths + 1 : lengths;
     forward(o);
   });
-  differ("path", "options.path", [](ssmax_options& o) { o.path = attention_path::materialised; });
-  differ(
-      "policy s", "options.policy",
-      [](ssmax_options& o) {
-        o.policy.s = std::vector<double>{0.3, 0.4, 0.5, 0.61};
-      },
-      true);
-  differ(
-      "policy b", "options.policy", [](ssmax_options& o) { o.policy.b = 0.2; }, true);
-  differ("policy fixed_length", "options.policy",
-         [](ssmax_options& o) { o.policy.fixed_length = 16; });
-  expect_same_error("qwen train_length", "options.policy", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentQwenTrainLength) {
+  expect_same_error("options.policy", [&] {
     attention_options<qwen_logn_policy> o;
     o.policy.train_length = mine ? 16 : 8;
     forward(o);
   });
-  expect_same_error("mistral beta", "options.policy", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentMistralBeta) {
+  expect_same_error("options.policy", [&] {
     attention_options<mistral_policy> o;
     o.policy.beta = mine ? 0.2 : 0.1;
     forward(o);
   });
-  expect_same_error("llama4 attn_scale", "options.policy", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentLlama4AttnScale) {
+  expect_same_error("options.policy", [&] {
     attention_options<llama4_temperature_policy> o;
     o.policy.attn_scale = mine ? 0.2 : 0.1;
     forward(o);
   });
-  expect_same_error("custom policy values", "options.policy", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, RejectsDifferentCustomPolicyMultipliers) {
+  expect_same_error("options.policy", [&] {
     attention_options<slope_policy> o;
     o.policy.slope = mine ? 0.02 : 0.01;
     forward(o);
   });
-  // The same result: no error.
-  expect_same_error("custom policy agrees", "", [&] {
+}
+
+TEST_F(RingOptionsAcrossRanks, AcceptsTheSameCustomPolicyMultipliers) {
+  expect_same_error("", [&] {
     attention_options<slope_policy> o;
     o.policy.slope = 0.01;
     forward(o);
   });
-  differ(
-      "threads", "", [](ssmax_options& o) { o.threads = 2; }, true);
-  differ("b shared or per head", "",
-         [](ssmax_options& o) { o.policy.b = std::vector<double>(4, 0.1); });
 }
 
-/// Every mask and policy for one element type and layout.
-template <class T>
-void run_all(layout kind) {
-  const char* lname = kind == layout::zigzag ? "zigzag" : "contiguous";
-  const mask_case masks[] = {{"none", false, 0, false},
-                             {"causal", true, 0, false},
-                             {"causal+padding", true, 0, true},
-                             {"padding", false, 0, true},
-                             {"window", true, 5, false},
-                             {"local", false, 0, false, 4, 3},
-                             {"local+padding", false, 0, true, 9, 0},
-                             {"causal+local", true, 0, false, 6, 0},
-                             {"local-one-side", false, 0, false, 0, 11}};
-  const index_t lengths[2] = {30, 19};  // global key lengths (padding); N = 37
-  const shape s{37, 2, 4, 2, 16};
-  for (const mask_case& mc : masks) {
-    attention_mask m;
-    m.causal = mc.causal;
-    m.window = mc.window;
-    if (mc.padding) m.key_lengths = lengths;
-    if (mc.left >= 0) {
-      m.local = true;
-      m.window_left = mc.left, m.window_right = mc.right;
-    }
-    const std::string base =
-        std::string(lname) + "/" + mc.name + "/" + (sizeof(T) == 4 ? "float" : "double");
-    attention_options<softmax_policy> o0;
-    o0.mask = m, o0.threads = 1;
-    run_case<T>(base + "/softmax", s, kind, o0);
-    attention_options<ssmax_policy> o1;
-    o1.mask = m, o1.threads = 1;
-    o1.policy = ssmax_policy(std::vector<double>{0.3, 0.45, 0.6, 0.2},
-                             std::vector<double>{0.0, 0.1, 0.5, 0.05});
-    run_case<T>(base + "/ssmax", s, kind, o1);
-    attention_options<qwen_logn_policy> o2;  // positions matter: m grows past position 3
-    o2.mask = m, o2.threads = 1, o2.policy.train_length = 4;
-    run_case<T>(base + "/qwen", s, kind, o2);
-    attention_options<mistral_policy> o3;
-    o3.mask = m, o3.threads = 1, o3.policy.original_length = 8, o3.policy.beta = 0.5;
-    run_case<T>(base + "/mistral", s, kind, o3);
+/// On ranks other than 0 (only rank 0 prints gtest's report): each failure, with the rank.
+/// (The test's name is kept from OnTestStart: UnitTest's accessors would wait for the lock
+/// gtest holds while it reports a result.)
+class rank_failure_printer : public ::testing::EmptyTestEventListener {
+  std::string test_;
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    test_ = std::string(test.test_suite_name()) + "." + test.name();
   }
-}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (r.failed())
+      std::fprintf(stderr, "rank %d: %s: %s:%d: Failure\n%s\n", g_rank, test_.c_str(),
+                   r.file_name() ? r.file_name() : "", r.line_number(), r.message());
+  }
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
+  // An exception no check expects ends the job at once (mpirun stops every rank) instead of
+  // leaving this rank in the next test while the others wait in the ring.
+  GTEST_FLAG_SET(catch_exceptions, false);
+  ::testing::InitGoogleTest(&argc, argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_ranks);
-  for (layout kind : {layout::contiguous, layout::zigzag}) {
-    run_all<float>(kind);
-    run_all<double>(kind);
+  // One test order on every rank under --gtest_shuffle (rank 0's seed): the collectives pair.
+  int seed = GTEST_FLAG_GET(random_seed);
+  if (seed == 0) seed = static_cast<int>(std::time(nullptr) % 99999) + 1;
+  MPI_Bcast(&seed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  GTEST_FLAG_SET(random_seed, seed);
+  if (g_rank != 0) {
+    ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new rank_failure_printer);
   }
-  bad_input();
-  ranks_that_disagree();
-  int total = 0;
-  MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (g_rank == 0) std::printf("%d failures over %d ranks\n", total, g_ranks);
+  const int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  int any_failed = 0;
+  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (g_rank == 0 && any_failed && !failed)
+    std::printf("FAILED on another rank: its failures are above, prefixed by its rank\n");
   MPI_Finalize();
-  return total == 0 ? 0 : 1;
+  return any_failed;
 }

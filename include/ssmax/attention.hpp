@@ -49,46 +49,21 @@
 //                that can return the attention weights.
 // attention_path::automatic picks materialised when weights are requested, else fused.
 //
-// Numerical contract (both paths): per output element,
-//   |out - exact| <= eps * max|v| * (2 (d + 2) Z + n + 64) + (n + d) denorm_min,
-//   Z = max_j sum_c |m scale q_c k_jc|,
-// eps the element type's epsilon and n the row's visible keys; the log-sum-exp is within
-// eps * (2 (d + 2) Z + |lse| + n + 64). Results are bitwise identical for any thread count.
-// With a soft-cap, the forward evaluates tanh in double (xsimd's vector tanh,
-// kernels/score_epilogue.hpp) before the single rounding of m z to the element type.
-//
-// Storage types (storage.hpp): q and out each float, Eigen::bfloat16 or Eigen::half, k and
-// v one of them too (the same for both), computed in float; or all double. 16-bit inputs
-// are exact values, widened to float as they are read (K^T and V while packing, q into
-// its scaled float copy, K and V of decode in registers): q, the scores, the weights and
-// the running output are never rounded to 16 bits. So the bound above holds with eps the
-// float epsilon and q, k, v the exact values of the 16-bit inputs, and the only further
-// error is the final store to a 16-bit out, rounded to nearest even: half an ULP, i.e.
-//   |out - exact| <= B + u (|exact| + B) + t,
-// B the float bound above, u = 2^-8 (bfloat16) or 2^-11 (half), t half the smallest
-// denormal: 2^-134 (bfloat16) or 2^-25 (half). A result beyond the 16-bit range (65504 for
-// half) is stored as inf, as IEEE rounding gives. lse and weights are written in the
-// compute type (float for every call with a 16-bit tensor, attention_extras<float>) within
-// the float bounds.
-// bf16 q and k on AVX512-BF16 (a build for such a CPU, 16-lane architecture): the fused
-// prefill's scores are vdpbf16ps dot products of the stored values (the row's factor m
-// scale applied after them; kernels/prefill_bf16.hpp), whose accumulation stays within the
-// float bound, and whose denormal handling (bf16 inputs below 2^-126 read as zero, float
-// results below 2^-126 flushed) adds E = 2^-126 d |m scale| (max|q_i| + max|k_j| + 2) per
-// score: B grows by 4 E max|v| for out and by E for the log-sum-exp
-// (tests/test_attention_bf16_scores.cpp).
-// Opt-in bf16 weights (options.allow_bf16_weights, off by default): with bf16 k and v on
-// such a build, the fused prefill rounds each unnormalised weight exp(m z_ij - M) to bf16
-// (to nearest even; below 2^-126 flushed to zero) and runs P V through vdpbf16ps on a
-// pair-packed V (kernels/gemm_bf16.hpp, bf16_values): B grows by 2^-8 sum_j a_ij |v_jc| +
-// (2 n + 2) 2^-126 (max|v| + 1) for out; lse is unchanged. That is up to 2^-8 relative
-// where the float path's typical error is a few float ULPs: for inference that accepts it,
-// in exchange for both GEMMs at the bf16 rate (README, Performance, has the speedup).
-// Decode, the materialised path and every other storage compute as without it
-// (tests/test_attention_bf16_weights.cpp).
-// Values near the element type's largest give their finite weighted mean on both paths.
-// Scores that overflow take the exact product's sign (+inf keys share the weight, lse +inf);
-// NaN in q or a visible key gives NaN rows (kernels/online_softmax.hpp has the details).
+// Numerical contract (both paths, every storage type): docs/numerics.md states the error
+// bounds of out, the log-sum-exp and the weights once, with what 16-bit storage, bf16
+// scores and the opt-in bf16 weights add; tests/support/attention_check.hpp computes them
+// and every test compares against the double reference under them. In short: each output
+// element within eps max|v| (2 (d + 2) Z + n + 64) + (n + d) denorm_min of the exact one
+// (Z the largest logit magnitude sum of a visible key), results bitwise identical for any
+// thread count, 16-bit inputs widened exactly and only a 16-bit out rounded (once, to
+// nearest even). Overflowing scores take the exact product's sign; NaN in q or a visible
+// key gives a NaN row (kernels/online_softmax.hpp).
+// Opt-in bf16 weights (options.allow_bf16_weights, off by default): with bf16 k and v on an
+// AVX512-BF16 build, the fused prefill rounds each unnormalised weight to bf16 and runs P V
+// through vdpbf16ps (kernels/gemm_bf16.hpp), about 2^-8 relative error where the float path
+// has a few float ULPs: for inference that accepts it, in exchange for both GEMMs at the
+// bf16 rate (docs/performance.md). Decode, the materialised path and every other storage
+// compute as without it (tests/test_attention_bf16_weights.cpp).
 
 #include <optional>
 #include <type_traits>
@@ -118,7 +93,8 @@ enum class attention_path {
 /// Everything about an attention call except the tensors.
 template <class Policy = softmax_policy>  // a length policy (length_policy.hpp)
 struct attention_options {
-  static_assert(detail::require_length_policy<Policy>() || true, "checked inside");
+  static_assert(detail::require_length_policy<Policy>(),
+                "ssmax::attention_options: Policy is not a length policy (length_policy.hpp)");
   Policy policy{};              ///< how (n, p, head) become the multiplier m
   attention_mask mask{};        ///< which keys each row sees (mask.hpp)
   std::optional<double> scale;  ///< logit scale; default 1/sqrt(d)
@@ -127,8 +103,9 @@ struct attention_options {
   logit_options logit{};  ///< additive bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
   /// Opt-in reduced precision (off by default): lets the fused prefill round the softmax
   /// weights to bf16 for P V when v is bf16 on an AVX512-BF16 build (vdpbf16ps for both
-  /// GEMMs), adding up to 2^-8 sum_j a_ij |v_jc| to each output element's bound (see the
-  /// top of this file). A permission, not a demand: other paths compute as without it.
+  /// GEMMs), which widens each output element's bound by about 2^-8 relative
+  /// (docs/numerics.md, "Opt-in bf16 weights"). A permission, not a demand: other paths
+  /// compute as without it.
   bool allow_bf16_weights = false;
 };
 

@@ -23,11 +23,10 @@
 // the next pair computes) and comes home after P steps. Per-head dL/ds and dL/db are summed
 // over ranks (MPI_Allreduce).
 //
-// Accuracy against the single-process operator on the whole sequence (derivation in
-// tests/test_ring_attention.cpp): each partial obeys attention.hpp's bound for its keys;
-// merging in double adds a few ulp of double; a partial lse's error e changes the merged
-// output by at most 2 e max|v|. So per output element |out_ring - out_one| is within
-// twice attention.hpp's bound plus 2 eps (2 (d + 2) Z + |lse| + n + 64) max|v|.
+// Accuracy against the single-process operator on the whole sequence: each partial obeys
+// the operator's bound for its keys, merging in double adds a few ulp of double, and a
+// partial lse's error e moves the merged output by at most 2 e max|v| (the bound:
+// docs/numerics.md, "Context parallelism"; tests/test_ring_attention.cpp checks it).
 //
 // Arguments: every rank calls with the same communicator, batch, heads, d, element type (float
 // or double), options, and the slice layout.hpp assigns it of the N tokens all ranks hold

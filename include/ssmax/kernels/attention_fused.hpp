@@ -41,12 +41,10 @@
 // kKeyBlock); for split tasks rows * heads * chunks * d partial accumulators. Never n_q x n_k. All
 // of it comes from the caller's attention_workspace. Decode packs nothing.
 //
-// Numerical contract: out = softmax(m scale q K^T over the visible keys) V; per element,
-// |error| <= eps * max|v| * (2 (d + 2) Z + n + 64) where Z = max_j sum_c |m scale q_c k_jc|
-// (the dot products' and the exp's rounding, and the accumulation of n weighted values);
-// tests/test_attention.cpp checks this bound against the double reference. Rows with no
-// visible key are zeros with log-sum-exp -inf. Scores that overflow and non-finite inputs:
-// online_softmax.hpp (tests/test_nonfinite.cpp).
+// Numerical contract: out = softmax(m z over the visible keys) V within the operator's bound
+// (docs/numerics.md, "Attention"; tests/test_attention.cpp checks it against the double
+// reference). Rows with no visible key are zeros with log-sum-exp -inf. Scores that
+// overflow and non-finite inputs: online_softmax.hpp (tests/test_nonfinite.cpp).
 
 #include <algorithm>
 

@@ -11,8 +11,8 @@
 // entry a row cannot see is exactly 0. Same decomposition for any thread count, so the
 // results are bitwise identical for any number of threads.
 //
-// Numerical contract: as attention_fused.hpp; each weight additionally satisfies
-// |a_j - exact| <= eps * a_j * (4 (d + 2) Z + 80) + (n + 16) * min_normal (tested).
+// Numerical contract: the operator's bounds for out, the log-sum-exp and each weight
+// (docs/numerics.md, "Attention"; tests/test_attention.cpp).
 
 #include "../detail/parallel.hpp"
 #include "key_streams.hpp"

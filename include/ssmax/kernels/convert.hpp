@@ -21,8 +21,11 @@
 //             not used: it flushes float denormals to zero (measured on Zen 5: 0x007fffff
 //             gives 0x0000, not 0x0080), which breaks round-to-nearest; the store runs once
 //             per output element, so the bit operations cost nothing measurable;
-//   other architectures (NEON, scalar_arch, SSE without F16C): the scalar conversion, lane
-//   by lane.
+//   AArch64 (neon64): FCVTL / FCVTN for half (vcvt_f32_f16 / vcvt_f16_f32, base ARMv8-A),
+//   a widening shift to load bfloat16 and the same rounding bit operations to store it.
+//   ARMv8.2-A's fp16 arithmetic is not used: 16 bits are storage, the compute type is float;
+//   other architectures (32-bit NEON, scalar_arch, SSE without F16C): the scalar
+//   conversion, lane by lane.
 
 #include <cstdint>
 #include <cstring>
@@ -172,6 +175,15 @@ inline compute_vec<Arch, S> load_16bit(const S* p, bool& done) {
 #endif
   }
 #endif
+#if XSIMD_WITH_NEON64
+  if constexpr (std::is_base_of<xsimd::neon64, Arch>::value) {
+    const uint16x4_t h = vld1_u16(static_cast<const std::uint16_t*>(raw));
+    if constexpr (bf16)
+      return V(vreinterpretq_f32_u32(vshll_n_u16(h, 16)));
+    else
+      return V(vcvt_f32_f16(vreinterpret_f16_u16(h)));  // FCVTL: exact, NaN made quiet
+  }
+#endif
   done = false;
   return V();
 }
@@ -230,6 +242,25 @@ inline bool store_16bit(S* p, const compute_vec<Arch, S>& v) {
   if constexpr (!bf16 && std::is_base_of<xsimd::sse2, Arch>::value &&
                 !std::is_base_of<xsimd::avx, Arch>::value) {
     _mm_storel_epi64(static_cast<__m128i*>(raw), _mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    return true;
+  }
+#endif
+#if XSIMD_WITH_NEON64
+  if constexpr (std::is_base_of<xsimd::neon64, Arch>::value) {
+    const float32x4_t f = v;
+    std::uint16_t* out = static_cast<std::uint16_t*>(raw);
+    if constexpr (bf16) {
+      const uint32x4_t u = vreinterpretq_u32_f32(f);
+      const uint32x4_t odd = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+      const uint32x4_t rounded = vshrq_n_u32(vaddq_u32(vaddq_u32(u, vdupq_n_u32(0x7fff)), odd), 16);
+      const uint32x4_t quiet = vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40));
+      const uint32x4_t ordered = vceqq_f32(f, f);  // all ones where f is not NaN
+      vst1_u16(out, vmovn_u32(vbslq_u32(ordered, rounded, quiet)));
+    } else {
+      // FCVTN: nearest even (the FPCR default), half denormals kept (FZ16 clear by
+      // default), overflow to inf, NaN made quiet with its top payload bits.
+      vst1_u16(out, vreinterpret_u16_f16(vcvt_f16_f32(f)));
+    }
     return true;
   }
 #endif

@@ -77,9 +77,8 @@ inline void gemm_rows(index_t mr, index_t kc, const T* a, index_t lda, const T* 
 
 /// Tile shape per architecture: MR rows x NV vectors of accumulators, sized to the
 /// register file (detail::vector_registers). With 32 registers (AVX-512, AArch64): 8 x 2,
-/// measured fastest on AVX-512 (Zen 5: about 195 GFLOP/s per core for the tile alone,
-/// 6 x 4 and 8 x 3 within 2%, 4 x 4 at 80), and it divides the query blocks evenly; with
-/// 16 (SSE to AVX2): 6 x 2; scalar: 4 x 4.
+/// measured fastest on AVX-512 (docs/performance.md, "Constants and the measurements behind
+/// them"), and it divides the query blocks evenly; with 16 (SSE to AVX2): 6 x 2; scalar: 4 x 4.
 template <class Arch, class T>  // xsimd architecture tag or scalar_arch; float or double
 struct tile_shape {
   static constexpr int registers = ssmax::detail::vector_registers<Arch>;

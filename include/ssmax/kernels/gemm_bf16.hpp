@@ -118,11 +118,8 @@ inline void gemm_bf16_tile(index_t kp, const std::uint32_t* a, index_t lda, cons
 }
 
 /// Tile shape of the bf16 GEMM: the float GEMM's AVX-512 shape, 8 rows x 2 vectors (16
-/// accumulators of the 32 registers). Measured (Zen 5, bench_attention tile/gemm/bf16, a
-/// 64 x 256 score block, K^T packed): about 390 GFLOP/s at d = 64 and 128, 0.93 of the
-/// vdpbf16ps peak (peak/dpbf16/bf16) and 1.87 x the float FMA peak of the same run. For
-/// the P V of bf16 weights (32 rows x 128 columns over 128 key pairs) 8 x 2 was as fast as
-/// 4 x 4, 6 x 4 and 3 x 8 (Zen 4, whole bf16 prefill, CPU time, 3 interleaved runs).
+/// accumulators of the 32 registers), measured (docs/performance.md, "Constants and the
+/// measurements behind them").
 inline constexpr int kBf16TileRows = 8, kBf16TileVectors = 2;
 
 /// C[m x n] = diag(f) A B, or C += A B when f is null: A [m x kp] packed pairs (rows lda

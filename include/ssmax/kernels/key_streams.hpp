@@ -156,10 +156,8 @@ inline void for_row_blocks(index_t count, F&& f) {
 
 /// Key runs the dot-product path walks side by side: a key block of nk keys is read as
 /// kKeyStreams contiguous runs of nk / kKeyStreams keys, one step of each per iteration,
-/// so that several memory streams are in flight. Measured on one core of the development
-/// machine (AMD EPYC, AVX2), reading 256 MiB of [S, H, d] keys and values for 8 heads: 16
-/// to 19 GB/s with 4 runs, 13 to 15 GB/s with one, 15 to 18 with 8, 13 with 16; software
-/// prefetching on top of 4 runs gained nothing.
+/// so that several memory streams are in flight (the count is measured: docs/performance.md,
+/// "Constants and the measurements behind them").
 inline constexpr index_t kKeyStreams = 4;
 
 /// Query rows of a dot-product block that share one kv head: scratch rows [first, first +

@@ -275,7 +275,7 @@ inline bool output_overflowed(const T* o, index_t d, const row_state<double>& st
 /// equally when the row is at +inf), z_j recomputed without overflow (safe_scores, the
 /// score epilogue, the mask), each w_j rounded once to T, then o = sum_j w_j v_j in T over
 /// the keys of the row's span [begin, end) (hidden ones with weight 0, as in P V).
-/// Within attention.hpp's bound (eps max|v| (2 (d + 2) Z + n + 64)); a value that is not
+/// Within the operator's bound (docs/numerics.md, "Attention"); a value that is not
 /// finite gives what the normal path gives (inf or NaN; 0 x NaN for a hidden key's).
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 inline void recompute_normalised(const attention_problem<T, Policy, S>& p, const sequence_span& seq,

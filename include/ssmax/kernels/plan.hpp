@@ -22,10 +22,8 @@ namespace ssmax::kernels {
 /// and per task of the fused backward.
 inline constexpr index_t kFusedQueryBlock = 64;
 /// Query rows per prefill task of the fused kernel (more than kDotMaxRows rows, one head):
-/// each packed K^T / V block read from L2 serves twice the rows of kFusedQueryBlock.
-/// Measured (bench_attention, Zen 5, 1 thread, causal, 8 heads, n = 4096, CPU time): 0.81x
-/// the time of 64-row tasks at d = 128, 0.88x at d = 64; again, on a 2-core VM at load 6 to
-/// 12 (medians of 6 interleaved runs each), 0.93x and 0.87x.
+/// each packed K^T / V block read from L2 serves twice the rows of kFusedQueryBlock
+/// (measured: docs/performance.md, "Constants and the measurements behind them").
 inline constexpr index_t kPrefillQueryBlock = 128;
 /// Query rows per task of the materialised kernel.
 inline constexpr index_t kMaterialisedQueryBlock = 32;

@@ -4,22 +4,13 @@
 // the packed V, so that a strip's scores stay in L1 from the GEMM that writes them to the
 // GEMM that reads them as P.
 //
-// Why strips (Zen 5, AVX-512, 1 thread, causal, 8 heads, n = 4096, d = 128): the whole
-// 64-row block's scores are 64 x 272 floats (70 KB), above the 48 KB L1, so the softmax
-// and P V read them back from L2; a strip of 32 rows keeps 35 KB. K^T and V of the block
-// (2 x 128 KB at d = 128) stream from L2 (from L3 for the first strip), with the tile's
-// own prefetch (gemm.hpp, kPrefetchRows).
-//
-// Each strip also computes only the keys some of its rows may see (hi below): on the
-// causal diagonal a strip stops at its own last row instead of the block's end, which
-// removes most of the causal waste of whole 256-key blocks (6% of the flops at n = 4096).
-//
-// Measured (bench_attention, CPU time, medians of 3 interleaved runs on a loaded 2-core
-// VM, so +-5%), as fractions of the whole-block kernel's time: strips of 8, 16, 32 and 64
-// rows (all with the trimming) 0.87 to 0.93 at d = 128 and 0.98 to 1.01 at d = 64, no size
-// clearly ahead; with the B-panel prefetch (strips of 16 and 64) 0.80 to 0.82 at d = 128
-// and 0.88 to 0.91 at d = 64 (perf: before it, a third of the tile's samples sat on the B
-// load). 32 rows: the middle of the measured range, two strips per block.
+// Why strips: the whole 64-row block's scores (64 x 272 floats, 70 KB) do not fit a 48 KB
+// L1, so the softmax and P V would read them back from L2; a strip of 32 rows keeps 35 KB.
+// K^T and V of the block stream from L2 with the tile's own prefetch (gemm.hpp,
+// kPrefetchRows). Each strip also computes only the keys some of its rows may see (hi
+// below): on the causal diagonal a strip stops at its own last row instead of the block's
+// end. The strip size is measured: docs/performance.md, "Constants and the measurements
+// behind them".
 //
 // Arithmetic is that of the whole-block version: every score is one fma chain over the
 // head dimension in order, every output element one fma chain over the keys in order; the
@@ -33,7 +24,7 @@
 
 namespace ssmax::kernels {
 
-/// Query rows per strip (measured, see the header comment: 8, 16, 32 and 64 rows).
+/// Query rows per strip (docs/performance.md, "Constants and the measurements behind them").
 inline constexpr index_t kPrefillStrip = 32;
 
 namespace detail {

@@ -5,11 +5,8 @@
 // std::tanh, which agree within a few ulp of double (xsimd's stated accuracy), far below
 // the half ulp of float (2^-24 relative) the final rounding adds for float calls and below
 // the logit term of attention.hpp's bound for double calls.
-// Cost (bench_attention, prefill/fused/softmax/softcap over prefill/fused/softmax, d = 128,
-// one thread, medians of 3, development machine under load): with std::tanh per score,
-// 3.2x (n = 1024) and 3.5x (n = 4096); with this version 1.36x and 1.43 to 1.48x. The rest
-// is the double tanh itself and the scalar bias/ALiBi/rounding loop (future work: a vector
-// finish for rows without bias or ALiBi).
+// Its cost against std::tanh per score: docs/performance.md, "Constants and the
+// measurements behind them".
 
 #include "../detail/simd.hpp"
 #include "../logit.hpp"

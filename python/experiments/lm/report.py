@@ -177,7 +177,7 @@ def uniform_text(results):
 
 
 def summary_table(groups, meta):
-    """One line per variant: the headline numbers (the README's table)."""
+    """One line per variant: the headline numbers (the table of docs/experiments/language_model.md)."""
     ctx, steps = meta["ctx"], meta["steps"]
     lengths = next(iter(groups.values()))[0]["lengths"]
     longest = len(next(iter(groups.values()))[0]["position_loss"]["plain"])
