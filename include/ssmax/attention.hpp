@@ -44,7 +44,8 @@
 // Every function validates all its arguments first (attention_checks.hpp) and throws
 // ssmax::argument_error naming the offending one; nothing is written then. Two kernels do the work:
 //   fused        (kernels/attention_fused.hpp) online softmax over key blocks, never forms
-//                n_q x n_k, splits the keys of decode-sized query blocks across threads;
+//                n_q x n_k, splits the keys of tasks with few query rows into fixed
+//                chunks that run in parallel (flash-decoding);
 //   materialised (kernels/attention_materialised.hpp) full score rows, and the only path
 //                that can return the attention weights.
 // attention_path::automatic picks materialised when weights are requested, else fused.

@@ -12,8 +12,8 @@
 // additive -inf tensor get SSMax's n right). The sink is a per-head logit that joins every
 // row's softmax with a zero value: it is not a key and is not counted in n.
 //
-// Without bias, ALiBi or soft-cap the kernels fold m * scale into q as before (bitwise the
-// same results); with any of them they fold only scale and the epilogue computes m z.
+// Without bias, ALiBi or soft-cap the kernels fold m * scale into q; with any of them they
+// fold only scale and the epilogue computes m z.
 
 #include <cmath>
 #include <limits>
@@ -213,7 +213,8 @@ inline T finish_logit(double x, index_t kb, index_t j, const row_logit& r) {
 ///   s_j = m (softcap(s_j) + bias_j - slope |key_pos_j - query_pos|),
 /// computed in double and rounded once to T; a key whose additive bias is -inf gets -inf
 /// whatever the sign of m (hidden, as mask_row hides keys). NaN scores stay NaN. The
-/// kernels' forward runs kernels/score_epilogue.hpp's vector version of this.
+/// kernels run it in their row-logit step (kernels/row_logits.hpp), with the soft-cap's
+/// tanh a vector at a time (kernels/score_epilogue.hpp).
 template <class T>  // float or double
 inline void score_epilogue(T* s, index_t kb, index_t nk, const row_logit& r) {
   for (index_t j = 0; j < nk; ++j) {

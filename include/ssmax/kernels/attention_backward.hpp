@@ -160,11 +160,8 @@ void backward_block_weights(const backward_scratch<T>& sc, const backward_rows<T
     T* dr = sc.ds + r * lds;
     const row_keys& rk = sc.info[r];
     T* x = sc.t;  // the raw scores of this row, while sc.t is free (logit.hpp)
-    if (rw.raw && rk.visible > 0) {
-      std::copy(sr, sr + nk, x);
-      score_epilogue(sr, kb, nk, rw.logit[r]);
-    }
-    if (rk.visible == 0 || !mask_row(sr, kb, nk, rk)) {
+    if (rw.raw) std::copy(sr, sr + nk, x);
+    if (!row_logits<Arch>(sr, kb, nk, rk, rw.raw ? &rw.logit[r] : nullptr)) {
       std::fill(sr, sr + nk, T(0));
       std::fill(dr, dr + nk, T(0));
       continue;

@@ -75,13 +75,11 @@ index_t materialised_logits(const attention_backward_problem<T, Policy, S>& p,
     scores[j] = seen ? static_cast<T>(f.scale) * qk : ninf;
     rb.u[j] = seen ? dv : T(0);
   }
-  if (rb.x != nullptr) {
+  if (rb.x != nullptr) {  // the row-logit step at m = 1 (the row kernel applies m)
     row_logit logit = row_logit_of(f, seq, h, i, row);
     logit.m = 1.0;
     std::copy(rb.x, rb.x + n, rb.z);
-    score_epilogue(rb.z, row.begin, n, logit);
-    for (index_t j = 0; j < n; ++j)
-      if (rb.x[j] == ninf) rb.z[j] = ninf;
+    row_logits<Arch>(rb.z, row.begin, n, row, &logit);
   }
   if (!f.logit.has_sinks() || !(f.logit.sinks[h] > -std::numeric_limits<float>::infinity()))
     return n;

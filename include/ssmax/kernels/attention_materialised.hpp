@@ -18,7 +18,7 @@
 #include "key_streams.hpp"
 #include "online_softmax.hpp"
 #include "plan.hpp"
-#include "score_epilogue.hpp"
+#include "row_logits.hpp"
 
 namespace ssmax::kernels {
 namespace detail {
@@ -128,24 +128,21 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
     for (index_t r = 0; r < t.rows; ++r) {
       T* sr = sc.s + r * lds;
       const row_keys& rk = sc.info[r];
-      const bool transforms = p.logit.transforms_scores() && rk.visible > 0;
-      row_logit logit;
-      if (transforms) {  // before the mask: m z, -inf bias kept -inf (logit.hpp)
-        logit = detail::row_logit_of(p, seq, t.head, t.q0 + r, rk);
-        detail::score_epilogue_simd<Arch>(sr, t.k_lo, L, logit);
-      }
+      const row_logit logit = p.logit.transforms_scores() && rk.visible > 0
+                                  ? detail::row_logit_of(p, seq, t.head, t.q0 + r, rk)
+                                  : row_logit{};
+      const row_logit* extras = p.logit.transforms_scores() ? &logit : nullptr;
       row_state<T> state;
-      if (rk.visible > 0 && detail::mask_row(sr, t.k_lo, L, rk)) {
+      if (detail::row_logits<Arch>(sr, t.k_lo, L, rk, extras)) {
         const index_t lo = rk.begin - t.k_lo, hi = rk.end - t.k_lo;
         state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         if (!(state.max < std::numeric_limits<T>::infinity()) || std::isnan(state.sum)) {
-          // +inf or NaN scores: recompute them without overflow (online_softmax.hpp,
-          // safe_score), then the row kernel's contract for +inf and NaN applies.
-          detail::safe_scores(sr + lo, hi - lo, p.q.row(b, t.q0 + r, t.head),
-                              p.k.row(b, t.k_lo + lo, g), detail::row_map{p.k.stride_s}, d,
-                              detail::query_factor(p, rk, t.head));
-          if (transforms) detail::score_epilogue_simd<Arch>(sr + lo, t.k_lo + lo, hi - lo, logit);
-          detail::mask_row(sr, t.k_lo, L, rk);
+          // +inf or NaN scores: the row's logits again, from scores that cannot overflow;
+          // then the row kernel's contract for +inf and NaN applies.
+          detail::recompute_row_logits<Arch>(
+              sr + lo, t.k_lo + lo, hi - lo, rk, extras, p.q.row(b, t.q0 + r, t.head),
+              p.k.row(b, t.k_lo + lo, g), detail::row_map{p.k.stride_s}, d,
+              detail::query_factor(p, rk, t.head));
           state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         }
         std::fill(sr, sr + lo, T(0));

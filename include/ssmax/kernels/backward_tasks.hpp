@@ -17,6 +17,7 @@
 #include "convert.hpp"
 #include "online_softmax.hpp"
 #include "plan.hpp"
+#include "row_logits.hpp"
 
 namespace ssmax::kernels {
 
@@ -145,12 +146,6 @@ inline double logit_shift(T m, T lse, index_t n) {
   return (ld - log_n) / md;
 }
 
-/// 1 when head h has a sink (a finite or +inf logit: one more term in the row's
-/// denominator), else 0.
-inline index_t has_sink(const logit_options& logit, index_t h) {
-  return logit.has_sinks() && logit.sinks[h] != -std::numeric_limits<float>::infinity() ? 1 : 0;
-}
-
 /// Where a task puts its rows' dL/dm shares (record_row): the task's policy gradient and
 /// the per-row shares of d_sinks ([B, H, n_q], row_index order), each null when not asked.
 struct row_records {
@@ -183,20 +178,6 @@ inline void finish_sinks(const attention_backward_problem<T, Policy, S>& p,
       for (index_t i = 0; i < f.q.seq; ++i) sum += rows[static_cast<size_t>(f.row_index(b, h, i))];
     p.d_sinks[h] = sum;
   }
-}
-
-/// The sink's share of a row (head h, multiplier m, log-sum-exp lse with the sink, D =
-/// dout . out): dy_sink = -exp(m sink_h - lse) D. Adds (sink - shift) dy_sink to dm and
-/// returns m dy_sink (dL/dsink); 0 without a sink or for a row that saw no key.
-template <class T, class Policy, class FS>  // compute type; a length policy; storage_set
-inline double sink_share(const attention_problem<T, Policy, FS>& f, index_t h, const row_keys& row,
-                         double m, double lse, double D, double shift, double& dm) {
-  if (!f.logit.has_sinks() || row.visible == 0 || !std::isfinite(lse)) return 0.0;
-  const double sink = static_cast<double>(f.logit.sinks[h]);
-  if (sink == -std::numeric_limits<double>::infinity()) return 0.0;
-  const double dy = -std::exp(m * sink - lse) * D;
-  dm += (sink - shift) * dy;
-  return m * dy;
 }
 
 /// dst[0, d) = alpha src[0, d) in dst's storage type: the one rounding of a 16-bit gradient

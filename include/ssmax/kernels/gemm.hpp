@@ -18,8 +18,8 @@ inline index_t round_up(index_t n, index_t w) { return (n + w - 1) / w * w; }
 inline index_t kt_stride(index_t nkp, index_t w) { return nkp + w; }
 
 /// B rows gemm_tile prefetches ahead: its B panel streams from L2 (a key block's K^T or
-/// V is 64 to 128 KB, above L1), and without the prefetch the tile waited on those loads
-/// (perf: a third of its samples on the B load).
+/// V is 64 to 139 KB at d = 64 to 128, above L1), which the tile would otherwise wait on
+/// (docs/performance.md, "Constants and the measurements behind them").
 inline constexpr index_t kPrefetchRows = 8;
 
 /// Register tile: C[MR x NV*W] (+)= A[MR x kc] B[kc x NV*W]. A element (r, p) is
@@ -132,9 +132,9 @@ inline void widen(const Src* src, index_t n, T* dst) {
 
 /// Packs K^T of keys k0 + rows(j) (j < nk) into kt [d, ldk], zero-padded to nkp
 /// columns. Tiles of 16 keys (one cache line of floats per write) and a row stride padded
-/// past a multiple of 1 KiB (kt_stride) keep the columns from aliasing in the cache: a
-/// plain transpose at stride 256 floats ran 10x slower. Keys stored in 16 bits are widened
-/// to T here (exact: kernels/convert.hpp), once per call: a tile's 16 rows kChunk
+/// past a multiple of 1 KiB (kt_stride) keep the columns from aliasing in the cache (a
+/// transpose at a stride of 256 floats maps every column to one cache set). Keys stored in 16 bits
+/// are widened to T here (exact: kernels/convert.hpp), once per call: a tile's 16 rows kChunk
 /// dimensions at a time, in registers (widen), then transposed from that float copy.
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double

@@ -18,19 +18,20 @@
 
 namespace ssmax::kernels {
 
-/// Query rows per decode task of the fused kernel (its scratch rows for a group of heads)
-/// and per task of the fused backward.
+/// Scratch rows of a decode task of the fused kernel (its at most kDotMaxRows query rows
+/// times the heads of a group) and query rows per task of the fused backward.
 inline constexpr index_t kFusedQueryBlock = 64;
 /// Query rows per prefill task of the fused kernel (more than kDotMaxRows rows, one head):
-/// each packed K^T / V block read from L2 serves twice the rows of kFusedQueryBlock
-/// (measured: docs/performance.md, "Constants and the measurements behind them").
+/// each packed K^T / V block read from L2 serves 128 query rows (measured against 64:
+/// docs/performance.md, "Constants and the measurements behind them").
 inline constexpr index_t kPrefillQueryBlock = 128;
 /// Query rows per task of the materialised kernel.
 inline constexpr index_t kMaterialisedQueryBlock = 32;
 /// Keys per block: the inner loop of both kernels.
 inline constexpr index_t kKeyBlock = 256;
-/// Keys per chunk when a task with few rows splits its keys (flash-decoding). A multiple
-/// of kKeyBlock, fixed, so that results never depend on the thread count.
+/// Keys per chunk of one head when a task with few rows splits its keys (flash-decoding):
+/// a task of h heads takes max(1, kDecodeChunk / kKeyBlock / h) key blocks per chunk. A
+/// multiple of kKeyBlock, fixed, so that results never depend on the thread count.
 inline constexpr index_t kDecodeChunk = 2048;
 /// Tasks with at most this many rows split their keys into chunks.
 inline constexpr index_t kSplitMaxRows = 16;

@@ -1,10 +1,11 @@
 #pragma once
 // The score epilogue (logit.hpp, score_epilogue) with the soft-cap's tanh evaluated a vector
-// of doubles at a time: the forward kernels' version. Everything stays in double and is
-// rounded once to T, as in logit.hpp; the only difference is xsimd's tanh in place of
-// std::tanh, which agree within a few ulp of double (xsimd's stated accuracy), far below
-// the half ulp of float (2^-24 relative) the final rounding adds for float calls and below
-// the logit term of attention.hpp's bound for double calls.
+// of doubles at a time: the version the row-logit step runs (row_logits.hpp). Everything
+// stays in double and is rounded once to T, as in logit.hpp; the only difference is
+// xsimd's tanh in place of std::tanh, which agree within a few ulp of double (xsimd's
+// stated accuracy), far below the half ulp of float (2^-24 relative) the final rounding
+// adds for float calls and below the logit term of the operator's bound
+// (docs/numerics.md) for double calls.
 // Its cost against std::tanh per score: docs/performance.md, "Constants and the
 // measurements behind them".
 
