@@ -24,7 +24,8 @@ struct fused_task {
   index_t seq = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
   index_t chunk_blocks = 0;  ///< key blocks per chunk
   index_t chunks = 1;        ///< > 1: the blocks are split into chunks of chunk_blocks
-  index_t partial = 0;       ///< first partial row (split tasks)
+  index_t partial = 0;       ///< split tasks: chunk c's scratch row r is partial row
+                             ///< partial + c * scratch_rows() + r (plan.partial_o, _state)
 
   index_t scratch_rows() const { return rows * heads; }
   /// The head of scratch row r.
