@@ -1,11 +1,10 @@
-// Paged KV cache (paged.hpp). The fused path reads the pools in place through the block
-// table; the materialised path gathers. Both must give the contiguous call's results bit
-// for bit (the identity table and a shuffled one; pages smaller than, straddling and larger
-// than a key block; decode split into chunks; decode and chunked prefill, GQA, policies,
-// logit extras, threads), for float and bf16 pools (float q and out, the serving case), and
-// match the double reference on the pools' exact values within attention.hpp's bound (the
-// opt-in bf16 weights within their looser one). Bad tables and lengths are refused naming
-// the field, nothing written.
+// Paged KV cache (paged.hpp). Both paths read the pools in place through the block table
+// and must give the contiguous call's results bit for bit (the identity table and a
+// shuffled one; pages smaller than, straddling and larger than a key block; decode split
+// into chunks; decode and chunked prefill, GQA, policies, logit extras, threads), for float
+// and bf16 pools (float q and out, the serving case), and match the double reference on the
+// pools' exact values within the operator's bound (the opt-in bf16 weights within their
+// looser one). Bad tables and lengths are refused naming the field, nothing written.
 
 #include <gtest/gtest.h>
 

@@ -232,6 +232,23 @@ std::size_t workspace_bytes_of(const tensor_view<const Q>& q, const tensor_view<
   });
 }
 
+/// Runs a validated problem on the materialised or the fused kernel, in the caller's
+/// workspace (a local one when null), reserving what the kernel needs.
+template <class Arch, class T, class Policy, class S>  // tag; compute type; policy; storage_set
+void run_problem(const kernels::attention_problem<T, Policy, S>& p, bool materialised,
+                 attention_workspace* workspace, const char* fn) {
+  attention_workspace local;
+  attention_workspace& ws = workspace != nullptr ? *workspace : local;
+  const workspace_lease lease(ws, fn);
+  if (materialised) {
+    ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
+    kernels::attention_materialised<Arch>(p, ws);
+  } else {
+    ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
+    kernels::attention_fused<Arch>(p, ws);
+  }
+}
+
 /// attention for any supported element types.
 template <class Arch, class Q, class KV, class O, class Policy>
 void attention_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
@@ -240,17 +257,8 @@ void attention_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
                   const attention_extras<compute_t<O>>& extras, attention_workspace* workspace) {
   constexpr const char* fn = "attention";
   with_view_lengths(fn, q, k, v, tensor_view<const O>(out), options, [&](const auto& o) {
-    const auto p = checked_problem(fn, q, k, v, out, o, extras);
-    attention_workspace local;
-    attention_workspace& ws = workspace != nullptr ? *workspace : local;
-    const workspace_lease lease(ws, fn);
-    if (use_materialised(o, extras)) {
-      ws.reserve(kernels::materialised_workspace_bytes<Arch>(p));
-      kernels::attention_materialised<Arch>(p, ws);
-    } else {
-      ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
-      kernels::attention_fused<Arch>(p, ws);
-    }
+    run_problem<Arch>(checked_problem(fn, q, k, v, out, o, extras), use_materialised(o, extras),
+                      workspace, fn);
   });
 }
 

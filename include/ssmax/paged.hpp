@@ -25,24 +25,22 @@
 // and out as ssmax::attention allows (storage.hpp; a bf16 pool with float q and out is the
 // usual serving case).
 //
-// The fused path reads the pools in place: the kernels find key row j of sequence b through
-// the block table (kernels/plan.hpp kv_pages: one offset per key of the current key block),
-// in the dot-product (decode) path, in the K^T / V packing of the GEMM (prefill) path and in
-// the non-finite fallback. Keys are visited, and sums formed, in exactly the contiguous
-// call's order: results equal ssmax::attention's on the same tokens in a contiguous cache
-// (cache_view with the same lengths and a causal mask), bit for bit, for any block size and
+// Both paths read the pools in place: the kernels find key row j of sequence b through the
+// block table (kernels/plan.hpp kv_pages and key_rows), in the dot-product (decode) path, in
+// the K^T / V packing of the GEMM (prefill) path, in the materialised path's score and
+// value blocks and in the non-finite fallback; paged_attention validates the call once and
+// runs the same kernels as ssmax::attention. Keys are visited, and sums formed, in exactly the
+// contiguous call's order: results equal ssmax::attention's on the same tokens in a contiguous
+// cache (cache_view with the same lengths and a causal mask), bit for bit, for any block size and
 // table, every policy, GQA and storage type. Extra memory: the fused path's workspace
 // (whose packed K^T / V, for query blocks of more than kDotMaxRows rows, spans the keys
-// those blocks read) and one kKeyBlock offset array on the stack; no copy of the cache.
-// The materialised path (extras.weights, or options.path = materialised) gathers each
-// sequence's blocks into a contiguous [B, max_len, H_kv, d] copy (max_len the longest
-// cache, 2 B max_len H_kv d elements in the pools' storage type, allocated per call) and
-// runs ssmax::attention on it, with the same bitwise guarantee.
+// those blocks read) and one kKeyBlock offset array on the stack; the materialised path's
+// (extras.weights, or options.path = materialised) holds one row offset per key of each
+// task. No copy of the cache.
 
 #include <algorithm>
 #include <limits>
 #include <string>
-#include <vector>
 
 #include "attention.hpp"
 
@@ -102,20 +100,6 @@ inline void check_paged(const char* fn, const tensor_view<const Q>& q,
   }
 }
 
-/// Copies sequence b's tokens of one pool into dst [max_len, H_kv, d] (rows past its
-/// length zero).
-template <class T>  // storage type of the pools
-inline void gather_sequence(const paged_kv_cache<T>& c, const T* pool, index_t b, index_t max_len,
-                            T* dst) {
-  const index_t row = c.kv_heads * c.dim, len = c.cache_lengths[b];
-  for (index_t t = 0; t < len; ++t) {
-    const index_t blk = c.block_table[b * c.max_blocks + t / c.block_size];
-    const T* src = pool + (blk * c.block_size + t % c.block_size) * row;
-    std::copy(src, src + row, dst + t * row);
-  }
-  std::fill(dst + len * row, dst + max_len * row, T(0));
-}
-
 }  // namespace detail
 
 namespace detail {
@@ -138,7 +122,7 @@ inline tensor_view<const KV> pool_view(const paged_kv_cache<KV>& c, const KV* da
 /// double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a bf16
 /// pool with float queries and output, say). The fused path (the default unless
 /// extras.weights is set or options.path asks for the materialised one) reads the pools in
-/// place; the materialised path gathers first (see the top of this header). The key axis
+/// place, as the materialised one does (see the top of this header). The key axis
 /// of options.logit.bias [B, H, n_q, n_k] and of extras.weights [B, H, n_q, n_k] is the
 /// logical one, n_k = max(1, max_b cache_lengths[b]). Throws argument_error naming the bad
 /// argument as the caller wrote it ("cache.k_pool", "cache.block_table", ...), nothing
@@ -190,28 +174,9 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
   detail::check_extras(fn, local.logit, local.path == attention_path::fused, extras.lse,
                        extras.weights, qc, k_all, v_all, out_c, max_len, reads, names);
 
-  if (!detail::use_materialised(local, extras)) {
-    auto p = detail::make_problem(qc, k, v, out, local, extras, scale);
-    p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
-    attention_workspace scratch;
-    attention_workspace& ws = workspace != nullptr ? *workspace : scratch;
-    const detail::workspace_lease lease(ws, fn);
-    ws.reserve(kernels::fused_workspace_bytes<Arch>(p));
-    kernels::attention_fused<Arch>(p, ws);
-    return;
-  }
-  const index_t row = cache.kv_heads * cache.dim;
-  std::vector<KV> k_copy(static_cast<size_t>(q.batch * max_len * row));
-  std::vector<KV> v_copy(k_copy.size());
-  for (index_t b = 0; b < q.batch; ++b) {
-    detail::gather_sequence(cache, cache.k_pool, b, max_len, k_copy.data() + b * max_len * row);
-    detail::gather_sequence(cache, cache.v_pool, b, max_len, v_copy.data() + b * max_len * row);
-  }
-  const KV* kp = k_copy.data();
-  const KV* vp = v_copy.data();
-  detail::attention_of<Arch>(qc, bshd_view(kp, q.batch, max_len, cache.kv_heads, cache.dim),
-                             bshd_view(vp, q.batch, max_len, cache.kv_heads, cache.dim), out, local,
-                             extras, workspace);
+  auto p = detail::make_problem(qc, k, v, out, local, extras, scale);
+  p.pages = {cache.block_table, cache.max_blocks, cache.block_size};
+  detail::run_problem<Arch>(p, detail::use_materialised(local, extras), workspace, fn);
 }
 
 }  // namespace ssmax

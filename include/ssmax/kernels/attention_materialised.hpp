@@ -3,8 +3,10 @@
 // score rows S = Q' K^T over the keys the block can see (Q' = m * scale * Q), masks them
 // to -inf, normalises each row with the row kernel (kernels::scaled_softmax_row, m = 1
 // since the multiplier is already in Q'), optionally copies the weights out, then
-// computes out = A V. Memory beyond inputs and outputs: per thread
-// kMaterialisedQueryBlock x n_k scores plus one key block of packed K^T / V.
+// computes out = A V. Keys and values are read in place: strided, or a paged cache's rows
+// through its block table (key_rows, plan.hpp). Memory beyond inputs and outputs: per
+// thread kMaterialisedQueryBlock x n_k scores plus one key block of packed K^T / V (and,
+// for a paged cache, one row offset per key of the task).
 //
 // The weights output, when asked for, is [B, H, n_q, n_k] (tensor batch and rows: with
 // packed sequences [1, H, total_q, total_k], zero outside each sequence's block); every
@@ -31,12 +33,13 @@ struct materialised_task {
 /// Buffers of one thread.
 template <class T>  // float or double
 struct materialised_scratch {
-  T* qs;           ///< [kMaterialisedQueryBlock, d]
-  T* s;            ///< [kMaterialisedQueryBlock, width] scores, then weights
-  T* kt;           ///< [packed_kt_elements(d, W)] one packed K^T block
-  T* vp;           ///< [padded_v_elements(d, W)] one zero-padded V block
-  T* o;            ///< [kMaterialisedQueryBlock, dp]
-  row_keys* info;  ///< [kMaterialisedQueryBlock]
+  T* qs;             ///< [kMaterialisedQueryBlock, d]
+  T* s;              ///< [kMaterialisedQueryBlock, width] scores, then weights
+  T* kt;             ///< [packed_kt_elements(d, W)] one packed K^T block
+  T* vp;             ///< [padded_v_elements(d, W)] one zero-padded V block
+  T* o;              ///< [kMaterialisedQueryBlock, dp]
+  row_keys* info;    ///< [kMaterialisedQueryBlock]
+  index_t* rows_at;  ///< [width] a paged cache's key rows of the task (block_rows), or null
 };
 
 template <class Arch,                      // architecture tag
@@ -73,6 +76,7 @@ struct materialised_plan {
       sc.vp = a.take<T>(padded_v_elements(d, W));
       sc.o = a.take<T>(kMaterialisedQueryBlock * dp);
       sc.info = a.take<row_keys>(kMaterialisedQueryBlock);
+      sc.rows_at = a.take<index_t>(p.pages.table != nullptr ? width : 0);
       if (!a.counting()) scratch[t] = sc;
     }
     if (a.counting()) return;
@@ -117,12 +121,22 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
     const sequence_span seq = p.span(t.seq);
     const index_t b = seq.tensor_batch, g = p.kv_head(t.head), L = t.k_hi - t.k_lo;
     detail::setup_rows(p, seq, t.head, t.q0, t.rows, sc.info, sc.qs);
+    // The task's key and value rows [k_lo, k_hi): strided, or through a paged cache's table
+    // (nothing read, not even the table, when the task sees no key).
+    key_rows<typename S::kv> keys, values;
+    if (L > 0) {
+      const index_t* at = p.block_rows(b, t.k_lo, L, sc.rows_at);
+      keys = {p.k_row(b, t.k_lo, g), detail::row_map{p.k.stride_s, at}};
+      values = {p.v_row(b, t.k_lo, g), detail::row_map{p.v.stride_s, at}};
+    }
 
     // Scores of every key the block can see, block by block.
-    for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
-      detail::block_scores<Arch>(sc.qs, t.rows, d, p.k.row(b, kb, g), p.k.stride_s,
+    for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock) {
+      const auto block = keys.from(kb - t.k_lo);
+      detail::block_scores<Arch>(sc.qs, t.rows, d, block.base, block.rows,
                                  std::min(kKeyBlock, t.k_hi - kb), sc.s + (kb - t.k_lo), lds,
                                  sc.kt);
+    }
 
     // Mask and normalise each row; write the weights and the log-sum-exp.
     for (index_t r = 0; r < t.rows; ++r) {
@@ -141,8 +155,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
           // then the row kernel's contract for +inf and NaN applies.
           detail::recompute_row_logits<Arch>(
               sr + lo, t.k_lo + lo, hi - lo, rk, extras, p.q.row(b, t.q0 + r, t.head),
-              p.k.row(b, t.k_lo + lo, g), detail::row_map{p.k.stride_s}, d,
-              detail::query_factor(p, rk, t.head));
+              keys.from(lo).base, keys.from(lo).rows, d, detail::query_factor(p, rk, t.head));
           state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         }
         std::fill(sr, sr + lo, T(0));
@@ -162,9 +175,11 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
 
     // out = A V.
     std::fill(sc.o, sc.o + t.rows * dp, T(0));
-    for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock)
-      detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, p.v.row(b, kb, g), p.v.stride_s,
+    for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock) {
+      const auto block = values.from(kb - t.k_lo);
+      detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, block.base, block.rows,
                                  std::min(kKeyBlock, t.k_hi - kb), d, dp, sc.o, sc.vp);
+    }
     for (index_t r = 0; r < t.rows; ++r) {
       O* dst = p.out.row(b, t.q0 + r, t.head);  // rounded to nearest even when 16-bit
       std::transform(sc.o + r * dp, sc.o + r * dp + d, dst, [](T x) { return from_compute<O>(x); });

@@ -274,47 +274,51 @@ inline void dot_values(const T* p, index_t ldp, const head_rows<Vs>* groups, ind
 }
 
 /// Scores of one key block: s[r*lds + j] = qs[r*d, +d) . key(j) for r < rows, j < nk,
-/// where key(j) = k0 + j*kstride. Uses dot products for rows <= kDotMaxRows, else packs
-/// the block's K^T into kt (packed_kt_elements(d, W) elements) and runs the GEMM, which also
-/// writes the padding columns [nk, round_up(nk, W)) of s: lds must leave room for them.
+/// where key(j) = k0 + krows(j) (strided, or a paged cache's rows). Uses dot products for rows <=
+/// kDotMaxRows, else packs the block's K^T into kt (packed_kt_elements(d, W) elements) and runs the
+/// GEMM, which also writes the padding columns [nk, round_up(nk, W)) of s: lds must leave room for
+/// them.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class K>     // storage type of the keys whose compute type is T
-inline void block_scores(const T* qs, index_t rows, index_t d, const K* k0, index_t kstride,
+inline void block_scores(const T* qs, index_t rows, index_t d, const K* k0, row_map krows,
                          index_t nk, T* s, index_t lds, T* kt) {
   constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
   if (rows <= kDotMaxRows) {
     const head_rows<K> all{0, rows, k0};
-    dot_scores<Arch>(qs, d, &all, 1, kstride, nk, false, s, lds);
+    dot_scores<Arch>(qs, d, &all, 1, krows, nk, false, s, lds);
     return;
   }
   const index_t nkp = round_up(nk, W), ldk = kt_stride(nkp, W);
-  pack_kt<Arch>(k0, kstride, nk, d, nkp, ldk, kt);
+  pack_kt<Arch>(k0, krows, nk, d, nkp, ldk, kt);
   gemm<Arch>(rows, nkp, d, qs, d, kt, ldk, s, lds, false);
 }
 
 /// o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for r < rows, j < nk, value(j) =
-/// v0 + j*vstride. For rows > kDotMaxRows the GEMM runs over dp columns: when d < dp the
-/// block is first copied, zero-padded, into vp (padded_v_elements(d, W) elements), and o's
-/// padding stays 0; values stored in 16 bits are always copied so, widened to T.
+/// v0 + vrows(j) (strided, or a paged cache's rows). For rows > kDotMaxRows the GEMM runs
+/// over dp columns: when d < dp, or the rows are not strided, the block is first copied,
+/// zero-padded, into vp (padded_v_elements(d, W) elements), and o's padding stays 0;
+/// values stored in 16 bits are always copied so, widened to T.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T
-inline void block_values(const T* p, index_t ldp, index_t rows, const Vs* v0, index_t vstride,
+inline void block_values(const T* p, index_t ldp, index_t rows, const Vs* v0, row_map vrows,
                          index_t nk, index_t d, index_t dp, T* o, T* vp) {
   if (rows <= kDotMaxRows) {
     const head_rows<Vs> all{0, rows, v0};
-    dot_values<Arch>(p, ldp, &all, 1, vstride, nk, d, false, o, dp);
+    dot_values<Arch>(p, ldp, &all, 1, vrows, nk, d, false, o, dp);
     return;
   }
   const T* b = vp;
   index_t ldb = dp;
   if constexpr (std::is_same<T, Vs>::value) {
-    b = v0;
-    ldb = vstride;
+    if (vrows.offsets == nullptr) {  // strided rows of T: read in place
+      b = v0;
+      ldb = vrows.stride;
+    }
   }
   if (b == vp || d != dp) {
-    pad_rows<Arch>(v0, vstride, nk, d, dp, vp);
+    pad_rows<Arch>(v0, vrows, nk, d, dp, vp);
     b = vp;
     ldb = dp;
   }

@@ -61,6 +61,20 @@ struct kv_pages {
   index_t block_size = 0;  ///< tokens per page
 };
 
+/// Where one kv head's key (or value) rows of a sequence live, from some key on: row j at
+/// base + rows(j), strided, or through a paged cache's table (attention_problem::block_rows
+/// gives the offsets).
+template <class K>  // storage type of the keys or values
+struct key_rows {
+  const K* base = nullptr;
+  detail::row_map rows;
+  /// The same rows from row j0 on.
+  key_rows from(index_t j0) const {
+    if (rows.offsets != nullptr) return {base, detail::row_map{rows.stride, rows.offsets + j0}};
+    return {base + j0 * rows.stride, detail::row_map{rows.stride}};
+  }
+};
+
 /// A validated attention call, as the kernels receive it.
 template <class T,                         // compute type: float or double (compute_t)
           class Policy,                    // a length policy (length_policy.hpp)
@@ -78,7 +92,7 @@ struct attention_problem {
   T* lse = nullptr;                 ///< [B, H, n_q] or null (compute type)
   T* weights = nullptr;             ///< [B, H, n_q, n_k] or null (materialised only; compute type)
   int threads = 1;                  ///< threads to use (>= 1)
-  kv_pages pages;                   ///< a paged cache's block table (fused path only), or none
+  kv_pages pages;                   ///< a paged cache's block table, or none
   bool allow_bf16_weights = false;  ///< attention_options::allow_bf16_weights
 
   index_t sequences() const { return sequence_count(mask, q.batch); }
@@ -112,9 +126,9 @@ struct attention_problem {
   const typename S::kv* v_row(index_t b, index_t kb, index_t g) const {
     return pages.table == nullptr ? v.row(b, kb, g) : v.data + g * v.stride_h + page_row(b, kb);
   }
-  /// Offsets of the key block [kb, kb + nk)'s rows from k_row(b, kb, g) (and v_row's; the
-  /// pools share a layout), written to offsets[0, nk) (kKeyBlock room) when paged; null,
-  /// meaning stride_s apart, otherwise. Wrap in row_map{k.stride_s, ...} to read rows.
+  /// Offsets of the keys [kb, kb + nk)'s rows from k_row(b, kb, g) (and v_row's; the
+  /// pools share a layout), written to offsets[0, nk) when paged; null, meaning stride_s
+  /// apart, otherwise. Wrap in row_map{k.stride_s, ...} to read rows.
   const index_t* block_rows(index_t b, index_t kb, index_t nk, index_t* offsets) const {
     if (pages.table == nullptr) return nullptr;
     const index_t first = page_row(b, kb);
