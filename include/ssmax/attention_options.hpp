@@ -1,0 +1,48 @@
+#pragma once
+// The options and optional outputs of an attention call (attention.hpp): which kernel runs,
+// the length policy, the mask, the scale, threads, the logit's extras and the opt-in bf16
+// weights; the log-sum-exp and the weights a call may also write.
+
+#include <optional>
+
+#include "length_policy.hpp"
+#include "logit.hpp"
+#include "mask.hpp"
+
+namespace ssmax {
+
+/// Which kernel runs.
+enum class attention_path {
+  automatic,    ///< materialised when weights are requested, else fused
+  fused,        ///< streaming online softmax (cannot return weights)
+  materialised  ///< full score rows
+};
+
+/// Everything about an attention call except the tensors.
+template <class Policy = softmax_policy>  // a length policy (length_policy.hpp)
+struct attention_options {
+  static_assert(detail::require_length_policy<Policy>(),
+                "ssmax::attention_options: Policy is not a length policy (length_policy.hpp)");
+  Policy policy{};              ///< how (n, p, head) become the multiplier m
+  attention_mask mask{};        ///< which keys each row sees (mask.hpp)
+  std::optional<double> scale;  ///< logit scale; default 1/sqrt(d)
+  int threads = 0;              ///< 0 = all; at most 4096; results do not depend on it
+  attention_path path = attention_path::automatic;
+  logit_options logit{};  ///< additive bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
+  /// Opt-in reduced precision (off by default): lets the fused prefill round the softmax
+  /// weights to bf16 for P V when v is bf16 on an AVX512-BF16 build (vdpbf16ps for both
+  /// GEMMs), which widens each output element's bound by about 2^-8 relative
+  /// (docs/numerics.md, "Opt-in bf16 weights"). A permission, not a demand: other paths
+  /// compute as without it.
+  bool allow_bf16_weights = false;
+};
+
+/// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j). They are
+/// in the call's compute type (storage.hpp): float for every call with a 16-bit tensor.
+template <class T>  // float or double: compute_t of the call's element types
+struct attention_extras {
+  T* lse = nullptr;      ///< [B, H, n_q] per-row log-sum-exp of the scaled logits, or null
+  T* weights = nullptr;  ///< [B, H, n_q, n_k] attention weights (materialised path), or null
+};
+
+}  // namespace ssmax
