@@ -252,7 +252,7 @@ void run_tile(benchmark::State& state, bool bf16, index_t d) {
   namespace k = ssmax::kernels;
   // keys through a volatile: with every size a constant GCC 12 warns falsely on pack_kt.
   volatile index_t block = k::kKeyBlock;
-  const index_t rows = k::kFusedQueryBlock, keys = block;
+  const index_t rows = 64, keys = block;  // a query block of 64 rows
   std::mt19937 gen(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<float> q(static_cast<size_t>(rows * d)), kv(static_cast<size_t>(keys * d));

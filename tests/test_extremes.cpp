@@ -446,5 +446,37 @@ TYPED_TEST(AttentionExtremes, ValuesNearTheLargestFinite) {
   }
 }
 
+// The same rows with v in another layout than k ([B, H, S, d] against k's [B, S, H, d]), so
+// that their row strides differ: the normalised recompute reads each value row through v's
+// own stride, and the result equals the same call with v in k's layout bit for bit.
+TYPED_TEST(AttentionExtremes, ValuesNearTheLargestFiniteInTheirOwnLayout) {
+  using T = TypeParam;
+  const T big = std::numeric_limits<T>::max() / 4;
+  for (index_t n_q : {1, 2, 131}) {  // decode (dot products), prefill (packed V)
+    attention_data<T> data(2, n_q, 300, 4, 2, 16, 40);
+    for (auto& x : data.v) x = std::abs(x) * big;  // one sign: the running sums overflow
+    std::vector<T> v_bhsd(data.v.size());
+    const auto v_bshd = data.vv();
+    const auto v_heads_major = bhsd_view(v_bhsd.data(), data.B, data.H_kv, data.n_k, data.d);
+    for (index_t b = 0; b < data.B; ++b)
+      for (index_t j = 0; j < data.n_k; ++j)
+        for (index_t g = 0; g < data.H_kv; ++g)
+          std::copy(v_bshd.row(b, j, g), v_bshd.row(b, j, g) + data.d, v_heads_major.row(b, j, g));
+    attention_options<ssmax_policy> options;
+    options.mask = attention_mask::causal_mask();
+    check_both_paths<default_arch>(data, options, "max/4 values of one sign");
+    for (auto path : {attention_path::fused, attention_path::materialised}) {
+      options.path = path;
+      const auto want = run_attention<default_arch>(data, options, path);
+      auto got = data.make_out();
+      attention<default_arch>(data.qv(), data.kv(), tensor_view<const T>(v_heads_major),
+                              data.outv(got), options);
+      for (size_t e = 0; e < got.size(); ++e)
+        ASSERT_EQ(got[e], want.out[e])
+            << "n_q " << n_q << " path " << static_cast<int>(path) << " element " << e;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ssmax::testing

@@ -37,17 +37,17 @@ struct py_spec {
     c.s_value = s_value, c.b_value = b_value, c.fixed_length = fixed_length;
     c.train_length = train_length, c.floor_scale = floor_scale, c.attn_scale = attn_scale;
     c.original_length = original_length, c.beta = beta;
-    c.causal = causal, c.window = window, c.query_offset = query_offset;
-    if (key_lengths) c.key_lengths = key_lengths->data_ptr<int64_t>();
+    c.mask.causal = causal, c.mask.window = window, c.mask.query_offset = query_offset;
+    if (key_lengths) c.mask.key_lengths = key_lengths->data_ptr<int64_t>();
     if (cu_seqlens_q && cu_seqlens_k) {
-      c.cu_seqlens_q = cu_seqlens_q->data_ptr<int64_t>();
-      c.cu_seqlens_k = cu_seqlens_k->data_ptr<int64_t>();
-      c.sequences = cu_seqlens_q->numel() - 1;
+      c.mask.cu_seqlens_q = cu_seqlens_q->data_ptr<int64_t>();
+      c.mask.cu_seqlens_k = cu_seqlens_k->data_ptr<int64_t>();
+      c.mask.sequences = cu_seqlens_q->numel() - 1;
     }
     if (allowed) {
-      c.allowed = allowed->data_ptr<bool>();
-      c.allowed_stride_b = allowed->stride(0), c.allowed_stride_h = allowed->stride(1);
-      c.allowed_stride_q = allowed->stride(2);
+      c.mask.allowed = allowed->data_ptr<bool>();
+      c.mask.allowed_stride_b = allowed->stride(0), c.mask.allowed_stride_h = allowed->stride(1);
+      c.mask.allowed_stride_q = allowed->stride(2);
     }
     if (scale) c.has_scale = true, c.scale = *scale;
     c.threads = at::get_num_threads();

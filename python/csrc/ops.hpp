@@ -5,6 +5,7 @@
 // compile without torch's headers and in parallel.
 
 #include <ssmax/error.hpp>
+#include <ssmax/mask.hpp>
 #include <ssmax/tensor_view.hpp>
 
 namespace ssmax_torch {
@@ -14,8 +15,9 @@ using ssmax::index_t;
 /// Which length policy a call uses (length_policy.hpp).
 enum class policy_kind : int { softmax = 0, ssmax = 1, qwen_logn = 2, llama4 = 3, mistral = 4 };
 
-/// Everything about a call except q, k, v and the outputs. Pointers are borrowed for the
-/// call; the bindings fill them from contiguous CPU tensors whose sizes they checked.
+/// Everything about a call except q, k, v and the outputs, the mask as the operator takes it.
+/// Pointers are borrowed for the call; the bindings fill them from contiguous CPU tensors whose
+/// sizes they checked.
 struct call_spec {
   policy_kind policy = policy_kind::softmax;
   const double* s = nullptr;  ///< ssmax: [s_count] per-head s (s_count 0: use s_value)
@@ -31,15 +33,7 @@ struct call_spec {
   index_t original_length = 16384;  ///< mistral
   double beta = 0.1;                ///< mistral
 
-  bool causal = false;
-  index_t window = 0;
-  index_t query_offset = -1;
-  const index_t* key_lengths = nullptr;   ///< [sequences] or null
-  const index_t* cu_seqlens_q = nullptr;  ///< [sequences + 1] or null
-  const index_t* cu_seqlens_k = nullptr;  ///< [sequences + 1] or null
-  index_t sequences = 0;                  ///< packed sequence count
-  const bool* allowed = nullptr;          ///< boolean mask, key dimension contiguous, or null
-  index_t allowed_stride_b = 0, allowed_stride_h = 0, allowed_stride_q = 0;
+  ssmax::attention_mask mask;  ///< borrowed arrays: key_lengths, cu_seqlens_q/k, allowed
 
   bool has_scale = false;
   double scale = 0.0;

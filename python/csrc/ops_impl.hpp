@@ -10,22 +10,6 @@
 namespace ssmax_torch {
 namespace detail {
 
-inline ssmax::attention_mask mask_of(const call_spec& c) {
-  ssmax::attention_mask m;
-  m.causal = c.causal;
-  m.window = c.window;
-  m.query_offset = c.query_offset;
-  m.key_lengths = c.key_lengths;
-  m.cu_seqlens_q = c.cu_seqlens_q;
-  m.cu_seqlens_k = c.cu_seqlens_k;
-  m.sequences = c.sequences;
-  m.allowed = c.allowed;
-  m.allowed_stride_b = c.allowed_stride_b;
-  m.allowed_stride_h = c.allowed_stride_h;
-  m.allowed_stride_q = c.allowed_stride_q;
-  return m;
-}
-
 inline ssmax::per_head per_head_of(const double* values, index_t count, double value) {
   return count > 0 ? ssmax::per_head::view(values, count) : ssmax::per_head(value);
 }
@@ -34,7 +18,7 @@ template <class Policy>  // a length policy
 ssmax::attention_options<Policy> options_of(const call_spec& c, Policy policy) {
   ssmax::attention_options<Policy> o;
   o.policy = std::move(policy);
-  o.mask = mask_of(c);
+  o.mask = c.mask;
   if (c.has_scale) o.scale = c.scale;
   o.threads = c.threads;
   o.path = ssmax::attention_path::fused;

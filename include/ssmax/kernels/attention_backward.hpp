@@ -57,16 +57,16 @@ namespace detail {
 template <class T,  // compute type: float or double
           class Q>  // storage type of q
 struct backward_rows {
-  T m[kFusedQueryBlock];      ///< the policy's multiplier
-  T lse[kFusedQueryBlock];    ///< the forward's log-sum-exp
-  T D[kFusedQueryBlock];      ///< dout . out
-  T flush[kFusedQueryBlock];  ///< flush_threshold of the row's visible count
+  T m[kBackwardQueryBlock];      ///< the policy's multiplier
+  T lse[kBackwardQueryBlock];    ///< the forward's log-sum-exp
+  T D[kBackwardQueryBlock];      ///< dout . out
+  T flush[kBackwardQueryBlock];  ///< flush_threshold of the row's visible count
   /// Rows whose forward lse is +inf (+inf scores): 1 / the number of +inf keys; else 0.
-  T inv_top[kFusedQueryBlock];
-  const Q* q[kFusedQueryBlock];       ///< the row's query (as stored)
-  double factor[kFusedQueryBlock];    ///< m * scale: the forward's score is factor q . k
-  bool raw = false;                   ///< the scores go through the epilogue (logit.hpp)
-  row_logit logit[kFusedQueryBlock];  ///< the row's epilogue at m = 1 (when raw)
+  T inv_top[kBackwardQueryBlock];
+  const Q* q[kBackwardQueryBlock];       ///< the row's query (as stored)
+  double factor[kBackwardQueryBlock];    ///< m * scale: the forward's score is factor q . k
+  bool raw = false;                      ///< the scores go through the epilogue (logit.hpp)
+  row_logit logit[kBackwardQueryBlock];  ///< the row's epilogue at m = 1 (when raw)
 };
 
 /// The number of keys of `row` (kv head g) whose score factor * q . k is +inf
@@ -217,8 +217,8 @@ void attention_backward_fused(const attention_backward_problem<T, Policy, S>& p,
                              index_t h, const detail::row_records& records) {
     const index_t b = seq.tensor_batch, g = f.kv_head(h), dp = plan.dp, lds = plan.lds;
     detail::backward_rows<T, typename S::forward::q> rw;
-    for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedQueryBlock) {
-      const index_t rows = std::min(kFusedQueryBlock, seq.q_end - q0);
+    for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kBackwardQueryBlock) {
+      const index_t rows = std::min(kBackwardQueryBlock, seq.q_end - q0);
       detail::setup_backward_rows(p, sc, rw, seq, h, q0, rows, dp);
       index_t lo, hi;
       detail::block_key_range(f, seq, q0, rows, lo, hi);

@@ -27,7 +27,7 @@
 //   the opt-in bf16 weights and bf16 v, P V is vdpbf16ps on a V pair-packed over keys
 //   instead of the float V (gemm_bf16.hpp, bf16_values);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
-//   kFusedQueryBlock scratch rows in all), through dot products that read K and V in
+//   kDecodeScratchRows scratch rows in all), through dot products that read K and V in
 //   place in kKeyStreams runs, each key and value vector loaded (and widened) once for
 //   a register block of the query rows sharing its kv head (dot4_rows, axpy4_rows); with
 //   heads adjacent in memory ([B, S, H, d]) each step reads every head of a key, so the
@@ -48,7 +48,7 @@
 // Memory beyond inputs and outputs: when some query block is large enough for the GEMM
 // (more than kDotMaxRows rows), K^T and V packed once per (sequence, kv head, key block)
 // and shared by every query block and head of the group: about 2 * B * H_kv * n_k * d
-// elements, the size of K and V; per thread O(kFusedScratchRows * d + kFusedQueryBlock *
+// elements, the size of K and V; per thread O(kTaskScratchRows * d + kDecodeScratchRows *
 // kKeyBlock); for split tasks rows * heads * chunks * d partial accumulators. Never n_q x n_k. All
 // of it comes from the caller's attention_workspace. Decode packs nothing.
 //
@@ -75,9 +75,9 @@ namespace detail {
 /// The kv heads a task reads and the scratch rows that read each (consecutive heads of a
 /// GQA group share one); the rows' key and value pointers are set per key block.
 template <class K>  // storage type of the keys and values
-struct task_heads {
-  head_rows<K> keys[kFusedScratchRows], values[kFusedScratchRows];
-  index_t kv_of[kFusedScratchRows];  ///< the kv head of each group
+struct task_kv_groups {
+  kv_group<K> keys[kTaskScratchRows], values[kTaskScratchRows];
+  index_t kv_of[kTaskScratchRows];  ///< the kv head of each group
   index_t groups = 0;
 };
 
@@ -86,8 +86,8 @@ struct task_heads {
 /// heads it reads.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 void setup_task(const attention_problem<T, Policy, S>& p, const fused_task& t,
-                const fused_scratch<T>& sc, index_t dp, task_heads<typename S::kv>& kv) {
-  const sequence_span seq = p.span(t.seq);
+                const fused_scratch<T>& sc, index_t dp, task_kv_groups<typename S::kv>& kv) {
+  const sequence_span seq = p.span(t.sequence);
   const index_t d = p.q.dim, rows = t.rows;
   for (index_t hh = 0; hh < t.heads; ++hh) {
     const index_t h = t.head + hh, g = p.kv_head(h);
@@ -115,7 +115,7 @@ template <class Arch, class T, class Policy, class S>  // tag; compute type; pol
 void task_rows_softmax(const attention_problem<T, Policy, S>& p, const fused_task& t,
                        const fused_scratch<T>& sc, index_t dp, index_t r0, index_t r1, index_t kb,
                        index_t nk, row_map krows, T* s, index_t ld) {
-  const index_t b = p.span(t.seq).tensor_batch;
+  const index_t b = p.span(t.sequence).tensor_batch;
   for (index_t r = r0; r < r1; ++r) {
     T* sr = s + (r - r0) * ld;
     const row_keys& rk = sc.info[r];
@@ -162,15 +162,13 @@ void prefill_block_values(const attention_problem<T, Policy, S>& p,
                           const fused_plan<Arch, T, Policy, S>& plan, const fused_task& t,
                           const fused_scratch<T>& sc, index_t blk, index_t g, index_t kb,
                           index_t nk, row_map krows, const Scores& scores) {
-#ifdef SSMAX_HAVE_AVX512BF16
   if constexpr (bf16_weights_path<Arch, T, S>)
     if (plan.bf16_weights)
-      return prefill_block<Arch>(
-          p, plan, t, sc, kb, nk, krows, scores,
-          bf16_values{plan.v_bf16_block(p, t.seq, g, blk), sc.p_pairs, kKeyBlock / 2, plan.dp});
-#endif
+      return prefill_block<Arch>(p, plan, t, sc, kb, nk, krows, scores,
+                                 bf16_values{plan.v_bf16_block(p, t.sequence, g, blk), sc.p_pairs,
+                                             kKeyBlock / 2, plan.dp});
   prefill_block<Arch>(p, plan, t, sc, kb, nk, krows, scores,
-                      packed_values<Arch, T>{plan.v_block(p, t.seq, g, blk), plan.dp});
+                      packed_values<Arch, T>{plan.v_block(p, t.sequence, g, blk), plan.dp});
 }
 
 /// A prefill task (more than kDotMaxRows rows of one head) over its key blocks [blk_lo,
@@ -181,30 +179,26 @@ template <class Arch, class T, class Policy, class S>  // tag; compute type; pol
 void prefill_task(const attention_problem<T, Policy, S>& p,
                   const fused_plan<Arch, T, Policy, S>& plan, const fused_task& t, index_t blk_lo,
                   index_t blk_hi, const fused_scratch<T>& sc) {
-  task_heads<typename S::kv> kv;
+  task_kv_groups<typename S::kv> kv;
   setup_task(p, t, sc, plan.dp, kv);
-  const sequence_span seq = p.span(t.seq);
+  const sequence_span seq = p.span(t.sequence);
   const index_t b = seq.tensor_batch, d = p.q.dim, g = kv.kv_of[0];  // one head
-#ifdef SSMAX_HAVE_AVX512BF16
   if constexpr (bf16_prefill<Arch, T, S>)
     pack_task_q_bf16(p, b, t.head, t.q0, t.rows, sc.info, sc.q_pairs, sc.row_factors);
-#endif
   index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
     const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     const row_map krows{p.k.stride_s, p.block_rows(b, kb, nk, offsets)};
     if constexpr (bf16_prefill<Arch, T, S>) {
-#ifdef SSMAX_HAVE_AVX512BF16
       const index_t kp = kt_pairs(d);
       prefill_block_values(
           p, plan, t, sc, blk, g, kb, nk, krows,
-          bf16_scores{sc.q_pairs, sc.row_factors, plan.kt_bf16_block(p, t.seq, g, blk), kp, kp,
+          bf16_scores{sc.q_pairs, sc.row_factors, plan.kt_bf16_block(p, t.sequence, g, blk), kp, kp,
                       kBf16KtStride});
-#endif
     } else {
       prefill_block_values(
           p, plan, t, sc, blk, g, kb, nk, krows,
-          packed_scores<Arch, T>{sc.qs, plan.kt_block(p, t.seq, g, blk), d, plan.ldk});
+          packed_scores<Arch, T>{sc.qs, plan.kt_block(p, t.sequence, g, blk), d, plan.ldk});
     }
   }
 }
@@ -217,9 +211,9 @@ template <class Arch, class T, class Policy, class S>  // tag; compute type; pol
 void decode_task(const attention_problem<T, Policy, S>& p,
                  const fused_plan<Arch, T, Policy, S>& plan, const fused_task& t, index_t blk_lo,
                  index_t blk_hi, const fused_scratch<T>& sc) {
-  task_heads<typename S::kv> kv;
+  task_kv_groups<typename S::kv> kv;
   setup_task(p, t, sc, plan.dp, kv);
-  const sequence_span seq = p.span(t.seq);
+  const sequence_span seq = p.span(t.sequence);
   const index_t b = seq.tensor_batch, d = p.q.dim, rows = t.scratch_rows();
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
   index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
@@ -247,11 +241,11 @@ template <class Arch, class T, class Policy, class S>  // arch; compute type; po
 void finish_task_row(const attention_problem<T, Policy, S>& p, const fused_task& t, index_t r, T* o,
                      row_state<double> state, const row_keys& row) {
   const index_t i = t.query_of(r), h = t.head_of(r);
-  const sequence_span seq = p.span(t.seq);
+  const sequence_span seq = p.span(t.sequence);
   add_sink(sink_logit(p, h, row), o, p.q.dim, state);
   const bool overflowed = output_overflowed(o, p.q.dim, state);
   if (overflowed) recompute_normalised<Arch>(p, seq, h, i, state, o);
-  finish_row(p, seq.tensor_batch, i, h, o, state, overflowed);
+  finish_row(p, seq.tensor_batch, h, i, o, state, overflowed);
 }
 
 /// Phase 1: packs K^T and V once per (sequence, kv head, key block) for the prefill tasks:
@@ -275,19 +269,15 @@ void pack_keys_and_values(const attention_problem<T, Policy, S>& p,
     const index_t* at = p.block_rows(b, kb, nk, offsets);
     const row_map krows{p.k.stride_s, at}, vrows{p.v.stride_s, at};
     if constexpr (bf16_prefill<Arch, T, S>) {
-#ifdef SSMAX_HAVE_AVX512BF16
       pack_kt_bf16(p.k_row(b, kb, g), krows, nk, d, round_up(nk, W), kBf16KtStride,
                    plan.kt_bf16_block(p, s, g, blk));
-#endif
     } else {
       pack_kt<Arch>(p.k_row(b, kb, g), krows, nk, d, round_up(nk, W), plan.ldk,
                     plan.kt_block(p, s, g, blk));
     }
-#ifdef SSMAX_HAVE_AVX512BF16
     if constexpr (bf16_weights_path<Arch, T, S>)
       if (plan.bf16_weights)
         return pack_v_bf16(p.v_row(b, kb, g), vrows, nk, d, dp, plan.v_bf16_block(p, s, g, blk));
-#endif
     // V rows contiguous and zero-padded to dp: with [B, S, H, d] layouts a head's rows
     // are H * d apart (4 KiB at H = 8, d = 128) and would all share one L1 set.
     pad_rows<Arch>(p.v_row(b, kb, g), vrows, nk, d, dp, plan.v_block(p, s, g, blk));
@@ -305,7 +295,7 @@ void merge_chunks(const attention_problem<T, Policy, S>& p,
     if (t.chunks == 1) return;
     const fused_scratch<T>& sc = plan.scratch[thread];
     const index_t rows = t.scratch_rows();
-    const sequence_span seq = p.span(t.seq);
+    const sequence_span seq = p.span(t.sequence);
     for (index_t r = 0; r < rows; ++r) {
       T* o = sc.o;
       std::fill(o, o + dp, T(0));

@@ -27,7 +27,7 @@ namespace detail {
 
 /// A materialised task: query rows [q0, q0 + rows) of head h, keys [k_lo, k_hi).
 struct materialised_task {
-  index_t seq = 0, head = 0, q0 = 0, rows = 0, k_lo = 0, k_hi = 0;
+  index_t sequence = 0, head = 0, q0 = 0, rows = 0, k_lo = 0, k_hi = 0;
 };
 
 /// Buffers of one thread.
@@ -93,7 +93,7 @@ struct materialised_plan {
       for (index_t h = 0; h < p.q.heads; ++h)
         for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kMaterialisedQueryBlock) {
           materialised_task t;
-          t.seq = s, t.head = h, t.q0 = q0;
+          t.sequence = s, t.head = h, t.q0 = q0;
           t.rows = std::min(kMaterialisedQueryBlock, seq.q_end - q0);
           block_key_range(p, seq, q0, t.rows, t.k_lo, t.k_hi);
           on_task(t);
@@ -118,7 +118,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
   ssmax::detail::parallel_for(plan.n_tasks, plan.threads, [&](index_t ti, int thread) {
     const detail::materialised_task& t = plan.tasks[ti];
     const detail::materialised_scratch<T>& sc = plan.scratch[thread];
-    const sequence_span seq = p.span(t.seq);
+    const sequence_span seq = p.span(t.sequence);
     const index_t b = seq.tensor_batch, g = p.kv_head(t.head), L = t.k_hi - t.k_lo;
     detail::setup_rows(p, seq, t.head, t.q0, t.rows, sc.info, sc.qs);
     // The task's key and value rows [k_lo, k_hi): strided, or through a paged cache's table
@@ -133,7 +133,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
     // Scores of every key the block can see, block by block.
     for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock) {
       const auto block = keys.from(kb - t.k_lo);
-      detail::block_scores<Arch>(sc.qs, t.rows, d, block.base, block.rows,
+      detail::block_scores<Arch>(sc.qs, t.rows, d, block.base, block.offset_of,
                                  std::min(kKeyBlock, t.k_hi - kb), sc.s + (kb - t.k_lo), lds,
                                  sc.kt);
     }
@@ -155,7 +155,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
           // then the row kernel's contract for +inf and NaN applies.
           detail::recompute_row_logits<Arch>(
               sr + lo, t.k_lo + lo, hi - lo, rk, extras, p.q.row(b, t.q0 + r, t.head),
-              keys.from(lo).base, keys.from(lo).rows, d, detail::query_factor(p, rk, t.head));
+              keys.from(lo).base, keys.from(lo).offset_of, d, detail::query_factor(p, rk, t.head));
           state = scaled_softmax_row<Arch>(sr + lo, sr + lo, hi - lo, T(1), rk.visible);
         }
         std::fill(sr, sr + lo, T(0));
@@ -177,7 +177,7 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
     std::fill(sc.o, sc.o + t.rows * dp, T(0));
     for (index_t kb = t.k_lo; kb < t.k_hi; kb += kKeyBlock) {
       const auto block = values.from(kb - t.k_lo);
-      detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, block.base, block.rows,
+      detail::block_values<Arch>(sc.s + (kb - t.k_lo), lds, t.rows, block.base, block.offset_of,
                                  std::min(kKeyBlock, t.k_hi - kb), d, dp, sc.o, sc.vp);
     }
     for (index_t r = 0; r < t.rows; ++r) {

@@ -62,21 +62,21 @@ template <class T>  // float or double
 struct backward_scratch {
   T* dk = nullptr;           ///< [n_k, dp] accumulator of the task's keys
   T* dv = nullptr;           ///< [n_k, dp]
-  T* s = nullptr;            ///< fused: [kFusedQueryBlock, lds] scores then weights;
+  T* s = nullptr;            ///< fused: [kBackwardQueryBlock, lds] scores then weights;
                              ///< materialised: [2, lds] scores z, weights a of one row
-  T* ds = nullptr;           ///< fused: [kFusedQueryBlock, lds] dP then m dS;
+  T* ds = nullptr;           ///< fused: [kBackwardQueryBlock, lds] dP then m dS;
                              ///< materialised: [lds] u, then m dy, of one row
-  T* t = nullptr;            ///< fused: [kKeyBlock, kFusedQueryBlock] a transposed block
-  T* qs = nullptr;           ///< [kFusedQueryBlock, dp] scale * q, zero-padded
-  T* dop = nullptr;          ///< [kFusedQueryBlock, dp] dout, zero-padded
-  T* qc = nullptr;           ///< [kFusedQueryBlock, d] scale * q, compact
-  T* doc = nullptr;          ///< [kFusedQueryBlock, d] dout, compact
-  T* dq = nullptr;           ///< [kFusedQueryBlock, dp] accumulator (materialised: [dp])
+  T* t = nullptr;            ///< fused: [kKeyBlock, kBackwardQueryBlock] a transposed block
+  T* qs = nullptr;           ///< [kBackwardQueryBlock, dp] scale * q, zero-padded
+  T* dop = nullptr;          ///< [kBackwardQueryBlock, dp] dout, zero-padded
+  T* qc = nullptr;           ///< [kBackwardQueryBlock, d] scale * q, compact
+  T* doc = nullptr;          ///< [kBackwardQueryBlock, d] dout, compact
+  T* dq = nullptr;           ///< [kBackwardQueryBlock, dp] accumulator (materialised: [dp])
   T* kt = nullptr;           ///< [packed_kt_elements(d, W)] packed K^T or V^T of a block
   T* vp = nullptr;           ///< [padded_v_elements(d, W)] zero-padded key block
-  double* dm = nullptr;      ///< [kFusedQueryBlock] dL/dm accumulators
-  double* shift = nullptr;   ///< [kFusedQueryBlock] z_0 per row (logit_shift)
-  row_keys* info = nullptr;  ///< [kFusedQueryBlock]
+  double* dm = nullptr;      ///< [kBackwardQueryBlock] dL/dm accumulators
+  double* shift = nullptr;   ///< [kBackwardQueryBlock] z_0 per row (logit_shift)
+  row_keys* info = nullptr;  ///< [kBackwardQueryBlock]
 };
 
 /// Tasks of a backward call: one per (sequence, kv head).
@@ -93,7 +93,7 @@ struct backward_plan {
   backward_scratch<T>* scratch = nullptr;
 
   /// full_rows: the materialised path, whose score buffers hold one whole row of n_k
-  /// keys; the fused path's hold kFusedQueryBlock rows of one key block.
+  /// keys; the fused path's hold kBackwardQueryBlock rows of one key block.
   template <class Policy, class S>  // a length policy; backward_storage_set
   void carve(const attention_backward_problem<T, Policy, S>& p, bool full_rows, arena& a) {
     const bool fill = !a.counting();
@@ -113,19 +113,19 @@ struct backward_plan {
         sc.ds = a.take<T>(lds);
         sc.dq = a.take<T>(dp);  // the row's dq, stored once (in the gradients' type)
       } else {
-        sc.s = a.take<T>(kFusedQueryBlock * lds);
-        sc.ds = a.take<T>(kFusedQueryBlock * lds);
-        sc.t = a.take<T>(kKeyBlock * kFusedQueryBlock);
-        sc.qs = a.take<T>(kFusedQueryBlock * dp);
-        sc.dop = a.take<T>(kFusedQueryBlock * dp);
-        sc.qc = a.take<T>(kFusedQueryBlock * d);
-        sc.doc = a.take<T>(kFusedQueryBlock * d);
-        sc.dq = a.take<T>(kFusedQueryBlock * dp);
+        sc.s = a.take<T>(kBackwardQueryBlock * lds);
+        sc.ds = a.take<T>(kBackwardQueryBlock * lds);
+        sc.t = a.take<T>(kKeyBlock * kBackwardQueryBlock);
+        sc.qs = a.take<T>(kBackwardQueryBlock * dp);
+        sc.dop = a.take<T>(kBackwardQueryBlock * dp);
+        sc.qc = a.take<T>(kBackwardQueryBlock * d);
+        sc.doc = a.take<T>(kBackwardQueryBlock * d);
+        sc.dq = a.take<T>(kBackwardQueryBlock * dp);
         sc.kt = a.take<T>(packed_kt_elements(d, W));
         sc.vp = a.take<T>(padded_v_elements(d, W));
-        sc.dm = a.take<double>(kFusedQueryBlock);
-        sc.shift = a.take<double>(kFusedQueryBlock);
-        sc.info = a.take<row_keys>(kFusedQueryBlock);
+        sc.dm = a.take<double>(kBackwardQueryBlock);
+        sc.shift = a.take<double>(kBackwardQueryBlock);
+        sc.info = a.take<row_keys>(kBackwardQueryBlock);
       }
       if (fill) scratch[t] = sc;
     }
@@ -249,7 +249,7 @@ void run_key_tasks(const attention_backward_problem<T, Policy, S>& p, attention_
 /// Workspace bytes attention_backward_materialised (materialised = true) or
 /// attention_backward_fused need: per thread, the key gradients' accumulators
 /// (2 n_k round_up(d, W)), a few query blocks of d, and score buffers of
-/// kFusedQueryBlock rows of one key block (fused) or of n_k keys (materialised).
+/// kBackwardQueryBlock rows of one key block (fused) or of n_k keys (materialised).
 template <class Arch, class T, class Policy, class S>  // arch; compute type; policy; storage
 std::size_t attention_backward_workspace_bytes(const attention_backward_problem<T, Policy, S>& p,
                                                bool materialised) {

@@ -21,7 +21,7 @@ namespace ssmax::kernels::detail {
 /// k_begin + b * kKeyBlock onwards): the blocks covering every key the rows can see.
 /// Scratch row r + hh * rows holds query row q0 + r of head head + hh.
 struct fused_task {
-  index_t seq = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
+  index_t sequence = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
   index_t chunk_blocks = 0;  ///< key blocks per chunk
   index_t chunks = 1;        ///< > 1: the blocks are split into chunks of chunk_blocks
   index_t partial = 0;       ///< split tasks: chunk c's scratch row r is partial row
@@ -39,32 +39,29 @@ struct fused_item {
 };
 
 /// Scratch rows per thread: a prefill task's rows or a decode task's rows of all its heads.
-inline constexpr index_t kFusedScratchRows = std::max(kPrefillQueryBlock, kFusedQueryBlock);
-/// Query rows of the task grid: the prefill block; a sequence's last piece of at most
-/// kDotMaxRows rows is a decode task (as is every piece of a sequence that short).
-inline constexpr index_t kFusedTaskRows = kPrefillQueryBlock;
+inline constexpr index_t kTaskScratchRows = std::max(kPrefillQueryBlock, kDecodeScratchRows);
 
 /// Key blocks per chunk of a task of one head.
 inline constexpr index_t kBlocksPerChunk = kDecodeChunk / kKeyBlock;
 static_assert(kDecodeChunk % kKeyBlock == 0, "chunks hold whole key blocks");
 
 /// Query heads per decode task of `rows` rows: whole GQA groups (heads sharing one kv
-/// head) as long as they fit the kFusedQueryBlock scratch rows, else as many heads of one
+/// head) as long as they fit the kDecodeScratchRows scratch rows, else as many heads of one
 /// group as fit.
 inline index_t decode_heads(index_t rows, index_t heads, index_t kv_heads) {
-  const index_t fit = std::max<index_t>(1, kFusedQueryBlock / rows), group = heads / kv_heads;
+  const index_t fit = std::max<index_t>(1, kDecodeScratchRows / rows), group = heads / kv_heads;
   return std::min(heads, fit >= group ? fit / group * group : fit);
 }
 
 /// Buffers of one thread.
 template <class T>  // float or double
 struct fused_scratch {
-  T* qs;                     ///< [kFusedScratchRows, d] scaled queries
-  T* s;                      ///< [kFusedQueryBlock, score_ld] scores / P (prefill: a strip's)
-  T* o;                      ///< [kFusedScratchRows, dp] output accumulator
-  row_state<double>* state;  ///< [kFusedScratchRows]
-  row_keys* info;            ///< [kFusedScratchRows]
-  row_logit* logit;          ///< [kFusedScratchRows] score epilogues (logit.hpp), or null
+  T* qs;                     ///< [kTaskScratchRows, d] scaled queries
+  T* s;                      ///< [kDecodeScratchRows, score_ld] scores / P (prefill: a strip's)
+  T* o;                      ///< [kTaskScratchRows, dp] output accumulator
+  row_state<double>* state;  ///< [kTaskScratchRows]
+  row_keys* info;            ///< [kTaskScratchRows]
+  row_logit* logit;          ///< [kTaskScratchRows] score epilogues (logit.hpp), or null
   std::uint32_t* q_pairs;    ///< bf16 prefill: [kPrefillQueryBlock, pairs] q pairs, else null
   float* row_factors;        ///< bf16 prefill: [kPrefillQueryBlock] row factors, else null
   std::uint32_t* p_pairs;    ///< bf16 weights: [kPrefillStrip, kKeyBlock / 2] P pairs, else null
@@ -154,7 +151,7 @@ struct fused_plan {
     first_block[p.sequences()] = blocks;
     std::sort(items, items + n_items, [&](const fused_item& x, const fused_item& y) {
       const fused_task &tx = tasks[x.task], &ty = tasks[y.task];
-      if (tx.seq != ty.seq) return tx.seq < ty.seq;
+      if (tx.sequence != ty.sequence) return tx.sequence < ty.sequence;
       if (tx.q0 != ty.q0) return tx.q0 < ty.q0;
       if (x.chunk != y.chunk) return x.chunk < y.chunk;
       return tx.head < ty.head;
@@ -188,12 +185,12 @@ struct fused_plan {
     scratch = a.take<fused_scratch<T>>(threads);
     for (int t = 0; t < threads; ++t) {
       fused_scratch<T> sc;
-      sc.qs = a.take<T>(kFusedScratchRows * d);
-      sc.s = a.take<T>(std::max(kFusedQueryBlock, kPrefillStrip) * score_ld);
-      sc.o = a.take<T>(kFusedScratchRows * dp);
-      sc.state = a.take<row_state<double>>(kFusedScratchRows);
-      sc.info = a.take<row_keys>(kFusedScratchRows);
-      sc.logit = a.take<row_logit>(p.logit.transforms_scores() ? kFusedScratchRows : 0);
+      sc.qs = a.take<T>(kTaskScratchRows * d);
+      sc.s = a.take<T>(std::max(kDecodeScratchRows, kPrefillStrip) * score_ld);
+      sc.o = a.take<T>(kTaskScratchRows * dp);
+      sc.state = a.take<row_state<double>>(kTaskScratchRows);
+      sc.info = a.take<row_keys>(kTaskScratchRows);
+      sc.logit = a.take<row_logit>(p.logit.transforms_scores() ? kTaskScratchRows : 0);
       sc.q_pairs = a.take<std::uint32_t>(packs_blocks && bf16 ? kPrefillQueryBlock * kp : 0);
       sc.row_factors = a.take<float>(packs_blocks && bf16 ? kPrefillQueryBlock : 0);
       sc.p_pairs = a.take<std::uint32_t>(bf16_weights ? kPrefillStrip * kKeyBlock / 2 : 0);
@@ -211,14 +208,16 @@ struct fused_plan {
     for (index_t s = 0; s < p.sequences(); ++s) {
       const sequence_span seq = p.span(s);
       on_sequence(s, (seq.k_end - seq.k_begin + kKeyBlock - 1) / kKeyBlock);
-      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kFusedTaskRows) {
-        const index_t rows = std::min(kFusedTaskRows, seq.q_end - q0);
+      // Pieces of kPrefillQueryBlock query rows; a piece of at most kDotMaxRows rows (a
+      // sequence's last, or all of a short one) is a decode task of several heads.
+      for (index_t q0 = seq.q_begin; q0 < seq.q_end; q0 += kPrefillQueryBlock) {
+        const index_t rows = std::min(kPrefillQueryBlock, seq.q_end - q0);
         const index_t step = rows <= kDotMaxRows ? decode_heads(rows, p.q.heads, p.k.heads) : 1;
         index_t lo = 0, hi = 0;  // the same for every head
         block_key_range(p, seq, q0, rows, lo, hi);
         for (index_t h = 0; h < p.q.heads; h += step) {
           fused_task t;
-          t.seq = s, t.head = h, t.q0 = q0, t.rows = rows;
+          t.sequence = s, t.head = h, t.q0 = q0, t.rows = rows;
           t.heads = std::min(step, p.q.heads - h);
           t.blk_lo = (lo - seq.k_begin) / kKeyBlock;
           t.blk_hi = hi > lo ? (hi - seq.k_begin + kKeyBlock - 1) / kKeyBlock : t.blk_lo;

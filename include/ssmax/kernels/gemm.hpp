@@ -130,7 +130,7 @@ inline void widen(const Src* src, index_t n, T* dst) {
   for (; c < n; ++c) dst[c] = to_compute(src[c]);
 }
 
-/// Packs K^T of keys k0 + rows(j) (j < nk) into kt [d, ldk], zero-padded to nkp
+/// Packs K^T of keys k0 + offset_of(j) (j < nk) into kt [d, ldk], zero-padded to nkp
 /// columns. Tiles of 16 keys (one cache line of floats per write) and a row stride padded
 /// past a multiple of 1 KiB (kt_stride) keep the columns from aliasing in the cache (a
 /// transpose at a stride of 256 floats maps every column to one cache set). Keys stored in 16 bits
@@ -139,13 +139,13 @@ inline void widen(const Src* src, index_t n, T* dst) {
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double
           class Src>   // storage type of the keys (storage.hpp) whose compute type is T
-inline void pack_kt(const Src* k0, row_map rows, index_t nk, index_t d, index_t nkp, index_t ldk,
-                    T* kt) {
+inline void pack_kt(const Src* k0, row_map offset_of, index_t nk, index_t d, index_t nkp,
+                    index_t ldk, T* kt) {
   constexpr index_t kTile = 16, kChunk = 64;
   index_t j0 = 0;
   for (; j0 + kTile <= nk; j0 += kTile) {
     const Src* key[kTile];
-    for (index_t jj = 0; jj < kTile; ++jj) key[jj] = k0 + rows(j0 + jj);
+    for (index_t jj = 0; jj < kTile; ++jj) key[jj] = k0 + offset_of(j0 + jj);
     if constexpr (is_16bit_v<Src>) {
       T wide[kTile][kChunk];
       for (index_t c0 = 0; c0 < d; c0 += kChunk) {
@@ -160,21 +160,21 @@ inline void pack_kt(const Src* k0, row_map rows, index_t nk, index_t d, index_t 
     }
   }
   for (index_t c = 0; c < d; ++c) {
-    for (index_t j = j0; j < nk; ++j) kt[c * ldk + j] = to_compute(k0[rows(j) + c]);
+    for (index_t j = j0; j < nk; ++j) kt[c * ldk + j] = to_compute(k0[offset_of(j) + c]);
     for (index_t j = nk; j < nkp; ++j) kt[c * ldk + j] = T(0);
   }
 }
 
-/// Copies nk rows of d elements, src + rows(j) (j < nk), into dst [nk, dp] with each
+/// Copies nk rows of d elements, src + offset_of(j) (j < nk), into dst [nk, dp] with each
 /// row zero-padded from d to dp: the GEMM's value operand. Contiguous rows also keep a
 /// head's rows of a [B, S, H, d] tensor (H * d apart: 4 KiB at H = 8, d = 128) from all
 /// sharing one L1 set. Rows stored in 16 bits are widened to T (exact, in registers).
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double
           class Src>   // storage type of the rows (storage.hpp) whose compute type is T
-inline void pad_rows(const Src* src, row_map rows, index_t nk, index_t d, index_t dp, T* dst) {
+inline void pad_rows(const Src* src, row_map offset_of, index_t nk, index_t d, index_t dp, T* dst) {
   for (index_t j = 0; j < nk; ++j) {
-    widen<Arch>(src + rows(j), d, dst + j * dp);
+    widen<Arch>(src + offset_of(j), d, dst + j * dp);
     std::fill(dst + j * dp + d, dst + (j + 1) * dp, T(0));
   }
 }

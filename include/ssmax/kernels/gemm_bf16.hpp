@@ -2,8 +2,13 @@
 // The bf16 score GEMM for CPUs with AVX512-BF16 (Zen 4/5, Sapphire Rapids): S = f Q K^T
 // with bf16 q and k, through vdpbf16ps (_mm512_dpbf16_ps: per float lane, two bf16
 // products added to a float accumulator), twice the multiply-adds of a float FMA per
-// instruction. Compiled only when the compiler targets AVX512-BF16 (__AVX512BF16__, e.g.
-// -march=native on such a CPU); everything else uses the float GEMM (gemm.hpp).
+// instruction. The instruction path is compiled when the compiler targets AVX512-BF16
+// (__AVX512BF16__, e.g. -march=native on such a CPU: kHaveAvx512Bf16). Every other build
+// gets a portable definition of the same arithmetic, bit for bit (dpbf16_step,
+// round_to_bf16_flushed; tests/test_gemm_bf16.cpp compares the two on the CPU's
+// instructions), so the fused kernel's bf16 branches compile in every build; the kernel
+// takes them only where the instruction is compiled (prefill_bf16.hpp), and elsewhere the
+// scores come from the float GEMM (gemm.hpp).
 //
 // Operands:
 // - K^T pair-interleaved (pack_kt_bf16): pair row c2 (dimensions 2 c2 and 2 c2 + 1) holds,
@@ -34,19 +39,28 @@
 // Deterministic: each score is one accumulation over the pairs in order.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+
+#include <Eigen/Core>
 
 #include "gemm.hpp"
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #define SSMAX_HAVE_AVX512BF16 1
-
 #include <immintrin.h>
-
-#include <Eigen/Core>
+#endif
 
 namespace ssmax::kernels::detail {
+
+/// True when this build compiles vdpbf16ps (the compiler targets AVX512-BF16).
+#ifdef SSMAX_HAVE_AVX512BF16
+inline constexpr bool kHaveAvx512Bf16 = true;
+#else
+inline constexpr bool kHaveAvx512Bf16 = false;
+#endif
 
 /// Keys per vector of the bf16 GEMM (16 float lanes, each one key).
 inline constexpr index_t kBf16Lanes = 16;
@@ -71,21 +85,85 @@ inline void pack_q_bf16(const Eigen::bfloat16* q, index_t d, std::uint32_t* qp) 
   }
 }
 
-/// Packs the keys k0 + rows(j) (j < nk, d bf16 each) pair-interleaved into kt: pair row
+/// Packs the keys k0 + offset_of(j) (j < nk, d bf16 each) pair-interleaved into kt: pair row
 /// c2 at kt + c2 * ldk holds (k_j[2 c2], k_j[2 c2 + 1]) at 2 j, 2 j + 1; keys nk..nkp-1 and
 /// the padding dimension of an odd d are zero. Pre: ldk >= 2 nkp.
-inline void pack_kt_bf16(const Eigen::bfloat16* k0, row_map rows, index_t nk, index_t d,
+inline void pack_kt_bf16(const Eigen::bfloat16* k0, row_map offset_of, index_t nk, index_t d,
                          index_t nkp, index_t ldk, std::uint16_t* kt) {
   for (index_t c2 = 0; c2 < bf16_pairs(d); ++c2) {
     std::uint16_t* row = kt + c2 * ldk;
     for (index_t j = 0; j < nk; ++j) {
-      const Eigen::bfloat16* k = k0 + rows(j);
+      const Eigen::bfloat16* k = k0 + offset_of(j);
       row[2 * j] = bf16_bits(k[2 * c2]);
       row[2 * j + 1] = 2 * c2 + 1 < d ? bf16_bits(k[2 * c2 + 1]) : std::uint16_t(0);
     }
     std::fill(row + 2 * nk, row + 2 * nkp, std::uint16_t(0));
   }
 }
+
+/// A bf16 as vdpbf16ps reads it: a denormal (exponent field 0) as a zero of its sign.
+inline float bf16_read_flushed(std::uint16_t bits) {
+  if ((bits & 0x7F80u) == 0) bits &= 0x8000u;
+  const std::uint32_t word = std::uint32_t(bits) << 16;
+  float x;
+  std::memcpy(&x, &word, sizeof x);
+  return x;
+}
+
+/// x, or a zero of its sign when x is a float denormal.
+inline float flush_denormal(float x) {
+  return std::abs(x) < std::numeric_limits<float>::min() ? std::copysign(0.0f, x) : x;
+}
+
+/// One float lane of vdpbf16ps, portably: acc + a_hi b_hi, then + a_lo b_lo (the high bf16
+/// halves of the words a and b first), each a fused multiply-add rounded to nearest even,
+/// with denormal inputs read as zero and denormal results flushed to zero. Bitwise equal to
+/// the instruction on every input the tests draw, denormals, infinities and NaN included.
+inline float dpbf16_step(float acc, std::uint32_t a, std::uint32_t b) {
+  float x = flush_denormal(acc);
+  x = flush_denormal(std::fma(bf16_read_flushed(static_cast<std::uint16_t>(a >> 16)),
+                              bf16_read_flushed(static_cast<std::uint16_t>(b >> 16)), x));
+  return flush_denormal(std::fma(bf16_read_flushed(static_cast<std::uint16_t>(a & 0xFFFFu)),
+                                 bf16_read_flushed(static_cast<std::uint16_t>(b & 0xFFFFu)), x));
+}
+
+/// The bits of x rounded to bf16 as vcvtneps2bf16 rounds, portably: to nearest even, a
+/// float denormal to a zero of its sign, a NaN to a quiet NaN of its sign and payload's
+/// high bits. Bitwise equal to the instruction on all 2^32 inputs.
+inline std::uint16_t round_to_bf16_flushed(float x) {
+  std::uint32_t w;
+  std::memcpy(&w, &x, sizeof w);
+  if ((w & 0x7F800000u) == 0) return static_cast<std::uint16_t>((w >> 16) & 0x8000u);
+  if ((w & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((w >> 16) | 0x0040u);
+  return static_cast<std::uint16_t>((w + 0x7FFFu + ((w >> 16) & 1u)) >> 16);
+}
+
+/// gemm_bf16's arithmetic in portable C++ (one dpbf16_step per pair and output, in pair
+/// order): C[m x n] = diag(f) A B, or C += A B when f is null, operands as gemm_bf16's.
+inline void gemm_bf16_portable(index_t m, index_t n, index_t kp, const std::uint32_t* a,
+                               index_t lda, const std::uint16_t* b, index_t ldb, const float* f,
+                               float* c, index_t ldc) {
+  for (index_t i = 0; i < m; ++i)
+    for (index_t j = 0; j < n; ++j) {
+      float acc = f != nullptr ? 0.0f : c[i * ldc + j];
+      for (index_t p = 0; p < kp; ++p) {
+        const std::uint16_t* pair = b + p * ldb + 2 * j;
+        acc = dpbf16_step(acc, a[i * lda + p], pair[0] | (std::uint32_t(pair[1]) << 16));
+      }
+      c[i * ldc + j] = f != nullptr ? acc * f[i] : acc;
+    }
+}
+
+/// pack_p_bf16's rounding in portable C++ (round_to_bf16_flushed per weight).
+inline void pack_p_bf16_portable(const float* p, index_t n, std::uint32_t* pp) {
+  for (index_t j = 0; j < n; j += 2) {
+    const std::uint32_t lo = round_to_bf16_flushed(p[j]);
+    const std::uint32_t hi = j + 1 < n ? round_to_bf16_flushed(p[j + 1]) : 0u;
+    pp[j / 2] = lo | (hi << 16);
+  }
+}
+
+#ifdef SSMAX_HAVE_AVX512BF16
 
 /// Register tile over kp pairs: C[MR x 16 NV] = diag(f) A B, or C += A B when f is null.
 /// A row r: kp packed pairs at a + r * lda; B pair rows ldb bf16 apart; C rows ldc floats
@@ -146,36 +224,6 @@ inline void gemm_bf16(index_t m, index_t n, index_t kp, const std::uint32_t* a, 
       });
 }
 
-/// The score GEMM of the bf16 path for prefill_strips (prefill_strips.hpp): the scores of
-/// rows r0.. of a task from its packed q pairs and row factors and a block's packed K^T.
-struct bf16_scores {
-  const std::uint32_t* qp;  ///< [rows of the task, lda] q pairs
-  const float* f;           ///< [rows of the task] row factors m * scale
-  const std::uint16_t* kt;  ///< pair-interleaved K^T of the block, pair rows ldk apart
-  index_t kp, lda, ldk;     ///< pairs, q row stride (words), K^T pair-row stride (bf16)
-  void operator()(index_t r0, index_t rows, index_t cols, float* s, index_t lds) const {
-    gemm_bf16(rows, cols, kp, qp + r0 * lda, lda, kt, ldk, f + r0, s, lds);
-  }
-};
-
-/// Packs the values of keys k0 + rows(j) (j < nk, d bf16 each) pair-interleaved over keys
-/// into vb for the opt-in bf16 P V: pair row j2 at vb + j2 * 2 dp holds (v_{2 j2}[c],
-/// v_{2 j2 + 1}[c]) at 2 c, 2 c + 1 for c < d; columns d..dp-1 and the partner of an odd
-/// nk's last key are zero. ceil(nk / 2) pair rows.
-inline void pack_v_bf16(const Eigen::bfloat16* v0, row_map rows, index_t nk, index_t d, index_t dp,
-                        std::uint16_t* vb) {
-  for (index_t j2 = 0; 2 * j2 < nk; ++j2) {
-    std::uint16_t* row = vb + j2 * 2 * dp;
-    const Eigen::bfloat16* even = v0 + rows(2 * j2);
-    const Eigen::bfloat16* odd = 2 * j2 + 1 < nk ? v0 + rows(2 * j2 + 1) : nullptr;
-    for (index_t c = 0; c < d; ++c) {
-      row[2 * c] = bf16_bits(even[c]);
-      row[2 * c + 1] = odd != nullptr ? bf16_bits(odd[c]) : std::uint16_t(0);
-    }
-    std::fill(row + 2 * d, row + 2 * dp, std::uint16_t(0));
-  }
-}
-
 /// Rounds the weights p[0, n) to bf16 pairs (vcvtneps2bf16: to nearest even, inputs and
 /// results below 2^-126 flushed to zero): pp[j2] holds p[2 j2] in its low half and p[2 j2
 /// + 1] (0 past n) in its high half; ceil(n / 2) words. Reads nothing past p[n - 1].
@@ -191,7 +239,52 @@ inline void pack_p_bf16(const float* p, index_t n, std::uint32_t* pp) {
                            packed);
 }
 
-/// The opt-in bf16 P V for prefill_strips (prefill_strips.hpp, attention_options::
+#else  // without the instruction: the portable definitions, the same bits
+
+/// gemm_bf16 of a build without vdpbf16ps (gemm_bf16_portable).
+inline void gemm_bf16(index_t m, index_t n, index_t kp, const std::uint32_t* a, index_t lda,
+                      const std::uint16_t* b, index_t ldb, const float* f, float* c, index_t ldc) {
+  gemm_bf16_portable(m, n, kp, a, lda, b, ldb, f, c, ldc);
+}
+
+/// pack_p_bf16 of a build without vcvtneps2bf16 (pack_p_bf16_portable).
+inline void pack_p_bf16(const float* p, index_t n, std::uint32_t* pp) {
+  pack_p_bf16_portable(p, n, pp);
+}
+
+#endif  // SSMAX_HAVE_AVX512BF16
+
+/// The score GEMM of the bf16 path for prefill_block (attention_fused.hpp): the scores of
+/// rows r0.. of a task from its packed q pairs and row factors and a block's packed K^T.
+struct bf16_scores {
+  const std::uint32_t* qp;  ///< [rows of the task, lda] q pairs
+  const float* f;           ///< [rows of the task] row factors m * scale
+  const std::uint16_t* kt;  ///< pair-interleaved K^T of the block, pair rows ldk apart
+  index_t kp, lda, ldk;     ///< pairs, q row stride (words), K^T pair-row stride (bf16)
+  void operator()(index_t r0, index_t rows, index_t cols, float* s, index_t lds) const {
+    gemm_bf16(rows, cols, kp, qp + r0 * lda, lda, kt, ldk, f + r0, s, lds);
+  }
+};
+
+/// Packs the values of keys k0 + offset_of(j) (j < nk, d bf16 each) pair-interleaved over keys
+/// into vb for the opt-in bf16 P V: pair row j2 at vb + j2 * 2 dp holds (v_{2 j2}[c],
+/// v_{2 j2 + 1}[c]) at 2 c, 2 c + 1 for c < d; columns d..dp-1 and the partner of an odd
+/// nk's last key are zero. ceil(nk / 2) pair rows.
+inline void pack_v_bf16(const Eigen::bfloat16* v0, row_map offset_of, index_t nk, index_t d,
+                        index_t dp, std::uint16_t* vb) {
+  for (index_t j2 = 0; 2 * j2 < nk; ++j2) {
+    std::uint16_t* row = vb + j2 * 2 * dp;
+    const Eigen::bfloat16* even = v0 + offset_of(2 * j2);
+    const Eigen::bfloat16* odd = 2 * j2 + 1 < nk ? v0 + offset_of(2 * j2 + 1) : nullptr;
+    for (index_t c = 0; c < d; ++c) {
+      row[2 * c] = bf16_bits(even[c]);
+      row[2 * c + 1] = odd != nullptr ? bf16_bits(odd[c]) : std::uint16_t(0);
+    }
+    std::fill(row + 2 * d, row + 2 * dp, std::uint16_t(0));
+  }
+}
+
+/// The opt-in bf16 P V for prefill_block (attention_fused.hpp, attention_options::
 /// allow_bf16_weights): each strip row's weights rounded to bf16 pairs (pack_p_bf16, into
 /// pp) and O += P V through vdpbf16ps on the pair-packed values (pack_v_bf16).
 struct bf16_values {
@@ -208,5 +301,3 @@ struct bf16_values {
 };
 
 }  // namespace ssmax::kernels::detail
-
-#endif  // __AVX512BF16__

@@ -163,7 +163,7 @@ inline constexpr index_t kKeyStreams = 4;
 /// Query rows of a dot-product block that share one kv head: scratch rows [first, first +
 /// count) read the keys (or values) rows base + j * stride, j < nk, of that head.
 template <class T>  // storage type of the keys or values (storage.hpp)
-struct head_rows {
+struct kv_group {
   index_t first = 0;        ///< first scratch row
   index_t count = 0;        ///< scratch rows reading this head
   const T* base = nullptr;  ///< the head's row for key 0 of the block
@@ -172,7 +172,7 @@ struct head_rows {
 /// Visits every (scratch row, key) pair of a block of nk keys in kKeyStreams runs, each
 /// group's rows together, so that a kernel loads (and widens) each key row once for all of
 /// them. For each group, step(r0, r1, t, run, x) for t < run = nk / kKeyStreams covers its
-/// rows [r0, r1) and the keys t + u * run, whose rows are x[u] = group.base + rows(t + u *
+/// rows [r0, r1) and the keys t + u * run, whose rows are x[u] = group.base + offset_of(t + u *
 /// run) (u < kKeyStreams; rows: a stride, or a paged cache's row offsets, gemm.hpp
 /// row_map); tail(r, j, x) covers each leftover key j >= kKeyStreams * run, row x, for
 /// each row r.
@@ -183,14 +183,14 @@ struct head_rows {
 template <class T,     // storage type of the keys or values (storage.hpp)
           class Step,  // callable (index r0, index r1, index t, index run, const T* const* x)
           class Tail>  // callable (index r, index j, const T* x)
-inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_map rows, index_t nk,
-                             bool keys_outer, Step&& step, Tail&& tail) {
+inline void walk_key_streams(const kv_group<T>* groups, index_t n_groups, row_map offset_of,
+                             index_t nk, bool keys_outer, Step&& step, Tail&& tail) {
   const index_t run = nk / kKeyStreams;
   const auto visit = [&](index_t g, index_t t) {
-    const head_rows<T>& hr = groups[g];
+    const kv_group<T>& group = groups[g];
     const T* x[kKeyStreams];
-    for (index_t u = 0; u < kKeyStreams; ++u) x[u] = hr.base + rows(t + u * run);
-    step(hr.first, hr.first + hr.count, t, run, x);
+    for (index_t u = 0; u < kKeyStreams; ++u) x[u] = group.base + offset_of(t + u * run);
+    step(group.first, group.first + group.count, t, run, x);
   };
   if (keys_outer) {
     for (index_t t = 0; t < run; ++t)
@@ -202,7 +202,7 @@ inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_m
   for (index_t g = 0; g < n_groups; ++g)
     for (index_t j = kKeyStreams * run; j < nk; ++j)
       for (index_t r = groups[g].first; r < groups[g].first + groups[g].count; ++r)
-        tail(r, j, groups[g].base + rows(j));
+        tail(r, j, groups[g].base + offset_of(j));
 }
 
 /// Scores by dot products: s[r*lds + j] = qs[r*d, +d) . key(j) for every scratch row r of
@@ -212,7 +212,7 @@ inline void walk_key_streams(const head_rows<T>* groups, index_t n_groups, row_m
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class K>     // storage type of the keys whose compute type is T
-inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index_t n_groups,
+inline void dot_scores(const T* qs, index_t d, const kv_group<K>* groups, index_t n_groups,
                        row_map krows, index_t nk, bool keys_outer, T* s, index_t lds) {
   static_assert(kKeyStreams == 4, "dot4_rows reads one key of each run");
   walk_key_streams(
@@ -241,7 +241,7 @@ inline void dot_scores(const T* qs, index_t d, const head_rows<K>* groups, index
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T
-inline void dot_values(const T* p, index_t ldp, const head_rows<Vs>* groups, index_t n_groups,
+inline void dot_values(const T* p, index_t ldp, const kv_group<Vs>* groups, index_t n_groups,
                        row_map vrows, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
   static_assert(kKeyStreams == 4, "axpy4_rows reads one value of each run");
   constexpr index_t N = kRowBlock<Arch>;
@@ -285,7 +285,7 @@ inline void block_scores(const T* qs, index_t rows, index_t d, const K* k0, row_
                          index_t nk, T* s, index_t lds, T* kt) {
   constexpr index_t W = ssmax::detail::simd<Arch, T>::width;
   if (rows <= kDotMaxRows) {
-    const head_rows<K> all{0, rows, k0};
+    const kv_group<K> all{0, rows, k0};
     dot_scores<Arch>(qs, d, &all, 1, krows, nk, false, s, lds);
     return;
   }
@@ -305,7 +305,7 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
 inline void block_values(const T* p, index_t ldp, index_t rows, const Vs* v0, row_map vrows,
                          index_t nk, index_t d, index_t dp, T* o, T* vp) {
   if (rows <= kDotMaxRows) {
-    const head_rows<Vs> all{0, rows, v0};
+    const kv_group<Vs> all{0, rows, v0};
     dot_values<Arch>(p, ldp, &all, 1, vrows, nk, d, false, o, dp);
     return;
   }

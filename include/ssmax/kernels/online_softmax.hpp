@@ -98,11 +98,12 @@ inline void online_row_nonfinite(T* s, index_t nk, row_state<double>& state, T* 
   for (index_t j = 0; j < nk; ++j) s[j] = s[j] == inf ? T(1) : T(0);
 }
 
-/// Writes one finished row: out = o / sum (zeros when the state is empty; o itself when
+/// Writes one finished row, query row i of head h of batch entry b (row_index's order):
+/// out = o / sum (zeros when the state is empty; o itself when
 /// `normalised`, as recompute_normalised leaves it), lse (in T). The one rounding to a
 /// 16-bit out happens here: o / sum in T, then to nearest even.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
-inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, index_t i, index_t h,
+inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, index_t h, index_t i,
                        const T* o, const row_state<double>& state, bool normalised = false) {
   using O = typename S::out;
   O* dst = p.out.row(b, i, h);
@@ -151,15 +152,16 @@ inline void recompute_normalised(const attention_problem<T, Policy, S>& p, const
   index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
   for (index_t kb = row.begin; kb < row.end; kb += kKeyBlock) {
     const index_t nk = std::min(kKeyBlock, row.end - kb);
-    const row_map rows{p.k.stride_s, p.block_rows(b, kb, nk, offsets)};
+    const index_t* at = p.block_rows(b, kb, nk, offsets);
+    const row_map krows{p.k.stride_s, at}, vrows{p.v.stride_s, at};
     recompute_row_logits<Arch>(s, kb, nk, row, transforms ? &logit : nullptr, p.q.row(b, i, h),
-                               p.k_row(b, kb, g), rows, d, factor);
+                               p.k_row(b, kb, g), krows, d, factor);
     const auto* v0 = p.v_row(b, kb, g);
     for (index_t j = 0; j < nk; ++j) {
       const double z = static_cast<double>(s[j]);  // -inf: weight 0 (0 v, as P V has it)
       const double e = state.max == inf ? (z == inf ? 1.0 : 0.0) : std::exp(z - state.max);
       const T w = static_cast<T>(e / state.sum);
-      const auto* vj = v0 + rows(j);
+      const auto* vj = v0 + vrows(j);
       for (index_t c = 0; c < d; ++c) o[c] += w * to_compute(vj[c]);
     }
   }

@@ -18,9 +18,11 @@
 
 namespace ssmax::kernels {
 
-/// Scratch rows of a decode task of the fused kernel (its at most kDotMaxRows query rows
-/// times the heads of a group) and query rows per task of the fused backward.
-inline constexpr index_t kFusedQueryBlock = 64;
+/// Scratch rows of a decode task of the fused kernel: its at most kDotMaxRows query rows
+/// times the heads it takes together (whole GQA groups where they fit).
+inline constexpr index_t kDecodeScratchRows = 64;
+/// Query rows per task of the fused backward.
+inline constexpr index_t kBackwardQueryBlock = 64;
 /// Query rows per prefill task of the fused kernel (more than kDotMaxRows rows, one head):
 /// each packed K^T / V block read from L2 serves 128 query rows (measured against 64:
 /// docs/performance.md, "Constants and the measurements behind them").
@@ -62,16 +64,17 @@ struct kv_pages {
 };
 
 /// Where one kv head's key (or value) rows of a sequence live, from some key on: row j at
-/// base + rows(j), strided, or through a paged cache's table (attention_problem::block_rows
+/// base + offset_of(j), strided, or through a paged cache's table (attention_problem::block_rows
 /// gives the offsets).
 template <class K>  // storage type of the keys or values
 struct key_rows {
   const K* base = nullptr;
-  detail::row_map rows;
+  detail::row_map offset_of;
   /// The same rows from row j0 on.
   key_rows from(index_t j0) const {
-    if (rows.offsets != nullptr) return {base, detail::row_map{rows.stride, rows.offsets + j0}};
-    return {base + j0 * rows.stride, detail::row_map{rows.stride}};
+    const detail::row_map& at = offset_of;
+    if (at.offsets != nullptr) return {base, detail::row_map{at.stride, at.offsets + j0}};
+    return {base + j0 * at.stride, detail::row_map{at.stride}};
   }
 };
 

@@ -32,12 +32,8 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type
           class S>     // storage_set (plan.hpp)
 inline constexpr bool bf16_weights_path =
-#ifdef SSMAX_HAVE_AVX512BF16
-    std::is_same<T, float>::value&& std::is_same<typename S::kv, Eigen::bfloat16>::value&&
-        ssmax::detail::simd<Arch, float>::width == 16;
-#else
-    false;
-#endif
+    kHaveAvx512Bf16&& std::is_same<T, float>::value&& std::is_same<
+        typename S::kv, Eigen::bfloat16>::value&& ssmax::detail::simd<Arch, float>::width == 16;
 
 /// True when the fused prefill of a problem of compute type T and storage S on Arch takes
 /// the bf16 score GEMM (see the top of the file): bf16_weights_path's conditions and bf16 q.
@@ -53,7 +49,6 @@ inline index_t kt_pairs(index_t d) { return (d + 1) / 2; }
 /// plus one 64-byte line so that the rows (1 KiB apart otherwise) do not alias in the cache.
 inline constexpr index_t kBf16KtStride = 2 * kKeyBlock + 32;
 
-#ifdef SSMAX_HAVE_AVX512BF16
 /// Packs query rows q0.. q0 + rows of head h (batch b) of p as bf16 pairs into qp (rows
 /// kt_pairs(d) words apart) and their row factors into f.
 template <class P>  // attention_problem with bf16 q
@@ -65,6 +60,5 @@ inline void pack_task_q_bf16(const P& p, index_t b, index_t h, index_t q0, index
     f[r] = static_cast<float>(query_factor(p, info[r], h));
   }
 }
-#endif
 
 }  // namespace ssmax::kernels::detail
