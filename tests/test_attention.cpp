@@ -6,11 +6,10 @@
 
 #include <gtest/gtest.h>
 
-#include <memory>
-
 #include <ssmax/attention.hpp>
 #include <ssmax/reference/attention.hpp>
 
+#include "support/attention_cases.hpp"
 #include "support/attention_check.hpp"
 
 namespace {
@@ -35,37 +34,23 @@ void expect_same(T a, T b, index_t n, const std::string& what) {
     ASSERT_EQ(a, b) << what;
 }
 
-/// A mask kind with the data it points to (lengths, offsets, boolean entries).
-struct mask_case {
-  std::string name;
-  attention_mask mask;
-  bool packed = false;  ///< the data must be [1, total, H, d]
-};
-
-/// The length policies of the issue, with parameters small enough that m varies over the
-/// positions of these small tests (Qwen's L_train, Llama 4's floor_scale).
-template <class F>  // callable as f(name, policy)
-void for_each_policy(index_t heads, F&& f) {
-  f("softmax", softmax_policy{});
-  f("ssmax", ssmax_policy(0.43));
-  std::vector<double> s(static_cast<size_t>(heads)), b(static_cast<size_t>(heads));
-  for (index_t h = 0; h < heads; ++h)
-    s[static_cast<size_t>(h)] = 0.3 + 0.1 * h, b[static_cast<size_t>(h)] = 0.2 * h;
-  f("ssmax-bias-per-head", ssmax_policy(s, b));
-  f("ssmax-fixed-n", ssmax_policy(0.5, 0.0, 4096));
-  // As trained: b < 0 (m < 0 on short rows, m = b at n = 1) and one head with s < 0.
-  std::vector<double> s_trained(static_cast<size_t>(heads)), b_trained(s_trained.size());
-  for (index_t h = 0; h < heads; ++h)
-    s_trained[static_cast<size_t>(h)] = 0.35 - 0.15 * h,
-    b_trained[static_cast<size_t>(h)] = -1.0 + 0.2 * h;
-  f("ssmax-trained-negative", ssmax_policy(s_trained, b_trained));
-  qwen_logn_policy qwen;
-  qwen.train_length = 8;
-  f("qwen", qwen);
-  llama4_temperature_policy llama;
-  llama.floor_scale = 4;
-  llama.attn_scale = 0.5;
-  f("llama4", llama);
+/// Runs one path with one thread and with each of `counts`: the same out, lse and weights
+/// bit for bit. Returns the one-thread run.
+template <class Arch, class T, class Policy>
+attention_run<T> expect_same_bits_for_thread_counts(const attention_data<T>& data,
+                                                    attention_options<Policy> o,
+                                                    attention_path path,
+                                                    std::initializer_list<int> counts) {
+  o.threads = 1;
+  auto one = run_attention<Arch>(data, o, path);
+  for (int t : counts) {
+    o.threads = t;
+    const auto many = run_attention<Arch>(data, o, path);
+    EXPECT_EQ(one.out, many.out) << "threads " << t;
+    EXPECT_EQ(one.lse, many.lse) << "threads " << t;
+    EXPECT_EQ(one.weights, many.weights) << "threads " << t;
+  }
+  return one;
 }
 
 TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
@@ -74,36 +59,14 @@ TYPED_TEST(AttentionTest, EveryMaskTimesEveryPolicyTimesGqa) {
   const index_t B = 2, n_q = 13, n_k = 29, H = 4;
   const index_t dims[] = {1, 3, 8, 17, 64, 65};
 
-  const index_t lengths[] = {17, 0};  // batch 1 is all padding: rows with no key
-  const index_t lengths_full[] = {29, 11};
-  const index_t cu_q[] = {0, 4, 4, 13};  // three packed sequences, one with no query
-  const index_t cu_k[] = {0, 10, 15, 29};
-  std::mt19937 gen(7);
-  std::unique_ptr<bool[]> allowed(new bool[static_cast<size_t>(B * H * n_q * n_k)]);
-  for (index_t e = 0; e < B * H * n_q * n_k; ++e) allowed[static_cast<size_t>(e)] = gen() % 3 != 0;
-  for (index_t j = 0; j < n_k; ++j) allowed[static_cast<size_t>(5 * n_k + j)] = false;  // empty row
-
-  std::vector<mask_case> masks;
-  masks.push_back({"none", attention_mask::none()});
-  masks.push_back({"causal", attention_mask::causal_mask()});
-  masks.push_back({"causal-offset5", attention_mask::causal_mask(5)});
-  masks.push_back({"window4", attention_mask::sliding_window(4)});
-  masks.push_back({"padding", attention_mask::key_padding(lengths)});
-  attention_mask causal_padded = attention_mask::causal_mask(0);
-  causal_padded.key_lengths = lengths_full;
-  masks.push_back({"causal-padding", causal_padded});
-  masks.push_back({"varlen", attention_mask::varlen(cu_q, cu_k, 3), true});
-  masks.push_back({"varlen-causal", attention_mask::varlen(cu_q, cu_k, 3, true), true});
-  masks.push_back(
-      {"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)});
-  masks.push_back({"n-override", attention_mask::causal_mask().with_n(100)});
+  const mask_cases masks({B, n_q, n_k, H});
 
   int which = 0;
   for (const auto& mc : masks)
     for (index_t H_kv : {index_t(4), index_t(2), index_t(1)}) {
-      for_each_policy(H, [&](const char* pname, const auto& policy) {
+      for_each_policy({H, 4, 4096}, [&](const char* pname, const auto& policy) {
         const index_t d = dims[which++ % 6];
-        attention_data<T> data(mc.packed ? 1 : B, n_q, n_k, H, H_kv, d,
+        attention_data<T> data(masks.batch_of(mc), n_q, n_k, H, H_kv, d,
                                static_cast<unsigned>(which));
         attention_options<std::decay_t<decltype(policy)>> o;
         o.policy = policy;
@@ -339,20 +302,10 @@ TYPED_TEST(AttentionTest, ResultsDoNotDependOnTheThreadCount) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
   attention_data<T> prefill(2, 150, 300, 4, 2, 32, 61), decode(1, 2, 9000, 4, 1, 64, 62);
-  attention_options<ssmax_policy> o;
-  o.mask = attention_mask::causal_mask();
+  const auto o = options_for(ssmax_policy{}, attention_mask::causal_mask());
   for (const auto* data : {&prefill, &decode})
-    for (auto path : {attention_path::fused, attention_path::materialised}) {
-      o.threads = 1;
-      const auto one = run_attention<Arch>(*data, o, path);
-      for (int t : {2, 3, 0}) {
-        o.threads = t;
-        const auto many = run_attention<Arch>(*data, o, path);
-        ASSERT_EQ(one.out, many.out) << "threads " << t;
-        ASSERT_EQ(one.lse, many.lse) << "threads " << t;
-        ASSERT_EQ(one.weights, many.weights) << "threads " << t;
-      }
-    }
+    for (auto path : {attention_path::fused, attention_path::materialised})
+      expect_same_bits_for_thread_counts<Arch>(*data, o, path, {2, 3, 0});
 }
 
 // Policies as trained: m < 0 on long rows (s < 0: split decode chunks, the GEMM path) and
@@ -362,19 +315,12 @@ TYPED_TEST(AttentionTest, NegativeMultipliersOnLongAndShortRows) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
   attention_data<T> prefill(1, 70, 300, 2, 1, 32, 71), decode(1, 2, 5000, 4, 2, 64, 72);
-  attention_options<ssmax_policy> o;
-  o.mask = attention_mask::causal_mask();
   for (const auto& [data, policy] :
        {std::pair{&prefill, ssmax_policy(0.3, -1.5)}, {&decode, ssmax_policy(-0.2, 0.5)}})
     for (auto path : {attention_path::fused, attention_path::materialised}) {
-      o.policy = policy;
-      o.threads = 1;
-      const auto one = run_attention<Arch>(*data, o, path);
+      const auto o = options_for(policy, attention_mask::causal_mask());
+      const auto one = expect_same_bits_for_thread_counts<Arch>(*data, o, path, {3});
       expect_matches_reference(*data, o, one, "negative m");
-      o.threads = 3;
-      const auto many = run_attention<Arch>(*data, o, path);
-      ASSERT_EQ(one.out, many.out);
-      ASSERT_EQ(one.lse, many.lse);
     }
 }
 

@@ -19,7 +19,6 @@
 
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <random>
 #include <ssmax/attention.hpp>
 #include <ssmax/attention_backward.hpp>
@@ -29,83 +28,16 @@
 #include <vector>
 
 #include "support/architectures.hpp"
+#include "support/attention_cases.hpp"
 #include "support/expect_error.hpp"
 
 namespace ssmax::testing {
 namespace {
 
-/// A mask kind with the shapes it needs.
-struct mask_case {
-  std::string name;
-  attention_mask mask;
-  index_t batch, n_q, n_k;
-};
-
-/// The masks of the issue on small shapes; the pointed-to data lives in static arrays.
-std::vector<mask_case> mask_cases() {
-  static const index_t lengths[] = {6, 3};
-  static const index_t cu_q[] = {0, 2, 6};
-  static const index_t cu_k[] = {0, 3, 8};
-  static bool allowed[4 * 6];
-  for (index_t e = 0; e < 24; ++e) allowed[e] = (e * 7) % 3 != 0;
-  for (index_t j = 0; j < 6; ++j) allowed[2 * 6 + j] = false;  // row 2 sees nothing
-  std::vector<mask_case> m;
-  m.push_back({"none", attention_mask::none(), 2, 4, 6});
-  m.push_back({"causal", attention_mask::causal_mask(), 2, 4, 6});
-  m.push_back({"window2", attention_mask::sliding_window(2), 2, 4, 6});
-  m.push_back({"padding", attention_mask::key_padding(lengths), 2, 4, 6});
-  m.push_back({"varlen-causal", attention_mask::varlen(cu_q, cu_k, 2, true), 1, 6, 8});
-  m.push_back({"boolean", attention_mask::boolean(allowed, 6), 2, 4, 6});
-  m.push_back({"n-override", attention_mask::causal_mask().with_n(16), 2, 4, 6});
-  return m;
-}
-
-/// Policies: with and without learnable parameters (per-head s and b), fixed n, and the
-/// position-dependent peers.
-template <class F>  // callable as f(name, policy, learnable)
-void for_each_policy(F&& f) {
-  static const std::vector<double> s = {0.43, 0.7}, b = {0.0, 0.3};
-  static const std::vector<double> s_trained = {0.43, -0.2}, b_trained = {-1.0, -0.3};
-  f("softmax", softmax_policy{}, false);
-  f("ssmax-per-head", ssmax_policy(s, b), true);
-  f("ssmax-trained-negative", ssmax_policy(s_trained, b_trained), true);  // m < 0 rows
-  f("ssmax-fixed-n", ssmax_policy(s, b, 32), true);
-  qwen_logn_policy qwen;
-  qwen.train_length = 2;
-  f("qwen", qwen, false);
-  // Small step lengths, so that the multiplier changes within these short sequences.
-  f("llama4", llama4_temperature_policy{2, 0.5}, false);
-  f("mistral", mistral_policy{2, 0.5}, false);
-}
-
-/// Inputs of one problem in double, [B, S, H, d] contiguous.
-struct problem {
-  index_t B, n_q, n_k, H, H_kv, d;
-  std::vector<double> q, k, v, dout;
-
-  problem(index_t batch, index_t nq, index_t nk, index_t heads, index_t kv_heads, index_t dim,
-          unsigned seed)
-      : B(batch), n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<double> dist(0.0, 1.0);
-    auto fill = [&](std::vector<double>& x, index_t count) {
-      x.resize(static_cast<size_t>(count));
-      for (auto& e : x) e = dist(rng);
-    };
-    fill(q, B * n_q * H * d);
-    fill(k, B * n_k * H_kv * d);
-    fill(v, B * n_k * H_kv * d);
-    fill(dout, B * n_q * H * d);
-  }
-  template <class T>
-  tensor_view<const T> qv(const std::vector<T>& x) const {
-    return bshd_view(x.data(), B, n_q, H, d);
-  }
-  template <class T>
-  tensor_view<const T> kv(const std::vector<T>& x) const {
-    return bshd_view(x.data(), B, n_k, H_kv, d);
-  }
-};
+/// The mask cases' shape: 2 batch entries, 4 queries, 6 keys, 2 heads.
+constexpr case_shape kMaskShape{2, 4, 6, 2};
+/// Policy steps of 2, so that the multiplier changes within these short rows.
+constexpr policy_sizes kPolicySizes{2, 2, 32};
 
 double max_abs(const std::vector<double>& x) {
   double m = 0.0;
@@ -115,7 +47,8 @@ double max_abs(const std::vector<double>& x) {
 
 /// L = sum dout . out with the reference forward.
 template <class Policy>
-double loss(const problem& pr, const Policy& policy, const attention_mask& mask, double scale) {
+double loss(const random_problem& pr, const Policy& policy, const attention_mask& mask,
+            double scale) {
   const auto r = reference::attention(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v), policy, mask, scale);
   reference::compensated_sum L;
   for (size_t e = 0; e < r.out.size(); ++e) L.add(r.out[e] * pr.dout[e]);
@@ -142,7 +75,7 @@ struct fd_bound {
 };
 
 template <class Policy>
-void check_by_differences(problem pr, const Policy& policy, std::vector<double>* s_values,
+void check_by_differences(random_problem pr, const Policy& policy, std::vector<double>* s_values,
                           std::vector<double>* b_values, const attention_mask& mask,
                           const std::string& what) {
   const double eps = std::numeric_limits<double>::epsilon();
@@ -192,33 +125,22 @@ void check_by_differences(problem pr, const Policy& policy, std::vector<double>*
 }
 
 TEST(AttentionBackwardReference, MatchesFiniteDifferencesForEveryMaskAndPolicy) {
-  for (const auto& mc : mask_cases()) {
-    const problem pr(mc.batch, mc.n_q, mc.n_k, 2, 1, 3, 11);
-    check_by_differences(pr, softmax_policy{}, nullptr, nullptr, mc.mask, mc.name + "/softmax");
-    // Views (per_head::view), not copies: the differences move s and b in place.
-    std::vector<double> s = {0.43, 0.7}, b = {0.0, 0.3};
-    const per_head s_view = per_head::view(s.data(), 2), b_view = per_head::view(b.data(), 2);
-    check_by_differences(pr, ssmax_policy(s_view, b_view), &s, &b, mc.mask, mc.name + "/ssmax");
-    check_by_differences(pr, ssmax_policy(s_view, b_view, 32), &s, &b, mc.mask,
-                         mc.name + "/ssmax-fixed");
-    // As trained: b < 0 and one s < 0, so m < 0 on short rows (n = 1: m = b).
-    s = {0.43, -0.2}, b = {-1.0, -0.3};
-    check_by_differences(pr, ssmax_policy(s_view, b_view), &s, &b, mc.mask,
-                         mc.name + "/ssmax-negative");
-    qwen_logn_policy qwen;
-    qwen.train_length = 2;
-    check_by_differences(pr, qwen, nullptr, nullptr, mc.mask, mc.name + "/qwen");
-    check_by_differences(pr, llama4_temperature_policy{2, 0.5}, nullptr, nullptr, mc.mask,
-                         mc.name + "/llama4");
-    check_by_differences(pr, mistral_policy{2, 0.5}, nullptr, nullptr, mc.mask,
-                         mc.name + "/mistral");
+  const mask_cases masks(kMaskShape);
+  for (const auto& mc : masks) {
+    const random_problem pr(masks.batch_of(mc), kMaskShape.n_q, kMaskShape.n_k, 2, 1, 3, 11);
+    // The per-head policies view their s and b: the differences move them in place.
+    for_each_policy_with_parameters(
+        kPolicySizes, [&](const char* name, const auto& policy, ssmax_parameters* p) {
+          check_by_differences(pr, policy, p ? &p->s : nullptr, p ? &p->b : nullptr, mc.mask,
+                               mc.name + "/" + name);
+        });
   }
 }
 
 TEST(AttentionBackwardReference, SsmaxGradientIsLogNTimesRowGradient) {
   // ds_h = sum over rows of log(n_row) dL/dm_row with n the visible count (causal: p + 1),
   // or fixed_length when the policy sets one.
-  const problem pr(1, 5, 5, 2, 2, 4, 5);
+  const random_problem pr(1, 5, 5, 2, 2, 4, 5);
   const std::vector<double> s = {0.43, 0.7};
   for (index_t fixed : {index_t(0), index_t(64)}) {
     const ssmax_policy policy(s, 0.0, fixed);
@@ -250,7 +172,7 @@ struct magnitudes {
 };
 
 template <class Policy>
-magnitudes magnitudes_of(const problem& pr, const Policy& policy, const attention_mask& mask,
+magnitudes magnitudes_of(const random_problem& pr, const Policy& policy, const attention_mask& mask,
                          double scale) {
   magnitudes g;
   g.dq.assign(pr.q.size(), 0.0);
@@ -260,45 +182,36 @@ magnitudes magnitudes_of(const problem& pr, const Policy& policy, const attentio
   const auto fwd = reference::attention(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v), policy, mask, scale);
   const index_t group = pr.H / pr.H_kv, d = pr.d;
   auto Q = pr.qv(pr.q), K = pr.kv(pr.k), V = pr.kv(pr.v), G = pr.qv(pr.dout);
-  for (index_t s = 0; s < sequence_count(mask, pr.B); ++s) {
-    const sequence_span seq = sequence_of(mask, s, pr.n_q, pr.n_k);
-    const index_t b = seq.tensor_batch;
-    for (index_t h = 0; h < pr.H; ++h)
-      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
-        const row_keys row = visible_keys(mask, seq, h, i);
-        if (row.visible == 0) continue;
-        g.n = std::max(g.n, row.n);
-        const double m = std::abs(policy.multiplier({row.n, row.position, h}));  // m < 0 too
-        const index_t gk = h / group, at = (b * pr.H + h) * pr.n_q + i;
-        double D = 0.0, zr = 0.0;
-        for (index_t c = 0; c < d; ++c)
-          D += std::abs(G(b, i, h, c) * fwd.out[((b * pr.n_q + i) * pr.H + h) * d + c]);
-        for (index_t j = 0; j < pr.n_k; ++j) {
-          double z = 0.0;
-          for (index_t c = 0; c < d; ++c) z += std::abs(Q(b, i, h, c) * K(b, j, gk, c));
-          g.Z = std::max(g.Z, m * scale * z);
-          zr = std::max(zr, scale * z);
-        }
-        const auto lg = gradient_of(policy, {row.n, row.position, h}, 1.0);
-        for (index_t j = 0; j < pr.n_k; ++j) {
-          const double a = fwd.weights[static_cast<size_t>(at * pr.n_k + j)];
-          if (a == 0.0) continue;
-          double u = 0.0;
-          for (index_t c = 0; c < d; ++c) u += std::abs(G(b, i, h, c) * V(b, j, gk, c));
-          const double dy = a * (u + D);
-          for (index_t c = 0; c < d; ++c) {
-            g.dq[((b * pr.n_q + i) * pr.H + h) * d + c] +=
-                m * scale * dy * std::abs(K(b, j, gk, c));
-            g.dk[((b * pr.n_k + j) * pr.H_kv + gk) * d + c] +=
-                m * scale * dy * std::abs(Q(b, i, h, c));
-            g.dv[((b * pr.n_k + j) * pr.H_kv + gk) * d + c] += a * std::abs(G(b, i, h, c));
-          }
-          g.dm[at] += 2.0 * zr * dy;
-          g.ds_h[h] += std::abs(lg.s) * 2.0 * zr * dy;
-          g.db_h[h] += std::abs(lg.b) * 2.0 * zr * dy;
-        }
+  for_each_visible_row(mask, pr, [&](index_t b, index_t h, index_t i, const row_keys& row) {
+    g.n = std::max(g.n, row.n);
+    const double m = std::abs(policy.multiplier({row.n, row.position, h}));  // m < 0 too
+    const index_t gk = h / group, at = (b * pr.H + h) * pr.n_q + i;
+    double D = 0.0, zr = 0.0;
+    for (index_t c = 0; c < d; ++c)
+      D += std::abs(G(b, i, h, c) * fwd.out[((b * pr.n_q + i) * pr.H + h) * d + c]);
+    for (index_t j = 0; j < pr.n_k; ++j) {
+      double z = 0.0;
+      for (index_t c = 0; c < d; ++c) z += std::abs(Q(b, i, h, c) * K(b, j, gk, c));
+      g.Z = std::max(g.Z, m * scale * z);
+      zr = std::max(zr, scale * z);
+    }
+    const auto lg = gradient_of(policy, {row.n, row.position, h}, 1.0);
+    for (index_t j = 0; j < pr.n_k; ++j) {
+      const double a = fwd.weights[static_cast<size_t>(at * pr.n_k + j)];
+      if (a == 0.0) continue;
+      double u = 0.0;
+      for (index_t c = 0; c < d; ++c) u += std::abs(G(b, i, h, c) * V(b, j, gk, c));
+      const double dy = a * (u + D);
+      for (index_t c = 0; c < d; ++c) {
+        g.dq[((b * pr.n_q + i) * pr.H + h) * d + c] += m * scale * dy * std::abs(K(b, j, gk, c));
+        g.dk[((b * pr.n_k + j) * pr.H_kv + gk) * d + c] += m * scale * dy * std::abs(Q(b, i, h, c));
+        g.dv[((b * pr.n_k + j) * pr.H_kv + gk) * d + c] += a * std::abs(G(b, i, h, c));
       }
-  }
+      g.dm[at] += 2.0 * zr * dy;
+      g.ds_h[h] += std::abs(lg.s) * 2.0 * zr * dy;
+      g.db_h[h] += std::abs(lg.b) * 2.0 * zr * dy;
+    }
+  });
   return g;
 }
 
@@ -318,7 +231,7 @@ class AttentionBackwardKernel : public kernel_test<Config> {
   /// Runs one path on the reference forward's out and lse (rounded to T), so that the
   /// backward is tested on its own.
   template <class Policy>
-  outputs run(const problem& pr, const Policy& policy, const attention_mask& mask,
+  outputs run(const random_problem& pr, const Policy& policy, const attention_mask& mask,
               attention_path path, int threads) {
     const double scale = 1.0 / std::sqrt(static_cast<double>(pr.d));
     const auto fwd =
@@ -347,7 +260,7 @@ class AttentionBackwardKernel : public kernel_test<Config> {
   }
 
   template <class Policy>
-  void check(const problem& pr, const Policy& policy, const attention_mask& mask,
+  void check(const random_problem& pr, const Policy& policy, const attention_mask& mask,
              const std::string& what) {
     const double scale = 1.0 / std::sqrt(static_cast<double>(pr.d));
     const auto r = reference::attention_backward(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v),
@@ -386,10 +299,11 @@ class AttentionBackwardKernel : public kernel_test<Config> {
 TYPED_TEST_SUITE(AttentionBackwardKernel, kernel_configs, config_name);
 
 TYPED_TEST(AttentionBackwardKernel, EveryMaskTimesEveryPolicyBothPaths) {
-  for (const auto& mc : mask_cases())
-    for_each_policy([&](const char* name, const auto& policy, bool) {
+  const mask_cases masks(kMaskShape);
+  for (const auto& mc : masks)
+    for_each_policy(kPolicySizes, [&](const char* name, const auto& policy) {
       for (index_t d : {3, 16}) {
-        const problem pr(mc.batch, mc.n_q, mc.n_k, 2, 1, d, 21);
+        const random_problem pr(masks.batch_of(mc), kMaskShape.n_q, kMaskShape.n_k, 2, 1, d, 21);
         this->check(pr, policy, mc.mask, mc.name + "/" + name + "/d" + std::to_string(d));
       }
     });
@@ -397,7 +311,7 @@ TYPED_TEST(AttentionBackwardKernel, EveryMaskTimesEveryPolicyBothPaths) {
 
 TYPED_TEST(AttentionBackwardKernel, LongerRowsCrossKeyBlocks) {
   // More keys than kernels::kKeyBlock and more queries than a query block; causal SSMax.
-  const problem pr(1, 70, 600, 2, 1, 8, 3);
+  const random_problem pr(1, 70, 600, 2, 1, 8, 3);
   this->check(pr, ssmax_policy(0.43, 0.1), attention_mask::causal_mask(), "long causal");
   this->check(pr, softmax_policy{}, attention_mask::sliding_window(300), "long window");
 }
@@ -405,14 +319,14 @@ TYPED_TEST(AttentionBackwardKernel, LongerRowsCrossKeyBlocks) {
 TYPED_TEST(AttentionBackwardKernel, TinyMultipliersKeepDlDmAccurate) {
   // The fused path's dL/dm = sum_j (z_j - z_0) dy_j with z_0 = (lse - log n) / m; a shift of
   // lse / m would sit log(n) / m (1e7 here) away from every logit and lose dL/dm to rounding.
-  const problem pr(1, 24, 24, 2, 1, 8, 9);
+  const random_problem pr(1, 24, 24, 2, 1, 8, 9);
   this->check(pr, ssmax_policy(1e-7, 0.0), attention_mask::causal_mask(), "m = 1e-7 log n");
   this->check(pr, ssmax_policy(1e-4, 0.0), attention_mask::none(), "m = 1e-4 log n");
 }
 
 TYPED_TEST(AttentionBackwardKernel, FusedEqualsMaterialisedAndThreadsDoNotMatter) {
   using Element = typename TestFixture::T;
-  const problem pr(2, 40, 300, 4, 2, 8, 9);
+  const random_problem pr(2, 40, 300, 4, 2, 8, 9);
   const ssmax_policy policy(0.5, 0.2);
   const auto mask = attention_mask::causal_mask();
   const auto f1 = this->run(pr, policy, mask, attention_path::fused, 1);
@@ -447,7 +361,7 @@ TYPED_TEST(AttentionBackwardKernel, FusedEqualsMaterialisedAndThreadsDoNotMatter
 TEST(AttentionBackwardApi, ChainsWithTheForwardOperator) {
   // The forward's own out and lse (float) feed the fused backward; the result is within the
   // float bound of the reference.
-  const problem pr(2, 9, 13, 2, 1, 8, 4);
+  const random_problem pr(2, 9, 13, 2, 1, 8, 4);
   std::vector<float> q(pr.q.begin(), pr.q.end()), k(pr.k.begin(), pr.k.end()),
       v(pr.v.begin(), pr.v.end()), dout(pr.dout.begin(), pr.dout.end());
   std::vector<float> out(q.size()), lse(static_cast<size_t>(2 * 2 * 9));

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/attention_cases.hpp"
 #include "support/expect_error.hpp"
 #include "support/stored_backward.hpp"
 
@@ -18,46 +19,26 @@ using namespace ssmax;
 using namespace ssmax::testing;
 using ssmax::index_t;
 
-/// The masks of tests/test_attention_backward.cpp on small shapes.
-std::vector<std::tuple<std::string, attention_mask, index_t, index_t, index_t>> masks() {
-  static const index_t lengths[] = {6, 3};
-  static const index_t cu_q[] = {0, 2, 6};
-  static const index_t cu_k[] = {0, 3, 8};
-  static bool allowed[4 * 4 * 6];
-  for (index_t e = 0; e < 96; ++e) allowed[e] = (e * 7) % 3 != 0;
-  for (index_t j = 0; j < 6; ++j) allowed[2 * 6 + j] = false;  // a row that sees nothing
-  return {{"none", attention_mask::none(), 2, 4, 6},
-          {"causal", attention_mask::causal_mask(), 2, 4, 6},
-          {"window2", attention_mask::sliding_window(2), 2, 4, 6},
-          {"padding", attention_mask::key_padding(lengths), 2, 4, 6},
-          {"varlen-causal", attention_mask::varlen(cu_q, cu_k, 2, true), 1, 6, 8},
-          {"boolean", attention_mask::boolean(allowed, 6), 2, 4, 6},
-          {"n-override", attention_mask::causal_mask().with_n(16), 2, 4, 6}};
-}
+/// The mask cases' shape: 2 batch entries, 4 queries, 6 keys, 4 heads (GQA 4:2 below).
+constexpr case_shape kMaskShape{2, 4, 6, 4};
 
-/// Softmax, and SSMax with learnable per-head s and b (as initialised, as trained with
-/// m < 0 on short rows, with a fixed n).
-template <class F>  // callable as f(name, policy)
-void for_each_policy(F&& f) {
-  static const std::vector<double> s = {0.43, 0.7, 0.5, 0.6}, b = {0.0, 0.3, 0.1, 0.2};
-  static const std::vector<double> s_neg = {0.43, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.3, 0, 0.2};
-  f("softmax", softmax_policy{});
-  f("ssmax-per-head", ssmax_policy(s, b));
-  f("ssmax-trained-negative", ssmax_policy(s_neg, b_neg));
-  f("ssmax-fixed-n", ssmax_policy(s, b, 32));
-}
-
+/// Every mask kind x Softmax and SSMax (scalar; learnable per-head s and b as initialised,
+/// as trained with m < 0 on short rows, with a fixed n) x d = 5 and 16.
 template <class Arch, class C>
 void check_masks_and_policies(const std::string& types) {
+  const mask_cases masks(kMaskShape);
   unsigned seed = 1;
-  for (const auto& [name, mask, B, n_q, n_k] : masks())
-    for_each_policy([&](const char* policy_name, const auto& policy) {
-      for (index_t d : {5, 16}) {
-        const stored_backward_data<C> x(B, n_q, n_k, 4, 2, d, ++seed, policy, mask);  // GQA 4:2
-        check_stored_backward<Arch>(
-            x, policy, mask, types + " " + name + "/" + policy_name + "/d" + std::to_string(d));
-      }
-    });
+  for (const auto& mc : masks)
+    for_each_policy<softmax_and_ssmax>(
+        {4, 2, 32}, [&](const char* policy_name, const auto& policy) {
+          for (index_t d : {5, 16}) {
+            const stored_backward_data<C> x(masks.batch_of(mc), kMaskShape.n_q, kMaskShape.n_k, 4,
+                                            2, d, ++seed, policy, mc.mask);
+            check_stored_backward<Arch>(
+                x, policy, mc.mask,
+                types + " " + mc.name + "/" + policy_name + "/d" + std::to_string(d));
+          }
+        });
 }
 
 template <class Arch, class C>
@@ -77,9 +58,7 @@ void check_threads_bitwise() {
   const ssmax_policy policy(0.5, 0.2);
   const auto mask = attention_mask::causal_mask();
   const stored_backward_data<C> x(2, 40, 300, 4, 2, 24, 9, policy, mask);
-  attention_options<ssmax_policy> o;
-  o.policy = policy;
-  o.mask = mask;
+  const auto o = options_for(policy, mask);
   for (auto path : {attention_path::fused, attention_path::materialised}) {
     const auto one = run_stored_backward<Arch>(x, o, path, 1);
     const auto two = run_stored_backward<Arch>(x, o, path, 2);
@@ -136,9 +115,7 @@ TYPED_TEST(Backward16Widest, Bf16GradientsAreTheFloatGradientsRoundedOnce) {
   const auto mask = attention_mask::causal_mask();
   const stored_backward_data<all_bf16> x(1, 30, 300, 4, 2, 32, 5, policy, mask);
   const stored_backward_data<bf16_float_grads> y(1, 30, 300, 4, 2, 32, 5, policy, mask);
-  attention_options<ssmax_policy> o;
-  o.policy = policy;
-  o.mask = mask;
+  const auto o = options_for(policy, mask);
   for (auto path : {attention_path::fused, attention_path::materialised}) {
     const auto g16 = run_stored_backward<A>(x, o, path, 1);
     const auto g32 = run_stored_backward<A>(y, o, path, 1);

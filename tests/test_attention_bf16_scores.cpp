@@ -31,18 +31,10 @@ using bf16_all = combo<bf16, bf16, bf16>;
 TEST(Bf16Scores, EveryMaskPolicyAndLogitFeature) {
   SKIP_WITHOUT_BF16_SCORES();
   const logit_cases cases(40, 300, 5);
-  unsigned seed = 50;
-  for (const auto& mc : cases.masks)
-    for (const char* feature : {"none", "bias", "alibi", "softcap", "sinks", "all"})
-      for_each_signed_policy([&](const char* pname, const ssmax_policy& policy) {
-        const index_t batch = mc.packed ? 1 : logit_cases::B, d = seed % 2 ? 64 : 37;
-        stored_data<bf16_all> data(batch, cases.n_q, cases.n_k, logit_cases::H, 2, d, ++seed);
-        attention_options<ssmax_policy> o;
-        o.policy = policy;
-        o.mask = mc.mask;
-        cases.apply(feature, batch, o.logit);
-        check_stored<Arch>(data, o,
-                           mc.name + " x " + feature + " x " + pname + " d=" + std::to_string(d));
+  check_signed_logit_cases<bf16_all>(
+      cases, {"none", "bias", "alibi", "softcap", "sinks", "all"}, 50,
+      [](const auto& data, const attention_options<ssmax_policy>& o, const std::string& what) {
+        check_stored<Arch>(data, o, what);
       });
 }
 
@@ -81,35 +73,16 @@ TEST(Bf16Scores, OverflowingScoresTakeTheNonFinitePath) {
   // Key 5 is huge: its dot products overflow float, so the rows with q . k_5 > 0 put all
   // their weight on it; the non-finite path recomputes from the stored bf16 values.
   stored_data<bf16_all> data(1, 8, 40, 1, 1, 16, 62);
-  for (index_t c = 0; c < 16; ++c) {
-    data.k[static_cast<size_t>(5 * 16 + c)] = kernels::from_compute<bf16>(3e38f);
-    data.exact.k[static_cast<size_t>(5 * 16 + c)] = kernels::to_compute(data.k[5 * 16 + c]);
-  }
   // q . k_5 = 3e38 sum_c q_c: rows 0-3 all positive (+inf, the overflow), rows 4-7 all
   // negative (-inf: key 5 weighs 0).
-  for (size_t e = 0; e < data.q.size(); ++e) {
-    const float x = std::abs(kernels::to_compute(data.q[e])) * (e < 4 * 16 ? 1.0f : -1.0f);
-    data.q[e] = kernels::from_compute<bf16>(x);
-    data.exact.q[e] = kernels::to_compute(data.q[e]);
-  }
+  make_overflowing_key(data, 5, [](size_t e) { return e < 4 * 16; });
   attention_options<softmax_policy> o;
   o.scale = 1.0;
   const auto bf = run_stored<Arch>(data, o, attention_path::fused);
   const auto mat = run_stored<Arch>(data, o, attention_path::materialised);
-  int overflowing = 0;
-  for (index_t i = 0; i < 8; ++i) {
-    const bool inf_row = std::isinf(mat.lse[static_cast<size_t>(i)]);
-    overflowing += inf_row;
-    EXPECT_EQ(std::isinf(bf.lse[static_cast<size_t>(i)]), inf_row) << "row " << i;
-    for (index_t c = 0; c < 16; ++c) {
-      const float got = bf.out[static_cast<size_t>(i * 16 + c)];
-      const float want = mat.out[static_cast<size_t>(i * 16 + c)];
-      if (inf_row)  // all the weight on key 5: its value, exactly
-        EXPECT_EQ(got, want) << "row " << i;
-      else  // key 5 weighs 0: two roundings of out to bf16 apart at most
-        EXPECT_NEAR(got, want, std::ldexp(std::abs(want), -7) + 1e-6) << "row " << i;
-    }
-  }
+  // Key 5 weighs 0 on the finite rows: two roundings of out to bf16 apart at most.
+  const int overflowing = expect_overflowing_rows_match(
+      bf, mat, 16, [](float want) { return std::ldexp(std::abs(want), -7) + 1e-6; });
   EXPECT_EQ(overflowing, 4);
 }
 

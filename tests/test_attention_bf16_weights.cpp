@@ -57,19 +57,9 @@ void check_bf16_weights(const stored_data<C>& data, attention_options<Policy> o,
 template <class C>  // combo<Q, bf16, O>
 void every_mask_policy_and_feature() {
   const logit_cases cases(40, 301, 7);  // an odd key count: the last pair is half padding
-  unsigned seed = 70;
-  for (const auto& mc : cases.masks)
-    for (const char* feature : {"none", "bias+alibi", "softcap+sinks"})
-      for_each_signed_policy([&](const char* pname, const ssmax_policy& policy) {
-        const index_t batch = mc.packed ? 1 : logit_cases::B, d = seed % 2 ? 64 : 37;
-        stored_data<C> data(batch, cases.n_q, cases.n_k, logit_cases::H, 2, d, ++seed);
-        attention_options<ssmax_policy> o;
-        o.policy = policy;
-        o.mask = mc.mask;
-        cases.apply(feature, batch, o.logit);
-        check_bf16_weights(data, o,
-                           mc.name + " x " + feature + " x " + pname + " d=" + std::to_string(d));
-      });
+  check_signed_logit_cases<C>(cases, {"none", "bias+alibi", "softcap+sinks"}, 70,
+                              [](const auto& data, const attention_options<ssmax_policy>& o,
+                                 const std::string& what) { check_bf16_weights(data, o, what); });
 }
 
 TEST(Bf16Weights, EveryMaskPolicyAndFeatureAllBf16) {
@@ -103,9 +93,7 @@ TEST(Bf16Weights, ThePermissionChangesTheFusedResultsOnly) {
   using C = combo<bf16, bf16, f32>;
   SKIP_WITHOUT_BF16_WEIGHTS(C);
   stored_data<C> data(1, 200, 300, 2, 2, 64, 91);
-  attention_options<ssmax_policy> exact;
-  exact.policy = ssmax_policy(0.5);
-  exact.mask = attention_mask::causal_mask();
+  const auto exact = options_for(ssmax_policy(0.5), attention_mask::causal_mask());
   attention_options<ssmax_policy> allowed = exact;
   allowed.allow_bf16_weights = true;
   const auto a = run_stored<Arch>(data, exact, attention_path::fused);
@@ -124,9 +112,7 @@ TEST(Bf16Weights, ResultsDoNotDependOnTheThreadCount) {
   using C = combo<bf16, bf16, bf16>;
   SKIP_WITHOUT_BF16_WEIGHTS(C);
   stored_data<C> data(2, 300, 300, 4, 2, 64, 93);
-  attention_options<ssmax_policy> o;
-  o.policy = ssmax_policy(0.5);
-  o.mask = attention_mask::causal_mask();
+  auto o = options_for(ssmax_policy(0.5), attention_mask::causal_mask());
   o.allow_bf16_weights = true;
   o.threads = 1;
   const auto one = run_stored<Arch>(data, o, attention_path::fused);
@@ -142,15 +128,7 @@ TEST(Bf16Weights, OverflowingScoresTakeTheNonFinitePath) {
   // Key 5 is huge: the rows whose dot product with it overflows to +inf put all their
   // weight on it (a weight of 1, exact in bf16), the others give it 0.
   stored_data<C> data(1, 70, 80, 1, 1, 16, 95);
-  for (index_t c = 0; c < 16; ++c) {
-    data.k[static_cast<size_t>(5 * 16 + c)] = kernels::from_compute<bf16>(3e38f);
-    data.exact.k[static_cast<size_t>(5 * 16 + c)] = kernels::to_compute(data.k[5 * 16 + c]);
-  }
-  for (size_t e = 0; e < data.q.size(); ++e) {
-    const float x = std::abs(kernels::to_compute(data.q[e])) * (e % 32 < 16 ? 1.0f : -1.0f);
-    data.q[e] = kernels::from_compute<bf16>(x);
-    data.exact.q[e] = kernels::to_compute(data.q[e]);
-  }
+  make_overflowing_key(data, 5, [](size_t e) { return e % 32 < 16; });
   attention_options<softmax_policy> o;
   o.scale = 1.0;
   o.allow_bf16_weights = true;
@@ -158,25 +136,13 @@ TEST(Bf16Weights, OverflowingScoresTakeTheNonFinitePath) {
   const auto mat = run_stored<Arch>(data, o, attention_path::materialised);
   // Rows where key 5 weighs 0: the rounded weights' 2^-8 sum_j a_j |v_j| <= 2^-8 max|v|,
   // plus the float bound eps max|v| (2 (d + 2) Z + n + 64) with n <= 80 and Z <= d = 16
-  // (|q|, |k| <= 1 on the other keys).
+  // (|q|, |k| <= 1 on the other keys); twice that from the materialised (exact-path) row.
   double vmax = 0.0;
   for (double x : data.exact.v) vmax = std::max(vmax, std::abs(x));
   const double eps = std::numeric_limits<float>::epsilon();
   const double finite_bound = kBf16WeightUnit * vmax + 2 * eps * vmax * (2 * 18 * 16 + 80 + 64);
-  int overflowing = 0;
-  for (index_t i = 0; i < 70; ++i) {
-    const bool inf_row = std::isinf(mat.lse[static_cast<size_t>(i)]);
-    overflowing += inf_row;
-    EXPECT_EQ(std::isinf(got.lse[static_cast<size_t>(i)]), inf_row) << "row " << i;
-    for (index_t c = 0; c < 16; ++c) {
-      const float g = got.out[static_cast<size_t>(i * 16 + c)];
-      const float want = mat.out[static_cast<size_t>(i * 16 + c)];
-      if (inf_row)  // all the weight on key 5: its value, exactly
-        EXPECT_EQ(g, want) << "row " << i;
-      else  // key 5 weighs 0: within the bound above of the materialised (exact-path) row
-        EXPECT_NEAR(g, want, 2 * finite_bound) << "row " << i;
-    }
-  }
+  const int overflowing =
+      expect_overflowing_rows_match(got, mat, 16, [&](float) { return 2 * finite_bound; });
   EXPECT_GT(overflowing, 10);
 }
 

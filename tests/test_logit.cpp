@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "support/attention_cases.hpp"
 #include "support/attention_check.hpp"
 
 namespace ssmax::testing {
@@ -31,69 +32,11 @@ TYPED_TEST_SUITE(LogitTest, element_types_here);
 constexpr index_t B = 2, n_q = 9, n_k = 21, H = 4;
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
-/// The inputs every case shares: a bias with some -inf entries (one row hidden entirely),
-/// per-head sinks (one of them -inf), ALiBi slopes.
-struct logit_inputs {
-  std::vector<float> bias, slopes, sinks{0.5f, -1.0f, 2.0f, kNegInf};
-  logit_inputs() : bias(static_cast<size_t>(B * H * n_q * n_k)), slopes(alibi_slopes(H)) {
-    std::mt19937 gen(3);
-    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
-    for (auto& x : bias) x = gen() % 5 == 0 ? kNegInf : u(gen);
-    for (index_t j = 0; j < n_k; ++j) bias[static_cast<size_t>(2 * n_k + j)] = kNegInf;
-  }
-  /// The feature named `which` (or all of them), set on o.
-  void set(const std::string& which, logit_options& o) const {
-    const bool all = which == "all";
-    if (all || which == "bias") o.bias = logit_bias::dense(bias.data(), B, H, n_q, n_k);
-    if (which == "bias-shared") o.bias = logit_bias::shared(bias.data(), B, H, n_q, n_k);
-    if (all || which == "alibi") o.alibi_slopes = slopes.data(), o.alibi_heads = H;
-    if (all || which == "softcap") o.softcap = 1.5;
-    if (all || which == "sinks") o.sinks = sinks.data(), o.sink_heads = H;
-  }
-};
+constexpr case_shape kShape{B, n_q, n_k, H};
 
-template <class F>  // callable as f(name, policy)
-void for_each_policy(F&& f) {
-  static const std::vector<double> s = {0.3, 0.5, 0.7, 0.4}, b = {0.0, 0.3, 0.1, 0.2};
-  static const std::vector<double> s_neg = {0.4, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.2, 0.5, -2.0};
-  f("softmax", softmax_policy{});
-  f("ssmax", ssmax_policy(s, b));
-  f("ssmax-negative", ssmax_policy(s_neg, b_neg));  // m < 0 rows, n = 1 rows
-  llama4_temperature_policy llama;
-  llama.floor_scale = 4;
-  llama.attn_scale = 0.5;
-  f("llama4", llama);
-}
-
-struct named_mask {
-  std::string name;
-  attention_mask mask;
-  bool packed = false;
-};
-
-std::vector<named_mask> masks() {
-  static const index_t lengths[] = {15, 4};
-  static const index_t cu_q[] = {0, 4, 9}, cu_k[] = {0, 10, 21};
-  static const index_t row_n[] = {1, 0, 50, 3, 7, 0, 2, 9, 100, 0, 0, 4, 5, 6, 1, 2, 3, 8};
-  static std::unique_ptr<bool[]> allowed(new bool[static_cast<size_t>(B * H * n_q * n_k)]);
-  for (index_t e = 0; e < B * H * n_q * n_k; ++e) allowed[static_cast<size_t>(e)] = e % 4 != 1;
-  std::vector<named_mask> m;
-  m.push_back({"none", attention_mask::none()});
-  m.push_back({"causal", attention_mask::causal_mask()});
-  m.push_back({"window3", attention_mask::sliding_window(3)});
-  m.push_back({"local2-3", attention_mask::local_window(2, 3)});
-  m.push_back({"local0-0", attention_mask::local_window(0, 0, 0)});
-  attention_mask local_causal = attention_mask::causal_mask();
-  local_causal.local = true, local_causal.window_left = 4;  // AND-ed with causality
-  m.push_back({"local-causal", local_causal});
-  m.push_back({"padding", attention_mask::key_padding(lengths)});
-  m.push_back({"varlen-causal", attention_mask::varlen(cu_q, cu_k, 2, true), true});
-  m.push_back({"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)});
-  attention_mask per_row = attention_mask::causal_mask();
-  per_row.row_n = row_n;
-  m.push_back({"row-n", per_row});
-  return m;
-}
+/// The extras every case shares: a bias with some -inf entries (one row hidden entirely),
+/// ALiBi slopes, per-head sinks (one of them -inf: no sink).
+logit_extras extras() { return logit_extras(kShape, 3, {0.5f, -1.0f, 2.0f, kNegInf}); }
 
 /// Runs both paths with 1 and 3 threads: each against the reference, the two thread counts
 /// bitwise equal.
@@ -114,18 +57,23 @@ void check_case(const attention_data<T>& data, attention_options<Policy> o,
 
 TYPED_TEST(LogitTest, EveryFeatureTimesPolicyTimesMask) {
   using T = TypeParam;
-  const logit_inputs in;
+  const logit_extras in = extras();
+  const mask_cases masks(kShape);
   unsigned seed = 0;
-  for (const auto& mc : masks())
-    for (const char* feature : {"bias", "bias-shared", "alibi", "softcap", "sinks", "all"})
-      for_each_policy([&](const char* pname, const auto& policy) {
-        const std::string f = feature;  // packed tensors take a [1, ...] bias (below)
-        if (mc.packed && (f.rfind("bias", 0) == 0 || f == "all")) return;
-        attention_data<T> data(mc.packed ? 1 : B, n_q, n_k, H, 2, 8, ++seed);
-        attention_options<std::decay_t<decltype(policy)>> o;
-        o.policy = policy;
-        o.mask = mc.mask;
-        in.set(feature, o.logit);
+  // Softmax, SSMax with per-head s and b (m > 0, and m < 0 on some rows) and one
+  // position-dependent peer, crossed with every feature on these mask kinds; the other
+  // kinds take one feature x policy each, in turn.
+  const std::vector<std::string> crossed = {
+      "none",         "causal",  "window",        "local",   "local-zero-width",
+      "local-causal", "padding", "varlen-causal", "boolean", "row-n"};
+  for_each_mask_feature_policy<softmax_kind | ssmax_per_head_kind | ssmax_negative_kind |
+                               llama4_kind>(
+      masks, logit_extras::features(), {H, 4, 32}, crossed,
+      [&](const mask_case& mc, const std::string& feature, const std::string& pname,
+          const auto& policy, ssmax_parameters*) {
+        attention_data<T> data(masks.batch_of(mc), n_q, n_k, H, 2, 8, ++seed);
+        attention_options<std::decay_t<decltype(policy)>> o = options_for(policy, mc.mask);
+        o.logit = in.options(feature, masks.batch_of(mc));  // packed: a [1, ...] bias
         check_case(data, o, mc.name + " x " + feature + " x " + pname);
       });
 }
@@ -133,7 +81,7 @@ TYPED_TEST(LogitTest, EveryFeatureTimesPolicyTimesMask) {
 TYPED_TEST(LogitTest, PackedSequencesTakeAPackedBias) {
   using T = TypeParam;
   static const index_t cu_q[] = {0, 4, 9}, cu_k[] = {0, 10, 21};
-  const logit_inputs in;  // its first H * n_q * n_k entries: a [1, H, total_q, total_k] bias
+  const logit_extras in = extras();  // its first H * n_q * n_k entries: a [1, H, n_q, n_k] bias
   attention_data<T> data(1, n_q, n_k, H, 1, 16, 5);
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::varlen(cu_q, cu_k, 2, true);

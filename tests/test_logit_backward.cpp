@@ -1,5 +1,5 @@
 // The attention backward with the logit's extras (logit.hpp: additive bias, ALiBi,
-// soft-cap, sinks) and local windows:
+// soft-cap, sinks) on every mask kind (support/attention_cases.hpp), SSMax with m < 0 rows:
 // 1. the double reference (reference/attention_backward.hpp) against central finite
 //    differences of the forward reference, for dq, dk, dv, d_sinks, ds_h and db_h (b < 0
 //    included: rows with m < 0);
@@ -28,111 +28,107 @@
 #include <string>
 #include <vector>
 
+#include "support/attention_cases.hpp"
 #include "support/expect_error.hpp"
 
 namespace ssmax::testing {
 namespace {
 
 constexpr index_t B = 2, n_q = 5, n_k = 7, H = 2, H_kv = 1, d = 3;
-const float kNegInf = -std::numeric_limits<float>::infinity();
 
-/// Inputs in double, [B, S, H, d], and the logit's extras (their own float storage).
-struct problem {
-  std::vector<double> q, k, v, dout;
-  std::vector<float> bias, slopes{0.5f, 0.25f}, sinks{0.7f, -0.4f};
-  problem() : bias(static_cast<size_t>(B * H * n_q * n_k)) {
-    std::mt19937 rng(17);
-    std::normal_distribution<double> dist(0.0, 1.0);
-    for (auto* x : {&q, &dout}) {
-      x->resize(static_cast<size_t>(B * n_q * H * d));
-      for (auto& e : *x) e = dist(rng);
-    }
-    for (auto* x : {&k, &v}) {
-      x->resize(static_cast<size_t>(B * n_k * H_kv * d));
-      for (auto& e : *x) e = dist(rng);
-    }
-    for (auto& e : bias) e = rng() % 4 == 0 ? kNegInf : static_cast<float>(dist(rng));
-  }
-  logit_options logit(const std::string& which) const {
-    logit_options o;
-    const bool all = which == "all";
-    if (all || which == "bias") o.bias = logit_bias::dense(bias.data(), B, H, n_q, n_k);
-    if (all || which == "alibi") o.alibi_slopes = slopes.data(), o.alibi_heads = H;
-    if (all || which == "softcap") o.softcap = 1.2;
-    if (all || which == "sinks") o.sinks = sinks.data(), o.sink_heads = H;
-    return o;
-  }
-};
-
-template <class T>
-tensor_view<const T> qview(const std::vector<T>& x) {
-  return bshd_view(x.data(), B, n_q, H, d);
-}
-template <class T>
-tensor_view<const T> kview(const std::vector<T>& x) {
-  return bshd_view(x.data(), B, n_k, H_kv, d);
-}
-
+constexpr case_shape kShape{B, n_q, n_k, H};
 const double kScale = 0.6;
 
+/// The extras: a bias with -inf entries (one row hidden entirely), finite sinks (the
+/// differences move them), a soft-cap of 1.2, and ALiBi slopes steeper than the standard
+/// ones for 2 heads (1/16, 1/256), so that the bias they add moves these short rows.
+logit_extras extras() {
+  logit_extras e(kShape, 17, {0.7f, -0.4f}, 1.2);
+  e.slopes = {0.5f, 0.25f};
+  return e;
+}
+
+/// Inputs for one mask case: packed sequences take one batch entry.
+random_problem problem_for(const mask_case& mc) {
+  return random_problem(mc.packed ? 1 : B, n_q, n_k, H, H_kv, d, 17);
+}
+
+/// Options with the features named in `feature` (packed sequences: a [1, ...] bias).
+template <class Policy>
+attention_options<Policy> options_with_features(const Policy& policy, const mask_case& mc,
+                                                const logit_extras& in,
+                                                const std::string& feature) {
+  attention_options<Policy> o = options_for(policy, mc.mask);
+  o.logit = in.options(feature, mc.packed ? 1 : B);
+  o.scale = kScale;
+  return o;
+}
+
 /// L = sum dout . out by the reference forward.
-double loss(const problem& pr, const ssmax_policy& policy, const attention_mask& mask,
-            const logit_options& logit) {
-  const auto r =
-      reference::attention(qview(pr.q), kview(pr.k), kview(pr.v), policy, mask, kScale, logit);
+template <class Policy>
+double loss(const random_problem& pr, const attention_options<Policy>& o) {
+  const auto r = reference::attention(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v), o.policy, o.mask,
+                                      kScale, o.logit);
   double L = 0.0;
   for (size_t e = 0; e < r.out.size(); ++e) L += r.out[e] * pr.dout[e];
   return L;
 }
 
-std::vector<attention_mask> masks() {
-  static const index_t lengths[] = {7, 3};
-  static bool allowed[H * n_q * n_k];
-  for (index_t e = 0; e < H * n_q * n_k; ++e) allowed[e] = e % 3 != 1;
-  return {attention_mask::causal_mask(), attention_mask::local_window(1, 2),
-          attention_mask::key_padding(lengths),
-          attention_mask::boolean(allowed, n_k, 0, n_q * n_k)};
+/// Calls f(mask case, feature, policy, parameters) for every mask kind x logit feature,
+/// the kinds other than causal, local, padding and a batch-shared boolean mask with one
+/// feature each, in turn; the policy SSMax with per-head s and b, m < 0 on some rows, and
+/// parameters the s and b it views.
+template <class F>
+void for_each_case(F&& f) {
+  const mask_cases masks(kShape);
+  for_each_mask_feature_policy<ssmax_negative_kind>(
+      masks, logit_extras::features(), {H, 2, 32},
+      {"causal", "local", "padding", "boolean-batch-shared"},
+      [&](const mask_case& mc, const std::string& feature, const char*, const auto& policy,
+          ssmax_parameters* parameters) { f(mc, feature, policy, parameters); });
 }
 
 TEST(LogitBackwardReference, MatchesFiniteDifferences) {
   const double eps = std::numeric_limits<double>::epsilon();
-  for (const char* feature : {"bias", "alibi", "softcap", "sinks", "all"})
-    for (const auto& mask : masks()) {
-      problem pr;
-      std::vector<double> s = {0.5, -0.3}, b = {-0.8, 0.4};  // m < 0 on some rows
-      const ssmax_policy policy(per_head::view(s.data(), H), per_head::view(b.data(), H));
-      logit_options logit = pr.logit(feature);
-      std::vector<float> sinks = pr.sinks;  // moved by the differences below
-      if (logit.sinks != nullptr) logit.sinks = sinks.data();
-      const auto r = reference::attention_backward(qview(pr.q), kview(pr.k), kview(pr.v),
-                                                   qview(pr.dout), policy, mask, kScale, logit);
-      const double L0 = std::abs(loss(pr, policy, mask, logit)) + 1.0;
-      auto check = [&](auto& x, double analytic, const std::string& name) {
-        using X = std::remove_reference_t<decltype(x)>;
-        const X x0 = x;
-        auto fd = [&](double h) {
-          x = static_cast<X>(x0 + h);
-          const double up = loss(pr, policy, mask, logit);
-          x = static_cast<X>(x0 - h);
-          const double down = loss(pr, policy, mask, logit);
-          x = x0;
-          return (up - down) / (2.0 * h);
-        };
-        // Float parameters (the sinks) move by exactly representable steps.
-        const double h = std::is_same<X, float>::value ? 1.0 / 256 : 1e-4;
-        const double one = fd(h), two = fd(2 * h);
-        const double tol = 4.0 * std::abs(two - one) / 3.0 + 4.0 * 64.0 * eps * L0 / h;
-        EXPECT_NEAR(analytic, one, tol) << feature << ": " << name;
+  const logit_extras in = extras();
+  for_each_case([&](const mask_case& mc, const std::string& feature, const auto& policy,
+                    ssmax_parameters* p) {
+    random_problem pr = problem_for(mc);
+    auto o = options_with_features(policy, mc, in, feature);
+    std::vector<float> sinks = in.sinks;  // moved by the differences below
+    if (o.logit.sinks != nullptr) o.logit.sinks = sinks.data();
+    const auto r = reference::attention_backward(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v),
+                                                 pr.qv(pr.dout), o.policy, o.mask, kScale, o.logit);
+    const double L0 = std::abs(loss(pr, o)) + 1.0;
+    const std::string what = feature + " x " + mc.name;
+    auto check = [&](auto& x, double analytic, const std::string& name) {
+      using X = std::remove_reference_t<decltype(x)>;
+      const X x0 = x;
+      auto fd = [&](double h) {
+        x = static_cast<X>(x0 + h);
+        const double up = loss(pr, o);
+        x = static_cast<X>(x0 - h);
+        const double down = loss(pr, o);
+        x = x0;
+        return (up - down) / (2.0 * h);
       };
-      for (size_t e = 0; e < pr.q.size(); ++e) check(pr.q[e], r.dq[e], "dq" + std::to_string(e));
-      for (size_t e = 0; e < pr.k.size(); ++e) check(pr.k[e], r.dk[e], "dk" + std::to_string(e));
-      for (size_t e = 0; e < pr.v.size(); ++e) check(pr.v[e], r.dv[e], "dv" + std::to_string(e));
-      for (index_t h = 0; h < H; ++h) {
-        check(s[h], r.policy.s[h], "ds" + std::to_string(h));
-        check(b[h], r.policy.b[h], "db" + std::to_string(h));
-        if (logit.sinks != nullptr) check(sinks[h], r.d_sinks[h], "dsink" + std::to_string(h));
+      // Float parameters (the sinks) move by exactly representable steps.
+      const double h = std::is_same<X, float>::value ? 1.0 / 256 : 1e-4;
+      const double one = fd(h), two = fd(2 * h);
+      const double tol = 4.0 * std::abs(two - one) / 3.0 + 4.0 * 64.0 * eps * L0 / h;
+      EXPECT_NEAR(analytic, one, tol) << what << ": " << name;
+    };
+    for (size_t e = 0; e < pr.q.size(); ++e) check(pr.q[e], r.dq[e], "dq" + std::to_string(e));
+    for (size_t e = 0; e < pr.k.size(); ++e) check(pr.k[e], r.dk[e], "dk" + std::to_string(e));
+    for (size_t e = 0; e < pr.v.size(); ++e) check(pr.v[e], r.dv[e], "dv" + std::to_string(e));
+    for (index_t h = 0; h < H; ++h) {
+      if (p != nullptr) {
+        check(p->s[h], r.policy.s[h], "ds" + std::to_string(h));
+        check(p->b[h], r.policy.b[h], "db" + std::to_string(h));
       }
+      if (o.logit.sinks != nullptr) check(sinks[h], r.d_sinks[h], "dsink" + std::to_string(h));
     }
+  });
 }
 
 /// Runs one kernel path on the reference forward's out and lse (rounded to T).
@@ -143,9 +139,9 @@ struct run_result {
   policy_gradient pg{H};
 };
 
-template <class T>
-run_result<T> run(const problem& pr, const attention_options<ssmax_policy>& o) {
-  const auto fwd = reference::attention(qview(pr.q), kview(pr.k), kview(pr.v), o.policy, o.mask,
+template <class T, class Policy>
+run_result<T> run(const random_problem& pr, const attention_options<Policy>& o) {
+  const auto fwd = reference::attention(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v), o.policy, o.mask,
                                         kScale, o.logit);
   auto to_t = [](const std::vector<double>& x) { return std::vector<T>(x.begin(), x.end()); };
   const auto q = to_t(pr.q), k = to_t(pr.k), v = to_t(pr.v), dout = to_t(pr.dout);
@@ -156,11 +152,11 @@ run_result<T> run(const problem& pr, const attention_options<ssmax_policy>& o) {
   r.dv.assign(v.size(), T(-1));
   r.dm.assign(lse.size(), -1.0);
   r.d_sinks.assign(H, -1.0);
-  attention_gradients<T> g{bshd_view(r.dq.data(), B, n_q, H, d),
-                           bshd_view(r.dk.data(), B, n_k, H_kv, d),
-                           bshd_view(r.dv.data(), B, n_k, H_kv, d), r.dm.data(), &r.pg};
+  attention_gradients<T> g{bshd_view(r.dq.data(), pr.B, n_q, H, d),
+                           bshd_view(r.dk.data(), pr.B, n_k, H_kv, d),
+                           bshd_view(r.dv.data(), pr.B, n_k, H_kv, d), r.dm.data(), &r.pg};
   if (o.logit.sinks != nullptr) g.d_sinks = r.d_sinks.data();
-  attention_backward(qview(q), kview(k), kview(v), qview(out), qview(dout), lse.data(), g, o);
+  attention_backward(pr.qv(q), pr.kv(k), pr.kv(v), pr.qv(out), pr.qv(dout), lse.data(), g, o);
   return r;
 }
 
@@ -170,10 +166,11 @@ using element_types_here = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(LogitBackwardKernel, element_types_here);
 
 /// Z: the largest |m z| over the rows' seen keys, bias and sink included.
-double largest_logit(const problem& pr, const attention_options<ssmax_policy>& o) {
+template <class Policy>
+double largest_logit(const random_problem& pr, const attention_options<Policy>& o) {
   double Z = 0.0;
   reference::for_each_logit_row(
-      qview(pr.q), kview(pr.k), o.mask, o.logit, kScale,
+      pr.qv(pr.q), pr.kv(pr.k), o.mask, o.logit, kScale,
       [&](index_t, index_t h, index_t, index_t, const row_keys& row, const std::vector<double>& z) {
         const double m = std::abs(o.policy.multiplier({row.n, row.position, h}));
         for (double zj : z)
@@ -186,43 +183,40 @@ double largest_logit(const problem& pr, const attention_options<ssmax_policy>& o
 TYPED_TEST(LogitBackwardKernel, BothPathsMatchTheReference) {
   using T = TypeParam;
   const double eps = std::numeric_limits<T>::epsilon();
-  for (const char* feature : {"bias", "alibi", "softcap", "sinks", "all"})
-    for (const auto& mask : masks()) {
-      const problem pr;
-      attention_options<ssmax_policy> o;
-      o.policy = ssmax_policy(std::vector<double>{0.5, -0.3}, std::vector<double>{-0.8, 0.4});
-      o.mask = mask;
-      o.logit = pr.logit(feature);
-      o.scale = kScale;
-      const auto r = reference::attention_backward(qview(pr.q), kview(pr.k), kview(pr.v),
-                                                   qview(pr.dout), o.policy, mask, kScale, o.logit);
-      const double kappa = eps * (4.0 * (d + 2) * (largest_logit(pr, o) + 1.0) + 2.0 * n_k + 128.0);
-      auto near = [&](const auto& got, const std::vector<double>& want, const std::string& w) {
-        double size = 1.0;
-        for (double x : want) size = std::max(size, std::abs(x));
-        for (size_t e = 0; e < want.size(); ++e)
-          ASSERT_NEAR(static_cast<double>(got[e]), want[e], kappa * size) << w << "[" << e << "]";
-      };
-      for (auto path : {attention_path::fused, attention_path::materialised}) {
-        o.path = path;
-        o.threads = 1;
-        const auto got = run<T>(pr, o);
-        const std::string w =
-            std::string(feature) + (path == attention_path::fused ? " fused " : " materialised ");
-        near(got.dq, r.dq, w + "dq");
-        near(got.dk, r.dk, w + "dk");
-        near(got.dv, r.dv, w + "dv");
-        near(got.dm, r.d_multiplier, w + "dm");
-        near(got.pg.s, r.policy.s, w + "ds");
-        near(got.pg.b, r.policy.b, w + "db");
-        if (o.logit.sinks != nullptr) near(got.d_sinks, r.d_sinks, w + "dsink");
-        o.threads = 3;
-        const auto again = run<T>(pr, o);
-        EXPECT_EQ(got.dq, again.dq) << w;
-        EXPECT_EQ(got.dk, again.dk) << w;
-        EXPECT_EQ(got.d_sinks, again.d_sinks) << w;
-      }
+  const logit_extras in = extras();
+  for_each_case([&](const mask_case& mc, const std::string& feature, const auto& policy,
+                    ssmax_parameters*) {
+    const random_problem pr = problem_for(mc);
+    auto o = options_with_features(policy, mc, in, feature);
+    const auto r = reference::attention_backward(pr.qv(pr.q), pr.kv(pr.k), pr.kv(pr.v),
+                                                 pr.qv(pr.dout), o.policy, o.mask, kScale, o.logit);
+    const double kappa = eps * (4.0 * (d + 2) * (largest_logit(pr, o) + 1.0) + 2.0 * n_k + 128.0);
+    auto near = [&](const auto& got, const std::vector<double>& want, const std::string& w) {
+      double size = 1.0;
+      for (double x : want) size = std::max(size, std::abs(x));
+      for (size_t e = 0; e < want.size(); ++e)
+        ASSERT_NEAR(static_cast<double>(got[e]), want[e], kappa * size) << w << "[" << e << "]";
+    };
+    for (auto path : {attention_path::fused, attention_path::materialised}) {
+      o.path = path;
+      o.threads = 1;
+      const auto got = run<T>(pr, o);
+      const std::string w = feature + " x " + mc.name +
+                            (path == attention_path::fused ? " fused " : " materialised ");
+      near(got.dq, r.dq, w + "dq");
+      near(got.dk, r.dk, w + "dk");
+      near(got.dv, r.dv, w + "dv");
+      near(got.dm, r.d_multiplier, w + "dm");
+      near(got.pg.s, r.policy.s, w + "ds");
+      near(got.pg.b, r.policy.b, w + "db");
+      if (o.logit.sinks != nullptr) near(got.d_sinks, r.d_sinks, w + "dsink");
+      o.threads = 3;
+      const auto again = run<T>(pr, o);
+      EXPECT_EQ(got.dq, again.dq) << w;
+      EXPECT_EQ(got.dk, again.dk) << w;
+      EXPECT_EQ(got.d_sinks, again.d_sinks) << w;
     }
+  });
 }
 
 TEST(LogitBackwardSinks, RowsKeepDlDmAtTinyMultipliers) {
@@ -288,7 +282,7 @@ TEST(LogitBackwardSinks, RowsKeepDlDmAtTinyMultipliers) {
 }
 
 TEST(LogitBackwardErrors, SinkGradientNeedsSinks) {
-  const problem pr;
+  const random_problem pr(B, n_q, n_k, H, H_kv, d, 17);
   std::vector<float> q(pr.q.begin(), pr.q.end()), k(pr.k.begin(), pr.k.end()), lse(B * H * n_q);
   const std::vector<float> out(q.size(), 0.0f), dout(q.size(), 1.0f);
   std::vector<float> dq(q.size(), 7.0f), dk(k.size(), 7.0f), dv(k.size(), 7.0f);
@@ -299,7 +293,7 @@ TEST(LogitBackwardErrors, SinkGradientNeedsSinks) {
   g.d_sinks = d_sinks.data();
   expect_rejects(
       [&] {
-        attention_backward(qview(q), kview(k), kview(k), qview(out), qview(dout), lse.data(), g,
+        attention_backward(pr.qv(q), pr.kv(k), pr.kv(k), pr.qv(out), pr.qv(dout), lse.data(), g,
                            attention_options<softmax_policy>{});
       },
       "grads.d_sinks");

@@ -38,6 +38,19 @@ struct hooked_policy {
   static constexpr const char* name() { return "hooked"; }
 };
 
+/// Options whose policy calls `hook` once, from inside the kernel that holds `ws`.
+attention_options<hooked_policy> hooked_options(std::function<void()>& hook, bool& fired,
+                                                const attention_workspace& ws, attention_path path,
+                                                int threads) {
+  attention_options<hooked_policy> o;
+  o.policy.hook = &hook;
+  o.policy.fired = &fired;
+  o.policy.ws = &ws;
+  o.path = path;
+  o.threads = threads;
+  return o;
+}
+
 /// Random q [1, n_q, H, d], k and v [1, n_k, H, d].
 struct problem {
   index_t n_q, n_k, H, d;
@@ -97,12 +110,7 @@ TEST(Workspace, SecondCallerThrowsWhileFirstHoldsIt) {
       second.join();
     };
     bool fired = false;
-    attention_options<hooked_policy> o;
-    o.policy.hook = &hook;
-    o.policy.fired = &fired;
-    o.policy.ws = &ws;
-    o.path = path;
-    o.threads = 1;
+    const auto o = hooked_options(hook, fired, ws, path, 1);
     std::vector<float> out_a, expected;
     attention(a.qv(), a.kv(), a.vv(), a.out(out_a), o, {}, &ws);
     ASSERT_TRUE(fired);
@@ -141,12 +149,7 @@ TEST(Workspace, ReentrantCallFromAThreadedKernelThrows) {
       attention(a.qv(), a.kv(), a.vv(), a.out(out_b), attention_options<>{}, {}, &ws);
     };
     bool fired = false;
-    attention_options<hooked_policy> o;
-    o.policy.hook = &hook;
-    o.policy.fired = &fired;
-    o.policy.ws = &ws;
-    o.path = path;
-    o.threads = 2;
+    const auto o = hooked_options(hook, fired, ws, path, 2);
     std::string error;
     try {
       attention(a.qv(), a.kv(), a.vv(), a.out(out_a), o, {}, &ws);

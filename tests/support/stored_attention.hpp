@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 
+#include "attention_cases.hpp"
 #include "attention_check.hpp"
 
 namespace ssmax::testing {
@@ -126,68 +127,84 @@ void check_stored(const stored_data<C>& data, const attention_options<Policy>& o
   }
 }
 
-/// A mask kind with the data it points to.
-struct mask_case {
-  std::string name;
-  attention_mask mask;
-  bool packed = false;  ///< the data must be [1, total, H, d]
-};
-
-/// Every mask kind over 2 batch entries of n_q queries and n_k keys, 4 heads (cache
-/// lengths n_k - 10 and 37, two packed causal sequences, a sliding window of 50, a random
-/// boolean mask), and the logit features' data (a dense bias with -inf entries, ALiBi
-/// slopes, four sinks): the cases of the bf16 prefill paths' tests. It owns what the masks
-/// point to, so it neither copies nor moves.
+/// The bf16 prefill paths' cases: every mask kind (attention_cases.hpp) over 2 batch
+/// entries of n_q queries and n_k keys, 4 heads, and the logit features' data (a dense bias
+/// with -inf entries, ALiBi slopes, four finite sinks).
 struct logit_cases {
   static constexpr index_t B = 2, H = 4;
-  index_t lengths[2], cu_q[3], cu_k[3];
-  std::unique_ptr<bool[]> allowed;
-  std::vector<float> bias, slopes = alibi_slopes(H), sinks = {0.5f, -1.0f, 2.0f, -3.0f};
-  std::vector<mask_case> masks;
   index_t n_q, n_k;
+  mask_cases masks;
+  logit_extras extras;
 
   logit_cases(index_t queries, index_t keys, unsigned seed)
-      : lengths{keys - 10, 37}, cu_q{0, 15, queries}, cu_k{0, 120, keys}, n_q(queries), n_k(keys) {
-    std::mt19937 gen(seed);
-    const auto entries = static_cast<size_t>(B * H * n_q * n_k);
-    allowed.reset(new bool[entries]);
-    for (size_t e = 0; e < entries; ++e) allowed[e] = gen() % 3 != 0;
-    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
-    bias.resize(entries);
-    for (auto& x : bias) x = gen() % 7 == 0 ? -std::numeric_limits<float>::infinity() : u(gen);
-    masks = {{"none", attention_mask::none()},
-             {"causal", attention_mask::causal_mask()},
-             {"window", attention_mask::sliding_window(50)},
-             {"cache", attention_mask::cache(lengths)},
-             {"packed-causal", attention_mask::varlen(cu_q, cu_k, 2, true), true},
-             {"boolean", attention_mask::boolean(allowed.get(), n_k, H * n_q * n_k, n_q * n_k)}};
-  }
-  logit_cases(const logit_cases&) = delete;
-  logit_cases& operator=(const logit_cases&) = delete;
-
-  /// Sets logit to the features named in `feature` ("none", "all", or any of "bias",
-  /// "alibi", "softcap" (c = 1.5) and "sinks" joined by '+') for `batch` entries.
-  void apply(const std::string& feature, index_t batch, logit_options& logit) const {
-    auto has = [&](const char* name) {
-      return feature == "all" || feature.find(name) != std::string::npos;
-    };
-    logit = logit_options{};
-    if (has("bias")) logit.bias = logit_bias::dense(bias.data(), batch, H, n_q, n_k);
-    if (has("alibi")) logit.alibi_slopes = slopes.data(), logit.alibi_heads = H;
-    if (has("softcap")) logit.softcap = 1.5;
-    if (has("sinks")) logit.sinks = sinks.data(), logit.sink_heads = H;
-  }
+      : n_q(queries),
+        n_k(keys),
+        masks({B, queries, keys, H}, seed),
+        extras({B, queries, keys, H}, seed, {0.5f, -1.0f, 2.0f, -3.0f}) {}
 };
 
-/// Calls f(name, policy) for Softmax (as ssmax_policy(0, 1)), SSMax with per-head s and
-/// b, and SSMax with negative s and b (negative multipliers on some rows), 4 heads.
-template <class F>  // callable as f(const char* name, const ssmax_policy&)
-void for_each_signed_policy(F&& f) {
-  static const std::vector<double> s = {0.3, 0.5, 0.7, 0.4}, b = {0.0, 0.3, 0.1, 0.2};
-  static const std::vector<double> s_neg = {0.4, -0.2, 0.3, 0.1}, b_neg = {-1.0, -0.2, 0.5, -2.0};
-  f("softmax", ssmax_policy(0.0, 1.0));
-  f("ssmax", ssmax_policy(s, b));
-  f("ssmax-negative", ssmax_policy(s_neg, b_neg));
+/// Calls check(data, options, what) for every mask kind x feature x Softmax (as
+/// ssmax_policy(0, 1): one policy type, one instantiation of the kernels), SSMax with
+/// per-head s and b, and SSMax with negative s and b (m < 0 on some rows): data of
+/// combination C with GQA 4:2, d = 37 and 64 in turn, seeds from seed + 1 on. Crossed in
+/// full on no mask, causal, a window, a cache, packed causal sequences and a boolean mask;
+/// every other kind takes one feature x policy, in turn.
+template <class C, class Check>  // combo<Q, KV, O>
+void check_signed_logit_cases(const logit_cases& cases, const std::vector<std::string>& features,
+                              unsigned seed, Check&& check) {
+  for_each_mask_feature_policy<softmax_kind | softmax_as_ssmax | ssmax_per_head_kind |
+                               ssmax_negative_kind>(
+      cases.masks, features, {logit_cases::H, 4, 32},
+      {"none", "causal", "window", "cache", "varlen-causal", "boolean"},
+      [&](const mask_case& mc, const std::string& feature, const char* name,
+          const ssmax_policy& policy, ssmax_parameters*) {
+        const index_t batch = cases.masks.batch_of(mc), d = seed % 2 ? 64 : 37;
+        stored_data<C> data(batch, cases.n_q, cases.n_k, logit_cases::H, 2, d, ++seed);
+        attention_options<ssmax_policy> o = options_for(policy, mc.mask);
+        o.logit = cases.extras.options(feature, batch);
+        check(data, o, mc.name + " x " + feature + " x " + name + " d=" + std::to_string(d));
+      });
+}
+
+/// Sets key row `key` of data (batch 0, KV head 0) to 3e38, and makes each query's entries
+/// positive where positive(e) (q . k_key overflows to +inf: all the weight on that key) and
+/// negative elsewhere (-inf: that key weighs 0).
+template <class C, class P>
+void make_overflowing_key(stored_data<C>& data, index_t key, P positive) {
+  const index_t d = data.exact.d;
+  for (index_t c = 0; c < d; ++c) {
+    auto& stored = data.k[static_cast<size_t>(key * d + c)];
+    stored = kernels::from_compute<typename C::kv>(3e38f);
+    data.exact.k[static_cast<size_t>(key * d + c)] = kernels::to_compute(stored);
+  }
+  for (size_t e = 0; e < data.q.size(); ++e) {
+    const float x = std::abs(kernels::to_compute(data.q[e])) * (positive(e) ? 1.0f : -1.0f);
+    data.q[e] = kernels::from_compute<typename C::q>(x);
+    data.exact.q[e] = kernels::to_compute(data.q[e]);
+  }
+}
+
+/// Expects each row of `got` whose `want` lse is infinite to be infinite too with the same
+/// out, bit for bit, and the other rows' out within finite_tolerance(want) of want's.
+/// Returns the count of infinite rows.
+template <class F>
+int expect_overflowing_rows_match(const attention_run<float>& got, const attention_run<float>& want,
+                                  index_t d, F finite_tolerance) {
+  int overflowing = 0;
+  for (size_t i = 0; i < want.lse.size(); ++i) {
+    const bool inf_row = std::isinf(want.lse[i]);
+    overflowing += inf_row;
+    EXPECT_EQ(std::isinf(got.lse[i]), inf_row) << "row " << i;
+    for (index_t c = 0; c < d; ++c) {
+      const float g = got.out[i * static_cast<size_t>(d) + static_cast<size_t>(c)];
+      const float w = want.out[i * static_cast<size_t>(d) + static_cast<size_t>(c)];
+      if (inf_row)  // all the weight on the overflowing key: its value, exactly
+        EXPECT_EQ(g, w) << "row " << i;
+      else
+        EXPECT_NEAR(g, w, finite_tolerance(w)) << "row " << i;
+    }
+  }
+  return overflowing;
 }
 
 /// Every mask kind x Softmax, SSMax and SSMax with bias, decode (1 to 3 rows, some over

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_cases.hpp"
 #include "stored_attention.hpp"
 
 namespace ssmax::testing {
@@ -51,9 +52,8 @@ double tiny_of() {
 /// values, and out and lse of the reference forward stored as the kernel receives them
 /// (out in O, rounded to nearest even; lse in float).
 template <class C>  // backward_combo
-struct stored_backward_data {
-  index_t B, n_q, n_k, H, H_kv, d;
-  std::vector<double> q, k, v, dout, out;  ///< exact values (out: the reference's)
+struct stored_backward_data : random_problem {
+  std::vector<double> out;  ///< the reference's (exact) out
   std::vector<typename C::q> sq;
   std::vector<typename C::kv> sk, sv;
   std::vector<typename C::dout> sdout;
@@ -64,31 +64,13 @@ struct stored_backward_data {
   template <class Policy>
   stored_backward_data(index_t batch, index_t nq, index_t nk, index_t heads, index_t kv_heads,
                        index_t dim, unsigned seed, const Policy& policy, const attention_mask& mask)
-      : B(batch), n_q(nq), n_k(nk), H(heads), H_kv(kv_heads), d(dim) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<double> dist(0.0, 1.0);
-    auto fill = [&](std::vector<double>& x, auto& stored, index_t count) {
-      x.resize(static_cast<size_t>(count));
-      for (auto& e : x) e = dist(rng);
-      stored_data<combo<f32, f32, f32>>::store(x, stored);
-    };
-    fill(q, sq, B * n_q * H * d);
-    fill(k, sk, B * n_k * H_kv * d);
-    fill(v, sv, B * n_k * H_kv * d);
-    fill(dout, sdout, B * n_q * H * d);
+      : random_problem(batch, nq, nk, heads, kv_heads, dim, seed) {
+    using exact = stored_data<combo<f32, f32, f32>>;  // q, k, v, dout: their stored values
+    exact::store(q, sq), exact::store(k, sk), exact::store(v, sv), exact::store(dout, sdout);
     fwd = reference::attention(qv(q), kv(k), kv(v), policy, mask, scale());
     out = fwd.out;
     for (double x : fwd.out) sout.push_back(kernels::from_compute<typename C::out>(float(x)));
     for (double x : fwd.lse) lse.push_back(static_cast<float>(x));
-  }
-  double scale() const { return 1.0 / std::sqrt(static_cast<double>(d)); }
-  template <class T>
-  tensor_view<const T> qv(const std::vector<T>& x) const {
-    return bshd_view(x.data(), B, n_q, H, d);
-  }
-  template <class T>
-  tensor_view<const T> kv(const std::vector<T>& x) const {
-    return bshd_view(x.data(), B, n_k, H_kv, d);
   }
 };
 
@@ -148,52 +130,45 @@ backward_bounds bounds_of(const stored_backward_data<C>& x, const Policy& policy
   index_t n_max = 0;
   auto at_q = [&](index_t b, index_t i, index_t h) { return ((b * x.n_q + i) * x.H + h) * d; };
   auto at_k = [&](index_t b, index_t j, index_t g) { return ((b * x.n_k + j) * x.H_kv + g) * d; };
-  for (index_t s = 0; s < sequence_count(mask, x.B); ++s) {
-    const sequence_span seq = sequence_of(mask, s, x.n_q, x.n_k);
-    const index_t b = seq.tensor_batch;
-    for (index_t h = 0; h < x.H; ++h)
-      for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
-        const row_keys row = visible_keys(mask, seq, h, i);
-        if (row.visible == 0) continue;
-        n_max = std::max(n_max, row.n);
-        const double m = std::abs(policy.multiplier({row.n, row.position, h}));
-        const index_t g = h / group, at = (b * x.H + h) * x.n_q + i;
-        double D = 0.0, e = 0.0, zr = 0.0;
-        for (index_t c = 0; c < d; ++c) {
-          const double o = std::abs(x.out[at_q(b, i, h) + c]);
-          D += std::abs(G(b, i, h, c)) * o;
-          e += std::abs(G(b, i, h, c)) * (u_o * 1.0001 * o + t_o);
-        }
-        if (!fused) e = 0.0;
-        for (index_t j = 0; j < x.n_k; ++j) {
-          double z = 0.0;
-          for (index_t c = 0; c < d; ++c) z += std::abs(Q(b, i, h, c) * K(b, j, g, c));
-          Z = std::max(Z, m * scale * z);
-          zr = std::max(zr, scale * z);
-        }
-        const auto lg = gradient_of(policy, {row.n, row.position, h}, 1.0);
-        for (index_t j = 0; j < x.n_k; ++j) {
-          const double a = x.fwd.weights[static_cast<size_t>(at * x.n_k + j)];
-          if (a == 0.0) continue;
-          double u = 0.0;
-          for (index_t c = 0; c < d; ++c) u += std::abs(G(b, i, h, c) * V(b, j, g, c));
-          const double dy = a * (u + D);
-          for (index_t c = 0; c < d; ++c) {
-            mag.dq[at_q(b, i, h) + c] += m * scale * dy * std::abs(K(b, j, g, c));
-            mag.dk[at_k(b, j, g) + c] += m * scale * dy * std::abs(Q(b, i, h, c));
-            mag.dv[at_k(b, j, g) + c] += a * std::abs(G(b, i, h, c));
-            extra.dq[at_q(b, i, h) + c] += m * scale * e * a * std::abs(K(b, j, g, c));
-            extra.dk[at_k(b, j, g) + c] += m * scale * e * a * std::abs(Q(b, i, h, c));
-          }
-          mag.dm[at] += 2.0 * zr * dy;
-          mag.ds[h] += std::abs(lg.s) * 2.0 * zr * dy;
-          mag.db[h] += std::abs(lg.b) * 2.0 * zr * dy;
-        }
-        extra.dm[at] = 2.0 * e * zr;
-        extra.ds[h] += std::abs(lg.s) * 2.0 * e * zr;
-        extra.db[h] += std::abs(lg.b) * 2.0 * e * zr;
+  for_each_visible_row(mask, x, [&](index_t b, index_t h, index_t i, const row_keys& row) {
+    n_max = std::max(n_max, row.n);
+    const double m = std::abs(policy.multiplier({row.n, row.position, h}));
+    const index_t g = h / group, at = (b * x.H + h) * x.n_q + i;
+    double D = 0.0, e = 0.0, zr = 0.0;
+    for (index_t c = 0; c < d; ++c) {
+      const double o = std::abs(x.out[at_q(b, i, h) + c]);
+      D += std::abs(G(b, i, h, c)) * o;
+      e += std::abs(G(b, i, h, c)) * (u_o * 1.0001 * o + t_o);
+    }
+    if (!fused) e = 0.0;
+    for (index_t j = 0; j < x.n_k; ++j) {
+      double z = 0.0;
+      for (index_t c = 0; c < d; ++c) z += std::abs(Q(b, i, h, c) * K(b, j, g, c));
+      Z = std::max(Z, m * scale * z);
+      zr = std::max(zr, scale * z);
+    }
+    const auto lg = gradient_of(policy, {row.n, row.position, h}, 1.0);
+    for (index_t j = 0; j < x.n_k; ++j) {
+      const double a = x.fwd.weights[static_cast<size_t>(at * x.n_k + j)];
+      if (a == 0.0) continue;
+      double u = 0.0;
+      for (index_t c = 0; c < d; ++c) u += std::abs(G(b, i, h, c) * V(b, j, g, c));
+      const double dy = a * (u + D);
+      for (index_t c = 0; c < d; ++c) {
+        mag.dq[at_q(b, i, h) + c] += m * scale * dy * std::abs(K(b, j, g, c));
+        mag.dk[at_k(b, j, g) + c] += m * scale * dy * std::abs(Q(b, i, h, c));
+        mag.dv[at_k(b, j, g) + c] += a * std::abs(G(b, i, h, c));
+        extra.dq[at_q(b, i, h) + c] += m * scale * e * a * std::abs(K(b, j, g, c));
+        extra.dk[at_k(b, j, g) + c] += m * scale * e * a * std::abs(Q(b, i, h, c));
       }
-  }
+      mag.dm[at] += 2.0 * zr * dy;
+      mag.ds[h] += std::abs(lg.s) * 2.0 * zr * dy;
+      mag.db[h] += std::abs(lg.b) * 2.0 * zr * dy;
+    }
+    extra.dm[at] = 2.0 * e * zr;
+    extra.ds[h] += std::abs(lg.s) * 2.0 * e * zr;
+    extra.db[h] += std::abs(lg.b) * 2.0 * e * zr;
+  });
   const double kappa =
       std::numeric_limits<float>::epsilon() *
       (4.0 * static_cast<double>(d + 2) * (Z + 1.0) + 2.0 * static_cast<double>(n_max) + 128.0);
@@ -235,9 +210,7 @@ void check_stored_backward(const stored_backward_data<C>& x, const Policy& polic
                            const attention_mask& mask, const std::string& what) {
   const auto r = reference::attention_backward(x.qv(x.q), x.kv(x.k), x.kv(x.v), x.qv(x.dout),
                                                policy, mask, x.scale());
-  attention_options<Policy> o;
-  o.policy = policy;
-  o.mask = mask;
+  const auto o = options_for(policy, mask);
   for (const bool fused : {true, false}) {
     const auto run = run_stored_backward<Arch>(
         x, o, fused ? attention_path::fused : attention_path::materialised, 1);
