@@ -16,7 +16,10 @@
 // "/f16" after the policy: prefill causal d = 64 and 128, n = 4096; decode n_k = 32768,
 // d = 128, MHA and GQA 8:2; their GBs count the 16-bit bytes of K and V actually read.
 // "/bf16w": bf16 prefill with the opt-in bf16 weights (attention_options::
-// allow_bf16_weights: P rounded to bf16 for P V). The 16-bit decode speedup: the time of
+// allow_bf16_weights: P rounded to bf16 for P V). "/bf16-dots" and "/bf16-widened": the bf16
+// prefill with each bf16 method forced (attention_options::bf16: vdpbf16ps, or the float
+// GEMM on q and k widened while packing), where the build has AVX512-BF16; "/bf16" takes
+// the CPU's automatic choice. The 16-bit decode speedup: the time of
 // decode/fused/softmax/d:128/n:32768/threads:1 over that of
 // decode/fused/softmax/bf16/d:128/n:32768/threads:1 (or /f16) of the same run, and the same for
 // "/kv:2": the "float / 16-bit" table after the run.
@@ -151,7 +154,8 @@ void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index_t 
 /// as run_ssmax, the GBs counter counting the bytes of S read for K and V.
 template <class S, class Policy>  // a 16-bit storage type; a length policy
 void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int threads,
-                index_t kv_heads, bool bf16_weights = false) {
+                index_t kv_heads, bool bf16_weights = false,
+                ssmax::bf16_method method = ssmax::bf16_method::automatic) {
   tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
   auto stored = [](const std::vector<float>& x) {
     std::vector<S> y(x.size());
@@ -169,6 +173,7 @@ void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int 
   o.threads = threads;
   o.path = ssmax::attention_path::fused;
   o.allow_bf16_weights = bf16_weights;
+  o.bf16 = method;
   ssmax::attention_workspace ws;
   const std::size_t extra = ssmax::attention_workspace_bytes(qv, kv, vv, ov, o);
   ssmax::attention(qv, kv, vv, ov, o, {}, &ws);  // warm-up: the workspace grows once
@@ -221,6 +226,29 @@ void register_16bit() {
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }
+#ifdef SSMAX_HAVE_AVX512BF16
+  // Each bf16 method forced (attention_options::bf16), where the build has both:
+  // "/bf16-dots" (vdpbf16ps) and "/bf16-widened" (the float GEMM); "/bf16" is automatic.
+  for (const shape& sh : shapes)
+    for (int threads : {1, 2})
+      for (bool dots : {true, false}) {
+        if (sh.decode) continue;
+        const auto method =
+            dots ? ssmax::bf16_method::dot_products : ssmax::bf16_method::float_gemm;
+        const std::string name = std::string("prefill/fused/softmax/") +
+                                 (dots ? "bf16-dots" : "bf16-widened") +
+                                 "/d:" + std::to_string(sh.d) + "/n:" + std::to_string(sh.n) +
+                                 "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [=](benchmark::State& s) {
+                                       run_stored<Eigen::bfloat16, ssmax::softmax_policy>(
+                                           s, false, sh.n, sh.d, threads, sh.kv_heads, false,
+                                           method);
+                                     })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
+#endif
   // The opt-in bf16 weights (attention_options::allow_bf16_weights): bf16 prefill with P
   // rounded to bf16 for P V, "/bf16w" after the policy.
   for (const shape& sh : shapes)

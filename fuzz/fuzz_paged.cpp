@@ -434,6 +434,7 @@ void draw_options(input& in, paged_case<C>& p, attention_options<>& o) {
            : path == 1 ? attention_path::materialised
                        : attention_path::automatic;
   o.allow_bf16_weights = in.byte() % 4 == 0;
+  o.bf16 = static_cast<bf16_method>(in.byte() % 3);  // automatic, dot_products, float_gemm
 }
 
 /// Bitwise equality of two arrays of the same length.
@@ -669,6 +670,7 @@ void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
   o.path = base.path;
   o.logit = base.logit;
   o.allow_bf16_weights = base.allow_bf16_weights;
+  o.bf16 = base.bf16;
   const bool want_weights = o.path != attention_path::fused && in.flag();
   const bool want_lse = in.byte() % 4 != 0;
   drawn_case() +=
@@ -767,6 +769,7 @@ std::string describe(const paged_case<C>& p, const attention_options<>& o) {
        " scale=" + (o.scale ? std::to_string(*o.scale) : std::string("default")) +
        " threads=" + std::to_string(o.threads) + " path=" + std::to_string(int(o.path)) +
        " bf16_weights=" + std::to_string(o.allow_bf16_weights) +
+       " bf16_method=" + std::to_string(int(o.bf16)) +
        " non_finite=" + std::to_string(p.non_finite);
   return t;
 }

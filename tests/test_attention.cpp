@@ -191,7 +191,7 @@ TYPED_TEST(AttentionTest, DecodeTasksTakeWholeHeadGroups) {
   using Arch = typename TypeParam::arch;
   using T = typename TypeParam::value_type;
   // Decode tasks (at most kDotMaxRows query rows) take whole GQA groups of heads, up to
-  // kFusedQueryBlock scratch rows: 48 heads make several tasks per query block (the last
+  // kDecodeScratchRows scratch rows: 48 heads make several tasks per query block (the last
   // one smaller), and MQA a group larger than one task. n_k = 1001 ends in a block whose
   // key count is not a multiple of kKeyStreams; the keys split into chunks of a few
   // blocks; d = 19 leaves a vector tail.

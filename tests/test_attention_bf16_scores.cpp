@@ -3,7 +3,9 @@
 // on the same bf16 values, within attention.hpp's bound plus vdpbf16ps's denormal flush:
 // every mask kind, Softmax, SSMax and SSMax with negative multipliers, each logit feature
 // (bias, ALiBi, soft-cap, sinks, all of them), odd d, a prefill block followed by a decode
-// task, denormal q and k, and scores that overflow (the non-finite path). Skipped where
+// task, denormal q and k, and scores that overflow (the non-finite path); the bf16 method
+// forced to dot_products (attention_options::bf16), whatever the CPU's automatic choice.
+// Skipped where
 // the build or the CPU lacks AVX512-BF16 (the float GEMM then serves these calls, which
 // tests/test_attention_16bit.cpp covers).
 
@@ -33,7 +35,8 @@ TEST(Bf16Scores, EveryMaskPolicyAndLogitFeature) {
   const logit_cases cases(40, 300, 5);
   check_signed_logit_cases<bf16_all>(
       cases, {"none", "bias", "alibi", "softcap", "sinks", "all"}, 50,
-      [](const auto& data, const attention_options<ssmax_policy>& o, const std::string& what) {
+      [](const auto& data, attention_options<ssmax_policy> o, const std::string& what) {
+        o.bf16 = bf16_method::dot_products;
         check_stored<Arch>(data, o, what);
       });
 }
@@ -47,6 +50,7 @@ TEST(Bf16Scores, LongPrefillOutToFloatAndADecodeTail) {
     attention_options<ssmax_policy> o;
     o.policy = ssmax_policy(0.43);
     o.mask = attention_mask::causal_mask();
+    o.bf16 = bf16_method::dot_products;
     check_stored<Arch>(data, o, "prefill 130 x 700 d=" + std::to_string(d));
   }
 }
@@ -65,6 +69,7 @@ TEST(Bf16Scores, DenormalInputsAreWithinTheFlushBound) {
   }
   attention_options<ssmax_policy> o;
   o.mask = attention_mask::causal_mask();
+  o.bf16 = bf16_method::dot_products;
   check_stored<Arch>(data, o, "denormal q and k");
 }
 
@@ -78,6 +83,7 @@ TEST(Bf16Scores, OverflowingScoresTakeTheNonFinitePath) {
   make_overflowing_key(data, 5, [](size_t e) { return e < 4 * 16; });
   attention_options<softmax_policy> o;
   o.scale = 1.0;
+  o.bf16 = bf16_method::dot_products;
   const auto bf = run_stored<Arch>(data, o, attention_path::fused);
   const auto mat = run_stored<Arch>(data, o, attention_path::materialised);
   // Key 5 weighs 0 on the finite rows: two roundings of out to bf16 apart at most.

@@ -6,6 +6,8 @@
 // the logit features, q and out in bf16 or float, odd d and odd key counts, scores that
 // overflow; the materialised path ignores the permission; results do not depend on the
 // thread count; and the permission changes the results (so these tests run the path).
+// The bf16 method is forced to dot_products (attention_options::bf16), which the bf16
+// weights need, whatever the CPU's automatic choice.
 // Skipped where the build or the CPU lacks AVX512-BF16.
 
 #include <gtest/gtest.h>
@@ -44,6 +46,7 @@ void check_bf16_weights(const stored_data<C>& data, attention_options<Policy> o,
                         const std::string& what) {
   using O = typename C::out;
   o.allow_bf16_weights = true;
+  o.bf16 = bf16_method::dot_products;
   const std::string types =
       std::string(" [q ") + type_name(typename C::q{}) + ", out " + type_name(O{}) + "]";
   const auto fused = run_stored<Arch>(data, o, attention_path::fused);
@@ -93,7 +96,8 @@ TEST(Bf16Weights, ThePermissionChangesTheFusedResultsOnly) {
   using C = combo<bf16, bf16, f32>;
   SKIP_WITHOUT_BF16_WEIGHTS(C);
   stored_data<C> data(1, 200, 300, 2, 2, 64, 91);
-  const auto exact = options_for(ssmax_policy(0.5), attention_mask::causal_mask());
+  auto exact = options_for(ssmax_policy(0.5), attention_mask::causal_mask());
+  exact.bf16 = bf16_method::dot_products;
   attention_options<ssmax_policy> allowed = exact;
   allowed.allow_bf16_weights = true;
   const auto a = run_stored<Arch>(data, exact, attention_path::fused);
@@ -114,6 +118,7 @@ TEST(Bf16Weights, ResultsDoNotDependOnTheThreadCount) {
   stored_data<C> data(2, 300, 300, 4, 2, 64, 93);
   auto o = options_for(ssmax_policy(0.5), attention_mask::causal_mask());
   o.allow_bf16_weights = true;
+  o.bf16 = bf16_method::dot_products;
   o.threads = 1;
   const auto one = run_stored<Arch>(data, o, attention_path::fused);
   o.threads = 3;
@@ -132,6 +137,7 @@ TEST(Bf16Weights, OverflowingScoresTakeTheNonFinitePath) {
   attention_options<softmax_policy> o;
   o.scale = 1.0;
   o.allow_bf16_weights = true;
+  o.bf16 = bf16_method::dot_products;
   const auto got = run_stored<Arch>(data, o, attention_path::fused);
   const auto mat = run_stored<Arch>(data, o, attention_path::materialised);
   // Rows where key 5 weighs 0: the rounded weights' 2^-8 sum_j a_j |v_j| <= 2^-8 max|v|,

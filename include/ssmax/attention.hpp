@@ -65,11 +65,17 @@
 // has a few float ULPs: for inference that accepts it, in exchange for both GEMMs at the
 // bf16 rate (docs/performance.md). Decode, the materialised path and every other storage
 // compute as without it (tests/test_attention_bf16_weights.cpp).
+// bf16 arithmetic (options.bf16): with bf16 q and k on an AVX512-BF16 build the fused
+// prefill's scores come from vdpbf16ps, or from the float GEMM on q and k widened while
+// packing, whichever the CPU runs faster (bf16_method::automatic: vdpbf16ps on AMD, the
+// float GEMM on Intel, where vdpbf16ps has half the FMA's rate; detail/cpu.hpp), so a bf16
+// call is never slower than the float one. The opt-in bf16 weights need vdpbf16ps.
 
 #include <type_traits>
 
 #include "attention_checks.hpp"
 #include "attention_options.hpp"
+#include "detail/cpu.hpp"
 #include "detail/parallel.hpp"
 #include "detail/simd.hpp"
 #include "error.hpp"
@@ -163,6 +169,8 @@ make_problem(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
   p.weights = x.weights;
   p.threads = resolve_threads(o.threads);
   p.allow_bf16_weights = o.allow_bf16_weights;
+  p.bf16_dot_products = o.bf16 == bf16_method::dot_products ||
+                        (o.bf16 == bf16_method::automatic && bf16_dot_products_outrun_fma());
   return p;
 }
 

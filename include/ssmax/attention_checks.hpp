@@ -12,6 +12,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "attention_options.hpp"
 #include "attention_reads.hpp"
 #include "detail/parallel.hpp"
 #include "error.hpp"
@@ -248,7 +249,8 @@ inline void check_row_multipliers(const char* fn, const Policy& policy, const at
   }
 }
 
-/// Step 3: the options: the policy, the threads, the scale. Returns the resolved scale.
+/// Step 3: the options: the policy, the threads, the bf16 method, the scale. Returns the resolved
+/// scale.
 template <class T,            // compute type
           class Options,      // attention_options<Policy> (attention.hpp)
           class Q, class KV>  // element types of q, of k
@@ -256,6 +258,9 @@ inline double check_options(const char* fn, const Options& o, const tensor_view<
                             const tensor_view<const KV>& k) {
   check_policy(o.policy, q.heads, fn);
   require(o.threads >= 0, fn, "options.threads", "must be >= 0 (0: all available)");
+  require(o.bf16 == bf16_method::automatic || o.bf16 == bf16_method::dot_products ||
+              o.bf16 == bf16_method::float_gemm,
+          fn, "options.bf16", "must be bf16_method::automatic, dot_products or float_gemm");
   require_lazy(o.threads <= kMaxThreads, fn, "options.threads",
                [&] { return "must be <= " + std::to_string(kMaxThreads); });
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim));

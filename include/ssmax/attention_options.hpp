@@ -1,7 +1,7 @@
 #pragma once
 // The options and optional outputs of an attention call (attention.hpp): which kernel runs,
-// the length policy, the mask, the scale, threads, the logit's extras and the opt-in bf16
-// weights; the log-sum-exp and the weights a call may also write.
+// the length policy, the mask, the scale, threads, the logit's extras, the bf16 method and
+// the opt-in bf16 weights; the log-sum-exp and the weights a call may also write.
 
 #include <optional>
 
@@ -18,6 +18,15 @@ enum class attention_path {
   materialised  ///< full score rows
 };
 
+/// How a fused prefill over bf16 q and k multiplies them, where the build has AVX512-BF16
+/// (elsewhere it is always float_gemm). Both are exact: each score is the float sum of
+/// exact products, and only the rounding of the accumulation differs (docs/numerics.md).
+enum class bf16_method {
+  automatic,     ///< what is faster on this CPU: dot_products on AMD, float_gemm elsewhere
+  dot_products,  ///< vdpbf16ps on bf16 pairs (and the opt-in bf16 weights may apply)
+  float_gemm     ///< q and k widened to float while packing, the float GEMM (no bf16 weights)
+};
+
 /// Everything about an attention call except the tensors.
 template <class Policy = softmax_policy>  // a length policy (length_policy.hpp)
 struct attention_options {
@@ -32,9 +41,12 @@ struct attention_options {
   /// Opt-in reduced precision (off by default): lets the fused prefill round the softmax
   /// weights to bf16 for P V when v is bf16 on an AVX512-BF16 build (vdpbf16ps for both
   /// GEMMs), which widens each output element's bound by about 2^-8 relative
-  /// (docs/numerics.md, "Opt-in bf16 weights"). A permission, not a demand: other paths
-  /// compute as without it.
+  /// (docs/numerics.md, "Opt-in bf16 weights"). A permission, not a demand: other paths,
+  /// and bf16_method::float_gemm (chosen or automatic), compute as without it.
   bool allow_bf16_weights = false;
+  /// The bf16 prefill's arithmetic (see bf16_method); results differ between the two
+  /// methods within the bound, and never with the thread count.
+  bf16_method bf16 = bf16_method::automatic;
 };
 
 /// Optional outputs. Both are contiguous; indices are the tensors' (b, h, i, j). They are

@@ -22,8 +22,9 @@
 // Two kinds of task:
 // - prefill: kPrefillQueryBlock rows of one head, through a register-blocked GEMM on K^T
 //   and V packed once per (sequence, kv head, key block), kPrefillStrip rows at a time
-//   (prefill_strips.hpp: the strip's scores stay in L1); with bf16 q and k on AVX512-BF16
-//   the score GEMM is vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp), and with
+//   (prefill_strips.hpp: the strip's scores stay in L1); with bf16 q and k on AVX512-BF16,
+//   where the call's bf16 method takes dot products (plan.bf16_scores), the score GEMM is
+//   vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp), and with
 //   the opt-in bf16 weights and bf16 v, P V is vdpbf16ps on a V pair-packed over keys
 //   instead of the float V (gemm_bf16.hpp, bf16_values);
 // - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
@@ -184,22 +185,25 @@ void prefill_task(const attention_problem<T, Policy, S>& p,
   const sequence_span seq = p.span(t.sequence);
   const index_t b = seq.tensor_batch, d = p.q.dim, g = kv.kv_of[0];  // one head
   if constexpr (bf16_prefill<Arch, T, S>)
-    pack_task_q_bf16(p, b, t.head, t.q0, t.rows, sc.info, sc.q_pairs, sc.row_factors);
+    if (plan.bf16_scores)
+      pack_task_q_bf16(p, b, t.head, t.q0, t.rows, sc.info, sc.q_pairs, sc.row_factors);
   index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
     const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     const row_map krows{p.k.stride_s, p.block_rows(b, kb, nk, offsets)};
     if constexpr (bf16_prefill<Arch, T, S>) {
-      const index_t kp = kt_pairs(d);
-      prefill_block_values(
-          p, plan, t, sc, blk, g, kb, nk, krows,
-          bf16_scores{sc.q_pairs, sc.row_factors, plan.kt_bf16_block(p, t.sequence, g, blk), kp, kp,
-                      kBf16KtStride});
-    } else {
-      prefill_block_values(
-          p, plan, t, sc, blk, g, kb, nk, krows,
-          packed_scores<Arch, T>{sc.qs, plan.kt_block(p, t.sequence, g, blk), d, plan.ldk});
+      if (plan.bf16_scores) {
+        const index_t kp = kt_pairs(d);
+        prefill_block_values(
+            p, plan, t, sc, blk, g, kb, nk, krows,
+            bf16_scores{sc.q_pairs, sc.row_factors, plan.kt_bf16_block(p, t.sequence, g, blk), kp,
+                        kp, kBf16KtStride});
+        continue;
+      }
     }
+    prefill_block_values(
+        p, plan, t, sc, blk, g, kb, nk, krows,
+        packed_scores<Arch, T>{sc.qs, plan.kt_block(p, t.sequence, g, blk), d, plan.ldk});
   }
 }
 
@@ -268,9 +272,10 @@ void pack_keys_and_values(const attention_problem<T, Policy, S>& p,
     index_t offsets[kKeyBlock];  // a paged cache's rows of the block
     const index_t* at = p.block_rows(b, kb, nk, offsets);
     const row_map krows{p.k.stride_s, at}, vrows{p.v.stride_s, at};
-    if constexpr (bf16_prefill<Arch, T, S>) {
-      pack_kt_bf16(p.k_row(b, kb, g), krows, nk, d, round_up(nk, W), kBf16KtStride,
-                   plan.kt_bf16_block(p, s, g, blk));
+    if (plan.bf16_scores) {
+      if constexpr (bf16_prefill<Arch, T, S>)
+        pack_kt_bf16(p.k_row(b, kb, g), krows, nk, d, round_up(nk, W), kBf16KtStride,
+                     plan.kt_bf16_block(p, s, g, blk));
     } else {
       pack_kt<Arch>(p.k_row(b, kb, g), krows, nk, d, round_up(nk, W), plan.ldk,
                     plan.kt_block(p, s, g, blk));

@@ -77,8 +77,8 @@ template <class Arch,                      // architecture tag
 struct fused_plan {
   index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
   bool packs_blocks = false;  ///< some task has more than kDotMaxRows rows: K^T and V are packed
-  bool bf16_weights =
-      false;  ///< packs_blocks, allowed and bf16_weights_path: P V in bf16 on v_bf16
+  bool bf16_scores = false;   ///< packs_blocks, bf16_prefill, dot products: Q K^T by vdpbf16ps
+  bool bf16_weights = false;  ///< packs_blocks, bf16_weights_path, allowed, dot products: P V too
   fused_task* tasks = nullptr;
   fused_item* items = nullptr;
   index_t* first_block = nullptr;    ///< [sequences + 1] grid blocks before each sequence
@@ -171,8 +171,10 @@ struct fused_plan {
     tasks = a.take<fused_task>(n_tasks);
     items = a.take<fused_item>(n_items);
     first_block = a.take<index_t>(p.sequences() + 1);
-    constexpr bool bf16 = bf16_prefill<Arch, T, S>;
-    bf16_weights = packs_blocks && bf16_weights_path<Arch, T, S> && p.allow_bf16_weights;
+    bf16_scores = packs_blocks && bf16_prefill<Arch, T, S> && p.bf16_dot_products;
+    bf16_weights = packs_blocks && bf16_weights_path<Arch, T, S> && p.bf16_dot_products &&
+                   p.allow_bf16_weights;
+    const bool bf16 = bf16_scores;
     const index_t kp = kt_pairs(d);
     kt = a.take<T>(packs_blocks && !bf16 ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
     kt_bf16 =

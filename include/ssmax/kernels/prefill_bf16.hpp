@@ -1,7 +1,9 @@
 #pragma once
 // The fused prefill's bf16 score path: when q and k are both stored as Eigen::bfloat16, the
 // compute type is float, the architecture has 16 float lanes and the build targets
-// AVX512-BF16 (gemm_bf16.hpp), the score GEMM of each strip runs vdpbf16ps on
+// AVX512-BF16 (gemm_bf16.hpp), and the call's bf16 method takes dot products
+// (attention_options::bf16; the plan's bf16_scores), the score GEMM of each strip runs
+// vdpbf16ps on
 // - K^T packed pair-interleaved once per (sequence, kv head, key block) (pack_kt_bf16),
 //   pair rows kBf16KtStride bf16 apart;
 // - the task's q rows packed as bf16 pairs (pack_task_q_bf16), once per task, with their
