@@ -446,6 +446,39 @@ TYPED_TEST(AttentionExtremes, ValuesNearTheLargestFinite) {
   }
 }
 
+// Values at the largest finite value itself: the weights sum to 1 only within n eps, so
+// their mean can round past it; out is then that largest value (of the values' sign), not
+// inf, on both paths, prefill and split decode, while a visible inf value still gives inf.
+TYPED_TEST(AttentionExtremes, ValuesAtTheLargestFiniteStayFinite) {
+  using T = TypeParam;
+  const T top = std::numeric_limits<T>::max();
+  struct shape {
+    index_t n_q, n_k, d;
+  };
+  for (const shape sh : {shape{1, 7, 1}, shape{50, 300, 3}, shape{1, 3000, 2}})
+    for (unsigned seed = 0; seed < 24; ++seed) {
+      attention_data<T> data(1, sh.n_q, sh.n_k, 2, 1, sh.d, seed);
+      const auto column_value = [&](size_t e) { return (e % sh.d) % 2 ? -top : top; };
+      for (size_t e = 0; e < data.v.size(); ++e) data.v[e] = column_value(e);
+      attention_options<softmax_policy> o;
+      if (sh.n_q > 1) o.mask = attention_mask::causal_mask();
+      for (auto path : {attention_path::fused, attention_path::materialised}) {
+        const auto run = run_attention<default_arch>(data, o, path);
+        for (size_t e = 0; e < run.out.size(); ++e) {
+          const T want = column_value(e);  // every value of the column is want
+          ASSERT_TRUE(std::isfinite(run.out[e])) << "seed " << seed << " element " << e;
+          ASSERT_NEAR(run.out[e], want, top * 4000 * std::numeric_limits<T>::epsilon())
+              << "seed " << seed << " element " << e;
+        }
+      }
+      data.v[0] = std::numeric_limits<T>::infinity();  // key 0, column 0: visible to all
+      for (auto path : {attention_path::fused, attention_path::materialised}) {
+        const auto run = run_attention<default_arch>(data, o, path);
+        ASSERT_EQ(run.out[0], std::numeric_limits<T>::infinity()) << "seed " << seed;
+      }
+    }
+}
+
 // The same rows with v in another layout than k ([B, H, S, d] against k's [B, S, H, d]), so
 // that their row strides differ: the normalised recompute reads each value row through v's
 // own stride, and the result equals the same call with v in k's layout bit for bit.

@@ -239,6 +239,11 @@ TYPED_TEST(RowKernel, MergedStatesEqualTheWholeRow) {
     const double lse = merge(left, right).log_sum_exp();
     EXPECT_NEAR(lse, whole.log_sum_exp(), eps * (std::abs(lse) + 2 * sum_ulp(TestFixture::W) + 8));
     EXPECT_EQ(merge(left, row_state<T>{}).sum, left.sum);  // the empty state is neutral
+    // A NaN state (a NaN logit) wins from either side.
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    EXPECT_TRUE(std::isnan(merge(row_state<T>{nan, nan}, left).max));
+    EXPECT_TRUE(std::isnan(merge(left, row_state<T>{nan, nan}).max));
+    EXPECT_TRUE(std::isnan(merge(row_state<T>{nan, nan}, row_state<T>{}).max));
   }
 }
 

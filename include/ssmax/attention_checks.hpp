@@ -134,7 +134,7 @@ inline void check_shapes(const char* fn, const tensor_view<const Q>& q,
   require_disjoint_from_inputs(out.data, last_offset(out) + 1, fn, "out", q, k, v, names);
 }
 
-/// Step 2a: packed sequences' offsets, each starting at 0, never decreasing, ending at the
+/// Step 2, packed sequences: the offsets, each starting at 0, never decreasing, ending at the
 /// tensor's token count.
 inline void check_packed_offsets(const char* fn, const attention_mask& m, index_t batch,
                                  index_t total_q, index_t total_k) {
@@ -201,12 +201,12 @@ inline void check_mask(const char* fn, const attention_mask& m, const tensor_vie
             "options.mask.allowed", "must have non-negative strides");
 }
 
-/// Step 3b: every row's multiplier m, times the scale, is finite in T (the row API's
-/// check, policy_row_multiplier, for every row the mask lets see a key); the error names
-/// the first bad row in (sequence, head, row) order, with its n. Policies whose multiplier
-/// is the same for every row (softmax_policy) are checked once. A row's keys depend on its
-/// head only through a per-head boolean mask or bias (their stride_h); without either,
-/// each row's keys, a scan of its bias row, are found once for all heads.
+/// Step 3, the multipliers: every row's multiplier m, times the scale, is finite in T (the row
+/// API's check, policy_row_multiplier, for every row the mask lets see a key); the error names the
+/// first bad row in (sequence, head, row) order, with its n. Policies whose multiplier is the same
+/// for every row (softmax_policy) are checked once. A row's keys depend on its head only through a
+/// per-head boolean mask or bias (their stride_h); without either, each row's keys, a scan of its
+/// bias row, are found once for all heads.
 template <class T, class Policy, class Q, class KV>  // compute type; policy; q's, k's types
 inline void check_row_multipliers(const char* fn, const Policy& policy, const attention_mask& m,
                                   const logit_options& logit, const tensor_view<const Q>& q,

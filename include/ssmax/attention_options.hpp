@@ -18,8 +18,9 @@ enum class attention_path {
   materialised  ///< full score rows
 };
 
-/// How a fused prefill over bf16 q and k multiplies them, where the build has AVX512-BF16
-/// (elsewhere it is always float_gemm). Both are exact: each score is the float sum of
+/// How a fused prefill over bf16 q and k multiplies them, and whether the opt-in bf16
+/// weights (bf16 v, q of any type) may apply, where the build has AVX512-BF16 (elsewhere
+/// it is always float_gemm). Both are exact: each score is the float sum of
 /// exact products, and only the rounding of the accumulation differs (docs/numerics.md).
 enum class bf16_method {
   automatic,     ///< what is faster on this CPU: dot_products on AMD, float_gemm elsewhere

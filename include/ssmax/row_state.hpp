@@ -29,10 +29,13 @@ struct row_state {
 
 /// State of the union of the two rows' logits (the FlashAttention merge):
 ///   M = max(a.max, b.max),  sum = a.sum exp(a.max - M) + b.sum exp(b.max - M).
-/// Exact up to two roundings per term; either side may be empty. Commutative; associative
-/// up to rounding, so callers wanting bitwise reproducibility merge in a fixed order.
+/// Exact up to two roundings per term; either side may be empty; a NaN state (a NaN
+/// logit) wins over any other, whichever side it is on. Commutative; associative up to
+/// rounding, so callers wanting bitwise reproducibility merge in a fixed order.
 template <class T>  // float or double
 inline row_state<T> merge(const row_state<T>& a, const row_state<T>& b) {
+  if (std::isnan(a.max)) return a;
+  if (std::isnan(b.max)) return b;
   if (b.empty()) return a;
   if (a.empty()) return b;
   if (a.max == b.max) return {a.max, a.sum + b.sum};  // also covers +inf == +inf

@@ -13,6 +13,7 @@
 //   softmax_backward.hpp    row backward: dL/dx and dL/dm (training a learnable SSMax s)
 //   attention_backward.hpp  the attention operator's backward: dq, dk, dv, ds, db
 //   policy_gradient.hpp     dL/dm of a row -> dL/ds_h, dL/db_h of an SSMax policy
+//   quantize.hpp       8-bit K/V formats (fp8 e4m3 / e5m2, ggml's Q8_0) and their helpers
 
 #include "analysis.hpp"
 #include "attention.hpp"
@@ -23,6 +24,7 @@
 #include "mask.hpp"
 #include "paged.hpp"
 #include "policy_gradient.hpp"
+#include "quantize.hpp"
 #include "row_state.hpp"
 #include "softmax.hpp"
 #include "softmax_backward.hpp"

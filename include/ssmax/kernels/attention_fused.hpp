@@ -15,7 +15,8 @@
 // walks the key blocks its rows can see (a grid of kKeyBlock keys from each sequence's
 // start, the last block ending at the sequence's key length: attention_problem::span, so
 // no key row past a sequence's own keys is read): scores S = Q' K^T of the block (Q' = m scale
-// Q, one multiplier per row; scale Q when the logit has extras, whose epilogue applies m), the
+// Q, one multiplier per row; scale Q when the logit's extras transform the scores, whose
+// epilogue then applies m), the
 // row-logit step (epilogue, mask), the online-softmax update (running max and sum per row,
 // rescaling the output accumulator), then O += P V.
 //
@@ -23,24 +24,25 @@
 // - prefill: kPrefillQueryBlock rows of one head, through a register-blocked GEMM on K^T
 //   and V packed once per (sequence, kv head, key block), kPrefillStrip rows at a time
 //   (prefill_strips.hpp: the strip's scores stay in L1); with bf16 q and k on AVX512-BF16,
-//   where the call's bf16 method takes dot products (plan.bf16_scores), the score GEMM is
+//   where the call's bf16 method takes dot products (plan.bf16_dot_scores), the score GEMM is
 //   vdpbf16ps on a pair-interleaved K^T (prefill_bf16.hpp), and with
 //   the opt-in bf16 weights and bf16 v, P V is vdpbf16ps on a V pair-packed over keys
 //   instead of the float V (gemm_bf16.hpp, bf16_values);
-// - decode: at most kDotMaxRows rows of a group of heads (whole GQA groups, up to
-//   kDecodeScratchRows scratch rows in all), through dot products that read K and V in
-//   place in kKeyStreams runs, each key and value vector loaded (and widened) once for
-//   a register block of the query rows sharing its kv head (dot4_rows, axpy4_rows); with
-//   heads adjacent in memory ([B, S, H, d]) each step reads every head of a key, so the
-//   cache streams the tensors in order.
+// - decode: at most kDotMaxRows rows of consecutive heads (whole GQA groups where they fit,
+//   up to kDecodeScratchRows scratch rows in all: decode_heads), through dot products that read K
+//   and V in place in kKeyStreams runs, each key and value vector loaded (and widened) once for a
+//   register block of the query rows sharing its kv head (dot4_rows, axpy4_rows); with heads
+//   adjacent in memory ([B, S, H, d]) each step reads every head of a key, so the cache streams the
+//   tensors in order.
 // Storage (plan.hpp storage_set, storage.hpp): everything is computed in T; q is widened
 // into the scaled copy (setup_rows), K^T and V are widened while packing (pack_kt,
-// pad_rows), decode reads 16-bit K and V in place and widens them in registers
-// (key_streams.hpp, convert.hpp), and only finish_row rounds, once, to a 16-bit out.
-// A task with at most kSplitMaxRows rows and more key blocks than one chunk (kDecodeChunk
-// keys of one head; for a group of h heads max(1, kDecodeChunk / kKeyBlock / h) blocks)
-// splits its keys into chunks; chunks run in parallel and their (O, state) partials are
-// merged in chunk order (flash-decoding).
+// pad_rows), except on the bf16 dot-product path, which packs the bf16 values as they are
+// (prefill_bf16.hpp, gemm_bf16.hpp); decode reads 16-bit K and V in place and widens them in
+// registers (key_streams.hpp, convert.hpp), and only finish_row rounds, once, to a 16-bit out. A
+// task with at most kSplitMaxRows rows and more key blocks than one chunk (kDecodeChunk keys of one
+// head; for a group of h heads max(1, kDecodeChunk / kKeyBlock / h) blocks) splits its keys into
+// chunks; chunks run in parallel and their (O, state) partials are merged in chunk order
+// (flash-decoding).
 //
 // The decomposition depends only on the shapes and the mask, never on the thread count,
 // and each piece is computed the same way whichever thread runs it: results are bitwise
@@ -83,7 +85,8 @@ struct task_kv_groups {
 };
 
 /// A task's rows before its key blocks: each row's keys and scaled query (setup_rows),
-/// its epilogue when the logit has extras, zeroed accumulators and states, and the kv
+/// its epilogue when the logit's extras transform the scores, zeroed accumulators and
+/// states, and the kv
 /// heads it reads.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 void setup_task(const attention_problem<T, Policy, S>& p, const fused_task& t,
@@ -185,15 +188,15 @@ void prefill_task(const attention_problem<T, Policy, S>& p,
   const sequence_span seq = p.span(t.sequence);
   const index_t b = seq.tensor_batch, d = p.q.dim, g = kv.kv_of[0];  // one head
   if constexpr (bf16_prefill<Arch, T, S>)
-    if (plan.bf16_scores)
+    if (plan.bf16_dot_scores)
       pack_task_q_bf16(p, b, t.head, t.q0, t.rows, sc.info, sc.q_pairs, sc.row_factors);
   index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
     const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     const row_map krows{p.k.stride_s, p.block_rows(b, kb, nk, offsets)};
     if constexpr (bf16_prefill<Arch, T, S>) {
-      if (plan.bf16_scores) {
-        const index_t kp = kt_pairs(d);
+      if (plan.bf16_dot_scores) {
+        const index_t kp = bf16_pairs(d);
         prefill_block_values(
             p, plan, t, sc, blk, g, kb, nk, krows,
             bf16_scores{sc.q_pairs, sc.row_factors, plan.kt_bf16_block(p, t.sequence, g, blk), kp,
@@ -272,7 +275,7 @@ void pack_keys_and_values(const attention_problem<T, Policy, S>& p,
     index_t offsets[kKeyBlock];  // a paged cache's rows of the block
     const index_t* at = p.block_rows(b, kb, nk, offsets);
     const row_map krows{p.k.stride_s, at}, vrows{p.v.stride_s, at};
-    if (plan.bf16_scores) {
+    if (plan.bf16_dot_scores) {
       if constexpr (bf16_prefill<Arch, T, S>)
         pack_kt_bf16(p.k_row(b, kb, g), krows, nk, d, round_up(nk, W), kBf16KtStride,
                      plan.kt_bf16_block(p, s, g, blk));
@@ -306,7 +309,7 @@ void merge_chunks(const attention_problem<T, Policy, S>& p,
       std::fill(o, o + dp, T(0));
       row_state<double> acc;
       for (index_t c = 0; c < t.chunks; ++c) {
-        const index_t at = t.partial + c * rows + r;
+        const index_t at = t.partial_row(c, r);
         merge_partial(o, acc, plan.partial_o + at * dp, plan.partial_state[at], dp);
       }
       // The chunks' row keys went with their scratch; only the sink reads them.
@@ -347,7 +350,7 @@ void attention_fused(const attention_problem<T, Policy, S>& p, attention_workspa
       for (index_t r = 0; r < rows; ++r)
         detail::finish_task_row<Arch>(p, t, r, sc.o + r * dp, sc.state[r], sc.info[r]);
     } else {
-      const index_t at = t.partial + it.chunk * rows;
+      const index_t at = t.partial_row(it.chunk, 0);  // the chunk's rows are consecutive
       std::copy(sc.o, sc.o + rows * dp, plan.partial_o + at * dp);
       std::copy(sc.state, sc.state + rows, plan.partial_state + at);
     }

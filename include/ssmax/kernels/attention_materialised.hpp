@@ -181,8 +181,10 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
                                  std::min(kKeyBlock, t.k_hi - kb), d, dp, sc.o, sc.vp);
     }
     for (index_t r = 0; r < t.rows; ++r) {
+      T* o = sc.o + r * dp;
+      detail::saturate_rounded_overflow(p, b, g, sc.info[r].begin, sc.info[r].end, o);
       O* dst = p.out.row(b, t.q0 + r, t.head);  // rounded to nearest even when 16-bit
-      std::transform(sc.o + r * dp, sc.o + r * dp + d, dst, [](T x) { return from_compute<O>(x); });
+      std::transform(o, o + d, dst, [](T x) { return from_compute<O>(x); });
     }
   });
 }

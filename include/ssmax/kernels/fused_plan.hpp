@@ -24,14 +24,17 @@ struct fused_task {
   index_t sequence = 0, head = 0, heads = 1, q0 = 0, rows = 0, blk_lo = 0, blk_hi = 0;
   index_t chunk_blocks = 0;  ///< key blocks per chunk
   index_t chunks = 1;        ///< > 1: the blocks are split into chunks of chunk_blocks
-  index_t partial = 0;       ///< split tasks: chunk c's scratch row r is partial row
-                             ///< partial + c * scratch_rows() + r (plan.partial_o, _state)
+  index_t partial = 0;       ///< split tasks: where the task's partial rows start
+                             ///< (plan.partial_o, partial_state): partial_row
 
   index_t scratch_rows() const { return rows * heads; }
   /// The head of scratch row r.
   index_t head_of(index_t r) const { return head + r / rows; }
   /// The query row (tensor index) of scratch row r.
   index_t query_of(index_t r) const { return q0 + r % rows; }
+  /// Split tasks: the partial row (of plan.partial_o, partial_state) of chunk c's scratch
+  /// row r.
+  index_t partial_row(index_t c, index_t r) const { return partial + c * scratch_rows() + r; }
 };
 /// A unit of parallel work: one chunk of one task.
 struct fused_item {
@@ -46,8 +49,8 @@ inline constexpr index_t kBlocksPerChunk = kDecodeChunk / kKeyBlock;
 static_assert(kDecodeChunk % kKeyBlock == 0, "chunks hold whole key blocks");
 
 /// Query heads per decode task of `rows` rows: whole GQA groups (heads sharing one kv
-/// head) as long as they fit the kDecodeScratchRows scratch rows, else as many heads of one
-/// group as fit.
+/// head) as long as they fit the kDecodeScratchRows scratch rows, else as many consecutive
+/// heads as fit, which may straddle two groups (setup_task then reads both kv heads).
 inline index_t decode_heads(index_t rows, index_t heads, index_t kv_heads) {
   const index_t fit = std::max<index_t>(1, kDecodeScratchRows / rows), group = heads / kv_heads;
   return std::min(heads, fit >= group ? fit / group * group : fit);
@@ -56,9 +59,9 @@ inline index_t decode_heads(index_t rows, index_t heads, index_t kv_heads) {
 /// Buffers of one thread.
 template <class T>  // float or double
 struct fused_scratch {
-  T* qs;                     ///< [kTaskScratchRows, d] scaled queries
-  T* s;                      ///< [kDecodeScratchRows, score_ld] scores / P (prefill: a strip's)
-  T* o;                      ///< [kTaskScratchRows, dp] output accumulator
+  T* qs;  ///< [kTaskScratchRows, d] scaled queries
+  T* s;   ///< [max(kDecodeScratchRows, kPrefillStrip), score_ld] scores / P (prefill: a strip's)
+  T* o;   ///< [kTaskScratchRows, dp] output accumulator
   row_state<double>* state;  ///< [kTaskScratchRows]
   row_keys* info;            ///< [kTaskScratchRows]
   row_logit* logit;          ///< [kTaskScratchRows] score epilogues (logit.hpp), or null
@@ -76,9 +79,10 @@ template <class Arch,                      // architecture tag
           class S = storage_set<T, T, T>>  // storage types of q, k/v, out (plan.hpp)
 struct fused_plan {
   index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
-  bool packs_blocks = false;  ///< some task has more than kDotMaxRows rows: K^T and V are packed
-  bool bf16_scores = false;   ///< packs_blocks, bf16_prefill, dot products: Q K^T by vdpbf16ps
-  bool bf16_weights = false;  ///< packs_blocks, bf16_weights_path, allowed, dot products: P V too
+  bool packs_blocks = false;     ///< some task has more than kDotMaxRows rows: K^T and V are packed
+  bool bf16_dot_scores = false;  ///< packs_blocks, bf16_prefill, dot products: Q K^T by vdpbf16ps
+  bool bf16_weights = false;     ///< packs_blocks, bf16_weights_path, allowed, dot products: P V
+                                 ///< by vdpbf16ps (with float or bf16 scores, as q is)
   fused_task* tasks = nullptr;
   fused_item* items = nullptr;
   index_t* first_block = nullptr;    ///< [sequences + 1] grid blocks before each sequence
@@ -102,7 +106,7 @@ struct fused_plan {
   /// Pair-interleaved bf16 K^T of grid block blk of sequence s, kv head g (bf16 prefill).
   std::uint16_t* kt_bf16_block(const attention_problem<T, Policy, S>& p, index_t s, index_t g,
                                index_t blk) const {
-    return kt_bf16 + ((first_block[s] + blk) * p.k.heads + g) * kt_pairs(p.q.dim) * kBf16KtStride;
+    return kt_bf16 + ((first_block[s] + blk) * p.k.heads + g) * bf16_pairs(p.q.dim) * kBf16KtStride;
   }
 
   /// Packed V of grid block blk of sequence s, kv head g: [kKeyBlock, dp].
@@ -171,14 +175,14 @@ struct fused_plan {
     tasks = a.take<fused_task>(n_tasks);
     items = a.take<fused_item>(n_items);
     first_block = a.take<index_t>(p.sequences() + 1);
-    bf16_scores = packs_blocks && bf16_prefill<Arch, T, S> && p.bf16_dot_products;
+    bf16_dot_scores = packs_blocks && bf16_prefill<Arch, T, S> && p.bf16_dot_products;
     bf16_weights = packs_blocks && bf16_weights_path<Arch, T, S> && p.bf16_dot_products &&
                    p.allow_bf16_weights;
-    const bool bf16 = bf16_scores;
-    const index_t kp = kt_pairs(d);
-    kt = a.take<T>(packs_blocks && !bf16 ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
+    const index_t kp = bf16_pairs(d);
+    kt = a.take<T>(
+        !bf16_dot_scores && packs_blocks ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
     kt_bf16 =
-        a.take<std::uint16_t>(packs_blocks && bf16 ? n_blocks * p.k.heads * kp * kBf16KtStride : 0);
+        a.take<std::uint16_t>(bf16_dot_scores ? n_blocks * p.k.heads * kp * kBf16KtStride : 0);
     v_packed = a.take<T>(
         packs_blocks && !bf16_weights ? n_blocks * p.k.heads * padded_v_elements(d, W) : 0);
     v_bf16 = a.take<std::uint16_t>(bf16_weights ? n_blocks * p.k.heads * kKeyBlock * dp : 0);
@@ -193,8 +197,8 @@ struct fused_plan {
       sc.state = a.take<row_state<double>>(kTaskScratchRows);
       sc.info = a.take<row_keys>(kTaskScratchRows);
       sc.logit = a.take<row_logit>(p.logit.transforms_scores() ? kTaskScratchRows : 0);
-      sc.q_pairs = a.take<std::uint32_t>(packs_blocks && bf16 ? kPrefillQueryBlock * kp : 0);
-      sc.row_factors = a.take<float>(packs_blocks && bf16 ? kPrefillQueryBlock : 0);
+      sc.q_pairs = a.take<std::uint32_t>(bf16_dot_scores ? kPrefillQueryBlock * kp : 0);
+      sc.row_factors = a.take<float>(bf16_dot_scores ? kPrefillQueryBlock : 0);
       sc.p_pairs = a.take<std::uint32_t>(bf16_weights ? kPrefillStrip * kKeyBlock / 2 : 0);
       if (!a.counting()) scratch[t] = sc;
     }

@@ -15,7 +15,8 @@
 //   for each key j, the two bf16 k_j[2 c2], k_j[2 c2 + 1] side by side, so that 32 bf16 of
 //   a pair row are one vector of 16 keys; an odd d is padded with a zero dimension;
 // - q rows as bf16 pairs (pack_q_bf16), one 32-bit word per pair, broadcast per step;
-// - the row factor f_r (m_r * scale) multiplies the float scores after the dot products:
+// - the row factor f_r (m_r scale, or scale alone when the logit's epilogue transforms
+//   the scores: query_factor) multiplies the float scores after the dot products:
 //   q itself is never scaled nor rounded.
 //
 // Numerical contract (q, k bf16 values, so every product q_c k_c is exact in float):
@@ -258,7 +259,7 @@ inline void pack_p_bf16(const float* p, index_t n, std::uint32_t* pp) {
 /// rows r0.. of a task from its packed q pairs and row factors and a block's packed K^T.
 struct bf16_scores {
   const std::uint32_t* qp;  ///< [rows of the task, lda] q pairs
-  const float* f;           ///< [rows of the task] row factors m * scale
+  const float* f;           ///< [rows of the task] row factors (query_factor)
   const std::uint16_t* kt;  ///< pair-interleaved K^T of the block, pair rows ldk apart
   index_t kp, lda, ldk;     ///< pairs, q row stride (words), K^T pair-row stride (bf16)
   void operator()(index_t r0, index_t rows, index_t cols, float* s, index_t lds) const {

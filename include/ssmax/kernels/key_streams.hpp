@@ -161,7 +161,7 @@ inline void for_row_blocks(index_t count, F&& f) {
 inline constexpr index_t kKeyStreams = 4;
 
 /// Query rows of a dot-product block that share one kv head: scratch rows [first, first +
-/// count) read the keys (or values) rows base + j * stride, j < nk, of that head.
+/// count) read that head's key (or value) rows base + offset_of(j), j < nk (row_map).
 template <class T>  // storage type of the keys or values (storage.hpp)
 struct kv_group {
   index_t first = 0;        ///< first scratch row
@@ -234,10 +234,11 @@ inline void dot_scores(const T* qs, index_t d, const kv_group<K>* groups, index_
 
 /// Values by scaled sums: o[r*dp, +d) += sum_j p[r*ldp + j] * value(j) for every scratch
 /// row r of every group, j < nk, value(j) = group.base + vrows(j), each row's sum in key
-/// order (walk_key_streams; axpy4_rows' numerical contract per step). Keys whose weights
-/// are all zero for a row are skipped for it (masked or flushed keys cost no reads, and a
-/// non-finite value behind a zero weight never reaches o). Values read in place, each
-/// vector loaded and widened once per register block of the rows that use it.
+/// order (walk_key_streams; axpy4_rows' numerical contract per step). A row skips a step
+/// whose four weights are all zero (masked or flushed keys cost no reads); a zero weight
+/// in a step with a nonzero one is multiplied like any other, so a non-finite value behind
+/// it reaches o (0 x NaN, as docs/numerics.md says). Values read in place, each vector
+/// loaded and widened once per register block of the rows that use it.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T

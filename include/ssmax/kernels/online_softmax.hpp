@@ -127,6 +127,35 @@ inline bool output_overflowed(const T* o, index_t d, const row_state<double>& st
   return !std::all_of(o, o + d, [](T x) { return std::isfinite(x); });
 }
 
+/// True when element c of every value row of kv head g (batch entry b) over the keys
+/// [begin, end) is finite.
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline bool value_column_finite(const attention_problem<T, Policy, S>& p, index_t b, index_t g,
+                                index_t begin, index_t end, index_t c) {
+  index_t offsets[kKeyBlock];  // a paged cache's value rows of the current block
+  for (index_t kb = begin; kb < end; kb += kKeyBlock) {
+    const index_t nk = std::min(kKeyBlock, end - kb);
+    const row_map vrows{p.v.stride_s, p.block_rows(b, kb, nk, offsets)};
+    const auto* v0 = p.v_row(b, kb, g);
+    for (index_t j = 0; j < nk; ++j)
+      if (!std::isfinite(to_compute(v0[vrows(j) + c]))) return false;
+  }
+  return true;
+}
+
+/// out[0, d) of one row (kv head g, batch entry b, keys [begin, end)) as a weighted mean
+/// of finite values must be: an element that the rounding of the weights (which sum to 1
+/// within n eps) took past T's largest finite value, while every value it averages is
+/// finite, becomes the largest finite value of its sign. The exact mean is at most the
+/// largest |v|, so this is within the operator's bound; an infinite value keeps its inf.
+template <class T, class Policy, class S>  // compute type; a length policy; storage_set
+inline void saturate_rounded_overflow(const attention_problem<T, Policy, S>& p, index_t b,
+                                      index_t g, index_t begin, index_t end, T* o) {
+  for (index_t c = 0; c < p.q.dim; ++c)
+    if (std::isinf(o[c]) && value_column_finite(p, b, g, begin, end, c))
+      o[c] = std::copysign(std::numeric_limits<T>::max(), o[c]);
+}
+
 /// The rare path of output_overflowed: row i of head h in seq recomputed from q, k and v
 /// over the keys it sees, with its weights normalised before they meet the values, so that
 /// o[0, d) holds out itself and cannot overflow where out does not: w_j = exp(m z_j - max)
@@ -134,8 +163,9 @@ inline bool output_overflowed(const T* o, index_t d, const row_state<double>& st
 /// equally when the row is at +inf), z_j recomputed without overflow (recompute_row_logits),
 /// each w_j rounded once to T, then o = sum_j w_j v_j in T over
 /// the keys of the row's span [begin, end) (hidden ones with weight 0, as in P V).
-/// Within the operator's bound (docs/numerics.md, "Attention"); a value that is not
-/// finite gives what the normal path gives (inf or NaN; 0 x NaN for a hidden key's).
+/// Within the operator's bound (docs/numerics.md, "Attention"), with a rounding past T's
+/// largest finite value saturated (saturate_rounded_overflow); a value that is not finite
+/// gives what the normal path gives (inf or NaN; 0 x NaN for a hidden key's).
 template <class Arch,    // xsimd architecture tag or scalar_arch
           class T,       // compute type: float or double
           class Policy,  // a length policy (length_policy.hpp)
@@ -165,6 +195,7 @@ inline void recompute_normalised(const attention_problem<T, Policy, S>& p, const
       for (index_t c = 0; c < d; ++c) o[c] += w * to_compute(vj[c]);
     }
   }
+  saturate_rounded_overflow(p, b, g, row.begin, row.end, o);
 }
 
 }  // namespace ssmax::kernels::detail

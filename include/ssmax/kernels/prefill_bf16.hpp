@@ -28,7 +28,8 @@ namespace ssmax::kernels::detail {
 /// True when the fused prefill of a problem of compute type T and storage S on Arch can
 /// take the opt-in bf16 P V (attention_options::allow_bf16_weights): bf16 k and v, float
 /// compute, 16 float lanes and an AVX512-BF16 build. The plan takes it when the problem
-/// allows it (attention_problem::allow_bf16_weights) and packs V pair-interleaved
+/// allows it (attention_problem::allow_bf16_weights) and its bf16 method takes dot
+/// products (attention_problem::bf16_dot_products), and packs V pair-interleaved
 /// (pack_v_bf16) instead of in float.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type
@@ -37,26 +38,25 @@ inline constexpr bool bf16_weights_path =
     kHaveAvx512Bf16&& std::is_same<T, float>::value&& std::is_same<
         typename S::kv, Eigen::bfloat16>::value&& ssmax::detail::simd<Arch, float>::width == 16;
 
-/// True when the fused prefill of a problem of compute type T and storage S on Arch takes
-/// the bf16 score GEMM (see the top of the file): bf16_weights_path's conditions and bf16 q.
+/// True when the fused prefill of a problem of compute type T and storage S on Arch can
+/// take the bf16 score GEMM (see the top of the file): bf16_weights_path's conditions and
+/// bf16 q. The plan takes it where the bf16 method takes dot products (bf16_dot_scores).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type
           class S>     // storage_set (plan.hpp)
 inline constexpr bool bf16_prefill =
     bf16_weights_path<Arch, T, S>&& std::is_same<typename S::q, Eigen::bfloat16>::value;
 
-/// Pair rows of a head dimension d (ceil(d / 2); an odd d pads one zero dimension).
-inline index_t kt_pairs(index_t d) { return (d + 1) / 2; }
 /// Stride of the pair rows of a packed bf16 K^T block, in bf16: two per key of a block,
 /// plus one 64-byte line so that the rows (1 KiB apart otherwise) do not alias in the cache.
 inline constexpr index_t kBf16KtStride = 2 * kKeyBlock + 32;
 
 /// Packs query rows q0.. q0 + rows of head h (batch b) of p as bf16 pairs into qp (rows
-/// kt_pairs(d) words apart) and their row factors into f.
+/// bf16_pairs(d) words apart) and their row factors into f.
 template <class P>  // attention_problem with bf16 q
 inline void pack_task_q_bf16(const P& p, index_t b, index_t h, index_t q0, index_t rows,
                              const row_keys* info, std::uint32_t* qp, float* f) {
-  const index_t d = p.q.dim, kp = kt_pairs(d);
+  const index_t d = p.q.dim, kp = bf16_pairs(d);
   for (index_t r = 0; r < rows; ++r) {
     pack_q_bf16(p.q.row(b, q0 + r, h), d, qp + r * kp);
     f[r] = static_cast<float>(query_factor(p, info[r], h));

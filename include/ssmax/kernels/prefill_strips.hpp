@@ -5,18 +5,18 @@
 // packed V (packed_values), so that a strip's scores stay in L1 from the GEMM that writes
 // them to the GEMM that reads them as P.
 //
-// Why strips: a whole task's scores for a block (kPrefillQueryBlock rows x 272 floats,
-// 139 KB) do not fit a 48 KB L1, so the softmax and P V would read them back from L2; a
-// strip of 32 rows keeps 35 KB. K^T and V of the block stream from L2 with the tile's own
-// prefetch (gemm.hpp, kPrefetchRows). Each strip also computes only the keys some of its
-// rows may see (visible_block_keys): on the causal diagonal a strip stops at its own last
-// row instead of the block's end. The strip size is measured: docs/performance.md,
-// "Constants and the measurements behind them".
+// Why strips: a whole task's scores for a block (kPrefillQueryBlock rows x 272 floats, the
+// score row stride with 16-lane vectors: 139 KB) do not fit a 48 KB L1, so the softmax and P V
+// would read them back from L2; a strip of 32 rows keeps 35 KB. K^T and V of the block stream from
+// L2 with the tile's own prefetch (gemm.hpp, kPrefetchRows). Each strip also computes only the keys
+// some of its rows may see (visible_block_keys): on the causal diagonal a strip stops at its own
+// last row instead of the block's end. The strip size is measured: docs/performance.md, "Constants
+// and the measurements behind them".
 //
 // Arithmetic is that of the whole-block version: every score is one fma chain over the
 // head dimension in order, every output element one fma chain over the keys in order; the
-// keys left out weigh exactly 0 for every row of the strip. Results do not depend on the
-// strip size's position in the task nor on the thread count.
+// keys left out weigh exactly 0 for every row of the strip. Results depend neither on
+// where a strip starts in the task nor on the thread count.
 
 #include <algorithm>
 
