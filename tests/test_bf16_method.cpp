@@ -102,8 +102,17 @@ std::string cpu_vendor() {
   return "";
 }
 
+/// True when this binary is for x86 (under an emulator /proc/cpuinfo is the host's).
+constexpr bool x86_build() {
+#if defined(__x86_64__) || defined(__i386__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 TEST(Bf16Method, AutomaticTakesDotProductsOnAmdOnly) {
-  const bool amd = cpu_vendor() == "AuthenticAMD";
+  const bool amd = x86_build() && cpu_vendor() == "AuthenticAMD";
   EXPECT_EQ(ssmax::detail::bf16_dot_products_outrun_fma(), amd) << "vendor " << cpu_vendor();
   const prefill_case c;
   const auto chosen = amd ? bf16_method::dot_products : bf16_method::float_gemm;
