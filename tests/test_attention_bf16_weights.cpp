@@ -32,7 +32,8 @@ const double kBf16WeightUnit = std::ldexp(1.0, -8);
 template <class C>  // combo<Q, KV, O>
 constexpr bool takes_bf16_weights() {
   return kernels::detail::bf16_weights_path<
-      Arch, float, kernels::storage_set<typename C::q, typename C::kv, typename C::out>>;
+      Arch, float,
+      kernels::storage_set<typename C::q, typename C::kv, typename C::kv, typename C::out>>;
 }
 
 #define SKIP_WITHOUT_BF16_WEIGHTS(C)                      \

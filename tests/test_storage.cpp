@@ -178,7 +178,22 @@ TEST(StorageTraits, CombinationsAndComputeTypes) {
       std::is_same<attention_storage<double, double, double, double>::compute, double>::value,
       "double");
   static_assert(!attention_storage<double, double, double, bf>::supported, "16-bit out, double in");
-  static_assert(!attention_storage<float, bf, hf, float>::supported, "k and v differ");
+  static_assert(attention_storage<float, bf, hf, float>::supported, "k and v may differ");
+  static_assert(attention_storage<float, block_q8_0, hf, bf>::supported &&
+                    attention_storage<hf, const fp8_e4m3, fp8_e5m2, float>::supported,
+                "8-bit k and v");
+  static_assert(!attention_storage<fp8_e4m3, float, float, float>::supported &&
+                    !attention_storage<float, float, float, block_q8_0>::supported &&
+                    !attention_storage<double, block_q8_0, double, double>::supported,
+                "8-bit formats are for k and v of a float call");
+  static_assert(
+      !attention_backward_storage<float, block_q8_0, block_q8_0, float, float, float>::supported &&
+          !attention_backward_storage<float, bf, hf, float, float, float>::supported &&
+          attention_backward_storage<float, bf, bf, float, float, float>::supported,
+      "the backward reads one 16- or 32-bit k and v type");
+  static_assert(!is_storage_type_v<fp8_e4m3> && is_kv_storage_type_v<const block_q8_0> &&
+                    values_per_element_v<block_q8_0> == 32 && values_per_element_v<fp8_e5m2> == 1,
+                "8-bit traits");
   static_assert(!attention_storage<float, float, float, const float>::supported, "const out");
   std::uint16_t raw[2] = {0x3f80, 0x3c00};
   EXPECT_EQ(to_compute(*as_bfloat16(raw)), 1.0f);

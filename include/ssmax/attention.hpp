@@ -111,19 +111,22 @@ struct views_agree
 
 /// Checks every argument of an attention call (out only read: its shape and where it
 /// lies); throws argument_error naming the first bad one. Returns the resolved scale.
-/// Q, KV, O: the element types of q, of k and v, of out (a supported attention_storage);
+/// Q, K, V, O: the element types of q, k, v, out (a supported attention_storage);
 /// lse and weights are in their compute type.
-template <class Q, class KV, class O, class Policy>
+template <class Q, class K, class V, class O, class Policy>
 inline double check_attention_views(const char* fn, const tensor_view<const Q>& q,
-                                    const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                                    const tensor_view<const K>& k, const tensor_view<const V>& v,
                                     const tensor_view<const O>& out,
                                     const attention_options<Policy>& o, const compute_t<O>* lse,
                                     const compute_t<O>* weights) {
   check_shapes(fn, q, k, v, out);
   check_mask(fn, o.mask, q, k);
   const double scale = check_options<compute_t<O>>(fn, o, q, k);
+  read_arrays reads = call_reads(o.mask, q, k);
+  reads.add_scale(k, "k.scale");
+  reads.add_scale(v, "v.scale");
   check_extras(fn, o.logit, o.path == attention_path::fused, lse, weights, q, k, v, out, k.seq,
-               call_reads(o.mask, q, k));
+               reads);
   return scale;
 }
 
@@ -131,10 +134,11 @@ inline double check_attention_views(const char* fn, const tensor_view<const Q>& 
 /// (tensor_view::seq_lengths, cache_view) as its mask's key_lengths (mask_with_view_lengths
 /// checks they agree); `options` itself when no view carries lengths. The kernels' problem
 /// points into options', so run must finish the call.
-template <class Q, class KV, class O, class Policy, class Run>  // view types; policy; callable
+template <class Q, class K, class V, class O, class Policy,
+          class Run>  // view types; policy; callable
 inline decltype(auto) with_view_lengths(const char* fn, const tensor_view<const Q>& q,
-                                        const tensor_view<const KV>& k,
-                                        const tensor_view<const KV>& v,
+                                        const tensor_view<const K>& k,
+                                        const tensor_view<const V>& v,
                                         const tensor_view<const O>& out,
                                         const attention_options<Policy>& options, Run&& run) {
   if (!views_carry_lengths(q, k, v, out)) return run(options);
@@ -153,13 +157,13 @@ inline double check_attention(const char* fn, const tensor_view<const T>& q,
 }
 
 /// The kernels' problem: compute type compute_t<O>, the storage types of the views.
-template <class Q, class KV, class O, class Policy>  // view element types; a length policy
-inline kernels::attention_problem<compute_t<O>, Policy, kernels::storage_set<Q, KV, O>>
-make_problem(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
-             const tensor_view<const KV>& v, const tensor_view<O>& out,
+template <class Q, class K, class V, class O, class Policy>  // view element types; a length policy
+inline kernels::attention_problem<compute_t<O>, Policy, kernels::storage_set<Q, K, V, O>>
+make_problem(const tensor_view<const Q>& q, const tensor_view<const K>& k,
+             const tensor_view<const V>& v, const tensor_view<O>& out,
              const attention_options<Policy>& o, const attention_extras<compute_t<O>>& x,
              double scale) {
-  kernels::attention_problem<compute_t<O>, Policy, kernels::storage_set<Q, KV, O>> p;
+  kernels::attention_problem<compute_t<O>, Policy, kernels::storage_set<Q, K, V, O>> p;
   p.q = q, p.k = k, p.v = v, p.out = out;
   p.policy = &o.policy;
   p.mask = o.mask;
@@ -181,10 +185,10 @@ inline bool use_materialised(const attention_options<Policy>& o, const attention
 }
 
 /// Validates a call and builds its problem (steps shared by attention and
-/// attention_workspace_bytes). Q, KV, O: element types of q, of k and v, of out.
-template <class Q, class KV, class O, class Policy>
+/// attention_workspace_bytes). Q, K, V, O: element types of q, k, v, out.
+template <class Q, class K, class V, class O, class Policy>
 inline auto checked_problem(const char* fn, const tensor_view<const Q>& q,
-                            const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                            const tensor_view<const K>& k, const tensor_view<const V>& v,
                             const tensor_view<O>& out, const attention_options<Policy>& options,
                             const attention_extras<compute_t<O>>& extras) {
   const double scale = check_attention_views(fn, q, k, v, tensor_view<const O>(out), options,
@@ -193,9 +197,9 @@ inline auto checked_problem(const char* fn, const tensor_view<const Q>& q,
 }
 
 /// attention_workspace_bytes for any supported element types.
-template <class Arch, class Q, class KV, class O, class Policy>
-std::size_t workspace_bytes_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
-                               const tensor_view<const KV>& v, const tensor_view<O>& out,
+template <class Arch, class Q, class K, class V, class O, class Policy>
+std::size_t workspace_bytes_of(const tensor_view<const Q>& q, const tensor_view<const K>& k,
+                               const tensor_view<const V>& v, const tensor_view<O>& out,
                                const attention_options<Policy>& options,
                                const attention_extras<compute_t<O>>& extras) {
   constexpr const char* fn = "attention_workspace_bytes";
@@ -224,9 +228,9 @@ void run_problem(const kernels::attention_problem<T, Policy, S>& p, bool materia
 }
 
 /// attention for any supported element types.
-template <class Arch, class Q, class KV, class O, class Policy>
-void attention_of(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
-                  const tensor_view<const KV>& v, const tensor_view<O>& out,
+template <class Arch, class Q, class K, class V, class O, class Policy>
+void attention_of(const tensor_view<const Q>& q, const tensor_view<const K>& k,
+                  const tensor_view<const V>& v, const tensor_view<O>& out,
                   const attention_options<Policy>& options,
                   const attention_extras<compute_t<O>>& extras, attention_workspace* workspace) {
   constexpr const char* fn = "attention";
@@ -262,7 +266,7 @@ std::size_t attention_workspace_bytes(detail::identity_t<tensor_view<const T>> q
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class Q,                        // element type of q (const or not)
           class K,                        // element type of k
-          class V,                        // element type of v (k's)
+          class V,                        // element type of v
           class O,                        // element type of out
           class Policy = softmax_policy,  // a length policy
           std::enable_if_t<detail::mixed_storage_v<Q, K, V, O>, int> = 0>
@@ -278,8 +282,9 @@ std::size_t attention_workspace_bytes(const tensor_view<Q>& q, const tensor_view
 ///   q [B, n_q, H, d], k and v [B, n_k, H_kv, d] with H_kv dividing H, out [B, n_q, H, d]
 ///   (any strides with a contiguous head dimension: bshd_view, bhsd_view, Eigen helpers).
 /// Element types (storage.hpp): all float, all double, or any mix of float,
-/// Eigen::bfloat16 and Eigen::half (k and v the same) computed in float; this overload
-/// takes one type T for all four, the next one a mix.
+/// Eigen::bfloat16 and Eigen::half, with k and v each also one of the 8-bit cache formats
+/// (fp8_e4m3, fp8_e5m2 with the view's scale; block_q8_0), computed in float; this
+/// overload takes one type T for all four, the next one a mix.
 /// extras.lse, when set, receives the per-row log-sum-exp [B, H, n_q]; extras.weights
 /// the attention weights [B, H, n_q, n_k] (materialised path); both in the compute type
 /// (float for 16-bit calls). workspace: reuse one
@@ -301,12 +306,12 @@ void attention(detail::identity_t<tensor_view<const T>> q,
 }
 
 /// Multi-head attention over views of different element types: q and out each float,
-/// Eigen::bfloat16 or Eigen::half, k and v one of them too (storage.hpp), computed in
-/// float; otherwise as the overload above.
+/// Eigen::bfloat16 or Eigen::half, k and v each one of them or an 8-bit cache format
+/// (storage.hpp), computed in float; otherwise as the overload above.
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class Q,                        // element type of q (const or not)
           class K,                        // element type of k
-          class V,                        // element type of v (k's)
+          class V,                        // element type of v
           class O,                        // element type of out
           class Policy = softmax_policy,  // a length policy
           std::enable_if_t<detail::mixed_storage_v<Q, K, V, O>, int> = 0>
@@ -318,8 +323,8 @@ void attention(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_vi
                              options, extras, workspace);
 }
 
-/// Views whose element types no call supports (a double q with a float out, k and v of
-/// different types, a const out, ...): one readable compile error naming the argument
+/// Views whose element types no call supports (a double q with a float out, an fp8 q, a
+/// const out, ...): one readable compile error naming the argument
 /// instead of a failed match against every overload above.
 template <class Arch = default_arch,  // xsimd architecture tag or scalar_arch
           class Q, class K, class V,  // the element types of q, k, v
@@ -333,10 +338,11 @@ void attention(const tensor_view<Q>&, const tensor_view<K>&, const tensor_view<V
                 "ssmax::attention: argument 'q' must view float, Eigen::bfloat16 or Eigen::half, "
                 "or double when k, v and out are double too");
   static_assert(!A::q_ok || A::k_ok,
-                "ssmax::attention: argument 'k' must view float, Eigen::bfloat16 or Eigen::half, "
-                "or double when q, v and out are double too");
+                "ssmax::attention: argument 'k' must view float, Eigen::bfloat16, Eigen::half, "
+                "fp8_e4m3, fp8_e5m2 or block_q8_0, or double when q, v and out are double too");
   static_assert(!A::q_ok || !A::k_ok || A::v_ok,
-                "ssmax::attention: argument 'v' must have k's element type");
+                "ssmax::attention: argument 'v' must view float, Eigen::bfloat16, Eigen::half, "
+                "fp8_e4m3, fp8_e5m2 or block_q8_0, or double when q, k and out are double too");
   static_assert(!A::q_ok || !A::k_ok || !A::v_ok || A::out_ok,
                 "ssmax::attention: argument 'out' must be a writable view (not const) of float, "
                 "Eigen::bfloat16 or Eigen::half, or of double when q, k and v are double");

@@ -7,6 +7,7 @@
 // reads, and the checks that no output overlaps it: attention_reads.hpp.
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -20,6 +21,7 @@
 #include "length_policy.hpp"
 #include "logit.hpp"
 #include "mask.hpp"
+#include "storage.hpp"
 #include "tensor_view.hpp"
 
 namespace ssmax::detail {
@@ -38,10 +40,42 @@ inline void check_view(const tensor_view<T>& t, const char* fn, const char* name
           "must have non-negative strides");
 }
 
+/// A key or value view's head dimension in values: dim, or dim * 32 for block_q8_0.
+template <class T>
+inline index_t head_values(const tensor_view<T>& t) {
+  return t.dim * values_per_element_v<T>;
+}
+
+/// What a key or value view's storage type requires beyond check_view (argument_error
+/// naming the view as `name`, or its scale as `scale_name`): an fp8 view carries a scale,
+/// one value or one per head, each finite and > 0; no other view carries one; a
+/// block_q8_0 view's data is aligned to its 2-byte blocks.
+template <class T>
+inline void check_kv_storage(const tensor_view<const T>& t, const char* fn, const char* name,
+                             const char* scale_name) {
+  if constexpr (is_fp8_v<T>) {
+    require(t.scale.values != nullptr, fn, scale_name,
+            "must not be null: an fp8 view's values are scale * code");
+    const index_t count = t.scale.per_head ? t.heads : 1;
+    for (index_t h = 0; h < count; ++h) {
+      const float x = t.scale.values[h];
+      require_lazy(std::isfinite(x) && x > 0.0f, fn, scale_name, [&] {
+        return "must be finite and > 0, got " + real_to_string(x) +
+               (t.scale.per_head ? " for head " + std::to_string(h) : std::string());
+      });
+    }
+  } else {
+    require(t.scale.values == nullptr, fn, scale_name, "must be null: only fp8 views take a scale");
+  }
+  if constexpr (std::is_same<T, block_q8_0>::value)
+    require(reinterpret_cast<std::uintptr_t>(t.data) % alignof(block_q8_0) == 0, fn, name,
+            "must point to 2-byte aligned block_q8_0 blocks");
+}
+
 /// True when a view carries sequence lengths (tensor_view::seq_lengths, cache_view).
-template <class Q, class KV, class O>  // element types of q, of k and v, of out
-inline bool views_carry_lengths(const tensor_view<const Q>& q, const tensor_view<const KV>& k,
-                                const tensor_view<const KV>& v, const tensor_view<const O>& out) {
+template <class Q, class K, class V, class O>  // element types of q, k, v, out
+inline bool views_carry_lengths(const tensor_view<const Q>& q, const tensor_view<const K>& k,
+                                const tensor_view<const V>& v, const tensor_view<const O>& out) {
   return q.seq_lengths != nullptr || k.seq_lengths != nullptr || v.seq_lengths != nullptr ||
          out.seq_lengths != nullptr;
 }
@@ -50,11 +84,11 @@ inline bool views_carry_lengths(const tensor_view<const Q>& q, const tensor_view
 /// argument_error, before anything is written, when q or out carry lengths (only keys and
 /// values have them), when v's differ from k's, when the mask is packed, or when
 /// m.key_lengths is set and differs from them in some entry.
-template <class Q, class KV, class O>  // element types of q, of k and v, of out
+template <class Q, class K, class V, class O>  // element types of q, k, v, out
 inline attention_mask mask_with_view_lengths(const char* fn, const attention_mask& m,
                                              const tensor_view<const Q>& q,
-                                             const tensor_view<const KV>& k,
-                                             const tensor_view<const KV>& v,
+                                             const tensor_view<const K>& k,
+                                             const tensor_view<const V>& v,
                                              const tensor_view<const O>& out) {
   require(q.seq_lengths == nullptr, fn, "q",
           "carries seq_lengths (a cache_view): only k and v may");
@@ -104,21 +138,29 @@ inline std::string shape_of(const tensor_view<T>& t) {
 
 /// Step 1 of check_attention_views: each view, the shapes against each other, and out (read
 /// here, never written) neither sharing memory between its elements nor with an input.
-template <class Q, class KV, class O>  // element types of q, of k and v, of out
+template <class Q, class K, class V, class O>  // element types of q, k, v, out
 inline void check_shapes(const char* fn, const tensor_view<const Q>& q,
-                         const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                         const tensor_view<const K>& k, const tensor_view<const V>& v,
                          const tensor_view<const O>& out, const input_names& names = {}) {
   check_view(q, fn, "q");
-  check_view(k, fn, "k");
-  check_view(v, fn, "v");
+  check_view(k, fn, names.k);
+  check_view(v, fn, names.v);
   check_view(out, fn, "out");
-  require_lazy(k.dim == q.dim, fn, "k", [&] {
-    return "has head dimension " + std::to_string(k.dim) + ", q has " + std::to_string(q.dim);
+  check_kv_storage(k, fn, names.k, names.k_scale);
+  check_kv_storage(v, fn, names.v, names.v_scale);
+  const auto dimension_of = [](const auto& t) {
+    using T = std::remove_const_t<std::remove_reference_t<decltype(*t.data)>>;
+    if (values_per_element_v<T> == 1) return "head dimension " + std::to_string(t.dim);
+    return std::to_string(t.dim) + " Q8_0 blocks per head row (" + std::to_string(head_values(t)) +
+           " values)";
+  };
+  require_lazy(head_values(k) == q.dim, fn, names.k, [&] {
+    return "has " + dimension_of(k) + ", q has head dimension " + std::to_string(q.dim);
   });
-  require_lazy(v.dim == q.dim, fn, "v", [&] {
-    return "has head dimension " + std::to_string(v.dim) + ", q has " + std::to_string(q.dim);
+  require_lazy(head_values(v) == q.dim, fn, names.v, [&] {
+    return "has " + dimension_of(v) + ", q has head dimension " + std::to_string(q.dim);
   });
-  require_lazy(k.batch == q.batch, fn, "k", [&] {
+  require_lazy(k.batch == q.batch, fn, names.k, [&] {
     return "has batch " + std::to_string(k.batch) + ", q has " + std::to_string(q.batch);
   });
   require_lazy(q.heads % k.heads == 0, fn, "k", [&] {
@@ -276,10 +318,11 @@ inline double check_options(const char* fn, const Options& o, const tensor_view<
 /// (`reads`: the mask's, a paged cache's); out disjoint from the logit's arrays and
 /// `reads` too. fused: the call asked for the fused path, which never forms weights. n_k:
 /// the weights' keys per row (k.seq, or a paged cache's logical key count).
-template <class T, class Q, class KV, class O>  // compute type; element types of q, k/v, out
+template <class T, class Q, class K, class V,
+          class O>  // compute type; element types of q, k, v, out
 inline void check_extras(const char* fn, const logit_options& logit, bool fused, const T* lse,
                          const T* weights, const tensor_view<const Q>& q,
-                         const tensor_view<const KV>& k, const tensor_view<const KV>& v,
+                         const tensor_view<const K>& k, const tensor_view<const V>& v,
                          const tensor_view<const O>& out, index_t n_k, const read_arrays& reads,
                          const input_names& names = {}) {
   const index_t rows = q.batch * q.heads * q.seq, out_count = last_offset(out) + 1;

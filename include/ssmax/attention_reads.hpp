@@ -12,6 +12,7 @@
 #include "index_array.hpp"
 #include "logit.hpp"
 #include "mask.hpp"
+#include "storage.hpp"
 #include "tensor_view.hpp"
 
 namespace ssmax::detail {
@@ -46,14 +47,16 @@ struct input_names {
   const char* q = "q";
   const char* k = "k";
   const char* v = "v";
+  const char* k_scale = "k.scale";  ///< an fp8 k's scale (tensor_view::scale)
+  const char* v_scale = "v.scale";
 };
 
 /// Throws argument_error naming `argument` when [p, p + count) overlaps q, k or v.
-template <class Q, class KV, class U>  // element types of q, of k and v, of p
+template <class Q, class K, class V, class U>  // element types of q, k, v, of p
 inline void require_disjoint_from_inputs(const U* p, index_t count, const char* fn,
                                          const char* argument, const tensor_view<const Q>& q,
-                                         const tensor_view<const KV>& k,
-                                         const tensor_view<const KV>& v,
+                                         const tensor_view<const K>& k,
+                                         const tensor_view<const V>& v,
                                          const input_names& names = {}) {
   const auto check = [&](const auto& t, const char* name) {
     require_lazy(!overlaps(p, count, t.data, last_offset(t) + 1), fn, argument,
@@ -73,13 +76,20 @@ struct read_array {
   const char* name = "";
 };
 
-/// The arrays of one call that no output may overlap (at most 8).
+/// The arrays of one call that no output may overlap (at most kMax).
 struct read_arrays {
-  read_array items[8];
+  static constexpr int kMax = 12;
+  read_array items[kMax];
   int count = 0;
 
   void add(const void* data, index_t bytes, const char* name) {
-    if (data != nullptr && bytes > 0 && count < 8) items[count++] = {data, bytes, name};
+    if (data != nullptr && bytes > 0 && count < kMax) items[count++] = {data, bytes, name};
+  }
+  /// An fp8 view's scale array (nothing for other views).
+  template <class T>  // the view's element type
+  void add_scale(const tensor_view<const T>& t, const char* name) {
+    if constexpr (is_fp8_v<T>)
+      add(t.scale.values, (t.scale.per_head ? t.heads : 1) * index_t(sizeof(float)), name);
   }
   void add(const index_array& a, index_t entries, const char* name) {
     add(a.data(), entries * a.element_bytes(), name);

@@ -21,9 +21,11 @@
 // its first cache_lengths[b] tokens: the entries past its length and the pool blocks no
 // sequence owns may hold anything (-1, stale ids, NaN, inf) and change nothing.
 //
-// Storage types: the pools may be float, double, Eigen::bfloat16 or Eigen::half, with q
-// and out as ssmax::attention allows (storage.hpp; a bf16 pool with float q and out is the
-// usual serving case).
+// Storage types: the pools may be float, double, Eigen::bfloat16 or Eigen::half, or an
+// 8-bit cache format (fp8_e4m3 and fp8_e5m2 with their scales k_scale / v_scale, one per
+// pool or per kv head; block_q8_0, d / 32 blocks per head row), the K and V pools each its
+// own, with q and out as ssmax::attention allows (storage.hpp; a bf16 pool with float q
+// and out is the usual serving case, q8_0 K with half V an engine's mix).
 //
 // Both paths read the pools in place: the kernels find key row j of sequence b through the
 // block table (kernels/plan.hpp kv_pages and key_rows), in the dot-product (decode) path, in
@@ -47,26 +49,29 @@
 namespace ssmax {
 
 /// A paged KV cache (see the top of this header). Pointers are borrowed for the call.
-template <class T>  // storage type of the pools: float, double, Eigen::bfloat16 or Eigen::half
+template <class K,      // storage type of the key pool (storage.hpp: a K/V storage type)
+          class V = K>  // storage type of the value pool
 struct paged_kv_cache {
-  const T* k_pool = nullptr;    ///< [num_blocks, block_size, H_kv, d]
-  const T* v_pool = nullptr;    ///< [num_blocks, block_size, H_kv, d]
+  const K* k_pool = nullptr;    ///< [num_blocks, block_size, H_kv, d] (d / 32 Q8_0 blocks)
+  const V* v_pool = nullptr;    ///< [num_blocks, block_size, H_kv, d] (d / 32 Q8_0 blocks)
   index_t num_blocks = 0;       ///< blocks in each pool
   index_t block_size = 0;       ///< tokens per block
   index_t kv_heads = 0;         ///< H_kv
-  index_t dim = 0;              ///< d
+  index_t dim = 0;              ///< d, the head dimension in values (a multiple of 32 for Q8_0)
   index_array block_table{};    ///< [B, max_blocks] pool block of each logical block
   index_t max_blocks = 0;       ///< entries per row of block_table
   index_array cache_lengths{};  ///< [B] tokens per sequence
+  value_scale k_scale{};        ///< fp8 k_pool only (and required there): its scale
+  value_scale v_scale{};        ///< fp8 v_pool only (and required there): its scale
 };
 
 namespace detail {
 
 /// Checks a paged cache for queries q [B, n_q, H, d]; throws argument_error naming the bad
 /// field ("cache.<field>"), before anything is written.
-template <class Q, class KV>  // element type of q; storage type of the pools
+template <class Q, class K, class V>  // element type of q; storage types of the pools
 inline void check_paged(const char* fn, const tensor_view<const Q>& q,
-                        const paged_kv_cache<KV>& c) {
+                        const paged_kv_cache<K, V>& c) {
   require(c.k_pool != nullptr, fn, "cache.k_pool", "must not be null");
   require(c.v_pool != nullptr, fn, "cache.v_pool", "must not be null");
   require(c.num_blocks >= 1, fn, "cache.num_blocks", "must be >= 1");
@@ -81,6 +86,8 @@ inline void check_paged(const char* fn, const tensor_view<const Q>& q,
   require(c.kv_heads >= 1 && q.heads % c.kv_heads == 0, fn, "cache.kv_heads",
           "must be >= 1 and divide q's heads");
   require(c.dim == q.dim, fn, "cache.dim", "must equal q's head dimension");
+  require(c.dim % values_per_element_v<K> == 0 && c.dim % values_per_element_v<V> == 0, fn,
+          "cache.dim", "must be a multiple of 32 for a block_q8_0 pool");
   require(c.block_table != nullptr && c.max_blocks >= 1, fn, "cache.block_table",
           "must not be null, with max_blocks >= 1");
   require(c.cache_lengths != nullptr, fn, "cache.cache_lengths", "must not be null");
@@ -104,13 +111,13 @@ inline void check_paged(const char* fn, const tensor_view<const Q>& q,
 
 namespace detail {
 
-/// Pool rows [0, rows) of one pool as a view (rows stride H_kv d apart, heads d apart,
-/// batch unused).
-template <class KV>  // storage type of the pools
-inline tensor_view<const KV> pool_view(const paged_kv_cache<KV>& c, const KV* data, index_t batch,
-                                       index_t rows) {
-  const index_t row = c.kv_heads * c.dim;
-  return {data, batch, rows, c.kv_heads, c.dim, 0, row, c.dim};
+/// Pool rows [0, rows) of one pool (data, of element type P, with `scale` when fp8) as a
+/// view (rows H_kv head rows apart, batch unused).
+template <class P>  // storage type of the pool
+inline tensor_view<const P> pool_view(index_t kv_heads, index_t dim, const P* data,
+                                      value_scale scale, index_t batch, index_t rows) {
+  const index_t elements = dim / values_per_element_v<P>, row = kv_heads * elements;
+  return {data, batch, rows, kv_heads, elements, 0, row, elements, {}, scale};
 }
 
 }  // namespace detail
@@ -119,25 +126,26 @@ inline tensor_view<const KV> pool_view(const paged_kv_cache<KV>& c, const KV* da
 /// query causal, at the end of its sequence's cache), into out [B, n_q, H, d]; options,
 /// extras and workspace as ssmax::attention (options.mask's key_lengths must be null and
 /// the mask not packed). Element types as ssmax::attention's (storage.hpp): all float, all
-/// double, or any mix of float, Eigen::bfloat16 and Eigen::half computed in float (a bf16
-/// pool with float queries and output, say). The fused path (the default unless
-/// extras.weights is set or options.path asks for the materialised one) reads the pools in
-/// place, as the materialised one does (see the top of this header). The key axis
-/// of options.logit.bias [B, H, n_q, n_k] and of extras.weights [B, H, n_q, n_k] is the
+/// double, or float, Eigen::bfloat16 and Eigen::half q and out with pools of those or of the
+/// 8-bit formats, computed in float (a bf16 pool with float queries and output, say). The fused
+/// path (the default unless extras.weights is set or options.path asks for the materialised one)
+/// reads the pools in place, as the materialised one does (see the top of this header). The key
+/// axis of options.logit.bias [B, H, n_q, n_k] and of extras.weights [B, H, n_q, n_k] is the
 /// logical one, n_k = max(1, max_b cache_lengths[b]). Throws argument_error naming the bad
 /// argument as the caller wrote it ("cache.k_pool", "cache.block_table", ...), nothing
 /// written; out, extras.lse and extras.weights may overlap nothing the call reads (q, the
 /// pools, the block table, the lengths, the mask's and the logit options' arrays).
 template <class Arch = default_arch,      // xsimd architecture tag or scalar_arch
           class Q,                        // element type of q (const or not)
-          class KV,                       // storage type of both pools
+          class K,                        // storage type of the key pool
+          class V,                        // storage type of the value pool
           class O,                        // element type of out
           class Policy = softmax_policy>  // a length policy
-void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
+void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<K, V>& cache,
                      const tensor_view<O>& out, const attention_options<Policy>& options = {},
                      attention_extras<compute_t<O>> extras = {},
                      attention_workspace* workspace = nullptr) {
-  static_assert(attention_storage<Q, KV, KV, O>::supported,
+  static_assert(attention_storage<Q, K, V, O>::supported,
                 "paged_attention: q, the pools and out must form a combination ssmax::attention "
                 "supports (storage.hpp)");
   constexpr const char* fn = "paged_attention";
@@ -156,12 +164,15 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
 
   // Validated as ssmax::attention on the logical keys [B, max_len, H_kv, d], with out,
   // lse and weights disjoint from the whole pools and the cache's arrays.
-  const detail::input_names names{"q", "cache.k_pool", "cache.v_pool"};
-  const index_t pool_rows = cache.num_blocks * cache.block_size;
-  const auto k_all = detail::pool_view(cache, cache.k_pool, q.batch, pool_rows);
-  const auto v_all = detail::pool_view(cache, cache.v_pool, q.batch, pool_rows);
-  const auto k = detail::pool_view(cache, cache.k_pool, q.batch, max_len);
-  const auto v = detail::pool_view(cache, cache.v_pool, q.batch, max_len);
+  const detail::input_names names{"q", "cache.k_pool", "cache.v_pool", "cache.k_scale",
+                                  "cache.v_scale"};
+  const index_t pool_rows = cache.num_blocks * cache.block_size, H_kv = cache.kv_heads;
+  const auto k_all =
+      detail::pool_view(H_kv, cache.dim, cache.k_pool, cache.k_scale, q.batch, pool_rows);
+  const auto v_all =
+      detail::pool_view(H_kv, cache.dim, cache.v_pool, cache.v_scale, q.batch, pool_rows);
+  const auto k = detail::pool_view(H_kv, cache.dim, cache.k_pool, cache.k_scale, q.batch, max_len);
+  const auto v = detail::pool_view(H_kv, cache.dim, cache.v_pool, cache.v_scale, q.batch, max_len);
   const tensor_view<const O> out_c = out;
   detail::check_shapes(fn, qc, k_all, v_all, out_c, names);
   detail::check_mask(fn, local.mask, qc, k);
@@ -169,8 +180,10 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<KV>& cache,
   auto reads =
       detail::mask_arrays(local.mask, q.batch, q.heads, q.seq, max_len, "cache.cache_lengths");
   reads.add(cache.block_table, q.batch * cache.max_blocks, "cache.block_table");
-  reads.add(k_all.data, (detail::last_offset(k_all) + 1) * index_t(sizeof(KV)), "cache.k_pool");
-  reads.add(v_all.data, (detail::last_offset(v_all) + 1) * index_t(sizeof(KV)), "cache.v_pool");
+  reads.add(k_all.data, (detail::last_offset(k_all) + 1) * index_t(sizeof(K)), "cache.k_pool");
+  reads.add(v_all.data, (detail::last_offset(v_all) + 1) * index_t(sizeof(V)), "cache.v_pool");
+  reads.add_scale(k_all, "cache.k_scale");
+  reads.add_scale(v_all, "cache.v_scale");
   detail::check_extras(fn, local.logit, local.path == attention_path::fused, extras.lse,
                        extras.weights, qc, k_all, v_all, out_c, max_len, reads, names);
 

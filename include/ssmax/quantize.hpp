@@ -45,27 +45,12 @@
 #include <type_traits>
 
 #include "error.hpp"
+#include "storage.hpp"
 #include "tensor_view.hpp"
 
 namespace ssmax {
 
-/// OCP FP8 E4M3 (e4m3fn): see the top of the file.
-struct fp8_e4m3 {
-  std::uint8_t bits = 0;
-};
-/// OCP FP8 E5M2: see the top of the file.
-struct fp8_e5m2 {
-  std::uint8_t bits = 0;
-};
-
-/// Values per Q8_0 block.
-inline constexpr index_t kQ8_0Block = 32;
-/// ggml's Q8_0 block: value c of the block is float(d) * qs[c].
-struct block_q8_0 {
-  Eigen::half d;
-  std::int8_t qs[kQ8_0Block];
-};
-static_assert(sizeof(block_q8_0) == 34, "block_q8_0 has ggml's 34-byte layout");
+// fp8_e4m3, fp8_e5m2, block_q8_0 and kQ8_0Block: storage.hpp.
 
 namespace detail {
 

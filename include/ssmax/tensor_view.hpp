@@ -11,6 +11,10 @@
 //                             filled up to lengths[b]; the view spans the longest one and
 //                             carries the lengths, which every call honours
 // The head dimension is contiguous (stride 1): kernels read whole head rows as vectors.
+// Keys and values may also be stored in an 8-bit format (storage.hpp): an fp8 view carries
+// its scale (value = scale * fp8, `scale` below); a block_q8_0 view's elements are blocks
+// of 32 values, so its dim is d / 32 and its strides count blocks (bshd_view(blocks, B, S,
+// H, d / kQ8_0Block) for a [B, S, H, d] cache).
 //
 // Eigen helpers: head_matrix(view, b, h) maps one head's [seq, d] slice as a row-major
 // Eigen matrix; head_view(matrix) views one row-major [seq, d] matrix as a 1-batch,
@@ -36,6 +40,16 @@ using const_matrix_ref = Eigen::Ref<const row_matrix<T>, 0, Eigen::OuterStride<>
 template <class T>  // an element type: float, double, Eigen::bfloat16 or Eigen::half
 using matrix_ref = Eigen::Ref<row_matrix<T>, 0, Eigen::OuterStride<>>;
 
+/// The scale of an fp8 tensor (value = scale * fp8, vLLM's k_scale / v_scale): one float
+/// for the whole tensor, or one per head (per_head: values[h] for head h). Read at the
+/// call, which requires each to be finite and > 0.
+struct value_scale {
+  const float* values = nullptr;  ///< [1], or [heads] when per_head; null: no scale
+  bool per_head = false;
+  /// The scale of head h.
+  float of_head(index_t h) const { return values[per_head ? h : 0]; }
+};
+
 /// A [batch, seq, heads, dim] view of strided memory. T may be const for inputs.
 template <class T>  // an element type (float, double, Eigen::bfloat16, Eigen::half), possibly const
 struct tensor_view {
@@ -51,6 +65,8 @@ struct tensor_view {
   /// past them padding that no call reads; null: every row of seq. The call honours them
   /// as the mask's key_lengths (mask.hpp), and refuses a mask whose key_lengths differ.
   index_array seq_lengths{};
+  /// fp8 views only (and required there): the scale of the values. Null for other types.
+  value_scale scale{};
 
   /// Pointer to the head row (b, s, h, 0..dim).
   T* row(index_t b, index_t s, index_t h) const {
@@ -60,7 +76,7 @@ struct tensor_view {
   T& operator()(index_t b, index_t s, index_t h, index_t c) const { return row(b, s, h)[c]; }
   /// The same view, read-only.
   operator tensor_view<const T>() const {  // NOLINT: implicit by design
-    return {data, batch, seq, heads, dim, stride_b, stride_s, stride_h, seq_lengths};
+    return {data, batch, seq, heads, dim, stride_b, stride_s, stride_h, seq_lengths, scale};
   }
   /// Number of elements in the shape.
   index_t size() const { return batch * seq * heads * dim; }

@@ -108,7 +108,8 @@ attention_run<float> run_stored(const stored_data<C>& data, attention_options<Po
 template <class Arch, class C>
 constexpr bool flushed_dots() {
   return kernels::detail::bf16_prefill<
-      Arch, float, kernels::storage_set<typename C::q, typename C::kv, typename C::out>>;
+      Arch, float,
+      kernels::storage_set<typename C::q, typename C::kv, typename C::kv, typename C::out>>;
 }
 
 /// Both paths against the reference on the exact inputs.

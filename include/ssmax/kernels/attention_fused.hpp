@@ -38,7 +38,8 @@
 // into the scaled copy (setup_rows), K^T and V are widened while packing (pack_kt,
 // pad_rows), except on the bf16 dot-product path, which packs the bf16 values as they are
 // (prefill_bf16.hpp, gemm_bf16.hpp); decode reads 16-bit K and V in place and widens them in
-// registers (key_streams.hpp, convert.hpp), and only finish_row rounds, once, to a 16-bit out. A
+// registers, as it does 8-bit K and V (key_streams.hpp, convert.hpp; an fp8 scale is folded into
+// the queries and the output's factor), and only finish_row rounds, once, to a 16-bit out. A
 // task with at most kSplitMaxRows rows and more key blocks than one chunk (kDecodeChunk keys of one
 // head; for a group of h heads max(1, kDecodeChunk / kKeyBlock / h) blocks) splits its keys into
 // chunks; chunks run in parallel and their (O, state) partials are merged in chunk order
@@ -77,9 +78,10 @@ namespace detail {
 
 /// The kv heads a task reads and the scratch rows that read each (consecutive heads of a
 /// GQA group share one); the rows' key and value pointers are set per key block.
-template <class K>  // storage type of the keys and values
+template <class K, class V>  // storage types of the keys and of the values
 struct task_kv_groups {
-  kv_group<K> keys[kTaskScratchRows], values[kTaskScratchRows];
+  kv_group<K> keys[kTaskScratchRows];
+  kv_group<V> values[kTaskScratchRows];
   index_t kv_of[kTaskScratchRows];  ///< the kv head of each group
   index_t groups = 0;
 };
@@ -90,7 +92,8 @@ struct task_kv_groups {
 /// heads it reads.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 void setup_task(const attention_problem<T, Policy, S>& p, const fused_task& t,
-                const fused_scratch<T>& sc, index_t dp, task_kv_groups<typename S::kv>& kv) {
+                const fused_scratch<T>& sc, index_t dp,
+                task_kv_groups<typename S::k, typename S::v>& kv) {
   const sequence_span seq = p.span(t.sequence);
   const index_t d = p.q.dim, rows = t.rows;
   for (index_t hh = 0; hh < t.heads; ++hh) {
@@ -106,7 +109,8 @@ void setup_task(const attention_problem<T, Policy, S>& p, const fused_task& t,
       kv.keys[kv.groups++] = {hh * rows, rows, nullptr};
     }
   }
-  std::copy(kv.keys, kv.keys + kv.groups, kv.values);
+  for (index_t i = 0; i < kv.groups; ++i)
+    kv.values[i] = {kv.keys[i].first, kv.keys[i].count, nullptr};
   std::fill(sc.o, sc.o + t.scratch_rows() * dp, T(0));
   std::fill(sc.state, sc.state + t.scratch_rows(), row_state<double>{});
 }
@@ -183,7 +187,7 @@ template <class Arch, class T, class Policy, class S>  // tag; compute type; pol
 void prefill_task(const attention_problem<T, Policy, S>& p,
                   const fused_plan<Arch, T, Policy, S>& plan, const fused_task& t, index_t blk_lo,
                   index_t blk_hi, const fused_scratch<T>& sc) {
-  task_kv_groups<typename S::kv> kv;
+  task_kv_groups<typename S::k, typename S::v> kv;
   setup_task(p, t, sc, plan.dp, kv);
   const sequence_span seq = p.span(t.sequence);
   const index_t b = seq.tensor_batch, d = p.q.dim, g = kv.kv_of[0];  // one head
@@ -218,7 +222,7 @@ template <class Arch, class T, class Policy, class S>  // tag; compute type; pol
 void decode_task(const attention_problem<T, Policy, S>& p,
                  const fused_plan<Arch, T, Policy, S>& plan, const fused_task& t, index_t blk_lo,
                  index_t blk_hi, const fused_scratch<T>& sc) {
-  task_kv_groups<typename S::kv> kv;
+  task_kv_groups<typename S::k, typename S::v> kv;
   setup_task(p, t, sc, plan.dp, kv);
   const sequence_span seq = p.span(t.sequence);
   const index_t b = seq.tensor_batch, d = p.q.dim, rows = t.scratch_rows();

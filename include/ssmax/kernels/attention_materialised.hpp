@@ -42,10 +42,10 @@ struct materialised_scratch {
   index_t* rows_at;  ///< [width] a paged cache's key rows of the task (block_rows), or null
 };
 
-template <class Arch,                      // architecture tag
-          class T,                         // compute type: float or double
-          class Policy,                    // a length policy
-          class S = storage_set<T, T, T>>  // storage types of q, k/v, out (plan.hpp)
+template <class Arch,                         // architecture tag
+          class T,                            // compute type: float or double
+          class Policy,                       // a length policy
+          class S = storage_set<T, T, T, T>>  // storage types of q, k, v, out (plan.hpp)
 struct materialised_plan {
   index_t n_tasks = 0, width = 0, dp = 0;
   int threads = 1;  ///< threads that run the tasks: p.threads, at most one per task
@@ -109,7 +109,7 @@ struct materialised_plan {
 template <class Arch,    // xsimd architecture tag or scalar_arch
           class T,       // compute type: float or double
           class Policy,  // a length policy (length_policy.hpp)
-          class S>       // storage types of q, k/v and out (plan.hpp, storage_set)
+          class S>       // storage types of q, k, v and out (plan.hpp, storage_set)
 void attention_materialised(const attention_problem<T, Policy, S>& p, attention_workspace& ws) {
   using O = typename S::out;
   const auto plan = detail::carve_plan<detail::materialised_plan<Arch, T, Policy, S>>(ws, p);
@@ -123,7 +123,8 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
     detail::setup_rows(p, seq, t.head, t.q0, t.rows, sc.info, sc.qs);
     // The task's key and value rows [k_lo, k_hi): strided, or through a paged cache's table
     // (nothing read, not even the table, when the task sees no key).
-    key_rows<typename S::kv> keys, values;
+    key_rows<typename S::k> keys;
+    key_rows<typename S::v> values;
     if (L > 0) {
       const index_t* at = p.block_rows(b, t.k_lo, L, sc.rows_at);
       keys = {p.k_row(b, t.k_lo, g), detail::row_map{p.k.stride_s, at}};
@@ -184,7 +185,12 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
       T* o = sc.o + r * dp;
       detail::saturate_rounded_overflow(p, b, g, sc.info[r].begin, sc.info[r].end, o);
       O* dst = p.out.row(b, t.q0 + r, t.head);  // rounded to nearest even when 16-bit
-      std::transform(o, o + d, dst, [](T x) { return from_compute<O>(x); });
+      if constexpr (is_fp8_v<typename S::v>) {  // the values' scale, applied once per element
+        const T v_scale = static_cast<T>(p.v_scale(g));
+        std::transform(o, o + d, dst, [&](T x) { return from_compute<O>(x * v_scale); });
+      } else {
+        std::transform(o, o + d, dst, [](T x) { return from_compute<O>(x); });
+      }
     }
   });
 }

@@ -31,7 +31,7 @@ template <class Q,   // element type of q
           class D,   // element type of dout
           class G>   // element type of dq, dk and dv
 struct backward_storage_set {
-  using forward = storage_set<Q, KV, O>;  ///< q, k/v, out as the forward problem holds them
+  using forward = storage_set<Q, KV, KV, O>;  ///< q, k, v, out as the forward problem holds them
   using dout = D;
   using grad = G;
 };

@@ -12,6 +12,13 @@
 //   the largest finite (by half an ULP or more) give +-inf; NaN gives a quiet NaN (sign
 //   and top payload bits kept, as the CPUs' conversion instructions do).
 // float and double convert to themselves (no instruction at all).
+// The 8-bit K/V formats (storage.hpp) only widen, exactly, to float: an fp8 code to its
+// value (the view's scale is applied by the kernels, outside the values: query_factor and
+// the output's factor); a Q8_0 value c of a row of blocks to float(d) * q (value_at,
+// load_values: exact, an 11-bit significand times a 7-bit integer). fp8 goes through half:
+// e5m2 is the top byte of a half; e4m3's sign, exponent and mantissa shifted into a half's
+// give its value times 2^-8 (denormals too), and its NaN code S.1111.111 would read 480,
+// which no finite e4m3 is (the largest is 448), so that lane is made NaN.
 //
 // Vector paths, chosen at compile time from the Arch tag and the compiler's target macros:
 //   half:     AVX-512F _mm512_cvtph_ps / _mm512_cvtps_ph, F16C _mm256_cvtph_ps /
@@ -29,6 +36,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "../detail/simd.hpp"
@@ -113,11 +121,52 @@ inline std::uint16_t float_to_half(float f) {
 
 }  // namespace detail
 
-/// A storage value in its compute type (exact).
+namespace detail {
+
+/// The half bits holding an fp8 e4m3 code's value times 2^-8 (NaN codes: see e4m3_to_float).
+inline std::uint16_t e4m3_half_bits(std::uint8_t b) {
+  return static_cast<std::uint16_t>(((b & 0x80u) << 8) | ((b & 0x7fu) << 7));
+}
+/// An fp8 e4m3 code's value (exact).
+inline float e4m3_to_float(std::uint8_t b) {
+  if ((b & 0x7fu) == 0x7fu)
+    return (b & 0x80u) ? -std::numeric_limits<float>::quiet_NaN()
+                       : std::numeric_limits<float>::quiet_NaN();
+  return half_to_float(e4m3_half_bits(b)) * 256.0f;
+}
+/// A half's value from its bits, by F16C's instruction where the compiler targets it.
+inline float half_bits_to_float(std::uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return half_to_float(h);
+#endif
+}
+
+}  // namespace detail
+
+/// A storage value in its compute type (exact; an fp8 code without its tensor's scale).
 inline float to_compute(float x) { return x; }
 inline double to_compute(double x) { return x; }
 inline float to_compute(Eigen::bfloat16 x) { return detail::bf16_to_float(bits_of(x)); }
 inline float to_compute(Eigen::half x) { return detail::half_to_float(bits_of(x)); }
+inline float to_compute(fp8_e5m2 x) {
+  return detail::half_to_float(static_cast<std::uint16_t>(x.bits << 8));
+}
+inline float to_compute(fp8_e4m3 x) { return detail::e4m3_to_float(x.bits); }
+
+/// Value c of a row stored as S (its compute type; exact): row[c] for one value per
+/// element, float(d) * q of value c % 32 of block c / 32 for block_q8_0.
+template <class S>  // a K/V storage type (storage.hpp)
+inline compute_t<S> value_at(const S* row, index_t c) {
+  if constexpr (std::is_same<S, block_q8_0>::value) {
+    const block_q8_0& block = row[c / kQ8_0Block];
+    return detail::half_bits_to_float(bits_of(block.d)) *
+           static_cast<float>(block.qs[c % kQ8_0Block]);
+  } else {
+    return to_compute(row[c]);
+  }
+}
 
 /// A compute value stored as S, rounded to nearest even for the 16-bit types.
 template <class S>  // a storage type (storage.hpp)
@@ -268,25 +317,170 @@ inline bool store_16bit(S* p, const compute_vec<Arch, S>& v) {
   return false;
 }
 
+/// W fp8 codes p[0, W) as their values, in registers where the architecture has a half
+/// conversion (see load_16bit); `done` false (the result unspecified) where it has none.
+template <class Arch, class F>  // xsimd architecture tag; fp8_e4m3 or fp8_e5m2
+inline compute_vec<Arch, F> load_fp8(const F* p, bool& done) {
+  done = true;
+  using Simd = ssmax::detail::simd<Arch, float>;
+  using V = typename Simd::vec;
+  [[maybe_unused]] constexpr bool e4m3 = std::is_same<F, fp8_e4m3>::value;
+  [[maybe_unused]] const void* raw = p;
+  // e4m3: 480 marks the NaN code (see the top of this header).
+  [[maybe_unused]] const auto e4m3_value = [](V half_value) {
+    const V v = half_value * Simd::splat(256.0f);
+    return xsimd::select(xsimd::abs(v) == Simd::splat(480.0f),
+                         Simd::splat(std::numeric_limits<float>::quiet_NaN()), v);
+  };
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(static_cast<const __m128i*>(raw)));
+    if constexpr (e4m3) {
+      const __m256i h =
+          _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8),
+                          _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7));
+      return e4m3_value(V(_mm512_cvtph_ps(h)));
+    } else {
+      return V(_mm512_cvtph_ps(_mm256_slli_epi16(w, 8)));
+    }
+  }
+#endif
+#if XSIMD_WITH_AVX && defined(__F16C__)
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value &&
+                !std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(static_cast<const __m128i*>(raw)));
+    if constexpr (e4m3) {
+      const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8),
+                                     _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7));
+      return e4m3_value(V(_mm256_cvtph_ps(h)));
+    } else {
+      return V(_mm256_cvtph_ps(_mm_slli_epi16(w, 8)));
+    }
+  }
+#endif
+#if XSIMD_WITH_SSE2 && defined(__F16C__)
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value &&
+                !std::is_base_of<xsimd::avx, Arch>::value) {
+    std::int32_t four;
+    std::memcpy(&four, raw, sizeof four);
+    const __m128i w = _mm_unpacklo_epi8(_mm_cvtsi32_si128(four), _mm_setzero_si128());
+    if constexpr (e4m3) {
+      const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8),
+                                     _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7));
+      return e4m3_value(V(_mm_cvtph_ps(h)));
+    } else {
+      return V(_mm_cvtph_ps(_mm_slli_epi16(w, 8)));
+    }
+  }
+#endif
+#if XSIMD_WITH_NEON64
+  if constexpr (std::is_base_of<xsimd::neon64, Arch>::value) {
+    std::uint32_t four;
+    std::memcpy(&four, raw, sizeof four);
+    const uint16x4_t w = vget_low_u16(vmovl_u8(vcreate_u8(four)));
+    if constexpr (e4m3) {
+      const uint16x4_t h = vorr_u16(vshl_n_u16(vand_u16(w, vdup_n_u16(0x80)), 8),
+                                    vshl_n_u16(vand_u16(w, vdup_n_u16(0x7f)), 7));
+      return e4m3_value(V(vcvt_f32_f16(vreinterpret_f16_u16(h))));
+    } else {
+      return V(vcvt_f32_f16(vreinterpret_f16_u16(vshl_n_u16(w, 8))));
+    }
+  }
+#endif
+  done = false;
+  return V();
+}
+
+/// W int8 values q[0, W) as floats, in registers where the architecture has a widening
+/// load; `done` false (the result unspecified) where it has none.
+template <class Arch>  // xsimd architecture tag
+inline compute_vec<Arch, float> load_int8(const std::int8_t* q, bool& done) {
+  done = true;
+  using V = compute_vec<Arch, float>;
+  [[maybe_unused]] const void* raw = q;
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value)
+    return V(_mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(raw)))));
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value &&
+                !std::is_base_of<xsimd::avx512f, Arch>::value)
+    return V(_mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(static_cast<const __m128i*>(raw)))));
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value &&
+                !std::is_base_of<xsimd::avx, Arch>::value) {
+    std::int32_t four;
+    std::memcpy(&four, raw, sizeof four);
+    const __m128i x = _mm_cvtsi32_si128(four);
+    const __m128i bytes = _mm_unpacklo_epi16(_mm_unpacklo_epi8(x, x), _mm_unpacklo_epi8(x, x));
+    return V(_mm_cvtepi32_ps(_mm_srai_epi32(bytes, 24)));  // each byte at the top, sign-extended
+  }
+#endif
+#if XSIMD_WITH_NEON64
+  if constexpr (std::is_base_of<xsimd::neon64, Arch>::value) {
+    std::uint32_t four;
+    std::memcpy(&four, raw, sizeof four);
+    const int32x4_t w = vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u8(vcreate_u8(four)))));
+    return V(vcvtq_f32_s32(w));
+  }
+#endif
+  done = false;
+  return V();
+}
+
 }  // namespace detail
 
 /// W = simd<Arch, compute_t<S>>::width storage values from p[0, W) as one compute vector
-/// (exact; see the top of this header).
+/// (exact; see the top of this header). S is one value per element (not block_q8_0:
+/// load_values).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class S>     // a storage type (storage.hpp)
 inline detail::compute_vec<Arch, S> load_compute(const S* p) {
   using Simd = ssmax::detail::simd<Arch, compute_t<S>>;
-  if constexpr (!is_16bit_v<S>) {
+  if constexpr (!is_16bit_v<S> && !is_fp8_v<S>) {
     return Simd::load(p);
   } else if constexpr (std::is_same<Arch, scalar_arch>::value) {
     return to_compute(*p);
   } else {
     bool done = false;
-    const auto v = detail::load_16bit<Arch>(p, done);
+    detail::compute_vec<Arch, S> v;
+    if constexpr (is_fp8_v<S>)
+      v = detail::load_fp8<Arch>(p, done);
+    else
+      v = detail::load_16bit<Arch>(p, done);
     if (done) return v;
     float lanes[Simd::width];
     for (index_t i = 0; i < Simd::width; ++i) lanes[i] = to_compute(p[i]);
     return Simd::load(lanes);
+  }
+}
+
+/// Values [c, c + W) of a row stored as S (W = simd<Arch, compute_t<S>>::width, c a
+/// multiple of W) as one compute vector, exact: load_compute(row + c) for one value per
+/// element; for block_q8_0 (W divides 32, so the vector lies in one block) the block's q
+/// widened and multiplied by its scale d.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class S>     // a K/V storage type (storage.hpp)
+inline detail::compute_vec<Arch, S> load_values(const S* row, index_t c) {
+  if constexpr (std::is_same<S, block_q8_0>::value) {
+    using Simd = ssmax::detail::simd<Arch, float>;
+    static_assert(kQ8_0Block % Simd::width == 0, "a vector lies in one Q8_0 block");
+    const block_q8_0& block = row[c / kQ8_0Block];
+    const std::int8_t* q = block.qs + c % kQ8_0Block;
+    const auto d = Simd::splat(detail::half_bits_to_float(bits_of(block.d)));
+    if constexpr (!std::is_same<Arch, scalar_arch>::value) {
+      bool done = false;
+      const auto v = detail::load_int8<Arch>(q, done);
+      if (done) return v * d;
+    }
+    float lanes[Simd::width];
+    for (index_t i = 0; i < Simd::width; ++i) lanes[i] = static_cast<float>(q[i]);
+    return Simd::load(lanes) * d;
+  } else {
+    return load_compute<Arch>(row + c);
   }
 }
 

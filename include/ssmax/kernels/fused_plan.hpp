@@ -73,10 +73,10 @@ struct fused_scratch {
 /// The fused kernel's plan and buffers, carved from an arena (sizes only when its base is
 /// null). K^T and V are packed once per (sequence, kv head, key block) and shared by every query
 /// block and every head of the group, when some task is large enough to use the GEMM.
-template <class Arch,                      // architecture tag
-          class T,                         // compute type: float or double
-          class Policy,                    // a length policy
-          class S = storage_set<T, T, T>>  // storage types of q, k/v, out (plan.hpp)
+template <class Arch,                         // architecture tag
+          class T,                            // compute type: float or double
+          class Policy,                       // a length policy
+          class S = storage_set<T, T, T, T>>  // storage types of q, k, v, out (plan.hpp)
 struct fused_plan {
   index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
   bool packs_blocks = false;     ///< some task has more than kDotMaxRows rows: K^T and V are packed

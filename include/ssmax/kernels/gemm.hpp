@@ -106,36 +106,38 @@ inline void gemm(index_t m, index_t n, index_t kc, const T* a, index_t lda, cons
 }
 
 /// Where row j of a block of rows lives, counted in elements from the block's first row
-/// pointer: j * stride, or offsets[j] when the rows are scattered (the pages of a paged KV
-/// cache, paged.hpp). Implicit from a stride, so that strided callers pass an index.
+/// pointer: j * stride, or rows[j] * stride when the rows are scattered (rows[j] the row's
+/// index from the first one: the pages of a paged KV cache, paged.hpp, whose K and V pools
+/// share the indices but not, when their types differ, the strides). Implicit from a
+/// stride, so that strided callers pass an index.
 struct row_map {
   index_t stride = 0;                ///< elements between consecutive rows
-  const index_t* offsets = nullptr;  ///< [rows] each row's offset, or null (strided)
+  const index_t* offsets = nullptr;  ///< [rows] each row's index from the first, or null (j)
   row_map(index_t s = 0, const index_t* o = nullptr) : stride(s), offsets(o) {}  // NOLINT
   /// Offset of row j.
-  index_t operator()(index_t j) const { return offsets != nullptr ? offsets[j] : j * stride; }
+  index_t operator()(index_t j) const { return (offsets != nullptr ? offsets[j] : j) * stride; }
 };
 
-/// Widens n storage values src[0, n) to dst (exact): W at a time in registers for 16-bit
-/// sources (convert.hpp's vector loads), a copy for float and double.
+/// Widens n storage values src[0, n) (values of one row, from value 0) to dst (exact): W at
+/// a time in registers for the 16- and 8-bit types (convert.hpp's vector loads), a copy
+/// for float and double.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
-          class Src>   // storage type (storage.hpp) whose compute type is T
+          class Src>   // K/V storage type (storage.hpp) whose compute type is T
 inline void widen(const Src* src, index_t n, T* dst) {
   using Simd = ssmax::detail::simd<Arch, T>;
   index_t c = 0;
-  if constexpr (is_16bit_v<Src>)
-    for (; c + Simd::width <= n; c += Simd::width)
-      Simd::store(dst + c, load_compute<Arch>(src + c));
-  for (; c < n; ++c) dst[c] = to_compute(src[c]);
+  if constexpr (!std::is_same<Src, T>::value)
+    for (; c + Simd::width <= n; c += Simd::width) Simd::store(dst + c, load_values<Arch>(src, c));
+  for (; c < n; ++c) dst[c] = value_at(src, c);
 }
 
 /// Packs K^T of keys k0 + offset_of(j) (j < nk) into kt [d, ldk], zero-padded to nkp
 /// columns. Tiles of 16 keys (one cache line of floats per write) and a row stride padded
 /// past a multiple of 1 KiB (kt_stride) keep the columns from aliasing in the cache (a
-/// transpose at a stride of 256 floats maps every column to one cache set). Keys stored in 16 bits
-/// are widened to T here (exact: kernels/convert.hpp), once per call: a tile's 16 rows kChunk
-/// dimensions at a time, in registers (widen), then transposed from that float copy.
+/// transpose at a stride of 256 floats maps every column to one cache set). Keys stored in 16 or
+/// 8 bits are widened to T here (exact: kernels/convert.hpp), once per call: a tile's 16 rows
+/// kChunk dimensions at a time, in registers (widen), then transposed from that float copy.
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double
           class Src>   // storage type of the keys (storage.hpp) whose compute type is T
@@ -146,11 +148,13 @@ inline void pack_kt(const Src* k0, row_map offset_of, index_t nk, index_t d, ind
   for (; j0 + kTile <= nk; j0 += kTile) {
     const Src* key[kTile];
     for (index_t jj = 0; jj < kTile; ++jj) key[jj] = k0 + offset_of(j0 + jj);
-    if constexpr (is_16bit_v<Src>) {
+    if constexpr (!std::is_same<Src, T>::value) {
+      static_assert(kChunk % kQ8_0Block == 0, "a chunk is whole Q8_0 blocks");
       T wide[kTile][kChunk];
       for (index_t c0 = 0; c0 < d; c0 += kChunk) {
         const index_t cw = std::min(kChunk, d - c0);
-        for (index_t jj = 0; jj < kTile; ++jj) widen<Arch>(key[jj] + c0, cw, wide[jj]);
+        for (index_t jj = 0; jj < kTile; ++jj)
+          widen<Arch>(key[jj] + c0 / values_per_element_v<Src>, cw, wide[jj]);
         for (index_t c = 0; c < cw; ++c)
           for (index_t jj = 0; jj < kTile; ++jj) kt[(c0 + c) * ldk + j0 + jj] = wide[jj][c];
       }
@@ -160,7 +164,7 @@ inline void pack_kt(const Src* k0, row_map offset_of, index_t nk, index_t d, ind
     }
   }
   for (index_t c = 0; c < d; ++c) {
-    for (index_t j = j0; j < nk; ++j) kt[c * ldk + j] = to_compute(k0[offset_of(j) + c]);
+    for (index_t j = j0; j < nk; ++j) kt[c * ldk + j] = value_at(k0 + offset_of(j), c);
     for (index_t j = nk; j < nkp; ++j) kt[c * ldk + j] = T(0);
   }
 }
@@ -168,7 +172,7 @@ inline void pack_kt(const Src* k0, row_map offset_of, index_t nk, index_t d, ind
 /// Copies nk rows of d elements, src + offset_of(j) (j < nk), into dst [nk, dp] with each
 /// row zero-padded from d to dp: the GEMM's value operand. Contiguous rows also keep a
 /// head's rows of a [B, S, H, d] tensor (H * d apart: 4 KiB at H = 8, d = 128) from all
-/// sharing one L1 set. Rows stored in 16 bits are widened to T (exact, in registers).
+/// sharing one L1 set. Rows stored in 16 or 8 bits are widened to T (exact, in registers).
 template <class Arch,  // xsimd architecture tag or scalar_arch (the 16-bit widening)
           class T,     // compute type: float or double
           class Src>   // storage type of the rows (storage.hpp) whose compute type is T

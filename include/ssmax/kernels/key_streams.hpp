@@ -22,7 +22,7 @@ inline constexpr index_t kRowBlock = ssmax::detail::vector_registers<Arch> >= 32
 
 /// Dot products of R rows a[i][0, d) with four rows b[u][0, d): out[i * 4 + u] = a[i] .
 /// b[u] for i < R, u < 4. Each vector of each b[u] is loaded, and widened to T in
-/// registers when stored in 16 bits (exact), once for all R rows; never copied.
+/// registers when stored in 16 or 8 bits (exact), once for all R rows; never copied.
 /// Numerical contract: every (i, u) is summed alone, in the same order whatever R and the
 /// other rows: one W-lane fma chain over c < d - d % W in steps of W, reduce_add, then
 /// a[i][c] * b[u][c] added for each tail c in increasing order; its error is that of a
@@ -45,8 +45,8 @@ inline void dot4_rows(const T* const* a, const B* const* b, index_t d, T* out) {
   for (index_t i = 0; i < R; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = S::splat(T(0));
   index_t c = 0;
   for (; c + W <= d; c += W) {
-    const V k0 = load_compute<Arch>(b0 + c), k1 = load_compute<Arch>(b1 + c);
-    const V k2 = load_compute<Arch>(b2 + c), k3 = load_compute<Arch>(b3 + c);
+    const V k0 = load_values<Arch>(b0, c), k1 = load_values<Arch>(b1, c);
+    const V k2 = load_values<Arch>(b2, c), k3 = load_values<Arch>(b3, c);
     for (index_t i = 0; i < R; ++i) {
       const V av = S::load(a[i] + c);
       s[i][0] = S::fma(av, k0, s[i][0]);
@@ -60,10 +60,10 @@ inline void dot4_rows(const T* const* a, const B* const* b, index_t d, T* out) {
       r3 = S::reduce_add(s[i][3]);
     const T* ai = a[i];
     for (index_t e = c; e < d; ++e) {  // tail: fewer than W elements, never read past d
-      r0 += ai[e] * to_compute(b0[e]);
-      r1 += ai[e] * to_compute(b1[e]);
-      r2 += ai[e] * to_compute(b2[e]);
-      r3 += ai[e] * to_compute(b3[e]);
+      r0 += ai[e] * value_at(b0, e);
+      r1 += ai[e] * value_at(b1, e);
+      r2 += ai[e] * value_at(b2, e);
+      r3 += ai[e] * value_at(b3, e);
     }
     out[i * 4] = r0, out[i * 4 + 1] = r1, out[i * 4 + 2] = r2, out[i * 4 + 3] = r3;
   }
@@ -81,7 +81,7 @@ inline T dot(const T* a, const B* b, index_t d) {
   return out[0];
 }
 
-/// y[0, d) += alpha * x[0, d), x widened to T in registers when stored in 16 bits.
+/// y[0, d) += alpha * x[0, d), x widened to T in registers when stored in 16 or 8 bits.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class X>     // storage type of x whose compute type is T
@@ -90,13 +90,13 @@ inline void axpy(T* y, T alpha, const X* x, index_t d) {
   constexpr index_t W = S::width;
   const auto va = S::splat(alpha);
   index_t c = 0;
-  for (; c + W <= d; c += W) S::store(y + c, S::fma(va, load_compute<Arch>(x + c), S::load(y + c)));
-  for (; c < d; ++c) y[c] += alpha * to_compute(x[c]);
+  for (; c + W <= d; c += W) S::store(y + c, S::fma(va, load_values<Arch>(x, c), S::load(y + c)));
+  for (; c < d; ++c) y[c] += alpha * value_at(x, c);
 }
 
 /// For each of R rows y[i]: y[i][0, d) += w[4 i] x[0] + w[4 i + 1] x[1] + w[4 i + 2] x[2]
 /// + w[4 i + 3] x[3]. Each vector of each x[u] is loaded, and widened to T in registers
-/// when stored in 16 bits (exact), once for all R rows; never copied. Pre: the rows y[i]
+/// when stored in 16 or 8 bits (exact), once for all R rows; never copied. Pre: the rows y[i]
 /// do not overlap each other or the x[u].
 /// Numerical contract: each element of each row is one fma chain in that order, y first
 /// (vector part: fma(w3, x3, fma(w2, x2, fma(w1, x1, fma(w0, x0, y)))); tail elements: the
@@ -118,8 +118,8 @@ inline void axpy4_rows(T* const* y, const T* w, const X* const* x, index_t d) {
     for (index_t u = 0; u < 4; ++u) wv[i][u] = S::splat(w[i * 4 + u]);
   index_t c = 0;
   for (; c + W <= d; c += W) {
-    const V v0 = load_compute<Arch>(x0 + c), v1 = load_compute<Arch>(x1 + c);
-    const V v2 = load_compute<Arch>(x2 + c), v3 = load_compute<Arch>(x3 + c);
+    const V v0 = load_values<Arch>(x0, c), v1 = load_values<Arch>(x1, c);
+    const V v2 = load_values<Arch>(x2, c), v3 = load_values<Arch>(x3, c);
     for (index_t i = 0; i < R; ++i) {
       V acc = S::fma(wv[i][0], v0, S::load(y[i] + c));
       acc = S::fma(wv[i][1], v1, acc);
@@ -131,8 +131,8 @@ inline void axpy4_rows(T* const* y, const T* w, const X* const* x, index_t d) {
     T* yi = y[i];
     const T* wi = w + i * 4;
     for (index_t e = c; e < d; ++e)
-      yi[e] = yi[e] + wi[0] * to_compute(x0[e]) + wi[1] * to_compute(x1[e]) +
-              wi[2] * to_compute(x2[e]) + wi[3] * to_compute(x3[e]);
+      yi[e] = yi[e] + wi[0] * value_at(x0, e) + wi[1] * value_at(x1, e) + wi[2] * value_at(x2, e) +
+              wi[3] * value_at(x3, e);
   }
 }
 
@@ -299,7 +299,7 @@ inline void block_scores(const T* qs, index_t rows, index_t d, const K* k0, row_
 /// v0 + vrows(j) (strided, or a paged cache's rows). For rows > kDotMaxRows the GEMM runs
 /// over dp columns: when d < dp, or the rows are not strided, the block is first copied,
 /// zero-padded, into vp (padded_v_elements(d, W) elements), and o's padding stays 0;
-/// values stored in 16 bits are always copied so, widened to T.
+/// values stored in 16 or 8 bits are always copied so, widened to T.
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type: float or double
           class Vs>    // storage type of the values whose compute type is T

@@ -99,9 +99,10 @@ inline void online_row_nonfinite(T* s, index_t nk, row_state<double>& state, T* 
 }
 
 /// Writes one finished row, query row i of head h of batch entry b (row_index's order):
-/// out = o / sum (zeros when the state is empty; o itself when
-/// `normalised`, as recompute_normalised leaves it), lse (in T). The one rounding to a
-/// 16-bit out happens here: o / sum in T, then to nearest even.
+/// out = o / sum (zeros when the state is empty; o itself when `normalised`, as
+/// recompute_normalised leaves it), times the values' fp8 scale when v holds fp8 codes
+/// (one factor, scale / sum, rounded once to T), and lse (in T). The one rounding to a
+/// 16-bit out happens here: o times that factor in T, then to nearest even.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, index_t h, index_t i,
                        const T* o, const row_state<double>& state, bool normalised = false) {
@@ -111,7 +112,8 @@ inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, inde
   if (state.empty()) {
     std::fill(dst, dst + d, from_compute<O>(T(0)));
   } else {
-    const T inv = normalised ? T(1) : static_cast<T>(1.0 / state.sum);
+    const double v_scale = p.v_scale(p.kv_head(h));
+    const T inv = static_cast<T>(normalised ? v_scale : v_scale / state.sum);
     for (index_t c = 0; c < d; ++c) dst[c] = from_compute<O>(o[c] * inv);
   }
   if (p.lse != nullptr) p.lse[p.row_index(b, h, i)] = static_cast<T>(state.log_sum_exp());
@@ -138,7 +140,7 @@ inline bool value_column_finite(const attention_problem<T, Policy, S>& p, index_
     const row_map vrows{p.v.stride_s, p.block_rows(b, kb, nk, offsets)};
     const auto* v0 = p.v_row(b, kb, g);
     for (index_t j = 0; j < nk; ++j)
-      if (!std::isfinite(to_compute(v0[vrows(j) + c]))) return false;
+      if (!std::isfinite(value_at(v0 + vrows(j), c))) return false;
   }
   return true;
 }
@@ -192,7 +194,7 @@ inline void recompute_normalised(const attention_problem<T, Policy, S>& p, const
       const double e = state.max == inf ? (z == inf ? 1.0 : 0.0) : std::exp(z - state.max);
       const T w = static_cast<T>(e / state.sum);
       const auto* vj = v0 + vrows(j);
-      for (index_t c = 0; c < d; ++c) o[c] += w * to_compute(vj[c]);
+      for (index_t c = 0; c < d; ++c) o[c] += w * value_at(vj, c);
     }
   }
   saturate_rounded_overflow(p, b, g, row.begin, row.end, o);

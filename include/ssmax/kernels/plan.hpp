@@ -40,23 +40,25 @@ inline constexpr index_t kSplitMaxRows = 16;
 /// Blocks with at most this many rows use dot products instead of the packed GEMM.
 inline constexpr index_t kDotMaxRows = 3;
 
-/// The storage types of one call's tensors (storage.hpp, attention_storage): q, k and v
-/// (one type), out. The kernels compute in the problem's T and convert on the way in
-/// (kernels/convert.hpp) and on the final store to out.
-template <class Q,   // element type of q
-          class KV,  // element type of k and v
-          class O>   // element type of out
+/// The storage types of one call's tensors (storage.hpp, attention_storage): q, k, v, out.
+/// The kernels compute in the problem's T and convert on the way in (kernels/convert.hpp)
+/// and on the final store to out.
+template <class Q,  // element type of q
+          class K,  // element type of k
+          class V,  // element type of v
+          class O>  // element type of out
 struct storage_set {
   using q = Q;
-  using kv = KV;
+  using k = K;
+  using v = V;
   using out = O;
 };
 
 /// A paged KV cache's block table (paged.hpp). When set, the problem's k and v view the
 /// pools (row stride_s apart, head stride_h apart, stride_b unused; seq is the longest
 /// cache) and key row j of batch entry b lives at pool row table[b * max_blocks + j /
-/// block_size] * block_size + j % block_size: the kernels find each key block's rows
-/// through the table (attention_problem::block_rows) and read them in place.
+/// block_size] * block_size + j % block_size, in both pools: the kernels find each key
+/// block's rows through the table (attention_problem::block_rows) and read them in place.
 struct kv_pages {
   index_array table{};     ///< [B, max_blocks], or null: k and v are plain views
   index_t max_blocks = 0;  ///< entries per row of table
@@ -79,15 +81,15 @@ struct key_rows {
 };
 
 /// A validated attention call, as the kernels receive it.
-template <class T,                         // compute type: float or double (compute_t)
-          class Policy,                    // a length policy (length_policy.hpp)
-          class S = storage_set<T, T, T>>  // storage types of q, k/v and out
+template <class T,                            // compute type: float or double (compute_t)
+          class Policy,                       // a length policy (length_policy.hpp)
+          class S = storage_set<T, T, T, T>>  // storage types of q, k, v and out
 struct attention_problem {
   using storage = S;
-  tensor_view<const typename S::q> q;   ///< [B, n_q, H, d]
-  tensor_view<const typename S::kv> k;  ///< [B, n_k, H_kv, d]
-  tensor_view<const typename S::kv> v;  ///< [B, n_k, H_kv, d]
-  tensor_view<typename S::out> out;     ///< [B, n_q, H, d]
+  tensor_view<const typename S::q> q;  ///< [B, n_q, H, d]
+  tensor_view<const typename S::k> k;  ///< [B, n_k, H_kv, d] (d / 32 blocks for block_q8_0)
+  tensor_view<const typename S::v> v;  ///< [B, n_k, H_kv, d] (d / 32 blocks for block_q8_0)
+  tensor_view<typename S::out> out;    ///< [B, n_q, H, d]
   const Policy* policy = nullptr;
   attention_mask mask;
   logit_options logit;              ///< bias, ALiBi, soft-cap, sinks (logit.hpp); none by default
@@ -123,28 +125,44 @@ struct attention_problem {
   index_t row_index(index_t b, index_t h, index_t i) const { return (b * q.heads + h) * q.seq + i; }
 
   /// Key row kb of batch entry b, kv head g (the first row of a key block).
-  const typename S::kv* k_row(index_t b, index_t kb, index_t g) const {
-    return pages.table == nullptr ? k.row(b, kb, g) : k.data + g * k.stride_h + page_row(b, kb);
+  const typename S::k* k_row(index_t b, index_t kb, index_t g) const {
+    return pages.table == nullptr ? k.row(b, kb, g)
+                                  : k.data + g * k.stride_h + pool_row(b, kb) * k.stride_s;
   }
   /// Value row kb of batch entry b, kv head g.
-  const typename S::kv* v_row(index_t b, index_t kb, index_t g) const {
-    return pages.table == nullptr ? v.row(b, kb, g) : v.data + g * v.stride_h + page_row(b, kb);
+  const typename S::v* v_row(index_t b, index_t kb, index_t g) const {
+    return pages.table == nullptr ? v.row(b, kb, g)
+                                  : v.data + g * v.stride_h + pool_row(b, kb) * v.stride_s;
   }
-  /// Offsets of the keys [kb, kb + nk)'s rows from k_row(b, kb, g) (and v_row's; the
-  /// pools share a layout), written to offsets[0, nk) when paged; null, meaning stride_s
-  /// apart, otherwise. Wrap in row_map{k.stride_s, ...} to read rows.
-  const index_t* block_rows(index_t b, index_t kb, index_t nk, index_t* offsets) const {
+  /// The rows of the keys [kb, kb + nk) counted from k_row(b, kb, g)'s (and v_row's: the
+  /// pools share the table), written to rows[0, nk) when paged; null, meaning consecutive
+  /// rows, otherwise. Wrap in row_map{k.stride_s, ...} (v.stride_s for values) to read them.
+  const index_t* block_rows(index_t b, index_t kb, index_t nk, index_t* rows) const {
     if (pages.table == nullptr) return nullptr;
-    const index_t first = page_row(b, kb);
-    for (index_t j = 0; j < nk; ++j) offsets[j] = page_row(b, kb + j) - first;
-    return offsets;
+    const index_t first = pool_row(b, kb);
+    for (index_t j = 0; j < nk; ++j) rows[j] = pool_row(b, kb + j) - first;
+    return rows;
+  }
+  /// The factor of kv head g's keys: the fp8 view's scale (value = scale * code), else 1.
+  /// The kernels read the codes and fold it into each query (query_factor).
+  double k_scale(index_t g) const {
+    if constexpr (is_fp8_v<typename S::k>) return static_cast<double>(k.scale.of_head(g));
+    (void)g;
+    return 1.0;
+  }
+  /// The factor of kv head g's values: the fp8 view's scale, else 1. The kernels read the
+  /// codes and apply it to each output row with its normalisation (finish_row).
+  double v_scale(index_t g) const {
+    if constexpr (is_fp8_v<typename S::v>) return static_cast<double>(v.scale.of_head(g));
+    (void)g;
+    return 1.0;
   }
 
  private:
-  /// Element offset of key row j of batch entry b in a pool, head 0.
-  index_t page_row(index_t b, index_t j) const {
+  /// Row of key j of batch entry b in the pools (head 0).
+  index_t pool_row(index_t b, index_t j) const {
     const index_t page = pages.table[b * pages.max_blocks + j / pages.block_size];
-    return (page * pages.block_size + j % pages.block_size) * k.stride_s;
+    return page * pages.block_size + j % pages.block_size;
   }
 };
 

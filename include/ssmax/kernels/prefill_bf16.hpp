@@ -35,8 +35,9 @@ template <class Arch,  // xsimd architecture tag or scalar_arch
           class T,     // compute type
           class S>     // storage_set (plan.hpp)
 inline constexpr bool bf16_weights_path =
-    kHaveAvx512Bf16&& std::is_same<T, float>::value&& std::is_same<
-        typename S::kv, Eigen::bfloat16>::value&& ssmax::detail::simd<Arch, float>::width == 16;
+    kHaveAvx512Bf16&& std::is_same<T, float>::value&&
+        std::is_same<typename S::k, Eigen::bfloat16>::value&& std::is_same<
+            typename S::v, Eigen::bfloat16>::value&& ssmax::detail::simd<Arch, float>::width == 16;
 
 /// True when the fused prefill of a problem of compute type T and storage S on Arch can
 /// take the bf16 score GEMM (see the top of the file): bf16_weights_path's conditions and

@@ -32,11 +32,14 @@ inline double row_multiplier(const attention_problem<T, Policy, S>& p, const row
 }
 
 /// The factor the kernels fold into a row's query: m * scale, or scale alone when the
-/// scores go through the score epilogue (logit.hpp), which applies m after the transform.
+/// scores go through the score epilogue (logit.hpp), which applies m after the transform;
+/// times the keys' fp8 scale (1 for the other types) when the keys are fp8 codes.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 inline double query_factor(const attention_problem<T, Policy, S>& p, const row_keys& row,
                            index_t h) {
-  return p.logit.transforms_scores() ? p.scale : row_multiplier(p, row, h) * p.scale;
+  const double f = p.logit.transforms_scores() ? p.scale : row_multiplier(p, row, h) * p.scale;
+  if constexpr (is_fp8_v<typename S::k>) return f * p.k_scale(p.kv_head(h));
+  return f;
 }
 
 /// The score epilogue of row i of head h in seq (logit.hpp), row = p.keys_of(seq, h, i).
@@ -112,14 +115,14 @@ inline bool mask_row(T* s, index_t kb, index_t nk, const row_keys& row) {
 /// the value of the exact product rounded to T, +-inf (the exact sign) where it
 /// overflows T, NaN where q or k holds NaN or inf. The rare path of rows whose dot
 /// products overflow (the kernels' scores are the plain dot products otherwise). q and k
-/// are read in their storage types (16-bit values widened exactly).
+/// are read in their storage types (16- and 8-bit values widened exactly).
 template <class Q,                 // storage type of q (storage.hpp)
           class K,                 // storage type of k
           class T = compute_t<K>>  // the compute type of the result
 inline T safe_score(const Q* q, const K* k, index_t d, double factor) {
   double mq = 0.0, mk = 0.0;
   for (index_t c = 0; c < d; ++c) {
-    const double qc = to_compute(q[c]), kc = to_compute(k[c]);
+    const double qc = to_compute(q[c]), kc = value_at(k, c);
     if (!std::isfinite(qc) || !std::isfinite(kc)) return std::numeric_limits<T>::quiet_NaN();
     mq = std::max(mq, std::abs(qc)), mk = std::max(mk, std::abs(kc));
   }
@@ -128,7 +131,7 @@ inline T safe_score(const Q* q, const K* k, index_t d, double factor) {
   std::frexp(mk, &ek);
   double acc = 0.0;
   for (index_t c = 0; c < d; ++c)
-    acc += std::ldexp(double(to_compute(q[c])), -eq) * std::ldexp(double(to_compute(k[c])), -ek);
+    acc += std::ldexp(double(to_compute(q[c])), -eq) * std::ldexp(double(value_at(k, c)), -ek);
   return static_cast<T>(std::ldexp(acc * factor, eq + ek));
 }
 
