@@ -458,10 +458,31 @@ inline detail::compute_vec<Arch, S> load_compute(const S* p) {
   }
 }
 
+namespace detail {
+
+/// A Q8_0 block's scale d as a float (exact).
+inline float q8_0_scale(const block_q8_0& block) { return half_bits_to_float(bits_of(block.d)); }
+
+/// W int8 values q[0, W) as a float vector (exact).
+template <class Arch>  // xsimd architecture tag or scalar_arch
+inline compute_vec<Arch, float> int8_values(const std::int8_t* q) {
+  using Simd = ssmax::detail::simd<Arch, float>;
+  if constexpr (!std::is_same<Arch, scalar_arch>::value) {
+    bool done = false;
+    const auto v = load_int8<Arch>(q, done);
+    if (done) return v;
+  }
+  float lanes[Simd::width];
+  for (index_t i = 0; i < Simd::width; ++i) lanes[i] = static_cast<float>(q[i]);
+  return Simd::load(lanes);
+}
+
+}  // namespace detail
+
 /// Values [c, c + W) of a row stored as S (W = simd<Arch, compute_t<S>>::width, c a
 /// multiple of W) as one compute vector, exact: load_compute(row + c) for one value per
 /// element; for block_q8_0 (W divides 32, so the vector lies in one block) the block's q
-/// widened and multiplied by its scale d.
+/// widened and multiplied by its scale d (an exact product).
 template <class Arch,  // xsimd architecture tag or scalar_arch
           class S>     // a K/V storage type (storage.hpp)
 inline detail::compute_vec<Arch, S> load_values(const S* row, index_t c) {
@@ -469,20 +490,40 @@ inline detail::compute_vec<Arch, S> load_values(const S* row, index_t c) {
     using Simd = ssmax::detail::simd<Arch, float>;
     static_assert(kQ8_0Block % Simd::width == 0, "a vector lies in one Q8_0 block");
     const block_q8_0& block = row[c / kQ8_0Block];
-    const std::int8_t* q = block.qs + c % kQ8_0Block;
-    const auto d = Simd::splat(detail::half_bits_to_float(bits_of(block.d)));
-    if constexpr (!std::is_same<Arch, scalar_arch>::value) {
-      bool done = false;
-      const auto v = detail::load_int8<Arch>(q, done);
-      if (done) return v * d;
-    }
-    float lanes[Simd::width];
-    for (index_t i = 0; i < Simd::width; ++i) lanes[i] = static_cast<float>(q[i]);
-    return Simd::load(lanes) * d;
+    return detail::int8_values<Arch>(block.qs + c % kQ8_0Block) *
+           Simd::splat(detail::q8_0_scale(block));
   } else {
     return load_compute<Arch>(row + c);
   }
 }
+
+/// load_values of four rows at once, for c = 0, W, 2W, ... in that order: the same vectors,
+/// with each row's Q8_0 block scale converted once per block (at c % 32 == 0) and kept in a
+/// register for the block's other vectors.
+template <class Arch,  // xsimd architecture tag or scalar_arch
+          class S>     // a K/V storage type (storage.hpp)
+class four_rows {
+ public:
+  using vec = detail::compute_vec<Arch, S>;
+  explicit four_rows(const S* const* rows) : rows_{rows[0], rows[1], rows[2], rows[3]} {}
+  /// Values [c, c + W) of row u, u < 4, into out[u].
+  void load(index_t c, vec (&out)[4]) {
+    if constexpr (std::is_same<S, block_q8_0>::value) {
+      using Simd = ssmax::detail::simd<Arch, float>;
+      const index_t at = c / kQ8_0Block, lane = c % kQ8_0Block;
+      if (lane == 0)
+        for (int u = 0; u < 4; ++u) scale_[u] = Simd::splat(detail::q8_0_scale(rows_[u][at]));
+      for (int u = 0; u < 4; ++u)
+        out[u] = detail::int8_values<Arch>(rows_[u][at].qs + lane) * scale_[u];
+    } else {
+      for (int u = 0; u < 4; ++u) out[u] = load_compute<Arch>(rows_[u] + c);
+    }
+  }
+
+ private:
+  const S* rows_[4];
+  vec scale_[4];
+};
 
 /// Stores a compute vector to p[0, W) as S, rounded to nearest even for 16 bits.
 template <class Arch,  // xsimd architecture tag or scalar_arch

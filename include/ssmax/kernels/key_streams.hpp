@@ -43,16 +43,17 @@ inline void dot4_rows(const T* const* a, const B* const* b, index_t d, T* out) {
   const B *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
   V s[R][4];
   for (index_t i = 0; i < R; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = S::splat(T(0));
+  four_rows<Arch, B> keys(b);
   index_t c = 0;
   for (; c + W <= d; c += W) {
-    const V k0 = load_values<Arch>(b0, c), k1 = load_values<Arch>(b1, c);
-    const V k2 = load_values<Arch>(b2, c), k3 = load_values<Arch>(b3, c);
+    V k[4];
+    keys.load(c, k);
     for (index_t i = 0; i < R; ++i) {
       const V av = S::load(a[i] + c);
-      s[i][0] = S::fma(av, k0, s[i][0]);
-      s[i][1] = S::fma(av, k1, s[i][1]);
-      s[i][2] = S::fma(av, k2, s[i][2]);
-      s[i][3] = S::fma(av, k3, s[i][3]);
+      s[i][0] = S::fma(av, k[0], s[i][0]);
+      s[i][1] = S::fma(av, k[1], s[i][1]);
+      s[i][2] = S::fma(av, k[2], s[i][2]);
+      s[i][3] = S::fma(av, k[3], s[i][3]);
     }
   }
   for (index_t i = 0; i < R; ++i) {
@@ -116,15 +117,16 @@ inline void axpy4_rows(T* const* y, const T* w, const X* const* x, index_t d) {
   V wv[R][4];
   for (index_t i = 0; i < R; ++i)
     for (index_t u = 0; u < 4; ++u) wv[i][u] = S::splat(w[i * 4 + u]);
+  four_rows<Arch, X> values(x);
   index_t c = 0;
   for (; c + W <= d; c += W) {
-    const V v0 = load_values<Arch>(x0, c), v1 = load_values<Arch>(x1, c);
-    const V v2 = load_values<Arch>(x2, c), v3 = load_values<Arch>(x3, c);
+    V v[4];
+    values.load(c, v);
     for (index_t i = 0; i < R; ++i) {
-      V acc = S::fma(wv[i][0], v0, S::load(y[i] + c));
-      acc = S::fma(wv[i][1], v1, acc);
-      acc = S::fma(wv[i][2], v2, acc);
-      S::store(y[i] + c, S::fma(wv[i][3], v3, acc));
+      V acc = S::fma(wv[i][0], v[0], S::load(y[i] + c));
+      acc = S::fma(wv[i][1], v[1], acc);
+      acc = S::fma(wv[i][2], v[2], acc);
+      S::store(y[i] + c, S::fma(wv[i][3], v[3], acc));
     }
   }
   for (index_t i = 0; i < R; ++i) {
