@@ -24,6 +24,13 @@
 // decode/fused/softmax/bf16/d:128/n:32768/threads:1 (or /f16) of the same run, and the same for
 // "/kv:2": the "float / 16-bit" table after the run.
 //   of_bf16_peak  "bf16" runs: GFLOPs / the bf16 dot-product peak (peak/dpbf16/bf16)
+// 8-bit K/V caches (q and out float) add the format after the policy: "/q8_0" (ggml's Q8_0
+// blocks), "/e4m3" and "/e5m2" (fp8, one scale for the tensor) and "/q8_0k-f16v" (Q8_0 k,
+// half v): Softmax decode, n_k = 32768, d = 128, MHA and GQA 8:2; their GBs count the bytes
+// of K and V actually read (Q8_0: 34 bytes per 32 values). "decode/paged/softmax/q8_0/...":
+// the Q8_0 decode through paged_attention, blocks of 16 tokens in shuffled order. After the
+// run: "bf16 / 8-bit" (the "/bf16" decode's time over each 8-bit one's), "float / 8-bit"
+// and "paged / contiguous" (the paged Q8_0 decode's time over the contiguous one's).
 // The logit soft-cap (c = 50, Gemma 2's): "prefill/fused/softmax/softcap/d:128/n:<n>" for
 // n = 1024 and 4096; its cost is its time over prefill/fused/softmax/d:128/n:<n> of the run.
 // The score GEMM tile alone: "tile/gemm/<float|bf16>/d:<d>" (register_tiles). After the
@@ -31,17 +38,25 @@
 // Typical run (the tables of docs/performance.md):
 //   bench_attention --benchmark_filter='peak|copy|d:128/n:4096/|decode/.*n:32768'
 //   --benchmark_min_time=1
+// and for the 8-bit caches:
+//   bench_attention --benchmark_filter='peak|copy|decode/.*d:128/n:32768'
+//   --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <random>
 #include <ssmax/attention.hpp>
 #include <ssmax/kernels/convert.hpp>
 #include <ssmax/kernels/gemm_bf16.hpp>
+#include <ssmax/paged.hpp>
+#include <ssmax/quantize.hpp>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "support/machine_peaks.hpp"
@@ -85,6 +100,19 @@ void set_counters(benchmark::State& state, double flops, double kv_bytes, int th
   state.counters["threads"] = threads;
 }
 
+/// Calls call(&workspace) once (the workspace grows once), then once per iteration; returns
+/// the workspace's bytes.
+template <class Call>  // void(ssmax::attention_workspace*): one attention call
+std::size_t time_calls(benchmark::State& state, const void* out, Call call) {
+  ssmax::attention_workspace ws;
+  call(&ws);  // warm-up
+  for (auto _ : state) {
+    call(&ws);
+    benchmark::DoNotOptimize(out);
+  }
+  return ws.capacity();
+}
+
 /// ssmax's operator. decode: n_q = 1 over n keys; prefill: n_q = n_k = n, causal. kHeads
 /// query heads over kv_heads key/value heads.
 template <class Policy>
@@ -96,14 +124,10 @@ void run_ssmax(benchmark::State& state, bool decode, ssmax::attention_path path,
   o.logit.softcap = softcap;
   o.threads = threads;
   o.path = path;
-  ssmax::attention_workspace ws;
   const std::size_t extra = ssmax::attention_workspace_bytes(t.qv(), t.kv(), t.vv(), t.ov(), o);
-  ssmax::attention(t.qv(), t.kv(), t.vv(), t.ov(), o, {},
-                   &ws);  // warm-up: the workspace grows once
-  for (auto _ : state) {
-    ssmax::attention(t.qv(), t.kv(), t.vv(), t.ov(), o, {}, &ws);
-    benchmark::DoNotOptimize(t.out.data());
-  }
+  time_calls(state, t.out.data(), [&](ssmax::attention_workspace* ws) {
+    ssmax::attention(t.qv(), t.kv(), t.vv(), t.ov(), o, {}, ws);
+  });
   const double pairs =
       decode ? static_cast<double>(n) : 0.5 * static_cast<double>(n) * static_cast<double>(n);
   const double flops = 4.0 * pairs * static_cast<double>(d) * kHeads;
@@ -150,6 +174,26 @@ void run_eigen(benchmark::State& state, bool decode, bool ssmax_policy, index_t 
                static_cast<double>(t.n_q * t.n_k) * sizeof(float));
 }
 
+/// The scale of the fp8 caches: |x| <= 1 maps to codes of at most 256, within e4m3's range
+/// (448) and e5m2's.
+constexpr float kFp8Scale = 1.0f / 256;
+
+/// x stored as S: 16-bit values, fp8 codes of x / kFp8Scale, or Q8_0 blocks (x.size() a
+/// multiple of 32).
+template <class S>  // Eigen::bfloat16, Eigen::half, or an 8-bit format (storage.hpp)
+std::vector<S> encode(const std::vector<float>& x) {
+  std::vector<S> y(x.size() / ssmax::values_per_element_v<S>);
+  const auto n = static_cast<index_t>(x.size());
+  if constexpr (std::is_same_v<S, ssmax::block_q8_0>)
+    ssmax::quantize_q8_0(x.data(), n, y.data());
+  else if constexpr (ssmax::is_fp8_v<S>)
+    ssmax::quantize_fp8(x.data(), n, kFp8Scale, y.data());
+  else
+    std::transform(x.begin(), x.end(), y.begin(),
+                   [](float v) { return ssmax::kernels::from_compute<S>(v); });
+  return y;
+}
+
 /// ssmax's operator with q, k, v and out stored as S (Eigen::bfloat16 or Eigen::half):
 /// as run_ssmax, the GBs counter counting the bytes of S read for K and V.
 template <class S, class Policy>  // a 16-bit storage type; a length policy
@@ -157,12 +201,7 @@ void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int 
                 index_t kv_heads, bool bf16_weights = false,
                 ssmax::bf16_method method = ssmax::bf16_method::automatic) {
   tensors t(decode ? 1 : n, n, kHeads, kv_heads, d);
-  auto stored = [](const std::vector<float>& x) {
-    std::vector<S> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = ssmax::kernels::from_compute<S>(x[i]);
-    return y;
-  };
-  const std::vector<S> q = stored(t.q), k = stored(t.k), v = stored(t.v);
+  const std::vector<S> q = encode<S>(t.q), k = encode<S>(t.k), v = encode<S>(t.v);
   std::vector<S> out(q.size());
   const auto qv = ssmax::bshd_view(q.data(), 1, t.n_q, kHeads, d);
   const auto kv = ssmax::bshd_view(k.data(), 1, n, kv_heads, d);
@@ -174,13 +213,9 @@ void run_stored(benchmark::State& state, bool decode, index_t n, index_t d, int 
   o.path = ssmax::attention_path::fused;
   o.allow_bf16_weights = bf16_weights;
   o.bf16 = method;
-  ssmax::attention_workspace ws;
   const std::size_t extra = ssmax::attention_workspace_bytes(qv, kv, vv, ov, o);
-  ssmax::attention(qv, kv, vv, ov, o, {}, &ws);  // warm-up: the workspace grows once
-  for (auto _ : state) {
-    ssmax::attention(qv, kv, vv, ov, o, {}, &ws);
-    benchmark::DoNotOptimize(out.data());
-  }
+  time_calls(state, out.data(),
+             [&](ssmax::attention_workspace* ws) { ssmax::attention(qv, kv, vv, ov, o, {}, ws); });
   const double pairs =
       decode ? static_cast<double>(n) : 0.5 * static_cast<double>(n) * static_cast<double>(n);
   const double kv_bytes = decode ? 2.0 * static_cast<double>(n * kv_heads * d) * sizeof(S) : 0.0;
@@ -270,6 +305,113 @@ void register_16bit() {
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
       }
+}
+
+/// The scale of K or V stored as S (encode): kFp8Scale for fp8, none for the others.
+template <class S>  // a K/V storage type
+ssmax::value_scale kv_scale() {
+  return ssmax::is_fp8_v<S> ? ssmax::value_scale{&kFp8Scale} : ssmax::value_scale{};
+}
+
+/// A [1, n, H_kv, d] view of K or V stored as S (encode), with its scale.
+template <class S>  // a K/V storage type
+ssmax::tensor_view<const S> kv_view(const std::vector<S>& x, index_t n, index_t kv_heads,
+                                    index_t d) {
+  auto view = ssmax::bshd_view(x.data(), 1, n, kv_heads, d / ssmax::values_per_element_v<S>);
+  view.scale = kv_scale<S>();
+  return view;
+}
+
+/// The pool of a paged cache holding x (one sequence, blocks of `block` elements): logical
+/// block b of x in pool block table[b].
+template <class S>  // a K/V storage type
+std::vector<S> paged_pool(const std::vector<S>& x, std::size_t block,
+                          const std::vector<std::int32_t>& table) {
+  std::vector<S> pool(x.size());
+  for (std::size_t b = 0; b < table.size(); ++b)
+    std::copy_n(x.begin() + static_cast<std::ptrdiff_t>(b * block), block,
+                pool.begin() + static_cast<std::ptrdiff_t>(table[b] * block));
+  return pool;
+}
+
+/// Decode through paged_attention: k and v (one sequence of n tokens) copied into pools of
+/// 16-token blocks in shuffled order; returns the workspace's bytes.
+template <class K, class V>  // K/V storage types
+std::size_t time_paged(benchmark::State& state, tensors& t, const std::vector<K>& k,
+                       const std::vector<V>& v,
+                       const ssmax::attention_options<ssmax::softmax_policy>& o) {
+  constexpr index_t kBlock = 16;
+  std::vector<std::int32_t> table(static_cast<std::size_t>(t.n_k / kBlock));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(2));
+  const auto values = static_cast<std::size_t>(kBlock * t.H_kv * t.d);  // in a pool block
+  const std::vector<K> k_pool = paged_pool(k, values / ssmax::values_per_element_v<K>, table);
+  const std::vector<V> v_pool = paged_pool(v, values / ssmax::values_per_element_v<V>, table);
+  const std::int32_t length = static_cast<std::int32_t>(t.n_k);
+  ssmax::paged_kv_cache<K, V> cache;
+  cache.k_pool = k_pool.data(), cache.v_pool = v_pool.data();
+  cache.num_blocks = static_cast<index_t>(table.size()), cache.block_size = kBlock;
+  cache.kv_heads = t.H_kv, cache.dim = t.d;
+  cache.block_table = table.data(), cache.max_blocks = cache.num_blocks;
+  cache.cache_lengths = &length;
+  cache.k_scale = kv_scale<K>(), cache.v_scale = kv_scale<V>();
+  return time_calls(state, t.out.data(), [&](ssmax::attention_workspace* ws) {
+    ssmax::paged_attention(t.qv(), cache, t.ov(), o, {}, ws);
+  });
+}
+
+/// Softmax decode (n_q = 1 over n keys, float q and out) with K stored as K and V as V
+/// (encode), contiguous or paged (time_paged); the GBs counter counts the bytes of K and V
+/// stored, extra_MB the workspace.
+template <class K, class V>  // K/V storage types
+void run_8bit(benchmark::State& state, bool paged, index_t n, index_t d, int threads,
+              index_t kv_heads) {
+  tensors t(1, n, kHeads, kv_heads, d);
+  const std::vector<K> k = encode<K>(t.k);
+  const std::vector<V> v = encode<V>(t.v);
+  ssmax::attention_options<ssmax::softmax_policy> o;
+  o.threads = threads;
+  std::size_t extra = 0;
+  if (paged) {
+    extra = time_paged(state, t, k, v, o);
+  } else {
+    o.mask = ssmax::attention_mask::causal_mask();
+    const auto kv = kv_view(k, n, kv_heads, d);
+    const auto vv = kv_view(v, n, kv_heads, d);
+    extra = time_calls(state, t.out.data(), [&](ssmax::attention_workspace* ws) {
+      ssmax::attention(t.qv(), kv, vv, t.ov(), o, {}, ws);
+    });
+  }
+  const double kv_bytes = static_cast<double>(k.size() * sizeof(K) + v.size() * sizeof(V));
+  set_counters(state, 4.0 * static_cast<double>(n * d * kHeads), kv_bytes, threads,
+               static_cast<double>(extra));
+}
+
+/// The 8-bit K/V names after the policy (see the top of the file).
+const std::vector<std::string> kEightBitFormats = {"q8_0", "e4m3", "e5m2", "q8_0k-f16v"};
+
+/// The 8-bit decode cases (see the top of the file): each format contiguous, Q8_0 also paged.
+void register_8bit() {
+  using run = void (*)(benchmark::State&, bool, index_t, index_t, int, index_t);
+  const run runs[] = {
+      run_8bit<ssmax::block_q8_0, ssmax::block_q8_0>, run_8bit<ssmax::fp8_e4m3, ssmax::fp8_e4m3>,
+      run_8bit<ssmax::fp8_e5m2, ssmax::fp8_e5m2>, run_8bit<ssmax::block_q8_0, Eigen::half>};
+  for (index_t kv_heads : {kHeads, index_t{2}})
+    for (int threads : {1, 2})
+      for (std::size_t f = 0; f < kEightBitFormats.size(); ++f)
+        for (bool paged : {false, true}) {
+          if (paged && f != 0) continue;  // paged: Q8_0 only
+          const std::string name = std::string("decode/") + (paged ? "paged" : "fused") +
+                                   "/softmax/" + kEightBitFormats[f] +
+                                   (kv_heads != kHeads ? "/kv:" + std::to_string(kv_heads) : "") +
+                                   "/d:128/n:32768/threads:" + std::to_string(threads);
+          const run r = runs[f];
+          benchmark::RegisterBenchmark(
+              name.c_str(),
+              [=](benchmark::State& s) { r(s, paged, 32768, 128, threads, kv_heads); })
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
 }
 
 /// The score GEMM tile alone (L1/L2-resident operands): S[64 x 256] = Q' K^T of one query
@@ -403,9 +545,11 @@ void register_all() {
 int main(int argc, char** argv) {
   register_all();
   register_16bit();
+  register_8bit();
   // of_peak (and of_bf16_peak, of_copy) from the peak runs, then the ratio tables: SSMax
   // against Softmax (time; target <= 1.02), 2 threads against 1 (speedup; prefill
-  // target >= 1.8) and 16-bit storage against float (speedup), medians with
+  // target >= 1.8), 16-bit storage against float (speedup), 8-bit K/V against bf16 and
+  // float (speedup) and paged Q8_0 against contiguous (time), medians with
   // --benchmark_repetitions.
   using reporter = ssmax::bench::fraction_reporter<ssmax::bench::ratio_reporter>;
   return ssmax::bench::run_with<reporter>(
@@ -413,5 +557,8 @@ int main(int argc, char** argv) {
       std::vector<ssmax::bench::comparison>{
           {2, "softmax", "ssmax / softmax (time)", false},
           {5, "threads:1", "threads:2 / threads:1 (speedup)", true},
-          {3, "", "float / 16-bit (speedup)", true, {"bf16", "bf16w", "f16"}}});
+          {3, "", "float / 16-bit (speedup)", true, {"bf16", "bf16w", "f16"}},
+          {3, "bf16", "bf16 / 8-bit (speedup)", true, kEightBitFormats},
+          {3, "", "float / 8-bit (speedup)", true, kEightBitFormats},
+          {1, "fused", "paged / contiguous (time)", false, {"paged"}}});
 }

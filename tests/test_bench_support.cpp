@@ -1,6 +1,7 @@
 // bench/support/machine_peaks.hpp: which rows of the peak and copy runs the of_peak and
 // of_copy columns divide by, fed synthetic runs as Google Benchmark reports them with
-// --benchmark_repetitions (each repetition's row, then mean, median, stddev and cv).
+// --benchmark_repetitions (each repetition's row, then mean, median, stddev and cv); and
+// bench/support/ratio_reporter.hpp: which run each run is compared with.
 
 #include <gtest/gtest.h>
 
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "support/machine_peaks.hpp"
+#include "support/ratio_reporter.hpp"
 
 namespace {
 
@@ -87,6 +89,26 @@ TEST(FractionReporter, TwoThreadPeakIsItsOwnReference) {
   EXPECT_DOUBLE_EQ(reporter.rows.back().counters.at("of_threads_peak").value, 0.8);
   reporter.ReportRuns({row("prefill/fused/d:128/threads:1/real_time", "GFLOPs", 40.0, "")});
   EXPECT_EQ(reporter.rows.back().counters.count("of_threads_peak"), 0u);
+}
+
+TEST(RatioReporter, BaselineNames) {
+  using ssmax::bench::baseline_name;
+  using ssmax::bench::comparison;
+  const comparison any{2, "softmax", "ssmax / softmax", false};
+  EXPECT_EQ(baseline_name(any, "decode/fused/ssmax/d:128"), "decode/fused/softmax/d:128");
+  EXPECT_EQ(baseline_name(any, "decode/fused/softmax/d:128"), "");  // the baseline itself
+  EXPECT_EQ(baseline_name(any, "peak/fma"), "");                    // no such field
+  // A list with a baseline: only the listed values, against the baseline's run.
+  const comparison listed{3, "bf16", "bf16 / 8-bit", true, {"q8_0", "e4m3"}};
+  EXPECT_EQ(baseline_name(listed, "decode/fused/softmax/q8_0/kv:2"),
+            "decode/fused/softmax/bf16/kv:2");
+  EXPECT_EQ(baseline_name(listed, "decode/fused/softmax/f16/kv:2"), "");
+  // A list without a baseline: the listed values, against the run that lacks the field.
+  const comparison lacking{3, "", "float / 8-bit", true, {"q8_0"}};
+  EXPECT_EQ(baseline_name(lacking, "decode/fused/softmax/q8_0/d:128"),
+            "decode/fused/softmax/d:128");
+  EXPECT_EQ(baseline_name(lacking, "decode/fused/softmax/bf16/d:128"), "");
+  EXPECT_EQ(baseline_name({3, "", "none", true}, "decode/fused/softmax/bf16/d:128"), "");
 }
 
 }  // namespace

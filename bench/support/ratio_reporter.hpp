@@ -7,7 +7,8 @@
 // comparison names a field and its baseline value; each run is divided by the run whose
 // name differs only in that field, which holds the baseline, or (a comparison with an empty
 // baseline and a list of values) whose name lacks the field: "/bf16" runs against the float
-// run of the same shape.
+// run of the same shape. A list of values with a baseline limits the runs compared to those
+// values: "/q8_0" and "/e4m3" runs against the "/bf16" run, not "/f16" against it.
 
 #include <benchmark/benchmark.h>
 
@@ -24,14 +25,14 @@
 namespace ssmax::bench {
 
 /// One ratio column: runs are compared with the run whose field `field` is `baseline`, or,
-/// when `baseline` is empty, runs whose field is one of `values` with the run whose name
-/// lacks that field.
+/// when `baseline` is empty, with the run whose name lacks that field; the runs compared are
+/// those whose field is one of `values` (with a baseline and no values: every other value).
 struct comparison {
   std::size_t field;     ///< index of the '/'-separated name field that varies
   std::string baseline;  ///< value of that field in the baseline run; empty: no such field
   std::string label;     ///< column heading, e.g. "x scalar"
   bool speedup;          ///< true: baseline time / time (higher is faster); false: time / baseline
-  std::vector<std::string> values = {};  ///< empty baseline: the field values compared
+  std::vector<std::string> values = {};  ///< the field values compared (see above)
 };
 
 inline std::vector<std::string> split_name(const std::string& name) {
@@ -49,6 +50,21 @@ inline std::string join_name(const std::vector<std::string>& fields) {
   std::string out;
   for (std::size_t i = 0; i < fields.size(); ++i) out += (i ? "/" : "") + fields[i];
   return out;
+}
+
+/// The name of the run that the run `name` is compared with under c, or "" when c does not
+/// compare it (no such field, the baseline's own value, or a value not in c.values).
+inline std::string baseline_name(const comparison& c, const std::string& name) {
+  auto fields = split_name(name);
+  if (c.field >= fields.size() || fields[c.field] == c.baseline) return "";
+  const bool listed =
+      std::find(c.values.begin(), c.values.end(), fields[c.field]) != c.values.end();
+  if (!listed && (c.baseline.empty() || !c.values.empty())) return "";
+  if (c.baseline.empty())
+    fields.erase(fields.begin() + static_cast<std::ptrdiff_t>(c.field));
+  else
+    fields[c.field] = c.baseline;
+  return join_name(fields);
 }
 
 class ratio_reporter : public benchmark::ConsoleReporter {
@@ -76,16 +92,7 @@ class ratio_reporter : public benchmark::ConsoleReporter {
     for (const auto& c : comparisons_) {
       std::printf("\n%-48s %12s\n", "benchmark", c.label.c_str());
       for (const auto& name : order_) {
-        auto fields = split_name(name);
-        if (c.field >= fields.size() || fields[c.field] == c.baseline) continue;
-        if (!c.baseline.empty()) {
-          fields[c.field] = c.baseline;
-        } else if (std::find(c.values.begin(), c.values.end(), fields[c.field]) != c.values.end()) {
-          fields.erase(fields.begin() + static_cast<std::ptrdiff_t>(c.field));
-        } else {
-          continue;
-        }
-        const auto base = times_.find(join_name(fields));
+        const auto base = times_.find(baseline_name(c, name));
         if (base == times_.end()) continue;
         const double t = times_[name];
         std::printf("%-48s %12.3f\n", name.c_str(),
