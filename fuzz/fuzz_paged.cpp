@@ -6,8 +6,11 @@
 // a block used twice) and whose entries past each length hold anything (-1, huge ids,
 // INT32_MIN, INT64_MIN, one past the pool, stale valid ids), pools sized exactly (ASan
 // reports any read past them) whose unowned blocks and rows hold NaN, inf, huge values and
-// raw bit patterns, int32 or int64 tables and lengths, n_q 1..6, GQA, every storage type
-// of the pools (float, double, bfloat16, half, with q and out as allowed), both paths (and
+// raw bit patterns, int32 or int64 tables and lengths, n_q 1..6, GQA, the storage types of
+// the pools (float, double, bfloat16, half with q and out as allowed; and, with float q and
+// out, K and V each drawn from bfloat16, half and the 8-bit formats, at least one 8-bit:
+// block_q8_0 (d 32 or 64), fp8_e4m3 and fp8_e5m2 (a scale per tensor or per kv head);
+// unowned blocks hold NaN codes, NaN or inf Q8_0 scales and raw bytes), both paths (and
 // automatic with weights), 1 or (rarely) 2 threads, Softmax and SSMax (shared or per-head
 // s and b, either sign), scales, every logit extra (additive bias with -inf entries and
 // broadcast strides, ALiBi slopes of either sign, soft-cap, sinks with -inf) and the mask
@@ -25,7 +28,8 @@
 //     and every output unchanged);
 //   - now and then the cache is broken on purpose (a block-table entry inside a length
 //     outside the pool, a length past the table's reach or negative, mask.key_lengths
-//     set): the call must throw argument_error naming it and write nothing.
+//     set, an fp8 pool's scale missing or not finite and positive, a scale on a pool that
+//     is not fp8): the call must throw argument_error naming it and write nothing.
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +39,7 @@
 #include <limits>
 #include <memory>
 #include <ssmax/paged.hpp>
+#include <ssmax/quantize.hpp>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -46,16 +51,29 @@ namespace ssmax::fuzz {
 namespace {
 
 using testing::bf16;
-using testing::combo;
 using testing::f16;
 using testing::f32;
 
-/// The storage combinations (q, pools, out): float, double, each 16-bit pool with float q
-/// and out (the serving case), all-16-bit, and mixed 16-bit.
-using combinations =
-    std::tuple<combo<f32, f32, f32>, combo<double, double, double>, combo<f32, bf16, f32>,
-               combo<f32, f16, f32>, combo<bf16, bf16, bf16>, combo<f16, f16, f16>,
-               combo<bf16, f16, f32>>;
+/// One storage combination of a paged call: q, the K pool, the V pool, out.
+template <class Q, class K, class V, class O>
+struct combo {
+  using q = Q;
+  using k = K;
+  using v = V;
+  using out = O;
+};
+
+/// The storage combinations (q, pools, out) of one pool type: float, double, each 16-bit
+/// pool with float q and out (the serving case), all-16-bit, and mixed 16-bit.
+using combinations = std::tuple<combo<f32, f32, f32, f32>, combo<double, double, double, double>,
+                                combo<f32, bf16, bf16, f32>, combo<f32, f16, f16, f32>,
+                                combo<bf16, bf16, bf16, bf16>, combo<f16, f16, f16, f16>,
+                                combo<bf16, f16, f16, f32>>;
+/// The formats K and V are drawn from, each on its own, with float q and out (the 8-bit
+/// formats' serving case): combo<f32, K, V, f32> with at least one 8-bit pool (the 16-bit
+/// pairs are among `combinations`; a float pool beside an 8-bit one adds little but
+/// compile time, one instantiation of the kernels per pair and architecture).
+using pool_formats = std::tuple<bf16, f16, block_q8_0, fp8_e4m3, fp8_e5m2>;
 
 /// The widest architecture this binary targets and the portable one.
 using paged_architectures =
@@ -88,10 +106,9 @@ double exact_of(S x) {
   return static_cast<double>(kernels::to_compute(x));
 }
 
-/// A finite token value: zeros, subnormals and the smallest normal (of the compute type),
-/// ordinary values in [-1, 1), and large ones with ties (fuzz_attention's mix).
-template <class S>  // a storage type
-S token_value(input& in) {
+/// token_value of the 16- and 32-bit types.
+template <class S>  // a storage type (is_storage_type_v)
+S plain_token_value(input& in) {
   using T = compute_t<S>;
   const std::uint8_t kind = in.byte();
   const double sign = (kind & 0x80) ? -1.0 : 1.0;
@@ -110,9 +127,59 @@ S token_value(input& in) {
   }
 }
 
-/// What no call may read: NaN, +-inf, huge values and raw bit patterns.
+/// A finite fp8 code of F: any byte but the NaN codes (and E5M2's infinities), which
+/// become the largest finite of their sign.
+template <class F>  // fp8_e4m3 or fp8_e5m2
+F finite_code(std::uint8_t bits) {
+  const F f{bits};
+  return std::isfinite(to_float(f)) ? f : to_fp8<F>(std::copysign(1e30f, to_float(f)));
+}
+
+/// A finite Q8_0 block: a scale of each kind (zero, f16 subnormals, ordinary, the largest
+/// f16, either sign) and any int8 codes (-128, which quantize_q8_0 does not write, too).
+inline block_q8_0 finite_block(input& in) {
+  block_q8_0 b;
+  const std::uint8_t kind = in.byte();
+  const double sign = (kind & 0x80) ? -1.0 : 1.0;
+  switch (kind & 0x07) {
+    case 0:
+      b.d = Eigen::half(0.0f);
+      break;
+    case 1:  // a subnormal f16
+      b.d = Eigen::numext::bit_cast<Eigen::half>(
+          static_cast<std::uint16_t>((kind & 0x80) << 8 | (1 + in.byte() * 4)));
+      break;
+    case 2:
+      b.d = Eigen::half(static_cast<float>(sign * 65504.0));
+      break;
+    case 3:
+      b.d = Eigen::half(static_cast<float>(sign * static_cast<double>(1 + in.byte()) / 16.0));
+      break;
+    default:
+      b.d = Eigen::half(static_cast<float>(sign * static_cast<double>(1 + in.byte()) / 32768.0));
+      break;
+  }
+  for (auto& q : b.qs) q = static_cast<std::int8_t>(in.byte());
+  return b;
+}
+
+/// A finite token value: zeros, subnormals and the smallest normal (of the compute type),
+/// ordinary values in [-1, 1), and large ones with ties (fuzz_attention's mix); for the
+/// 8-bit formats any finite code or block.
 template <class S>  // a storage type
-S garbage(input& in) {
+S token_value(input& in) {
+  if constexpr (is_fp8_v<S>) {
+    return finite_code<S>(in.byte());
+  } else if constexpr (std::is_same<S, block_q8_0>::value) {
+    return finite_block(in);
+  } else {
+    return plain_token_value<S>(in);
+  }
+}
+
+/// garbage of the 16- and 32-bit types.
+template <class S>  // a storage type (is_storage_type_v)
+S plain_garbage(input& in) {
   switch (in.byte() % 8) {
     case 0:
       return stored<S>(std::numeric_limits<double>::quiet_NaN());
@@ -134,6 +201,44 @@ S garbage(input& in) {
   }
 }
 
+/// What no call may read: NaN, +-inf, huge values and raw bit patterns; for fp8 the NaN
+/// codes (0x7f, 0xff), E5M2's infinities, the largest finite and raw bytes; for Q8_0 a NaN,
+/// inf or largest f16 scale or raw bytes.
+template <class S>  // a storage type
+S garbage(input& in) {
+  if constexpr (is_fp8_v<S>) {
+    static const std::uint8_t codes[] = {0x7f, 0xff, 0x7c, 0xfc, 0x7e, 0xfe};
+    const std::uint8_t kind = in.byte() % 8;
+    return S{kind < 6 ? codes[kind] : in.byte()};
+  } else if constexpr (std::is_same<S, block_q8_0>::value) {
+    static const std::uint16_t scales[] = {0x7e00, 0xfe00, 0x7c00, 0xfc00, 0x7bff, 0x7fff};
+    const std::uint8_t kind = in.byte() % 8;
+    block_q8_0 b;
+    std::uint16_t bits = scales[kind % 6];
+    if (kind >= 6) bits = static_cast<std::uint16_t>(in.byte() << 8), bits |= in.byte();
+    b.d = Eigen::numext::bit_cast<Eigen::half>(bits);
+    for (auto& q : b.qs) q = static_cast<std::int8_t>(in.byte());
+    return b;
+  } else {
+    return plain_garbage<S>(in);
+  }
+}
+
+/// A NaN of S: the contiguous copy's padding, which no call may read.
+template <class S>  // a K/V storage type
+S nan_of() {
+  if constexpr (is_fp8_v<S>) {
+    return S{0x7f};
+  } else if constexpr (std::is_same<S, block_q8_0>::value) {
+    block_q8_0 b;
+    b.d = Eigen::half(std::numeric_limits<float>::quiet_NaN());
+    std::fill(std::begin(b.qs), std::end(b.qs), std::int8_t{1});
+    return b;
+  } else {
+    return stored<S>(std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
 /// A token value of a batch with finite tokens, or now and then (non_finite) garbage.
 template <class S>  // a storage type
 S value(input& in, bool non_finite) {
@@ -141,13 +246,40 @@ S value(input& in, bool non_finite) {
   return token_value<S>(in);
 }
 
+/// The scale of an fp8 pool, one per tensor or per kv head (empty: not fp8).
+inline value_scale scale_of(const std::vector<float>& scales) {
+  if (scales.empty()) return {};
+  return {scales.data(), scales.size() > 1};
+}
+
+/// The exact values [H_kv, d] of one pool row (elements of S, with the fp8 scales).
+template <class S>  // a K/V storage type
+void row_values(const S* row, index_t H_kv, index_t d, const std::vector<float>& scales,
+                double* x) {
+  for (index_t h = 0; h < H_kv; ++h)
+    for (index_t c = 0; c < d; ++c) {
+      double& e = x[h * d + c];
+      if constexpr (is_fp8_v<S>) {
+        const float scale = scales[scales.size() > 1 ? static_cast<size_t>(h) : 0];
+        e = static_cast<double>(scale) * static_cast<double>(to_float(row[h * d + c]));
+      } else if constexpr (std::is_same<S, block_q8_0>::value) {
+        const block_q8_0& b = row[(h * d + c) / kQ8_0Block];
+        e = static_cast<double>(static_cast<float>(b.d)) * b.qs[c % kQ8_0Block];
+      } else {
+        e = exact_of(row[h * d + c]);
+      }
+    }
+}
+
 /// Everything one fuzzed paged call reads, and its contiguous twin.
-template <class C>  // combo<Q, KV, O>
+template <class C>  // combo<Q, K, V, O>
 struct paged_case {
   using Q = typename C::q;
-  using KV = typename C::kv;
+  using K = typename C::k;
+  using V = typename C::v;
   using O = typename C::out;
   using R = compute_t<O>;
+  static constexpr index_t k_per = values_per_element_v<K>, v_per = values_per_element_v<V>;
 
   index_t B = 1, n_q = 1, H = 1, H_kv = 1, d = 1;
   index_t block_size = 1, max_blocks = 1, num_blocks = 1;
@@ -156,9 +288,13 @@ struct paged_case {
   bool table32 = false, lengths32 = false, non_finite = false;
   std::vector<index_t> lengths64, table64;
   std::vector<std::int32_t> lengths32v, table32v;
-  std::vector<KV> k_pool, v_pool;  // [num_blocks, block_size, H_kv, d], exactly sized
-  std::vector<KV> k_cont, v_cont;  // [B, capacity, H_kv, d], NaN past each length
-  std::vector<Q> q;                // [B, n_q, H, d]
+  // Q8_0 pools hold d / 32 blocks per head row.
+  std::vector<K> k_pool;                  // [num_blocks, block_size, H_kv, d], exactly sized
+  std::vector<V> v_pool;                  // [num_blocks, block_size, H_kv, d], exactly sized
+  std::vector<K> k_cont;                  // [B, capacity, H_kv, d], NaN past each length
+  std::vector<V> v_cont;                  // [B, capacity, H_kv, d], NaN past each length
+  std::vector<float> k_scales, v_scales;  // fp8 pools: [1] or [H_kv]; empty otherwise
+  std::vector<Q> q;                       // [B, n_q, H, d]
   std::unique_ptr<testing::attention_data<double>> exact;  // q, k, v [B, L, H_kv, d] exact
 
   // The mask's and the logit's arrays, each exactly sized.
@@ -175,8 +311,8 @@ struct paged_case {
     return index_array(table64.data());
   }
   index_t length(index_t b) const { return lengths64[static_cast<size_t>(b)]; }
-  paged_kv_cache<KV> cache() const {
-    paged_kv_cache<KV> c;
+  paged_kv_cache<K, V> cache() const {
+    paged_kv_cache<K, V> c;
     c.k_pool = k_pool.data();
     c.v_pool = v_pool.data();
     c.num_blocks = num_blocks;
@@ -186,16 +322,45 @@ struct paged_case {
     c.block_table = table();
     c.max_blocks = max_blocks;
     c.cache_lengths = lengths();
+    c.k_scale = scale_of(k_scales);
+    c.v_scale = scale_of(v_scales);
     return c;
   }
   tensor_view<const Q> qv() const { return bshd_view(q.data(), B, n_q, H, d); }
+  /// The contiguous copy's views (cache_view, with the fp8 scales).
+  tensor_view<const K> k_view() const {
+    auto t = cache_view(k_cont.data(), B, capacity, H_kv, d / k_per, lengths());
+    t.scale = scale_of(k_scales);
+    return t;
+  }
+  tensor_view<const V> v_view() const {
+    auto t = cache_view(v_cont.data(), B, capacity, H_kv, d / v_per, lengths());
+    t.scale = scale_of(v_scales);
+    return t;
+  }
 };
+
+/// fp8 scales for a pool of S (none for the other formats): one, or one per kv head, each
+/// a power of 2 or not, from 2^-8 to 2^4.
+template <class S>  // a K/V storage type
+std::vector<float> draw_scales(input& in, index_t H_kv) {
+  if constexpr (!is_fp8_v<S>) {
+    return {};
+  } else {
+    std::vector<float> scales(static_cast<size_t>(in.flag() ? H_kv : 1));
+    for (float& x : scales)
+      x = std::ldexp(1.0f + static_cast<float>(in.byte() % 4) / 4.0f,
+                     static_cast<int>(in.between(-8, 4)));
+    return scales;
+  }
+}
 
 /// Draws the shapes, the lengths, the table, the pools and q; fills the contiguous copy
 /// and the exact values.
-template <class C>  // combo<Q, KV, O>
+template <class C>  // combo<Q, K, V, O>
 void draw_cache(input& in, paged_case<C>& p) {
-  using KV = typename C::kv;
+  using K = typename C::k;
+  using V = typename C::v;
   using Q = typename C::q;
   // Small shapes keep an input cheap (a campaign runs a million): batches of at most 3
   // sequences and ~96 keys in all, at most 4 heads, d mostly 1, 2, 4 or 8 (now and then
@@ -203,13 +368,14 @@ void draw_cache(input& in, paged_case<C>& p) {
   // GEMM paths start past kDotMaxRows). Now and then (1 in 32) one long sequence of up to
   // 1100 keys over a tiny head: several key blocks of the fused kernel (kKeyBlock) and,
   // with 3 or 4 heads on one kv head, the key chunks a decode splits into
-  // (kDecodeChunk / heads keys).
+  // (kDecodeChunk / heads keys). A Q8_0 pool takes d = 32 (now and then 64).
   const bool long_keys = in.byte() % 32 == 0;
   p.B = long_keys ? 1 : in.between(1, 3);
   p.H_kv = long_keys ? 1 : in.between(1, 2);
   p.H = p.H_kv * (long_keys ? in.between(1, 4) : in.between(1, 2));
   static const index_t dims[] = {1, 1, 2, 2, 4, 4, 8, 16};
   p.d = long_keys ? in.between(1, 4) : (in.byte() % 8 == 0 ? in.between(1, 16) : dims[in.below(8)]);
+  if (p.k_per > 1 || p.v_per > 1) p.d = kQ8_0Block * (!long_keys && in.byte() % 4 == 0 ? 2 : 1);
   p.n_q = in.byte() % 4 == 0 ? in.between(3, 6) : in.between(1, 2);
   p.non_finite = in.byte() % 16 == 0;
   static const index_t sizes[] = {1, 2, 3, 4, 5, 7, 8, 16, 32, 64};
@@ -303,16 +469,21 @@ void draw_cache(input& in, paged_case<C>& p) {
   for (index_t len : p.lengths64) p.lengths32v.push_back(static_cast<std::int32_t>(len));
 
   // The pools: garbage everywhere (a kind per row), then the tokens of every owned row.
+  // Rows count elements: k_row and v_row (H_kv d values, d / 32 blocks per head for Q8_0).
   const index_t row = p.H_kv * p.d, pool_rows = p.num_blocks * p.block_size;
-  p.k_pool.resize(static_cast<size_t>(pool_rows * row));
-  p.v_pool.resize(p.k_pool.size());
+  const index_t k_row = row / p.k_per, v_row = row / p.v_per;
+  p.k_scales = draw_scales<K>(in, p.H_kv);
+  p.v_scales = draw_scales<V>(in, p.H_kv);
+  p.k_pool.resize(static_cast<size_t>(pool_rows * k_row));
+  p.v_pool.resize(static_cast<size_t>(pool_rows * v_row));
   for (index_t r = 0; r < pool_rows; ++r) {
-    const KV gk = garbage<KV>(in), gv = garbage<KV>(in);
+    const K gk = garbage<K>(in);
+    const V gv = garbage<V>(in);
     const bool mixed = in.byte() % 8 == 0;  // now and then a different value per element
-    for (index_t e = r * row; e < (r + 1) * row; ++e) {
-      p.k_pool[static_cast<size_t>(e)] = mixed ? garbage<KV>(in) : gk;
-      p.v_pool[static_cast<size_t>(e)] = mixed ? garbage<KV>(in) : gv;
-    }
+    for (index_t e = r * k_row; e < (r + 1) * k_row; ++e)
+      p.k_pool[static_cast<size_t>(e)] = mixed ? garbage<K>(in) : gk;
+    for (index_t e = r * v_row; e < (r + 1) * v_row; ++e)
+      p.v_pool[static_cast<size_t>(e)] = mixed ? garbage<V>(in) : gv;
   }
   std::vector<bool> written(static_cast<size_t>(pool_rows), false);
   // Sized by hand: the constructor's random fill (overwritten here) costs more than the
@@ -323,29 +494,26 @@ void draw_cache(input& in, paged_case<C>& p) {
   x.q.assign(static_cast<size_t>(p.B * p.n_q * p.H * p.d), 0.0);
   x.k.assign(static_cast<size_t>(p.B * p.L * p.H_kv * p.d), 0.0);
   x.v.assign(x.k.size(), 0.0);
-  const KV nan = stored<KV>(std::numeric_limits<double>::quiet_NaN());
-  p.k_cont.assign(static_cast<size_t>(p.B * p.capacity * row), nan);
-  p.v_cont.assign(p.k_cont.size(), nan);
+  p.k_cont.assign(static_cast<size_t>(p.B * p.capacity * k_row), nan_of<K>());
+  p.v_cont.assign(static_cast<size_t>(p.B * p.capacity * v_row), nan_of<V>());
   for (index_t b = 0; b < p.B; ++b)
     for (index_t t = 0; t < p.length(b); ++t) {
       const index_t blk = p.table64[static_cast<size_t>(b * p.max_blocks + t / p.block_size)];
       const index_t r = blk * p.block_size + t % p.block_size;
-      const size_t at = static_cast<size_t>(r * row);
+      K* k = &p.k_pool[static_cast<size_t>(r * k_row)];
+      V* v = &p.v_pool[static_cast<size_t>(r * v_row)];
       if (!written[static_cast<size_t>(r)]) {
         written[static_cast<size_t>(r)] = true;
-        for (index_t e = 0; e < row; ++e) {
-          p.k_pool[at + static_cast<size_t>(e)] = value<KV>(in, p.non_finite);
-          p.v_pool[at + static_cast<size_t>(e)] = value<KV>(in, p.non_finite);
+        for (index_t e = 0; e < std::max(k_row, v_row); ++e) {
+          if (e < k_row) k[e] = value<K>(in, p.non_finite);
+          if (e < v_row) v[e] = value<V>(in, p.non_finite);
         }
       }
-      for (index_t e = 0; e < row; ++e) {
-        const size_t c = static_cast<size_t>((b * p.capacity + t) * row + e);
-        const size_t xe = static_cast<size_t>((b * p.L + t) * row + e);
-        p.k_cont[c] = p.k_pool[at + static_cast<size_t>(e)];
-        p.v_cont[c] = p.v_pool[at + static_cast<size_t>(e)];
-        x.k[xe] = exact_of(p.k_cont[c]);
-        x.v[xe] = exact_of(p.v_cont[c]);
-      }
+      std::copy(k, k + k_row, &p.k_cont[static_cast<size_t>((b * p.capacity + t) * k_row)]);
+      std::copy(v, v + v_row, &p.v_cont[static_cast<size_t>((b * p.capacity + t) * v_row)]);
+      const size_t xe = static_cast<size_t>((b * p.L + t) * row);
+      row_values(k, p.H_kv, p.d, p.k_scales, &x.k[xe]);
+      row_values(v, p.H_kv, p.d, p.v_scales, &x.v[xe]);
     }
   p.q.resize(x.q.size());
   for (size_t i = 0; i < p.q.size(); ++i) {
@@ -356,7 +524,7 @@ void draw_cache(input& in, paged_case<C>& p) {
 
 /// Draws the mask (the causal constraint paged_attention adds aside), the logit extras,
 /// the scale, the threads and the path into o, their arrays into p.
-template <class C>  // combo<Q, KV, O>
+template <class C>  // combo<Q, K, V, O>
 void draw_options(input& in, paged_case<C>& p, attention_options<>& o) {
   attention_mask& m = o.mask;
   const int kind = in.byte() % 8;
@@ -444,7 +612,7 @@ bool same_bits(const T* a, const T* b, size_t count) {
 }
 
 /// What each call writes, every element set to a sentinel first.
-template <class C>  // combo<Q, KV, O>
+template <class C>  // combo<Q, K, V, O>
 struct outputs {
   using O = typename C::out;
   using R = compute_t<O>;
@@ -487,14 +655,15 @@ void expect_rejected(Call&& call, const char* argument, Unchanged&& unchanged) {
 /// Places out or extras.lse over one array the call reads (a copy of it in a shared
 /// arena, the call pointed at the copy): the call must throw argument_error naming the
 /// output and leave the arena (the array and the output) and the other outputs unchanged.
-template <class Arch, class C, class Policy>  // architecture; combo<Q, KV, O>; policy
+template <class Arch, class C, class Policy>  // architecture; combo<Q, K, V, O>; policy
 void check_overlap(input& in, const paged_case<C>& p, const attention_options<Policy>& o,
                    bool want_lse, bool want_weights) {
   using Q = typename C::q;
-  using KV = typename C::kv;
+  using K = typename C::k;
+  using V = typename C::v;
   using O = typename C::out;
   using R = compute_t<O>;
-  paged_kv_cache<KV> cache = p.cache();
+  paged_kv_cache<K, V> cache = p.cache();
   attention_options<Policy> opts = o;
   const Q* q = p.q.data();
   // The arrays a victim may be: (pointer, bytes).
@@ -506,13 +675,17 @@ void check_overlap(input& in, const paged_case<C>& p, const attention_options<Po
       {cache.block_table.data(),
        static_cast<size_t>(p.B * p.max_blocks * cache.block_table.element_bytes())},
       {cache.cache_lengths.data(), static_cast<size_t>(p.B * cache.cache_lengths.element_bytes())},
-      {p.k_pool.data(), p.k_pool.size() * sizeof(KV)},
-      {p.v_pool.data(), p.v_pool.size() * sizeof(KV)},
+      {p.k_pool.data(), p.k_pool.size() * sizeof(K)},
+      {p.v_pool.data(), p.v_pool.size() * sizeof(V)},
       {p.q.data(), p.q.size() * sizeof(Q)}};
   if (!p.bias.empty()) victims.push_back({p.bias.data(), p.bias.size() * sizeof(float)});
   if (p.allowed) victims.push_back({p.allowed.get(), static_cast<size_t>(p.allowed_count)});
   if (!p.slopes.empty()) victims.push_back({p.slopes.data(), p.slopes.size() * sizeof(float)});
   if (!p.sinks.empty()) victims.push_back({p.sinks.data(), p.sinks.size() * sizeof(float)});
+  if (!p.k_scales.empty())
+    victims.push_back({p.k_scales.data(), p.k_scales.size() * sizeof(float)});
+  if (!p.v_scales.empty())
+    victims.push_back({p.v_scales.data(), p.v_scales.size() * sizeof(float)});
   const size_t which = static_cast<size_t>(in.below(static_cast<index_t>(victims.size())));
   const victim& v = victims[which];
   const bool over_lse = in.flag();
@@ -545,16 +718,20 @@ void check_overlap(input& in, const paged_case<C>& p, const attention_options<Po
         cache.cache_lengths = static_cast<const std::int64_t*>(copy);
       break;
     case 2:
-      cache.k_pool = static_cast<const KV*>(copy);
+      cache.k_pool = static_cast<const K*>(copy);
       break;
     case 3:
-      cache.v_pool = static_cast<const KV*>(copy);
+      cache.v_pool = static_cast<const V*>(copy);
       break;
     case 4:
       q = static_cast<const Q*>(copy);
       break;
     default:
-      if (v.data == p.bias.data())
+      if (!p.k_scales.empty() && v.data == p.k_scales.data())
+        cache.k_scale.values = static_cast<const float*>(copy);
+      else if (!p.v_scales.empty() && v.data == p.v_scales.data())
+        cache.v_scale.values = static_cast<const float*>(copy);
+      else if (v.data == p.bias.data())
         opts.logit.bias.data = static_cast<const float*>(copy);
       else if (p.allowed && v.data == p.allowed.get())
         opts.mask.allowed = static_cast<const bool*>(copy);
@@ -585,14 +762,34 @@ void check_overlap(input& in, const paged_case<C>& p, const attention_options<Po
 
 /// Breaks the cache (or the mask) on purpose: the call must throw argument_error naming
 /// it and write nothing.
-template <class Arch, class C, class Policy>  // architecture; combo<Q, KV, O>; policy
+template <class Arch, class C, class Policy>  // architecture; combo<Q, K, V, O>; policy
 void check_broken(input& in, paged_case<C>& p, const attention_options<Policy>& o, bool want_lse,
                   bool want_weights) {
+  using K = typename C::k;
+  using V = typename C::v;
   attention_options<Policy> opts = o;
   outputs<C> result(p, want_lse, want_weights);
   const char* argument = "";
   const index_t b = in.below(p.B);
-  const int kind = in.byte() % 3;
+  const int kind = in.byte() % 4;
+  // For kind 3: a scale that is not finite and > 0, or none, on an fp8 pool; any scale on
+  // a pool of another format.
+  const float bad_scales[] = {0.0f, -1.0f, std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity()};
+  const float bad_scale = bad_scales[in.below(4)];
+  const bool missing = in.flag();
+  auto break_scale = [&](std::vector<float>& scales, value_scale& scale, bool fp8) {
+    static const float one = 1.0f;
+    if (!fp8) {
+      scale = {&one};
+    } else if (missing) {
+      scale.values = nullptr;
+    } else {
+      scales[static_cast<size_t>(in.below(static_cast<index_t>(scales.size())))] = bad_scale;
+      scale = scale_of(scales);
+    }
+  };
+  paged_kv_cache<K, V> cache = p.cache();
   if (kind == 0 && p.length(b) > 0) {  // an entry inside the length outside the pool
     const index_t blocks = (p.length(b) + p.block_size - 1) / p.block_size;
     const size_t at = static_cast<size_t>(b * p.max_blocks + in.below(blocks));
@@ -605,13 +802,21 @@ void check_broken(input& in, paged_case<C>& p, const attention_options<Policy>& 
     p.lengths64[static_cast<size_t>(b)] = bad;
     p.lengths32v[static_cast<size_t>(b)] = static_cast<std::int32_t>(bad);
     argument = "cache.cache_lengths";
+  } else if (kind == 3 && in.flag()) {
+    break_scale(p.k_scales, cache.k_scale, is_fp8_v<K>);
+    argument = "cache.k_scale";
+  } else if (kind == 3) {
+    break_scale(p.v_scales, cache.v_scale, is_fp8_v<V>);
+    argument = "cache.v_scale";
   } else {
     opts.mask.key_lengths = p.lengths();
     argument = "options.mask.key_lengths";
   }
+  cache.block_table = p.table();
+  cache.cache_lengths = p.lengths();
   expect_rejected(
       [&] {
-        paged_attention<Arch>(p.qv(), p.cache(), bshd_view(result.out.data(), p.B, p.n_q, p.H, p.d),
+        paged_attention<Arch>(p.qv(), cache, bshd_view(result.out.data(), p.B, p.n_q, p.H, p.d),
                               opts, result.extras());
       },
       argument, [&] { return result.untouched(); });
@@ -656,10 +861,11 @@ bool weights_past_linear_bound(const testing::attention_data<double>& data,
 
 /// The call with policy `policy`: paged against contiguous, bit for bit; the contiguous
 /// one against the reference; then the overlap and broken calls.
-template <class Arch, class C, class Policy>  // architecture; combo<Q, KV, O>; policy
+template <class Arch, class C, class Policy>  // architecture; combo<Q, K, V, O>; policy
 void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
                    const Policy& policy) {
-  using KV = typename C::kv;
+  using K = typename C::k;
+  using V = typename C::v;
   using O = typename C::out;
   using R = compute_t<O>;
   attention_options<Policy> o;
@@ -680,11 +886,8 @@ void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
   attention_options<Policy> contiguous = o;
   contiguous.mask.causal = true;  // what paged_attention adds
   outputs<C> want(p, want_lse, want_weights);
-  const KV* kc = p.k_cont.data();
-  const KV* vc = p.v_cont.data();
   try {
-    attention<Arch>(p.qv(), cache_view(kc, p.B, p.capacity, p.H_kv, p.d, p.lengths()),
-                    cache_view(vc, p.B, p.capacity, p.H_kv, p.d, p.lengths()),
+    attention<Arch>(p.qv(), p.k_view(), p.v_view(),
                     bshd_view(want.out.data(), p.B, p.n_q, p.H, p.d), contiguous, want.extras());
   } catch (const argument_error& error) {
     paged_finding("valid contiguous attention call rejected:", error.what());
@@ -719,8 +922,11 @@ void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
     bool flushed = false;
     double weights_unit = 0.0;
     if constexpr (std::is_same<R, float>::value) {
-      flushed = fused && testing::flushed_dots<Arch, C>();
-      if (fused && o.allow_bf16_weights && std::is_same<KV, bf16>::value)
+      flushed =
+          fused &&
+          kernels::detail::bf16_prefill<Arch, float, kernels::storage_set<typename C::q, K, V, O>>;
+      if (fused && o.allow_bf16_weights && std::is_same<K, bf16>::value &&
+          std::is_same<V, bf16>::value)
         weights_unit = std::ldexp(1.0, -8);
     }
     testing::expect_matches_reference(*p.exact, ref, run, "fuzz_paged contiguous",
@@ -735,17 +941,26 @@ void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
 }
 
 /// The case in words: shapes, lengths, table, options (for a finding's report).
-template <class Arch, class C>  // architecture; combo<Q, KV, O>
+template <class Arch, class C>  // architecture; combo<Q, K, V, O>
 std::string describe(const paged_case<C>& p, const attention_options<>& o) {
   using testing::type_name;
   auto name = [](auto x) -> std::string {
-    if constexpr (std::is_same<decltype(x), double>::value)
+    using S = decltype(x);
+    if constexpr (std::is_same<S, double>::value)
       return "f64";
+    else if constexpr (is_8bit_v<S>)
+      return storage_traits<S>::name;
     else
       return type_name(x);
   };
-  std::string t = std::string(Arch::name()) + " q " + name(typename C::q{}) + " kv " +
-                  name(typename C::kv{}) + " out " + name(typename C::out{}) +
+  auto scales = [](const std::vector<float>& s) {
+    std::string t = s.empty() ? "" : " scale [";
+    for (float x : s) t += " " + std::to_string(x);
+    return s.empty() ? t : t + " ]";
+  };
+  std::string t = std::string(Arch::name()) + " q " + name(typename C::q{}) + " k " +
+                  name(typename C::k{}) + scales(p.k_scales) + " v " + name(typename C::v{}) +
+                  scales(p.v_scales) + " out " + name(typename C::out{}) +
                   " B=" + std::to_string(p.B) + " n_q=" + std::to_string(p.n_q) +
                   " H=" + std::to_string(p.H) + " H_kv=" + std::to_string(p.H_kv) +
                   " d=" + std::to_string(p.d) + " block_size=" + std::to_string(p.block_size) +
@@ -774,7 +989,7 @@ std::string describe(const paged_case<C>& p, const attention_options<>& o) {
   return t;
 }
 
-template <class Arch, class C>  // architecture; combo<Q, KV, O>
+template <class Arch, class C>  // architecture; combo<Q, K, V, O>
 void fuzz_one(input& in) {
   if (!cpu_supports<Arch>()) return;
   paged_case<C> p;
@@ -782,9 +997,15 @@ void fuzz_one(input& in) {
   attention_options<> base;
   draw_options(in, p, base);
   drawn_case() = describe<Arch>(p, base);
+  // Softmax as ssmax_policy(0, 1) with an 8-bit pool: one policy type, one instantiation
+  // of the kernels per pair of formats.
+  constexpr bool eight_bit = is_8bit_v<typename C::k> || is_8bit_v<typename C::v>;
   switch (in.byte() % 4) {
     case 0:
-      run_and_check<Arch>(in, p, base, softmax_policy{});
+      if constexpr (eight_bit)
+        run_and_check<Arch>(in, p, base, ssmax_policy(0.0, 1.0));
+      else
+        run_and_check<Arch>(in, p, base, softmax_policy{});
       break;
     case 1: {  // any finite s and b, shared
       const double s = static_cast<double>(static_cast<std::int8_t>(in.byte())) / 64.0;
@@ -826,10 +1047,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   using ssmax::index_t;
   input in(data, size);
   const auto arch = in.below(static_cast<index_t>(std::tuple_size<paged_architectures>::value));
+  // Half the inputs take one of `combinations`, half K and V each of pool_formats (at least
+  // one of them 8-bit).
+  const bool formats = in.flag();
   const auto combination = in.below(static_cast<index_t>(std::tuple_size<combinations>::value));
+  constexpr index_t n_formats = std::tuple_size<pool_formats>::value;
+  const auto k_format = in.below(n_formats);
+  auto v_format = in.below(n_formats);
+  if (k_format < 2 && v_format < 2) v_format += 2;  // pool_formats: bf16 and half first
   for_architecture(static_cast<paged_architectures*>(nullptr), arch, [&](auto a) {
-    for_combination(static_cast<combinations*>(nullptr), combination,
-                    [&](auto c) { fuzz_one<decltype(a), decltype(c)>(in); });
+    using Arch = decltype(a);
+    if (!formats) {
+      for_combination(static_cast<combinations*>(nullptr), combination,
+                      [&](auto c) { fuzz_one<Arch, decltype(c)>(in); });
+      return;
+    }
+    for_combination(static_cast<pool_formats*>(nullptr), k_format, [&](auto k) {
+      for_combination(static_cast<pool_formats*>(nullptr), v_format, [&](auto v) {
+        using K = decltype(k);
+        using V = decltype(v);
+        if constexpr (ssmax::is_8bit_v<K> || ssmax::is_8bit_v<V>)
+          fuzz_one<Arch, combo<f32, K, V, f32>>(in);
+      });
+    });
   });
   return 0;
 }
