@@ -296,6 +296,34 @@ TYPED_TEST(Attention8bit, NaNCodesGiveTheFloatCallsNaNRows) {
   }
 }
 
+// The ends of the scales' range, 2^-64 and 2^64, on both paths, decode and prefill, over
+// many keys (the value scale meets 1 / sum in double, so a tiny scale over a large sum is
+// not rounded into float's denormals): within the bound on the exact values.
+TYPED_TEST(Attention8bit, ScalesAtTheEndsOfTheirRange) {
+  using Arch = typename TypeParam::arch;
+  const index_t B = 1, n_k = 3000, H = 2, H_kv = 1, d = 32;
+  for (float k_scale : {0x1p-64f, 0x1p64f})
+    for (float v_scale : {0x1p-64f, 0x1p64f})
+      for (index_t n_q : {1, 12}) {
+        quantized_problem<fp8_e5m2, fp8_e4m3> x(B, n_q, n_k, H, H_kv, d, 17, false);
+        // The codes stay; the scales move to the ends of the range.
+        const double k_scale0 = x.k.scales[0];
+        for (size_t e = 0; e < x.exact.k.size(); ++e) {
+          x.exact.k[e] = static_cast<double>(k_scale) * to_float(x.k.data[e]);
+          x.exact.v[e] = static_cast<double>(v_scale) * to_float(x.v.data[e]);
+        }
+        attention_options<> o;
+        o.mask = attention_mask::causal_mask();
+        x.k.scales[0] = k_scale, x.v.scales[0] = v_scale;
+        // The logits of the values before the move: of order 1.
+        o.scale = k_scale0 / static_cast<double>(k_scale) / std::sqrt(static_cast<double>(d));
+        for (auto path : {attention_path::fused, attention_path::materialised})
+          expect_matches_reference(x.exact, o, x.template run<Arch>(o, path),
+                                   "k_scale " + std::to_string(k_scale) + " v_scale " +
+                                       std::to_string(v_scale) + " n_q " + std::to_string(n_q));
+      }
+}
+
 /// The contiguous cache [B, n, H_kv, d] of a tensor copied into a pool of num_blocks blocks
 /// of `block_size` tokens through `table` [B, max_blocks]; the pool blocks no sequence owns
 /// hold NaN codes, which no call may read.
@@ -438,10 +466,18 @@ TEST_F(bad_input, Fp8ScalesMustBeGivenFiniteAndPositive) {
     scale[1] = bad;
     EXPECT_ARGUMENT_ERROR(attention(qv(), q8(), fp8(), ov()), "v.scale", "for head 1");
   }
+  for (float outside : {0x1p-65f, 0x1p-140f, 0x1p65f}) {  // the range is [2^-64, 2^64]
+    scale[1] = outside;
+    EXPECT_ARGUMENT_ERROR(attention(qv(), fp8(), q8(), ov()), "k.scale", "[2^-64, 2^64]");
+  }
   scale[1] = 0.2f;
   auto f = bshd_view(q.data(), B, 4, H, d);  // a float view with a scale
   f.scale = {scale.data()};
   EXPECT_ARGUMENT_ERROR(attention(qv(), fp8(), f, ov()), "v.scale", "only fp8 views");
+  EXPECT_ARGUMENT_ERROR(attention(f, fp8(), q8(), ov()), "q.scale", "only fp8 views");
+  auto o = ov();
+  o.scale = {scale.data()};
+  EXPECT_ARGUMENT_ERROR(attention(qv(), fp8(), q8(), o), "out.scale", "only fp8 views");
   expect_untouched();
 }
 

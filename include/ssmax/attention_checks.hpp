@@ -46,10 +46,15 @@ inline index_t head_values(const tensor_view<T>& t) {
   return t.dim * values_per_element_v<T>;
 }
 
+/// The range of an fp8 view's scales: [2^-64, 2^64], so that a key scale folded into the
+/// query factor (m scale k_scale, rounded to float) is a normal float for any m scale in
+/// [2^-62, 2^63]; vLLM's scales (amax / 448 or / 57344) lie far inside it.
+inline constexpr double kFp8ScaleMin = 0x1p-64, kFp8ScaleMax = 0x1p64;
+
 /// What a key or value view's storage type requires beyond check_view (argument_error
 /// naming the view as `name`, or its scale as `scale_name`): an fp8 view carries a scale,
-/// one value or one per head, each finite and > 0; no other view carries one; a
-/// block_q8_0 view's data is aligned to its 2-byte blocks.
+/// one value or one per head, each in [kFp8ScaleMin, kFp8ScaleMax]; no other view carries
+/// one; a block_q8_0 view's data is aligned to its 2-byte blocks.
 template <class T>
 inline void check_kv_storage(const tensor_view<const T>& t, const char* fn, const char* name,
                              const char* scale_name) {
@@ -59,8 +64,8 @@ inline void check_kv_storage(const tensor_view<const T>& t, const char* fn, cons
     const index_t count = t.scale.per_head ? t.heads : 1;
     for (index_t h = 0; h < count; ++h) {
       const float x = t.scale.values[h];
-      require_lazy(std::isfinite(x) && x > 0.0f, fn, scale_name, [&] {
-        return "must be finite and > 0, got " + real_to_string(x) +
+      require_lazy(x >= kFp8ScaleMin && x <= kFp8ScaleMax, fn, scale_name, [&] {
+        return "must be finite and > 0, in [2^-64, 2^64], got " + real_to_string(x) +
                (t.scale.per_head ? " for head " + std::to_string(h) : std::string());
       });
     }
@@ -148,6 +153,9 @@ inline void check_shapes(const char* fn, const tensor_view<const Q>& q,
   check_view(out, fn, "out");
   check_kv_storage(k, fn, names.k, names.k_scale);
   check_kv_storage(v, fn, names.v, names.v_scale);
+  require(q.scale.values == nullptr, fn, "q.scale", "must be null: only fp8 views take a scale");
+  require(out.scale.values == nullptr, fn, "out.scale",
+          "must be null: only fp8 views take a scale");
   const auto dimension_of = [](const auto& t) {
     using T = std::remove_const_t<std::remove_reference_t<decltype(*t.data)>>;
     if (values_per_element_v<T> == 1) return "head dimension " + std::to_string(t.dim);

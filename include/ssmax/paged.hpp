@@ -145,9 +145,21 @@ void paged_attention(const tensor_view<Q>& q, const paged_kv_cache<K, V>& cache,
                      const tensor_view<O>& out, const attention_options<Policy>& options = {},
                      attention_extras<compute_t<O>> extras = {},
                      attention_workspace* workspace = nullptr) {
-  static_assert(attention_storage<Q, K, V, O>::supported,
-                "paged_attention: q, the pools and out must form a combination ssmax::attention "
-                "supports (storage.hpp)");
+  using A = attention_storage<Q, K, V, O>;
+  static_assert(A::q_ok,
+                "ssmax::paged_attention: argument 'q' must view float, Eigen::bfloat16 or "
+                "Eigen::half, or double when the pools and out are double too");
+  static_assert(!A::q_ok || A::k_ok,
+                "ssmax::paged_attention: argument 'cache.k_pool' must hold float, "
+                "Eigen::bfloat16, Eigen::half, fp8_e4m3, fp8_e5m2 or block_q8_0, or double "
+                "when q, v and out are double too");
+  static_assert(!A::q_ok || !A::k_ok || A::v_ok,
+                "ssmax::paged_attention: argument 'cache.v_pool' must hold float, "
+                "Eigen::bfloat16, Eigen::half, fp8_e4m3, fp8_e5m2 or block_q8_0, or double "
+                "when q, k and out are double too");
+  static_assert(!A::q_ok || !A::k_ok || !A::v_ok || A::out_ok,
+                "ssmax::paged_attention: argument 'out' must be a writable view of float, "
+                "Eigen::bfloat16 or Eigen::half, or of double when q and the pools are double");
   constexpr const char* fn = "paged_attention";
   const auto qc = detail::read_only(q);
   detail::check_view(qc, fn, "q");

@@ -132,7 +132,7 @@ inline void check_fp8_scale(const char* fn, float scale) {
 /// `scale`: out[i] = to_fp8<F>(x[i] / scale). Error: the top of the file.
 template <class F, class S>  // fp8_e4m3 or fp8_e5m2; the source's element type
 inline void quantize_fp8(const S* x, index_t n, float scale, F* out) {
-  constexpr const char* fn = "ssmax::quantize_fp8";
+  constexpr const char* fn = "quantize_fp8";
   detail::require(n >= 0, fn, "n", "must be >= 0");
   detail::require(n == 0 || (x != nullptr && out != nullptr), fn, x == nullptr ? "x" : "out",
                   "must not be null");
@@ -143,7 +143,7 @@ inline void quantize_fp8(const S* x, index_t n, float scale, F* out) {
 /// x[i] = scale * to_float(q[i]) for i < n.
 template <class F>  // fp8_e4m3 or fp8_e5m2
 inline void dequantize_fp8(const F* q, index_t n, float scale, float* x) {
-  constexpr const char* fn = "ssmax::dequantize_fp8";
+  constexpr const char* fn = "dequantize_fp8";
   detail::require(n >= 0, fn, "n", "must be >= 0");
   detail::require(n == 0 || (q != nullptr && x != nullptr), fn, q == nullptr ? "q" : "x",
                   "must not be null");
@@ -155,7 +155,7 @@ inline void dequantize_fp8(const F* q, index_t n, float scale, float* x) {
 /// n / 32 Q8_0 blocks. Checks every block before writing any.
 template <class S>  // the source's element type
 inline void quantize_q8_0(const S* x, index_t n, block_q8_0* blocks) {
-  constexpr const char* fn = "ssmax::quantize_q8_0";
+  constexpr const char* fn = "quantize_q8_0";
   constexpr double limit = 65520.0 * 127.0;  // amax / 127 must round to a finite half
   detail::require(n >= 0 && n % kQ8_0Block == 0, fn, "n", "must be a multiple of 32 (>= 0)");
   detail::require(n == 0 || (x != nullptr && blocks != nullptr), fn, x == nullptr ? "x" : "blocks",
@@ -186,7 +186,7 @@ inline void quantize_q8_0(const S* x, index_t n, block_q8_0* blocks) {
 
 /// x[c] = float(d) * q[c] for the n / 32 blocks (n a multiple of 32).
 inline void dequantize_q8_0(const block_q8_0* blocks, index_t n, float* x) {
-  constexpr const char* fn = "ssmax::dequantize_q8_0";
+  constexpr const char* fn = "dequantize_q8_0";
   detail::require(n >= 0 && n % kQ8_0Block == 0, fn, "n", "must be a multiple of 32 (>= 0)");
   detail::require(n == 0 || (blocks != nullptr && x != nullptr), fn,
                   blocks == nullptr ? "blocks" : "x", "must not be null");

@@ -42,7 +42,7 @@ using matrix_ref = Eigen::Ref<row_matrix<T>, 0, Eigen::OuterStride<>>;
 
 /// The scale of an fp8 tensor (value = scale * fp8, vLLM's k_scale / v_scale): one float
 /// for the whole tensor, or one per head (per_head: values[h] for head h). Read at the
-/// call, which requires each to be finite and > 0.
+/// call, which requires each in [2^-64, 2^64] (finite and > 0; vLLM's scales lie far inside).
 struct value_scale {
   const float* values = nullptr;  ///< [1], or [heads] when per_head; null: no scale
   bool per_head = false;

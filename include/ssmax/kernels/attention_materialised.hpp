@@ -185,9 +185,11 @@ void attention_materialised(const attention_problem<T, Policy, S>& p, attention_
       T* o = sc.o + r * dp;
       detail::saturate_rounded_overflow(p, b, g, sc.info[r].begin, sc.info[r].end, o);
       O* dst = p.out.row(b, t.q0 + r, t.head);  // rounded to nearest even when 16-bit
-      if constexpr (is_fp8_v<typename S::v>) {  // the values' scale, applied once per element
-        const T v_scale = static_cast<T>(p.v_scale(g));
-        std::transform(o, o + d, dst, [&](T x) { return from_compute<O>(x * v_scale); });
+      if constexpr (is_fp8_v<typename S::v>) {  // the values' scale: a double product, rounded once
+        const double v_scale = p.v_scale(g);
+        std::transform(o, o + d, dst, [&](T x) {
+          return from_compute<O>(static_cast<T>(static_cast<double>(x) * v_scale));
+        });
       } else {
         std::transform(o, o + d, dst, [](T x) { return from_compute<O>(x); });
       }

@@ -100,9 +100,10 @@ inline void online_row_nonfinite(T* s, index_t nk, row_state<double>& state, T* 
 
 /// Writes one finished row, query row i of head h of batch entry b (row_index's order):
 /// out = o / sum (zeros when the state is empty; o itself when `normalised`, as
-/// recompute_normalised leaves it), times the values' fp8 scale when v holds fp8 codes
-/// (one factor, scale / sum, rounded once to T), and lse (in T). The one rounding to a
-/// 16-bit out happens here: o times that factor in T, then to nearest even.
+/// recompute_normalised leaves it), and lse (in T). When v holds fp8 codes, out = o times
+/// scale / sum, the factor and the product in double and the product rounded once to T
+/// (so that a tiny scale over a large sum is not rounded into T's denormals). The one
+/// rounding to a 16-bit out happens here, to nearest even.
 template <class T, class Policy, class S>  // compute type; a length policy; storage_set
 inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, index_t h, index_t i,
                        const T* o, const row_state<double>& state, bool normalised = false) {
@@ -112,9 +113,15 @@ inline void finish_row(const attention_problem<T, Policy, S>& p, index_t b, inde
   if (state.empty()) {
     std::fill(dst, dst + d, from_compute<O>(T(0)));
   } else {
-    const double v_scale = p.v_scale(p.kv_head(h));
-    const T inv = static_cast<T>(normalised ? v_scale : v_scale / state.sum);
-    for (index_t c = 0; c < d; ++c) dst[c] = from_compute<O>(o[c] * inv);
+    if constexpr (is_fp8_v<typename S::v>) {
+      const double v_scale = p.v_scale(p.kv_head(h));
+      const double factor = normalised ? v_scale : v_scale / state.sum;
+      for (index_t c = 0; c < d; ++c)
+        dst[c] = from_compute<O>(static_cast<T>(static_cast<double>(o[c]) * factor));
+    } else {
+      const T inv = normalised ? T(1) : static_cast<T>(1.0 / state.sum);
+      for (index_t c = 0; c < d; ++c) dst[c] = from_compute<O>(o[c] * inv);
+    }
   }
   if (p.lse != nullptr) p.lse[p.row_index(b, h, i)] = static_cast<T>(state.log_sum_exp());
 }
