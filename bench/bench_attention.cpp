@@ -1,8 +1,9 @@
 // Attention benchmarks: prefill (n_q = n_k) and decode (n_q = 1) for the fused and the
 // materialised kernels and a plain Eigen composition (Q K^T, row softmax, times V), with
 // Softmax and SSMax, 8 heads, float, d = 64 and 128; plus, in the same run, the machine's
-// FMA peak (a register-blocked xsimd FMA loop) and a plain memory copy's bandwidth
-// (support/machine_peaks.hpp), so each kernel is also reported as a fraction of them.
+// FMA peak (a register-blocked xsimd FMA loop), a plain memory copy's bandwidth and one
+// thread's read bandwidth (support/machine_peaks.hpp), so each kernel is also reported as a
+// fraction of them.
 //
 // Names: "<kind>/<impl>/<policy>/d:<d>/n:<n>/threads:<t>", e.g.
 // prefill/fused/ssmax/d:128/n:4096/threads:1; grouped-query decode (8 query heads over 2
@@ -11,6 +12,7 @@
 //   of_peak    GFLOPs / (threads x the 1-thread FMA peak measured first)
 //   GBs        decode: bytes of K and V read per second
 //   of_copy    GBs / the copy bandwidth (bytes read + written per second, STREAM's convention)
+//   of_read    GBs / one thread's read bandwidth (read/sum/256MiB: bytes read per second)
 //   extra_MB   memory the call needs beyond inputs and outputs (workspace, or Eigen's scores)
 // 16-bit storage (q, k, v and out all bf16 or all f16, computed in float) adds "/bf16" or
 // "/f16" after the policy: prefill causal d = 64 and 128, n = 4096; decode n_k = 32768,
@@ -26,9 +28,11 @@
 //   of_bf16_peak  "bf16" runs: GFLOPs / the bf16 dot-product peak (peak/dpbf16/bf16)
 // 8-bit K/V caches (q and out float) add the format after the policy: "/q8_0" (ggml's Q8_0
 // blocks), "/e4m3" and "/e5m2" (fp8, one scale for the tensor) and "/q8_0k-f16v" (Q8_0 k,
-// half v): Softmax decode, n_k = 32768, d = 128, MHA and GQA 8:2; their GBs count the bytes
-// of K and V actually read (Q8_0: 34 bytes per 32 values). "decode/paged/softmax/q8_0/...":
-// the Q8_0 decode through paged_attention, blocks of 16 tokens in shuffled order. After the
+// half v) and "/q8_0-int8" (Q8_0 k and v with attention_options::allow_int8_dot_products):
+// Softmax decode, n_k = 32768, d = 128, MHA and GQA 8:2; their GBs count the bytes
+// of K and V actually read (Q8_0: 34 bytes per 32 values). "decode/paged/softmax/q8_0/..."
+// (and "/q8_0-int8/"): the Q8_0 decode through paged_attention, blocks of 16 tokens in
+// shuffled order. After the
 // run: "bf16 / 8-bit" (the "/bf16" decode's time over each 8-bit one's), "float / 8-bit"
 // and "paged / contiguous" (the paged Q8_0 decode's time over the contiguous one's).
 // The logit soft-cap (c = 50, Gemma 2's): "prefill/fused/softmax/softcap/d:128/n:<n>" for
@@ -363,7 +367,7 @@ std::size_t time_paged(benchmark::State& state, tensors& t, const std::vector<K>
 /// Softmax decode (n_q = 1 over n keys, float q and out) with K stored as K and V as V
 /// (encode), contiguous or paged (time_paged); the GBs counter counts the bytes of K and V
 /// stored, extra_MB the workspace.
-template <class K, class V>  // K/V storage types
+template <class K, class V, bool Int8 = false>  // K/V storage types; allow_int8_dot_products
 void run_8bit(benchmark::State& state, bool paged, index_t n, index_t d, int threads,
               index_t kv_heads) {
   tensors t(1, n, kHeads, kv_heads, d);
@@ -371,6 +375,7 @@ void run_8bit(benchmark::State& state, bool paged, index_t n, index_t d, int thr
   const std::vector<V> v = encode<V>(t.v);
   ssmax::attention_options<ssmax::softmax_policy> o;
   o.threads = threads;
+  o.allow_int8_dot_products = Int8;
   std::size_t extra = 0;
   if (paged) {
     extra = time_paged(state, t, k, v, o);
@@ -388,19 +393,21 @@ void run_8bit(benchmark::State& state, bool paged, index_t n, index_t d, int thr
 }
 
 /// The 8-bit K/V names after the policy (see the top of the file).
-const std::vector<std::string> kEightBitFormats = {"q8_0", "e4m3", "e5m2", "q8_0k-f16v"};
+const std::vector<std::string> kEightBitFormats = {"q8_0", "e4m3", "e5m2", "q8_0k-f16v",
+                                                   "q8_0-int8"};
 
 /// The 8-bit decode cases (see the top of the file): each format contiguous, Q8_0 also paged.
 void register_8bit() {
   using run = void (*)(benchmark::State&, bool, index_t, index_t, int, index_t);
   const run runs[] = {
       run_8bit<ssmax::block_q8_0, ssmax::block_q8_0>, run_8bit<ssmax::fp8_e4m3, ssmax::fp8_e4m3>,
-      run_8bit<ssmax::fp8_e5m2, ssmax::fp8_e5m2>, run_8bit<ssmax::block_q8_0, Eigen::half>};
+      run_8bit<ssmax::fp8_e5m2, ssmax::fp8_e5m2>, run_8bit<ssmax::block_q8_0, Eigen::half>,
+      run_8bit<ssmax::block_q8_0, ssmax::block_q8_0, true>};
   for (index_t kv_heads : {kHeads, index_t{2}})
     for (int threads : {1, 2})
       for (std::size_t f = 0; f < kEightBitFormats.size(); ++f)
         for (bool paged : {false, true}) {
-          if (paged && f != 0) continue;  // paged: Q8_0 only
+          if (paged && f != 0 && f != 4) continue;  // paged: Q8_0 only
           const std::string name = std::string("decode/") + (paged ? "paged" : "fused") +
                                    "/softmax/" + kEightBitFormats[f] +
                                    (kv_heads != kHeads ? "/kv:" + std::to_string(kv_heads) : "") +
@@ -473,6 +480,7 @@ void register_all() {
   ssmax::bench::register_fma_peak();
   ssmax::bench::register_bf16_peak();
   ssmax::bench::register_memory_copy();
+  ssmax::bench::register_memory_read();
   register_tiles();
   for (bool decode : {false, true})
     for (index_t d : {64, 128}) {

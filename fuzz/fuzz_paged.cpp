@@ -11,7 +11,8 @@
 // out, six pairs of K and V formats with an 8-bit one (eight_bit_combinations): block_q8_0
 // (d 32 or 64), fp8_e4m3 and fp8_e5m2 (a scale per tensor or per kv head);
 // unowned blocks hold NaN codes, NaN or inf Q8_0 scales and raw bytes), both paths (and
-// automatic with weights), 1 or (rarely) 2 threads, Softmax and SSMax (shared or per-head
+// automatic with weights), the opt-in int8 dot products, 1 or (rarely) 2 threads, Softmax
+// and SSMax (shared or per-head
 // s and b, either sign), scales, every logit extra (additive bias with -inf entries and
 // broadcast strides, ALiBi slopes of either sign, soft-cap, sinks with -inf) and the mask
 // kinds paged_attention takes (sliding window, local window, boolean mask with broadcast
@@ -605,6 +606,7 @@ void draw_options(input& in, paged_case<C>& p, attention_options<>& o) {
                        : attention_path::automatic;
   o.allow_bf16_weights = in.byte() % 4 == 0;
   o.bf16 = static_cast<bf16_method>(in.byte() % 3);  // automatic, dot_products, float_gemm
+  o.allow_int8_dot_products = in.byte() % 4 == 0;
 }
 
 /// Bitwise equality of two arrays of the same length.
@@ -879,6 +881,7 @@ void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
   o.logit = base.logit;
   o.allow_bf16_weights = base.allow_bf16_weights;
   o.bf16 = base.bf16;
+  o.allow_int8_dot_products = base.allow_int8_dot_products;
   const bool want_weights = o.path != attention_path::fused && in.flag();
   const bool want_lse = in.byte() % 4 != 0;
   drawn_case() +=
@@ -931,9 +934,11 @@ void run_and_check(input& in, paged_case<C>& p, const attention_options<>& base,
           std::is_same<V, bf16>::value)
         weights_unit = std::ldexp(1.0, -8);
     }
+    const bool int8_queries =
+        fused && o.allow_int8_dot_products && std::is_same<K, block_q8_0>::value;
     testing::expect_matches_reference(*p.exact, ref, run, "fuzz_paged contiguous",
                                       testing::out_unit<O>(), testing::out_tiny<O>(), flushed,
-                                      weights_unit);
+                                      weights_unit, int8_queries);
     expect(!::testing::UnitTest::GetInstance()->ad_hoc_test_result().Failed(),
            "contiguous result outside the reference bound (see the failure above)");
   }
@@ -987,6 +992,7 @@ std::string describe(const paged_case<C>& p, const attention_options<>& o) {
        " threads=" + std::to_string(o.threads) + " path=" + std::to_string(int(o.path)) +
        " bf16_weights=" + std::to_string(o.allow_bf16_weights) +
        " bf16_method=" + std::to_string(int(o.bf16)) +
+       " int8_dots=" + std::to_string(o.allow_int8_dot_products) +
        " non_finite=" + std::to_string(p.non_finite);
   return t;
 }

@@ -40,4 +40,4 @@ stage tsan cmake --workflow --preset tsan
 stage valgrind bash scripts/valgrind.sh
 # libFuzzer targets (clang++, ASan + UBSan), each run for a bounded time from its corpus.
 stage fuzz-build cmake --workflow --preset fuzz
-stage fuzz bash scripts/fuzz.sh "${SSMAX_FUZZ_SECONDS:-45}"
+stage fuzz bash scripts/fuzz.sh "${SSMAX_FUZZ_SECONDS:-30}"

@@ -157,13 +157,16 @@ constexpr unsigned kPolicies = softmax_kind | ssmax_negative_kind | qwen_kind;
 /// Every mask kind (each with one logit extra and policy, in turn; `crossed` kinds with
 /// all of them) on a decode shape (one query row: dot products) and a chunked prefill (40
 /// query rows over 300 keys: the GEMM on widened K^T and V), GQA 4:2, d = 64, both paths.
+/// int8: with attention_options::allow_int8_dot_products (a Q8_0 k), checked within the
+/// bound that adds its logits' shift (support/attention_check.hpp).
 template <class Arch, class K, class V>
-void check_format(bool per_head, const std::vector<std::string>& crossed) {
+void check_format(bool per_head, const std::vector<std::string>& crossed, bool int8 = false,
+                  index_t d = 64) {
   const std::string pair = "[k " + format_name<K>() + ", v " + format_name<V>() +
-                           (per_head ? ", per-head scales]" : "]");
+                           (per_head ? ", per-head scales" : "") + (int8 ? ", int8 dots]" : "]");
   for (const auto& shape_q_k : {std::pair<index_t, index_t>{1, 290}, {40, 300}}) {
     const index_t n_q = shape_q_k.first, n_k = shape_q_k.second;
-    const index_t B = 2, H = 4, H_kv = 2, d = 64;
+    const index_t B = 2, H = 4, H_kv = 2;
     const quantized_problem<K, V> x(B, n_q, n_k, H, H_kv, d, 11 + static_cast<unsigned>(n_q),
                                     per_head);
     const case_shape shape{B, n_q, n_k, H};
@@ -176,12 +179,14 @@ void check_format(bool per_head, const std::vector<std::string>& crossed) {
           if (mc.packed) return;  // packed sequences take [1, total, H, d] data
           auto o = options_for(policy, mc.mask);
           o.logit = extras.options(feature, B);
+          o.allow_int8_dot_products = int8;
           for (auto path : {attention_path::fused, attention_path::materialised}) {
             const auto run = x.template run<Arch>(o, path);
             expect_matches_reference(
                 x.exact, o, run,
                 pair + " n_q=" + std::to_string(n_q) + " " + mc.name + " " + feature + " " +
-                    policy_name + (path == attention_path::fused ? " [fused]" : " [materialised]"));
+                    policy_name + (path == attention_path::fused ? " [fused]" : " [materialised]"),
+                0.0, 0.0, false, 0.0, int8);
           }
         });
   }
@@ -192,21 +197,94 @@ using Attention8bit = kernel_test<C>;
 TYPED_TEST_SUITE(Attention8bit, float_kernel_configs<attention_architectures>, config_name);
 
 // Each mask kind once per format pair (with an extra and a policy in turn); the causal mask
-// with every extra and policy for llama.cpp's cache format (outside sanitizers and
-// emulators, which look for memory errors and instructions, not rounding).
+// with every extra and policy for llama.cpp's cache format. Sanitizers and emulators look
+// for memory errors and instructions, not rounding: there three pairs (each format as k,
+// Q8_0, e4m3 and half as v; each kind once), which keeps their builds short.
 TYPED_TEST(Attention8bit, FormatsMasksExtrasPoliciesAgainstTheReference) {
   using Arch = typename TypeParam::arch;
   const std::vector<std::string> each_once{"(each kind once)"};
 #if defined(SSMAX_TESTS_SANITIZED) || defined(SSMAX_TESTS_EMULATED)
-  const std::vector<std::string> causal = each_once;
+  check_format<Arch, fp8_e4m3, block_q8_0>(true, each_once);
+  check_format<Arch, fp8_e5m2, fp8_e4m3>(false, each_once);
+  check_format<Arch, block_q8_0, Eigen::half>(false, each_once);
 #else
-  const std::vector<std::string> causal{"causal"};
-#endif
-  check_format<Arch, block_q8_0, block_q8_0>(false, causal);
+  check_format<Arch, block_q8_0, block_q8_0>(false, {"causal"});
   check_format<Arch, fp8_e4m3, fp8_e4m3>(true, each_once);
   check_format<Arch, fp8_e5m2, fp8_e5m2>(false, each_once);
   check_format<Arch, block_q8_0, Eigen::half>(false, each_once);
   check_format<Arch, Eigen::bfloat16, fp8_e5m2>(true, each_once);
+#endif
+}
+
+// The opt-in int8 dot products (a Q8_0 k: q rounded to int8 blocks, q . k in integers; a
+// Q8_0 v: block scales folded into the weights) within the bound that adds the logits'
+// shift, d = 64 and 128, decode (where they apply) and prefill (which ignores them).
+TYPED_TEST(Attention8bit, Int8DotProductsWithinTheirBound) {
+  using Arch = typename TypeParam::arch;
+  const std::vector<std::string> each_once{"(each kind once)"};
+#if defined(SSMAX_TESTS_SANITIZED) || defined(SSMAX_TESTS_EMULATED)
+  check_format<Arch, block_q8_0, block_q8_0>(false, each_once, true, 128);
+#else
+  check_format<Arch, block_q8_0, block_q8_0>(false, {"causal"}, true, 128);
+  check_format<Arch, block_q8_0, Eigen::half>(false, each_once, true, 64);
+  check_format<Arch, block_q8_0, fp8_e4m3>(true, each_once, true, 64);
+#endif
+}
+
+// One query against two keys, d = 32, scale 1, Softmax: the int8 scores worked out by hand.
+// q = (1, 0.3 x 31): its block's step is dq = 1 / 127 (a float), 1 reads 127 and 0.3 reads
+// round(0.3 * 127) = 38; key 0 = 0.5 x code 2 (values 1), key 1 = 0.25 x code -1. So the
+// integer sums are 2 (127 + 31 * 38) = 2610 and -1305, the scores fma(2610, 0.5 dq, 0) and
+// fma(-1305, 0.25 dq, 0), about 10.2756 and -2.5689, where the float call has 10.3 and
+// -2.575; the lse is log(e^z0 + e^z1).
+TYPED_TEST(Attention8bit, Int8DotProductsOnValuesWorkedOutByHand) {
+  using Arch = typename TypeParam::arch;
+  const index_t d = 32;
+  std::vector<float> q(d, 0.3f), v(2 * d, 1.0f), out(d);
+  q[0] = 1.0f;
+  std::vector<block_q8_0> keys(2);
+  keys[0].d = Eigen::half(0.5f), keys[1].d = Eigen::half(0.25f);
+  for (index_t i = 0; i < d; ++i) keys[0].qs[i] = 2, keys[1].qs[i] = -1;
+  const float dq = 1.0f / 127.0f;
+  const double z0 = std::fma(2610.0f, 0.5f * dq, 0.0f), z1 = std::fma(-1305.0f, 0.25f * dq, 0.0f);
+  const double want = std::log(std::exp(z0) + std::exp(z1));
+  for (bool int8 : {true, false}) {
+    attention_options<> o;
+    o.scale = 1.0;
+    o.allow_int8_dot_products = int8;
+    float lse = 0.0f;
+    attention_extras<float> extras;
+    extras.lse = &lse;
+    attention<Arch>(bshd_view(q.data(), 1, 1, 1, d), bshd_view(keys.data(), 1, 2, 1, 1),
+                    bshd_view(v.data(), 1, 2, 1, d), bshd_view(out.data(), 1, 1, 1, d), o, extras);
+    const double bound = 2 * std::ldexp(1.0, -23) * (std::abs(want) + 2 + 64);
+    if (int8)
+      EXPECT_NEAR(lse, want, bound);
+    else  // the float call's scores are 10.3 and -2.575: its lse is 0.024 away
+      EXPECT_GT(std::abs(lse - want), 100 * bound);
+  }
+}
+
+// A query row with an infinite or NaN value: that block's scale is NaN, so every score of
+// the row is recomputed from the float query, and the row equals the call without the
+// opt-in bit for bit (a half v: the same value path either way).
+TYPED_TEST(Attention8bit, Int8DotProductsOnNonFiniteQueriesEqualTheFloatScores) {
+  using Arch = typename TypeParam::arch;
+  const index_t B = 1, n_k = 300, H = 4, H_kv = 2, d = 64;
+  quantized_problem<block_q8_0, Eigen::half> x(B, 1, n_k, H, H_kv, d, 8, false);
+  x.q[3] = std::numeric_limits<float>::infinity();           // head 0
+  x.q[d + 40] = -std::numeric_limits<float>::infinity();     // head 1
+  x.q[2 * d + 7] = std::numeric_limits<float>::quiet_NaN();  // head 2
+  attention_options<ssmax_policy> o;
+  o.policy = ssmax_policy(0.4);
+  o.mask = attention_mask::causal_mask();
+  const auto plain = x.template run<Arch>(o, attention_path::fused);
+  o.allow_int8_dot_products = true;
+  const auto int8 = x.template run<Arch>(o, attention_path::fused);
+  // Heads 0 to 2 (head 3's row is finite and takes the integer scores).
+  EXPECT_EQ(0, std::memcmp(plain.out.data(), int8.out.data(), 3 * d * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(plain.lse.data(), int8.lse.data(), 3 * sizeof(float)));
+  EXPECT_NE(0, std::memcmp(plain.out.data() + 3 * d, int8.out.data() + 3 * d, d * sizeof(float)));
 }
 
 // Q8_0 values are exact floats (an f16 scale times a 7-bit integer, formed exactly in
@@ -376,27 +454,30 @@ void check_paged_equals_contiguous(bool per_head) {
         cache_view(x.v.data.data(), B, capacity, H_kv, d / values_per_element_v<V>, lengths.data());
     k_view.scale = x.k.view().scale;
     v_view.scale = x.v.view().scale;
-    for (auto path : {attention_path::fused, attention_path::materialised}) {
-      attention_options<ssmax_policy> o;
-      o.policy = ssmax_policy(0.5, -0.2);
-      o.path = path;
-      const size_t out_size = static_cast<size_t>(B * n_q * H * d);
-      std::vector<float> paged(out_size), contiguous(out_size);
-      std::vector<float> paged_lse(static_cast<size_t>(B * H * n_q)), lse(paged_lse.size());
-      attention_extras<float> paged_extras, extras;
-      paged_extras.lse = paged_lse.data();
-      extras.lse = lse.data();
-      paged_attention<Arch>(x.qv(), cache, bshd_view(paged.data(), B, n_q, H, d), o, paged_extras);
-      attention_options<ssmax_policy> c = o;
-      c.mask = attention_mask::cache(lengths.data());
-      attention<Arch>(x.qv(), k_view, v_view, bshd_view(contiguous.data(), B, n_q, H, d), c,
-                      extras);
-      EXPECT_EQ(0, std::memcmp(paged.data(), contiguous.data(), out_size * sizeof(float)))
-          << "n_q=" << n_q;
-      EXPECT_EQ(0, std::memcmp(paged_lse.data(), lse.data(), lse.size() * sizeof(float)))
-          << "n_q=" << n_q;
-      for (float e : paged) ASSERT_TRUE(std::isfinite(e));  // no unowned pool row was read
-    }
+    for (auto path : {attention_path::fused, attention_path::materialised})
+      for (bool int8 : {false, true}) {
+        attention_options<ssmax_policy> o;
+        o.policy = ssmax_policy(0.5, -0.2);
+        o.path = path;
+        o.allow_int8_dot_products = int8;
+        const size_t out_size = static_cast<size_t>(B * n_q * H * d);
+        std::vector<float> paged(out_size), contiguous(out_size);
+        std::vector<float> paged_lse(static_cast<size_t>(B * H * n_q)), lse(paged_lse.size());
+        attention_extras<float> paged_extras, extras;
+        paged_extras.lse = paged_lse.data();
+        extras.lse = lse.data();
+        paged_attention<Arch>(x.qv(), cache, bshd_view(paged.data(), B, n_q, H, d), o,
+                              paged_extras);
+        attention_options<ssmax_policy> c = o;
+        c.mask = attention_mask::cache(lengths.data());
+        attention<Arch>(x.qv(), k_view, v_view, bshd_view(contiguous.data(), B, n_q, H, d), c,
+                        extras);
+        EXPECT_EQ(0, std::memcmp(paged.data(), contiguous.data(), out_size * sizeof(float)))
+            << "n_q=" << n_q << " int8 " << int8;
+        EXPECT_EQ(0, std::memcmp(paged_lse.data(), lse.data(), lse.size() * sizeof(float)))
+            << "n_q=" << n_q << " int8 " << int8;
+        for (float e : paged) ASSERT_TRUE(std::isfinite(e));  // no unowned pool row was read
+      }
   }
 }
 

@@ -54,6 +54,8 @@ TEST(FractionReporter, RepetitionsUseTheMedianNotTheLastAggregate) {
   EXPECT_EQ(reporter.peak_gflops(), 100.0);
   reporter.ReportRuns(repeated("copy/memcpy/256MiB", "GBs", 19.0, 20.0, 21.0));
   EXPECT_EQ(reporter.copy_gbs(), 20.0);
+  reporter.ReportRuns(repeated("read/sum/256MiB", "GBs", 25.0, 26.0, 27.0));
+  EXPECT_EQ(reporter.read_gbs(), 26.0);
   std::vector<bench_run> kernel = repeated("attention/fused", "GFLOPs", 54.0, 54.0, 54.0);
   for (bench_run& r : kernel) r.counters["GBs"] = 13.0;
   reporter.ReportRuns(kernel);
@@ -61,6 +63,7 @@ TEST(FractionReporter, RepetitionsUseTheMedianNotTheLastAggregate) {
   ASSERT_EQ(median.aggregate_name, "median");
   EXPECT_DOUBLE_EQ(median.counters.at("of_peak").value, 0.54);
   EXPECT_DOUBLE_EQ(median.counters.at("of_copy").value, 0.65);
+  EXPECT_DOUBLE_EQ(median.counters.at("of_read").value, 0.5);
   EXPECT_EQ(reporter.rows.back().counters.count("of_peak"), 0u);  // none on the cv row
 }
 

@@ -6,6 +6,9 @@
 //                        the machine's cores give together (its of_peak: 1.0 is 2x)
 //   copy/memcpy/256MiB   a plain memory copy's bandwidth (GBs: bytes read + written per
 //                        second, STREAM's convention)
+//   read/sum/256MiB      one thread's read bandwidth: a 256 MiB array summed in vectors
+//                        (GBs: bytes read per second), what a decode that only reads K
+//                        and V can reach
 //   peak/dpbf16/bf16     with AVX512-BF16 only: the 1-thread bf16 dot-product peak, a
 //                        register-blocked vdpbf16ps loop, 2 flops per bf16 product (GFLOPs)
 // and a reporter that adds, to every run with those counters,
@@ -14,6 +17,7 @@
 //                 2-thread kernel is from what the two cores give at all)
 //   of_bf16_peak  runs with a "bf16" name field: GFLOPs / (threads x the bf16 peak)
 //   of_copy       GBs / the copy bandwidth
+//   of_read       GBs / the read bandwidth
 // (a column appears only when its limit was measured earlier in the same run).
 
 #include <benchmark/benchmark.h>
@@ -102,6 +106,27 @@ inline void memory_copy(benchmark::State& state) {
       benchmark::Counter(2.0 * bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The read bandwidth of one thread: a 256 MiB array of 32-bit integers summed into four
+/// vector accumulators (independent loads in flight), counting bytes read.
+inline void memory_read(benchmark::State& state) {
+  using B = xsimd::batch<std::int32_t>;  // the widest vector this binary is compiled for
+  const std::size_t bytes = std::size_t(256) << 20, count = bytes / sizeof(std::int32_t);
+  std::vector<std::int32_t> src(count, 1);
+  constexpr std::size_t W = B::size;
+  for (auto _ : state) {
+    B s0(0), s1(0), s2(0), s3(0);
+    for (std::size_t i = 0; i + 4 * W <= count; i += 4 * W) {
+      s0 += B::load_unaligned(&src[i]);
+      s1 += B::load_unaligned(&src[i + W]);
+      s2 += B::load_unaligned(&src[i + 2 * W]);
+      s3 += B::load_unaligned(&src[i + 3 * W]);
+    }
+    benchmark::DoNotOptimize((s0 + s1) + (s2 + s3));
+  }
+  state.counters["GBs"] =
+      benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 /// Registers fma_peak as "peak/fma/float" and, on 2 threads at once (wall-clock time),
 /// "peak/fma/float/threads:2"; register them first, so that they run before the runs they
 /// are a fraction of.
@@ -123,6 +148,11 @@ inline int name_threads(const std::string& name) {
 /// Registers memory_copy as "copy/memcpy/256MiB" (after register_fma_peak, before the rest).
 inline void register_memory_copy() {
   benchmark::RegisterBenchmark("copy/memcpy/256MiB", memory_copy)->Unit(benchmark::kMillisecond);
+}
+
+/// Registers memory_read as "read/sum/256MiB" (after register_fma_peak, before the rest).
+inline void register_memory_read() {
+  benchmark::RegisterBenchmark("read/sum/256MiB", memory_read)->Unit(benchmark::kMillisecond);
 }
 
 /// True when a row of the peak or copy run gives the reference value: each repetition's
@@ -160,6 +190,7 @@ class fraction_reporter : public Base {
         if (name.rfind("peak/dpbf16/", 0) == 0 && gf != r.counters.end())
           bf16_gflops_ = gf->second.value;
         if (name.rfind("copy/", 0) == 0 && gb != r.counters.end()) copy_gbs_ = gb->second.value;
+        if (name.rfind("read/", 0) == 0 && gb != r.counters.end()) read_gbs_ = gb->second.value;
       }
       if (!gets_fractions(r)) continue;
       auto th = r.counters.find("threads");
@@ -177,6 +208,9 @@ class fraction_reporter : public Base {
       if (gb != r.counters.end() && name.rfind("copy/", 0) != 0 && copy_gbs_ > 0) {
         r.counters["of_copy"] = gb->second.value / copy_gbs_;
       }
+      if (gb != r.counters.end() && name.rfind("read/", 0) != 0 && read_gbs_ > 0) {
+        r.counters["of_read"] = gb->second.value / read_gbs_;
+      }
     }
     Base::ReportRuns(copy);
   }
@@ -184,12 +218,14 @@ class fraction_reporter : public Base {
   double peak_gflops() const { return peak_gflops_; }    ///< the peak in use (for tests)
   double peak2_gflops() const { return peak2_gflops_; }  ///< the 2-thread peak (for tests)
   double copy_gbs() const { return copy_gbs_; }          ///< the copy rate in use (for tests)
+  double read_gbs() const { return read_gbs_; }          ///< the read rate in use (for tests)
   double bf16_gflops() const { return bf16_gflops_; }    ///< the bf16 peak in use (for tests)
 
  private:
   double peak_gflops_ = 0.0;   // 1-thread FMA peak, from the peak run
   double peak2_gflops_ = 0.0;  // 2-thread FMA peak (both threads' GFLOPs together)
   double copy_gbs_ = 0.0;      // copy bandwidth (read + write), from the copy run
+  double read_gbs_ = 0.0;      // one thread's read bandwidth, from the read run
   double bf16_gflops_ = 0.0;   // 1-thread bf16 dot-product peak, from its peak run
 };
 

@@ -173,6 +173,7 @@ make_problem(const tensor_view<const Q>& q, const tensor_view<const K>& k,
   p.weights = x.weights;
   p.threads = resolve_threads(o.threads);
   p.allow_bf16_weights = o.allow_bf16_weights;
+  p.allow_int8_dot_products = o.allow_int8_dot_products;
   p.bf16_dot_products = o.bf16 == bf16_method::dot_products ||
                         (o.bf16 == bf16_method::automatic && bf16_dot_products_outrun_fma());
   return p;

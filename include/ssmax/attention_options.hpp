@@ -45,6 +45,14 @@ struct attention_options {
   /// (docs/numerics.md, "Opt-in bf16 weights"). A permission, not a demand: other paths,
   /// and bf16_method::float_gemm (chosen or automatic), compute as without it.
   bool allow_bf16_weights = false;
+  /// Opt-in reduced precision (off by default): with a Q8_0 k (block_q8_0), lets the fused
+  /// kernel's dot-product path (decode: tasks of at most 3 query rows) round each scaled
+  /// query row to int8 blocks of 32 with a float scale each and sum q . k in integers
+  /// (VNNI where the CPU has it), as ggml does; with a Q8_0 v it also multiplies each
+  /// weight by the value block's scale (rounded once) instead of each value. Each logit
+  /// moves by at most |m| sum_b (dq_b / 2) ||k_b||_1 (docs/numerics.md, "Opt-in int8 dot
+  /// products"). A permission, not a demand: other paths and types compute as without it.
+  bool allow_int8_dot_products = false;
   /// The bf16 prefill's arithmetic (see bf16_method); results differ between the two
   /// methods within the bound, and never with the thread count.
   bf16_method bf16 = bf16_method::automatic;

@@ -130,13 +130,19 @@ inline double logit_magnitude(const logit_options& lo, const sequence_span& seq,
 /// vdpbf16ps (bf16 q and k on AVX512-BF16, attention.hpp), which adds to each score at most
 /// E = 2^-126 d |m scale| (max_c |q_c| + max_jc |k_jc| + 2) (its denormal flush): the bound
 /// adds 4 E max|v| to out (the weights move by at most e^(2E) - 1) and E to lse.
+/// int8_queries: the scores came from the opt-in int8 dot products (a Q8_0 k,
+/// kernels/q8_0_dots.hpp), which move logit j by at most D_j = |m scale| sum_b max_{c in b}
+/// |q_c| ||k_jb||_1 (1 / 254 (1 + 2^-19) + (d / 32 + 2) eps) (the query's rounding to
+/// blocks of 32, and the blocks' float sum); with D the largest over the row's keys the
+/// bound adds (e^(2D) - 1) max|v| to out and D to lse.
 template <class T,       // float or double: the element type of data
           class Policy,  // policy
           class C>       // the compute type of the call (its eps bounds the error)
 void expect_matches_reference(const attention_data<T>& data, const attention_options<Policy>& o,
                               const attention_run<C>& run, const std::string& what,
                               double out_unit = 0.0, double out_tiny = 0.0,
-                              bool flushed_dots = false, double weights_unit = 0.0) {
+                              bool flushed_dots = false, double weights_unit = 0.0,
+                              bool int8_queries = false) {
   const double eps = std::numeric_limits<C>::epsilon();
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(data.d));
   const auto ref =
@@ -151,7 +157,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
       for (index_t i = seq.q_begin; i < seq.q_end; ++i) {
         const row_keys row = visible_keys(o.mask, o.logit, seq, h, i);
         const index_t g = h / group;
-        double z = 0.0, vmax = 0.0, qmax = 0.0, kmax = 0.0;
+        double z = 0.0, vmax = 0.0, qmax = 0.0, kmax = 0.0, shift = 0.0;
         for (index_t c = 0; c < data.d; ++c)
           qmax = std::max(qmax, std::abs(static_cast<double>(q(b, i, h, c))));
         const double m_row = row.visible > 0 ? o.policy.multiplier({row.n, row.position, h}) : 0.0;
@@ -168,6 +174,20 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
           // |m sink| to what the roundings are relative to; the soft-cap only shrinks.
           zj += std::abs(m_row) * logit_magnitude(o.logit, seq, b, h, i, j, row.position, o.mask);
           z = std::max(z, zj);
+          if (int8_queries) {
+            double dj = 0.0;
+            for (index_t c0 = 0; c0 < data.d; c0 += 32) {
+              double q_block = 0.0, k_block = 0.0;
+              for (index_t c = c0; c < c0 + 32; ++c) {
+                q_block = std::max(q_block, std::abs(static_cast<double>(q(b, i, h, c))));
+                k_block += std::abs(static_cast<double>(k(b, j, g, c)));
+              }
+              dj += q_block * k_block;
+            }
+            const double blocks = static_cast<double>(data.d / 32);
+            shift = std::max(
+                shift, std::abs(m) * dj * ((1 + std::ldexp(1.0, -19)) / 254 + (blocks + 2) * eps));
+          }
         }
         const double n = static_cast<double>(row.visible);
         const double dz = 2.0 * (static_cast<double>(data.d) + 2.0) * z;
@@ -175,6 +195,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
                                                 std::abs(m) * (qmax + kmax + 2)
                                           : 0.0;
         const double out_bound = 2 * eps * vmax * (dz + n + 64) + 4 * flush * vmax +
+                                 std::expm1(2 * shift) * vmax +
                                  (n + static_cast<double>(data.d)) *
                                      static_cast<double>(std::numeric_limits<C>::denorm_min());
         const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
@@ -202,9 +223,10 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
         }
         if (!run.lse.empty()) {
           const double got = run.lse[row_at], want = ref.lse[row_at];
-          const bool ok = std::isinf(want) ? got == want
-                                           : std::abs(got - want) <=
-                                                 2 * eps * (dz + std::abs(want) + n + 64) + flush;
+          const bool ok = std::isinf(want)
+                              ? got == want
+                              : std::abs(got - want) <=
+                                    2 * eps * (dz + std::abs(want) + n + 64) + flush + shift;
           if (!ok && failures++ < 5)
             ADD_FAILURE() << what << ": lse(b=" << b << ", h=" << h << ", i=" << i << ") = " << got
                           << ", reference " << want;

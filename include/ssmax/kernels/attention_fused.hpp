@@ -229,6 +229,13 @@ void decode_task(const attention_problem<T, Policy, S>& p,
   const bool keys_outer = p.k.stride_h < p.k.stride_s, values_outer = p.v.stride_h < p.v.stride_s;
   index_t offsets[kKeyBlock];  // a paged cache's key rows of the current block
   row_map krows{p.k.stride_s}, vrows{p.v.stride_s};
+  q8_0_query q8[kDecodeScratchRows];  // the rows rounded to int8 blocks (plan.int8_scores)
+  if constexpr (int8_scores_path<T, S>)
+    if (plan.int8_scores)
+      for (index_t r = 0; r < rows; ++r) {
+        q8[r] = {sc.q8 + r * d, sc.q8_scales + r * (d / kQ8_0Block)};
+        quantize_query_q8_0(sc.qs + r * d, d, sc.q8 + r * d, sc.q8_scales + r * (d / kQ8_0Block));
+      }
   for (index_t blk = blk_lo; blk < blk_hi; ++blk) {
     const index_t kb = seq.k_begin + blk * kKeyBlock, nk = std::min(kKeyBlock, seq.k_end - kb);
     krows.offsets = vrows.offsets = p.block_rows(b, kb, nk, offsets);
@@ -237,10 +244,26 @@ void decode_task(const attention_problem<T, Policy, S>& p,
       kv.keys[i].base = p.k_row(b, kb, kv.kv_of[i]);
       kv.values[i].base = p.v_row(b, kb, kv.kv_of[i]);
     }
-    dot_scores<Arch>(sc.qs, d, kv.keys, kv.groups, krows, nk, keys_outer, sc.s, plan.score_ld);
+    bool scored = false;
+    if constexpr (int8_scores_path<T, S>)
+      if (plan.int8_scores) {
+        dot_scores_q8_0<Arch>(q8, d, kv.keys, kv.groups, krows, nk, keys_outer, sc.s,
+                              plan.score_ld);
+        scored = true;
+      }
+    if (!scored)
+      dot_scores<Arch>(sc.qs, d, kv.keys, kv.groups, krows, nk, keys_outer, sc.s, plan.score_ld);
     task_rows_softmax<Arch>(p, t, sc, plan.dp, 0, rows, kb, nk, krows, sc.s, plan.score_ld);
-    dot_values<Arch>(sc.s, plan.score_ld, kv.values, kv.groups, vrows, nk, d, values_outer, sc.o,
-                     plan.dp);
+    bool weighed = false;
+    if constexpr (fold_v_scales_path<T, S>)
+      if (plan.fold_v_scales) {
+        dot_values<Arch, true>(sc.s, plan.score_ld, kv.values, kv.groups, vrows, nk, d,
+                               values_outer, sc.o, plan.dp);
+        weighed = true;
+      }
+    if (!weighed)
+      dot_values<Arch>(sc.s, plan.score_ld, kv.values, kv.groups, vrows, nk, d, values_outer, sc.o,
+                       plan.dp);
   }
 }
 

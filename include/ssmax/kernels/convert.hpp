@@ -509,16 +509,24 @@ class four_rows {
   /// Values [c, c + W) of row u, u < 4, into out[u].
   void load(index_t c, vec (&out)[4]) {
     if constexpr (std::is_same<S, block_q8_0>::value) {
-      using Simd = ssmax::detail::simd<Arch, float>;
-      const index_t at = c / kQ8_0Block, lane = c % kQ8_0Block;
-      if (lane == 0)
-        for (int u = 0; u < 4; ++u) scale_[u] = Simd::splat(detail::q8_0_scale(rows_[u][at]));
-      for (int u = 0; u < 4; ++u)
-        out[u] = detail::int8_values<Arch>(rows_[u][at].qs + lane) * scale_[u];
+      load_codes(c, out);
+      for (int u = 0; u < 4; ++u) out[u] = out[u] * scale_[u];
     } else {
       for (int u = 0; u < 4; ++u) out[u] = load_compute<Arch>(rows_[u] + c);
     }
   }
+  /// Q8_0 rows: the codes of values [c, c + W) of row u as floats into out[u], without
+  /// their block's scale (scale(u), set at c % 32 == 0).
+  void load_codes(index_t c, vec (&out)[4]) {
+    static_assert(std::is_same<S, block_q8_0>::value, "codes and scales are Q8_0's");
+    using Simd = ssmax::detail::simd<Arch, float>;
+    const index_t at = c / kQ8_0Block, lane = c % kQ8_0Block;
+    if (lane == 0)
+      for (int u = 0; u < 4; ++u) scale_[u] = Simd::splat(detail::q8_0_scale(rows_[u][at]));
+    for (int u = 0; u < 4; ++u) out[u] = detail::int8_values<Arch>(rows_[u][at].qs + lane);
+  }
+  /// Q8_0 rows: the scale of row u's block of the last load_codes, in every lane.
+  const vec& scale(int u) const { return scale_[u]; }
 
  private:
   const S* rows_[4];

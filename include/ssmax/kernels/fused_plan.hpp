@@ -13,6 +13,7 @@
 #include "plan.hpp"
 #include "prefill_bf16.hpp"
 #include "prefill_strips.hpp"
+#include "q8_0_dots.hpp"
 
 namespace ssmax::kernels::detail {
 
@@ -68,6 +69,8 @@ struct fused_scratch {
   std::uint32_t* q_pairs;    ///< bf16 prefill: [kPrefillQueryBlock, pairs] q pairs, else null
   float* row_factors;        ///< bf16 prefill: [kPrefillQueryBlock] row factors, else null
   std::uint32_t* p_pairs;    ///< bf16 weights: [kPrefillStrip, kKeyBlock / 2] P pairs, else null
+  std::int8_t* q8;           ///< int8 scores: [kDecodeScratchRows, d] rounded queries, else null
+  float* q8_scales;          ///< int8 scores: [kDecodeScratchRows, d / 32] their scales, else null
 };
 
 /// The fused kernel's plan and buffers, carved from an arena (sizes only when its base is
@@ -80,6 +83,8 @@ template <class Arch,                         // architecture tag
 struct fused_plan {
   index_t n_tasks = 0, n_items = 0, n_partial = 0, n_blocks = 0;
   bool packs_blocks = false;     ///< some task has more than kDotMaxRows rows: K^T and V are packed
+  bool int8_scores = false;      ///< Q8_0 k, allow_int8_dot_products: decode's integer scores
+  bool fold_v_scales = false;    ///< Q8_0 v, allow_int8_dot_products: scales fold into weights
   bool bf16_dot_scores = false;  ///< packs_blocks, bf16_prefill, dot products: Q K^T by vdpbf16ps
   bool bf16_weights = false;     ///< packs_blocks, bf16_weights_path, allowed, dot products: P V
                                  ///< by vdpbf16ps (with float or bf16 scores, as q is)
@@ -178,6 +183,8 @@ struct fused_plan {
     bf16_dot_scores = packs_blocks && bf16_prefill<Arch, T, S> && p.bf16_dot_products;
     bf16_weights = packs_blocks && bf16_weights_path<Arch, T, S> && p.bf16_dot_products &&
                    p.allow_bf16_weights;
+    int8_scores = int8_scores_path<T, S> && p.allow_int8_dot_products;
+    fold_v_scales = fold_v_scales_path<T, S> && p.allow_int8_dot_products;
     const index_t kp = bf16_pairs(d);
     kt = a.take<T>(
         !bf16_dot_scores && packs_blocks ? n_blocks * p.k.heads * packed_kt_elements(d, W) : 0);
@@ -200,6 +207,8 @@ struct fused_plan {
       sc.q_pairs = a.take<std::uint32_t>(bf16_dot_scores ? kPrefillQueryBlock * kp : 0);
       sc.row_factors = a.take<float>(bf16_dot_scores ? kPrefillQueryBlock : 0);
       sc.p_pairs = a.take<std::uint32_t>(bf16_weights ? kPrefillStrip * kKeyBlock / 2 : 0);
+      sc.q8 = a.take<std::int8_t>(int8_scores ? kDecodeScratchRows * d : 0);
+      sc.q8_scales = a.take<float>(int8_scores ? kDecodeScratchRows * d / kQ8_0Block : 0);
       if (!a.counting()) scratch[t] = sc;
     }
     if (!a.counting()) fill(p);

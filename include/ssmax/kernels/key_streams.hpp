@@ -83,16 +83,55 @@ inline T dot(const T* a, const B* b, index_t d) {
 }
 
 /// y[0, d) += alpha * x[0, d), x widened to T in registers when stored in 16 or 8 bits.
-template <class Arch,  // xsimd architecture tag or scalar_arch
-          class T,     // compute type: float or double
-          class X>     // storage type of x whose compute type is T
+/// FoldScale (Q8_0 x, the opt-in int8 dot products): each block's scale multiplies alpha
+/// (rounded once) instead of its values, y += (alpha * scale) * code.
+template <class Arch,              // xsimd architecture tag or scalar_arch
+          bool FoldScale = false,  // Q8_0 x: alpha * scale times the codes
+          class T,                 // compute type: float or double
+          class X>                 // storage type of x whose compute type is T
 inline void axpy(T* y, T alpha, const X* x, index_t d) {
   using S = ssmax::detail::simd<Arch, T>;
   constexpr index_t W = S::width;
+  if constexpr (FoldScale) {
+    static_assert(std::is_same<X, block_q8_0>::value, "scales fold into Q8_0's weights");
+    for (index_t b = 0; b < d / kQ8_0Block; ++b) {
+      const auto va = S::splat(alpha * detail::q8_0_scale(x[b]));
+      for (index_t c = b * kQ8_0Block; c < (b + 1) * kQ8_0Block; c += W)
+        S::store(y + c,
+                 S::fma(va, detail::int8_values<Arch>(x[b].qs + c % kQ8_0Block), S::load(y + c)));
+    }
+    return;
+  }
   const auto va = S::splat(alpha);
   index_t c = 0;
   for (; c + W <= d; c += W) S::store(y + c, S::fma(va, load_values<Arch>(x, c), S::load(y + c)));
   for (; c < d; ++c) y[c] += alpha * value_at(x, c);
+}
+
+/// wb[i][u] = w[4 i + u] * (the scale of block b of Q8_0 row x[u]), rounded once, in every
+/// lane, for i < R, u < 4.
+template <class Arch, index_t R, class V>  // xsimd architecture tag or scalar_arch; rows; vector
+inline void q8_0_scaled_weights(const float* w, const block_q8_0* const* x, index_t b,
+                                V (&wb)[R][4]) {
+  using S = ssmax::detail::simd<Arch, float>;
+#if defined(__AVX512F__) && defined(__F16C__)
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    // The four scales converted at once, each product broadcast by a permute.
+    const __m128 dk = _mm_cvtph_ps(_mm_setr_epi16(
+        static_cast<short>(bits_of(x[0][b].d)), static_cast<short>(bits_of(x[1][b].d)),
+        static_cast<short>(bits_of(x[2][b].d)), static_cast<short>(bits_of(x[3][b].d)), 0, 0, 0,
+        0));
+    for (index_t i = 0; i < R; ++i) {
+      const __m512 prod = _mm512_castps128_ps512(_mm_mul_ps(dk, _mm_loadu_ps(w + 4 * i)));
+      for (int u = 0; u < 4; ++u) wb[i][u] = V(_mm512_permutexvar_ps(_mm512_set1_epi32(u), prod));
+    }
+    return;
+  }
+#endif
+  for (int u = 0; u < 4; ++u) {
+    const float scale = detail::q8_0_scale(x[u][b]);
+    for (index_t i = 0; i < R; ++i) wb[i][u] = S::splat(w[i * 4 + u] * scale);
+  }
 }
 
 /// For each of R rows y[i]: y[i][0, d) += w[4 i] x[0] + w[4 i + 1] x[1] + w[4 i + 2] x[2]
@@ -105,10 +144,13 @@ inline void axpy(T* y, T alpha, const X* x, index_t d) {
 /// same as for R = 1 under the conditions of dot4_rows (FMA instructions, d % W == 0; the
 /// scalar a * b + c may be contracted or not). Zero weights are multiplied like any other
 /// (0 * inf is NaN): callers skip a row whose four weights are zero.
-template <class Arch,  // xsimd architecture tag or scalar_arch
-          index_t R,   // rows of y: 1 to a few (kRowBlock<Arch> fills the register file)
-          class T,     // compute type: float or double
-          class X>     // storage type of the rows x whose compute type is T
+/// FoldScale (Q8_0 x, the opt-in int8 dot products): as axpy's, each weight times the
+/// block's scale (rounded once) multiplies the codes.
+template <class Arch,              // xsimd architecture tag or scalar_arch
+          index_t R,               // rows of y: 1 to a few (kRowBlock<Arch> fills the registers)
+          bool FoldScale = false,  // Q8_0 x: weight * scale times the codes
+          class T,                 // compute type: float or double
+          class X>                 // storage type of the rows x whose compute type is T
 inline void axpy4_rows(T* const* y, const T* w, const X* const* x, index_t d) {
   using S = ssmax::detail::simd<Arch, T>;
   using V = typename S::vec;
@@ -117,6 +159,25 @@ inline void axpy4_rows(T* const* y, const T* w, const X* const* x, index_t d) {
   V wv[R][4];
   for (index_t i = 0; i < R; ++i)
     for (index_t u = 0; u < 4; ++u) wv[i][u] = S::splat(w[i * 4 + u]);
+  if constexpr (FoldScale) {
+    static_assert(std::is_same<X, block_q8_0>::value, "scales fold into Q8_0's weights");
+    for (index_t b = 0; b < d / kQ8_0Block; ++b) {
+      V wb[R][4];  // the weights times this block's scales
+      q8_0_scaled_weights<Arch, R>(w, x, b, wb);
+      for (index_t e = 0; e < kQ8_0Block; e += W) {
+        V v[4];
+        for (int u = 0; u < 4; ++u) v[u] = detail::int8_values<Arch>(x[u][b].qs + e);
+        const index_t c = b * kQ8_0Block + e;
+        for (index_t i = 0; i < R; ++i) {
+          V acc = S::fma(wb[i][0], v[0], S::load(y[i] + c));
+          acc = S::fma(wb[i][1], v[1], acc);
+          acc = S::fma(wb[i][2], v[2], acc);
+          S::store(y[i] + c, S::fma(wb[i][3], v[3], acc));
+        }
+      }
+    }
+    return;
+  }
   four_rows<Arch, X> values(x);
   index_t c = 0;
   for (; c + W <= d; c += W) {
@@ -241,9 +302,11 @@ inline void dot_scores(const T* qs, index_t d, const kv_group<K>* groups, index_
 /// in a step with a nonzero one is multiplied like any other, so a non-finite value behind
 /// it reaches o (0 x NaN, as docs/numerics.md says). Values read in place, each vector
 /// loaded and widened once per register block of the rows that use it.
-template <class Arch,  // xsimd architecture tag or scalar_arch
-          class T,     // compute type: float or double
-          class Vs>    // storage type of the values whose compute type is T
+/// FoldScale: Q8_0 values with each block's scale folded into the weight (axpy4_rows).
+template <class Arch,              // xsimd architecture tag or scalar_arch
+          bool FoldScale = false,  // Q8_0 values: weight * scale times the codes
+          class T,                 // compute type: float or double
+          class Vs>                // storage type of the values whose compute type is T
 inline void dot_values(const T* p, index_t ldp, const kv_group<Vs>* groups, index_t n_groups,
                        row_map vrows, index_t nk, index_t d, bool keys_outer, T* o, index_t dp) {
   static_assert(kKeyStreams == 4, "axpy4_rows reads one value of each run");
@@ -262,17 +325,17 @@ inline void dot_values(const T* p, index_t ldp, const kv_group<Vs>* groups, inde
           if (wr[0] == T(0) && wr[1] == T(0) && wr[2] == T(0) && wr[3] == T(0)) continue;
           y[n++] = o + r * dp;
           if (n == N) {
-            axpy4_rows<Arch, N>(y, w, v, d);
+            axpy4_rows<Arch, N, FoldScale>(y, w, v, d);
             n = 0;
           }
         }
         for_row_blocks<Arch>(n, [&](index_t, auto rows) {  // n < N: one call
-          axpy4_rows<Arch, decltype(rows)::value>(y, w, v, d);
+          axpy4_rows<Arch, decltype(rows)::value, FoldScale>(y, w, v, d);
         });
       },
       [&](index_t r, index_t j, const Vs* v) {
         const T w = p[r * ldp + j];
-        if (w != T(0)) axpy<Arch>(o + r * dp, w, v, d);
+        if (w != T(0)) axpy<Arch, FoldScale>(o + r * dp, w, v, d);
       });
 }
 

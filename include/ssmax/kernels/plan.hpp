@@ -100,6 +100,7 @@ struct attention_problem {
   kv_pages pages;                   ///< a paged cache's block table, or none
   bool allow_bf16_weights = false;  ///< attention_options::allow_bf16_weights
   bool bf16_dot_products = false;   ///< attention_options::bf16 resolved: vdpbf16ps allowed
+  bool allow_int8_dot_products = false;  ///< attention_options::allow_int8_dot_products
 
   index_t sequences() const { return sequence_count(mask, q.batch); }
   /// Sequence s, its keys ending at its key_lengths entry when the mask has them: the
