@@ -50,8 +50,9 @@ struct attention_options {
   /// query row to int8 blocks of 32 with a float scale each and sum q . k in integers
   /// (VNNI where the CPU has it), as ggml does; with a Q8_0 v it also multiplies each
   /// weight by the value block's scale (rounded once) instead of each value. Each logit
-  /// moves by at most |m| sum_b (dq_b / 2) ||k_b||_1 (docs/numerics.md, "Opt-in int8 dot
-  /// products"). A permission, not a demand: other paths and types compute as without it.
+  /// moves by about |m scale| sum_b max_{c in b} |q_c| ||k_b||_1 / 254 at most, over the
+  /// blocks b of 32 (exactly: docs/numerics.md, "Opt-in int8 dot products"). A permission,
+  /// not a demand: other paths and types compute as without it.
   bool allow_int8_dot_products = false;
   /// The bf16 prefill's arithmetic (see bf16_method); results differ between the two
   /// methods within the bound, and never with the thread count.
