@@ -12,10 +12,11 @@
 //   AVX2 without VNNI: vpmaddubsw then vpmaddwd (no saturation: |pair| <= 2 * 128 * 127);
 //   AArch64 with the dot-product extension: sdot; other AArch64: smull and pairwise adds;
 //   every other architecture: a scalar loop.
-// The query's rounding error: |x - dq * qq| <= dq / 2 (1 + 2^-20) per value, dq =
-// max|x| / 127 over the block (2^-149 at most where that underflows), so a score differs from the
-// exact dot product of the scaled query with the dequantized key by at most sum_b (dq_b / 2)
-// ||k_b||_1 plus the float accumulation's rounding (docs/numerics.md, "Opt-in int8 dot products").
+// The query's rounding error: |x - dq * qq| <= dq / 2 (1 + 2^-20) per value, dq = max|x| /
+// 127 over the block (2^-149 at most where that underflows), so a score differs from the
+// exact dot product of the scaled query with the dequantized key by at most
+// sum_b (dq_b / 2) ||k_b||_1 plus the float accumulation's rounding (docs/numerics.md,
+// "Opt-in int8 dot products").
 
 #include <algorithm>
 #include <cmath>
