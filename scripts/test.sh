@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, checks the format, then builds and
-# runs the C++ tests for this CPU (-march=native, every SIMD path it has), for baseline
-# x86-64 (SSE2) and for 64-bit ARM under emulation (neon64), so the widest, the portable
-# and the ARM code paths are exercised; then the Python bindings' tests, the sanitizers
-# and the fuzzers.
+# runs the C++ tests for this CPU (-march=native, every SIMD path it has) and for 64-bit
+# ARM under emulation (neon64), and the consumer tests for baseline x86-64; then the
+# Python bindings' tests, the sanitizers (every test for baseline x86-64: the portable
+# SSE2 and scalar paths) and the fuzzers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,10 @@ stage deps bash scripts/install-deps.sh
 stage format bash scripts/check-format.sh
 stage docs bash scripts/docs.sh  # the API reference: any doxygen warning fails
 stage native cmake --workflow --preset native
+# Baseline x86-64 (SSE2 and scalar): the package as users consume it (install, find_package,
+# pkg-config, add_subdirectory, each example with its own flags), and the tests valgrind runs
+# below; every test for this target runs in the asan stage (the same flags, -O2, plus the
+# sanitizers).
 stage baseline cmake --workflow --preset baseline
 # 64-bit ARM (neon64): cross-compiled, run under qemu-user; what it leaves out and why:
 # CONTRIBUTING.md, the aarch64 preset.

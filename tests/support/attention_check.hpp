@@ -134,7 +134,8 @@ inline double logit_magnitude(const logit_options& lo, const sequence_span& seq,
 /// kernels/q8_0_dots.hpp), which move logit j by at most D_j = |m scale| sum_b max_{c in b}
 /// |q_c| ||k_jb||_1 (1 / 254 (1 + 2^-19) + (d / 32 + 2) eps) (the query's rounding to
 /// blocks of 32, and the blocks' float sum); with D the largest over the row's keys the
-/// bound adds (e^(2D) - 1) max|v| to out and D to lse.
+/// bound adds min(e^(2D) - 1, 2) max|v| to out (two weighted means of the same values
+/// differ by at most 2 max|v|) and D to lse.
 template <class T,       // float or double: the element type of data
           class Policy,  // policy
           class C>       // the compute type of the call (its eps bounds the error)
@@ -195,7 +196,7 @@ void expect_matches_reference(const attention_data<T>& data, const attention_opt
                                                 std::abs(m) * (qmax + kmax + 2)
                                           : 0.0;
         const double out_bound = 2 * eps * vmax * (dz + n + 64) + 4 * flush * vmax +
-                                 std::expm1(2 * shift) * vmax +
+                                 std::min(std::expm1(2 * shift), 2.0) * vmax +
                                  (n + static_cast<double>(data.d)) *
                                      static_cast<double>(std::numeric_limits<C>::denorm_min());
         const size_t row_at = static_cast<size_t>((b * data.H + h) * data.n_q + i);
